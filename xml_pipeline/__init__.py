@@ -1,0 +1,1 @@
+"""xml-pipeline: asyncio message routing for agent organisms."""

@@ -1,0 +1,123 @@
+"""The shared-state protocol: thread records and conversation history.
+
+A *thread record* is one call: the listener that handles messages on an opaque thread id, and
+the id of the thread its caller was on (its parent). The organism's root record (no parent)
+stands for the world outside; a conversation starts when the root calls a listener, and every
+record below that first call belongs to the conversation named by that first call's id.
+
+Every method is one atomic step against the shared state (a Lua script in Redis, a lock in the
+manager server), so that several processes can extend and prune the same chains concurrently.
+The registry (`xml_pipeline.registry`) builds the seed's vocabulary on top of this protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Backend", "PruneResult", "ThreadRecord"]
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadRecord:
+    """One live call.
+
+    Attributes:
+        thread_id: the opaque id of this call.
+        parent_id: the caller's thread id; ``None`` only for the root.
+        listener: the listener that handles messages on this thread (the root: organism name).
+        conversation: the id of the conversation's first thread; ``None`` for the root.
+    """
+
+    thread_id: str
+    parent_id: str | None
+    listener: str
+    conversation: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """Where a response on a pruned thread goes.
+
+    Attributes:
+        caller: the listener of the parent thread (the root's name when the answer leaves).
+        caller_thread: the parent thread id; the response is delivered on it.
+        conversation: the conversation the pruned thread belonged to.
+        conversation_ended: the parent is the root, so the conversation was answered and
+            every record and the history of the conversation were retired in the same step.
+    """
+
+    caller: str
+    caller_thread: str
+    conversation: str
+    conversation_ended: bool
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Shared state for one organism: thread records and per-conversation history.
+
+    Implementations: `MemoryBackend` (default, one process), `ManagerBackend` (a
+    ``multiprocessing`` manager server shared by local processes), `RedisBackend`.
+    History entries are opaque bytes (XML); no backend pickles them.
+
+    Every implementation takes ``thread_ttl_seconds`` (sliding: refreshed whenever a record or
+    history is touched; a backstop for abandoned conversations, the root excepted) and
+    ``history_max_entries`` (oldest entries trimmed past it) at construction.
+    """
+
+    async def open(self) -> None:
+        """Connect and prepare (load scripts, check reachability).
+
+        Raises:
+            BackendError: the backend is unreachable; the message names the address and cause.
+        """
+
+    async def aclose(self) -> None:
+        """Release connections. Data in shared backends stays (other processes may use it)."""
+
+    async def put_root(self, thread_id: str, name: str) -> None:
+        """Create (or keep, if present) the root record; the root has no TTL."""
+
+    async def extend(
+        self, parent_id: str, child_id: str, listener: str, history_entry: bytes | None = None
+    ) -> ThreadRecord | None:
+        """Create ``child_id`` under ``parent_id`` for ``listener``, in one atomic step.
+
+        When ``history_entry`` is given it is appended to the conversation's history in the
+        same step (one round trip per hop). Refreshes the TTL of the parent and the child.
+
+        Returns:
+            the new record, or ``None`` when the parent is unknown (retired or expired).
+        """
+
+    async def prune(
+        self, thread_id: str, history_entry: bytes | None = None
+    ) -> PruneResult | None:
+        """Retire ``thread_id`` (the responder's entry) and tell where the response goes.
+
+        When the parent is the root, the whole conversation (records and history) is retired
+        in the same step. Otherwise ``history_entry`` (if given) is appended to the history.
+
+        Returns:
+            where to deliver, or ``None`` when the thread or its parent is unknown (a late
+            reply); the thread's record is removed in that case too.
+        """
+
+    async def get(self, thread_id: str) -> ThreadRecord | None:
+        """The record of ``thread_id`` (refreshing its TTL), or ``None``."""
+
+    async def chain(self, thread_id: str) -> list[str] | None:
+        """Listener names from the root down to ``thread_id``, or ``None`` when unknown."""
+
+    async def retire_conversation(self, conversation: str) -> int:
+        """Remove every record and the history of a conversation; returns records removed."""
+
+    async def count(self) -> int:
+        """Number of live thread records, the root included."""
+
+    async def history_append(self, conversation: str, entry: bytes) -> None:
+        """Append one entry, keep the newest ``history_max_entries``, refresh the TTL."""
+
+    async def history(self, conversation: str) -> list[bytes]:
+        """The conversation's history, oldest first (empty when none)."""
