@@ -3,23 +3,22 @@
 Every error the library raises derives from one root, and every error carries a stable
 ``reason`` code that programs can match on (messages are for people and may change)::
 
-    XmlPipelineError                      root; .reason is a stable code
-    ├── ConfigError(ValueError)           organism.yaml or what it names is wrong       config
-    ├── PayloadTypeError(TypeError)       a @payload class uses an unsupported type     unsupported_type
-    ├── XmlInputError(ValueError)         XML rejected before any handler saw it        too_large, malformed,
-    │   │                                                                               doctype, too_deep,
-    │   │                                                                               too_many_elements,
-    │   │                                                                               not_an_envelope
-    │   └── SchemaViolation               a payload does not conform to its class      schema_violation
-    ├── DeliveryError                     a message was not answered                    handler_error, timeout,
-    │                                                                                   no_route, peer_denied,
-    │                                                                                   schema_violation,
-    │                                                                                   no_answer, overloaded,
-    │                                                                                   worker_crash,
-    │                                                                                   invalid_response,
-    │                                                                                   shutdown
-    └── BackendError(ConnectionError)     shared state unreachable or inconsistent      backend_unreachable,
-                                                                                        backend_error
+    XmlPipelineError                   root; .reason is a stable code
+    ├── ConfigError(ValueError)        organism.yaml, or what it names, is wrong
+    │                                    config
+    ├── PayloadTypeError(TypeError)    a @payload class uses an unsupported type
+    │                                    unsupported_type
+    ├── XmlInputError(ValueError)      XML rejected before any handler saw it
+    │   │                                too_large, malformed, doctype, too_deep,
+    │   │                                too_many_elements, not_an_envelope
+    │   └── SchemaViolation            a payload does not conform to its class
+    │                                    schema_violation
+    ├── DeliveryError                  a message was not answered
+    │                                    handler_error, timeout, no_route, peer_denied,
+    │                                    schema_violation, no_answer, overloaded,
+    │                                    worker_crash, invalid_response, shutdown
+    └── BackendError(ConnectionError)  shared state unreachable or failing
+                                         backend_unreachable, backend_error
 """
 
 from __future__ import annotations

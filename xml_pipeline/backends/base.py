@@ -91,9 +91,7 @@ class Backend(Protocol):
             the new record, or ``None`` when the parent is unknown (retired or expired).
         """
 
-    async def prune(
-        self, thread_id: str, history_entry: bytes | None = None
-    ) -> PruneResult | None:
+    async def prune(self, thread_id: str, history_entry: bytes | None = None) -> PruneResult | None:
         """Retire ``thread_id`` (the responder's entry) and tell where the response goes.
 
         When the parent is the root, the whole conversation (records and history) is retired

@@ -1,0 +1,174 @@
+"""Scalar codecs: how one Python value type is written as element text, read back and checked.
+
+Each codec names the XSD type that accepts exactly the text it writes; `accepts` is the
+in-process check (strict types: ``True`` is not an ``int``, ``1`` is not a ``float``) so that a
+value that passes it always writes text its XSD type accepts.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from xml_pipeline.errors import PayloadTypeError, SchemaViolation
+
+__all__ = ["CODECS", "Codec", "enum_codec", "escape_text", "invalid_xml_char"]
+
+# Characters XML 1.0 cannot carry, even escaped.
+_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def invalid_xml_char(text: str) -> str | None:
+    """The first character of ``text`` that XML 1.0 cannot carry, or ``None``."""
+    m = _INVALID.search(text)
+    return m.group() if m else None
+
+
+def escape_text(text: str, path: str = "") -> str:
+    """Escape ``text`` for element content; ``\\r`` is kept as ``&#13;`` so it survives parsing.
+
+    Raises:
+        SchemaViolation: ``text`` holds a character XML 1.0 cannot carry.
+    """
+    bad = invalid_xml_char(text)
+    if bad is not None:
+        raise SchemaViolation(
+            f"text holds U+{ord(bad):04X}, a character XML 1.0 cannot carry", path=path or None
+        )
+    if "&" in text:
+        text = text.replace("&", "&amp;")
+    if "<" in text:
+        text = text.replace("<", "&lt;")
+    if ">" in text:
+        text = text.replace(">", "&gt;")
+    if "\r" in text:
+        text = text.replace("\r", "&#13;")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """One scalar type: its XSD type, writer, reader and in-process check."""
+
+    name: str
+    xsd_type: str
+    dump: Callable[[Any], str]
+    load: Callable[[str], Any]
+    accepts: Callable[[Any], bool]
+    example: str
+    enumeration: tuple[str, ...] = ()
+
+
+def _dump_float(v: float) -> str:
+    if math.isinf(v):
+        return "INF" if v > 0 else "-INF"
+    return "NaN" if math.isnan(v) else repr(v)
+
+
+def _load_bool(text: str) -> bool:
+    t = text.strip()
+    if t in ("true", "1"):
+        return True
+    if t in ("false", "0"):
+        return False
+    raise ValueError("expected true, false, 1 or 0")
+
+
+def _accepts_str(v: Any) -> bool:
+    return type(v) is str and _INVALID.search(v) is None
+
+
+def _accepts_decimal(v: Any) -> bool:
+    return isinstance(v, Decimal) and v.is_finite()
+
+
+_MAX_OFFSET = timedelta(hours=14)
+
+
+def _offset_ok(v: datetime) -> bool:
+    off = v.utcoffset()
+    # xs:dateTime time zones are whole minutes within +-14:00.
+    return off is None or (abs(off) <= _MAX_OFFSET and off % timedelta(minutes=1) == timedelta(0))
+
+
+def _load_datetime(text: str) -> datetime:
+    return datetime.fromisoformat(text.strip())
+
+
+def _load_date(text: str) -> date:
+    return date.fromisoformat(text.strip())
+
+
+CODECS: dict[Any, Codec] = {
+    str: Codec("string", "xs:string", str, str, _accepts_str, "text"),
+    int: Codec("integer", "xs:integer", str, int, lambda v: type(v) is int, "42"),
+    float: Codec("double", "xs:double", _dump_float, float, lambda v: type(v) is float, "3.14"),
+    bool: Codec(
+        "boolean",
+        "xs:boolean",
+        lambda v: "true" if v else "false",
+        _load_bool,
+        lambda v: type(v) is bool,
+        "true",
+    ),
+    Decimal: Codec(
+        "decimal", "xs:decimal", lambda v: format(v, "f"), Decimal, _accepts_decimal, "9.99"
+    ),
+    datetime: Codec(
+        "dateTime",
+        "xs:dateTime",
+        datetime.isoformat,
+        _load_datetime,
+        lambda v: type(v) is datetime and _offset_ok(v),
+        "2024-01-31T12:00:00+00:00",
+    ),
+    date: Codec(
+        "date", "xs:date", date.isoformat, _load_date, lambda v: type(v) is date, "2024-01-31"
+    ),
+}
+
+
+def enum_codec(cls: type[enum.Enum]) -> Codec:
+    """A codec writing an Enum member as its value's text.
+
+    Raises:
+        PayloadTypeError: the Enum's values are not str/int, are not distinct as text, or hold
+            characters XML cannot carry.
+    """
+    by_text: dict[str, enum.Enum] = {}
+    for member in cls:
+        value = member.value
+        if type(value) not in (str, int):
+            raise PayloadTypeError(
+                f"enum {cls.__qualname__}.{member.name} has value {value!r}: only str and int "
+                "enum values can travel as XML"
+            )
+        text = str(value)
+        if text in by_text or invalid_xml_char(text) is not None:
+            raise PayloadTypeError(
+                f"enum {cls.__qualname__}.{member.name}: value text {text!r} is duplicated or "
+                "not XML text"
+            )
+        by_text[text] = member
+
+    def load(text: str) -> enum.Enum:
+        try:
+            return by_text[text]
+        except KeyError:
+            raise ValueError(f"expected one of {sorted(by_text)}") from None
+
+    return Codec(
+        cls.__qualname__,
+        "xs:string",
+        lambda v: str(v.value),
+        load,
+        lambda v: type(v) is cls,
+        next(iter(by_text), ""),
+        enumeration=tuple(by_text),
+    )

@@ -1,0 +1,419 @@
+"""Payload classes: ``@payload`` dataclasses to XML and back.
+
+A payload's root element is its class name (or the ``tag`` given to ``@payload``); each field is
+a child element named exactly as the field. Lists repeat the field's element once per item;
+``Optional`` fields are omitted when ``None``; nested dataclasses become an element named after
+the field holding the nested class's fields.
+
+Three views of one *field specification* (`FieldSpec`) keep each other honest: `to_xml` writes
+it, the XSD (`xml_pipeline.schema`) checks bytes from outside against it, and `check_payload`
+checks objects handed between handlers inside one process without building a tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from lxml import etree
+
+from xml_pipeline.codecs import CODECS, Codec, enum_codec, escape_text
+from xml_pipeline.errors import PayloadTypeError, SchemaViolation
+
+if TYPE_CHECKING:
+    from xml_pipeline.parsing import ParseLimits
+
+__all__ = [
+    "FieldSpec",
+    "PayloadSpec",
+    "check_payload",
+    "from_element",
+    "from_xml",
+    "is_payload",
+    "payload",
+    "payload_spec",
+    "to_element",
+    "to_xml",
+]
+
+T = TypeVar("T")
+_SPEC_ATTR = "__xml_payload__"
+_NAME = re.compile(r"^[A-Za-z_][\w.\-]*$")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class FieldSpec:
+    """How one dataclass field travels as XML.
+
+    Exactly one of ``codec`` (a scalar) and ``nested`` (a dataclass) is set.
+    """
+
+    name: str
+    codec: Codec | None
+    nested: PayloadSpec | None
+    optional: bool
+    repeated: bool
+    has_default: bool
+    type_text: str
+
+
+@dataclass(eq=False)
+class PayloadSpec:
+    """Everything xml-pipeline knows about one payload (or nested) dataclass."""
+
+    cls: type
+    tag: str
+    fields: tuple[FieldSpec, ...]
+    doc: str
+    by_tag: dict[str, FieldSpec] = dataclasses.field(default_factory=dict)
+    _schema: etree.XMLSchema | None = None
+    _xsd: str | None = None
+
+    def __post_init__(self) -> None:
+        self.by_tag = {f.name: f for f in self.fields}
+
+    @property
+    def xsd(self) -> str:
+        """The XSD text that accepts exactly what `to_xml` writes for this class."""
+        if self._xsd is None:
+            from xml_pipeline.schema import xsd_text
+
+            self._xsd = xsd_text(self)
+        return self._xsd
+
+    @property
+    def schema(self) -> etree.XMLSchema:
+        """The compiled XSD, compiled once per class."""
+        if self._schema is None:
+            self._schema = etree.XMLSchema(etree.fromstring(self.xsd.encode()))
+        return self._schema
+
+    def example(self) -> bytes:
+        """An example instance document (valid against `schema`)."""
+        from xml_pipeline.schema import example_xml
+
+        return example_xml(self)
+
+    def describe(self) -> str:
+        """A short description of the fields, with the real element names, for LLM prompts."""
+        from xml_pipeline.schema import describe
+
+        return describe(self)
+
+
+@typing.overload
+def payload(cls: type[T], /) -> type[T]: ...
+@typing.overload
+def payload(*, tag: str | None = None) -> Callable[[type[T]], type[T]]: ...
+def payload(cls: type[T] | None = None, /, *, tag: str | None = None) -> Any:
+    """Mark a dataclass as a message type that travels as XML.
+
+    Use it above ``@dataclass``: ``@payload`` or ``@payload(tag="Calc")``. The class's fields
+    are checked at once.
+
+    Raises:
+        PayloadTypeError: the class is not a dataclass, the tag is not an XML name, or a field
+            has a type that cannot travel as XML (the message names class, field and type).
+    """
+
+    def decorate(c: type[T]) -> type[T]:
+        spec = _compile(c, tag or c.__name__, stack=())
+        setattr(c, _SPEC_ATTR, spec)
+        return c
+
+    return decorate if cls is None else decorate(cls)
+
+
+def is_payload(obj: object) -> bool:
+    """Whether ``obj`` is a ``@payload`` class or an instance of one."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return isinstance(cls.__dict__.get(_SPEC_ATTR), PayloadSpec)
+
+
+def payload_spec(obj: object) -> PayloadSpec:
+    """The `PayloadSpec` of a ``@payload`` class or instance.
+
+    Raises:
+        PayloadTypeError: ``obj`` is not a ``@payload`` class or instance.
+    """
+    cls = obj if isinstance(obj, type) else type(obj)
+    spec = cls.__dict__.get(_SPEC_ATTR)
+    if not isinstance(spec, PayloadSpec):
+        raise PayloadTypeError(
+            f"{cls.__qualname__} is not a payload class; decorate it with @payload above @dataclass"
+        )
+    return spec
+
+
+def _compile(cls: type, tag: str, *, stack: tuple[type, ...]) -> PayloadSpec:
+    where = cls.__qualname__
+    if not dataclasses.is_dataclass(cls):
+        raise PayloadTypeError(f"{where} must be a dataclass: put @payload above @dataclass")
+    if not _NAME.match(tag) or tag.lower().startswith("xml"):
+        raise PayloadTypeError(f"{where}: {tag!r} is not usable as an XML element name")
+    if cls in stack:
+        raise PayloadTypeError(f"{where} contains itself; recursive payloads are not supported")
+    try:
+        hints = typing.get_type_hints(cls)
+    except NameError as exc:
+        raise PayloadTypeError(
+            f"{where}: cannot resolve a field annotation ({exc}); define nested classes first"
+        ) from None
+    specs = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        has_default = (
+            f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        )
+        specs.append(_field(cls, f.name, hints[f.name], has_default, (*stack, cls)))
+    doc = (cls.__doc__ or "").strip()
+    if doc.startswith(f"{cls.__name__}("):
+        doc = ""  # the signature @dataclass writes when the class has no docstring
+    return PayloadSpec(cls=cls, tag=tag, fields=tuple(specs), doc=doc)
+
+
+def _field(
+    cls: type, name: str, hint: Any, has_default: bool, stack: tuple[type, ...]
+) -> FieldSpec:
+    where = f"{cls.__qualname__}.{name}"
+    text = _type_text(hint)
+    if name.lower().startswith("xml"):
+        raise PayloadTypeError(f"{where}: field names starting with 'xml' are reserved in XML")
+    optional = repeated = False
+    inner = hint
+    origin = typing.get_origin(inner)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(inner) if a is not type(None)]
+        if len(args) != 1 or len(typing.get_args(inner)) != 2:
+            raise PayloadTypeError(f"{where}: union {text} is not supported; use Optional[T]")
+        optional, inner = True, args[0]
+        origin = typing.get_origin(inner)
+    if origin is list:
+        if optional:
+            raise PayloadTypeError(
+                f"{where}: Optional[list[...]] is ambiguous in XML; use list[...] (empty list = "
+                "no elements)"
+            )
+        (inner,) = typing.get_args(inner) or (Any,)
+        repeated = True
+        if typing.get_origin(inner) is not None:
+            raise PayloadTypeError(
+                f"{where}: {text} is not supported; list items must be scalars or dataclasses"
+            )
+    if isinstance(inner, type) and dataclasses.is_dataclass(inner):
+        nested = _compile(inner, name, stack=stack)
+        return FieldSpec(name, None, nested, optional, repeated, has_default, text)
+    codec = _codec_for(inner)
+    if codec is None:
+        supported = (
+            "str, int, float, bool, Decimal, datetime, date, Enum, Optional, list, dataclass"
+        )
+        raise PayloadTypeError(f"{where}: type {text} is not supported (supported: {supported})")
+    return FieldSpec(name, codec, None, optional, repeated, has_default, text)
+
+
+def _codec_for(tp: Any) -> Codec | None:
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return enum_codec(tp)
+    return CODECS.get(tp)
+
+
+def _type_text(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def to_xml(obj: object) -> bytes:
+    """Serialize a ``@payload`` object to XML bytes (UTF-8, no declaration).
+
+    Raises:
+        PayloadTypeError: ``obj`` is not a payload object.
+        SchemaViolation: a value does not fit its field (wrong type, a character XML cannot
+            carry, a non-finite Decimal...); the message names the field path.
+    """
+    spec = payload_spec(obj)
+    parts: list[str] = []
+    _write(spec, spec.tag, obj, parts, spec.tag)
+    return "".join(parts).encode()
+
+
+def _write(spec: PayloadSpec, tag: str, obj: object, out: list[str], path: str) -> None:
+    if type(obj) is not spec.cls:
+        raise SchemaViolation(
+            f"expected {spec.cls.__qualname__}, got {type(obj).__qualname__}", path=path
+        )
+    out.append(f"<{tag}>")
+    for f in spec.fields:
+        value = getattr(obj, f.name)
+        fpath = f"{path}/{f.name}"
+        if value is None and f.optional:
+            continue
+        if f.repeated:
+            if not isinstance(value, list):
+                raise SchemaViolation(f"expected a list, got {type(value).__name__}", path=fpath)
+            for item in value:
+                _write_one(f, item, out, fpath)
+        else:
+            _write_one(f, value, out, fpath)
+    out.append(f"</{tag}>")
+
+
+def _write_one(f: FieldSpec, value: object, out: list[str], path: str) -> None:
+    if f.nested is not None:
+        _write(f.nested, f.name, value, out, path)
+        return
+    assert f.codec is not None
+    if not f.codec.accepts(value):
+        raise SchemaViolation(f"{value!r} is not a valid {f.codec.name} value", path=path)
+    out.append(f"<{f.name}>{escape_text(f.codec.dump(value), path)}</{f.name}>")
+
+
+def to_element(obj: object) -> etree._Element:
+    """The payload as an lxml element (built from `to_xml`, so both always agree)."""
+    return etree.fromstring(to_xml(obj))
+
+
+# -- checking objects in process ----------------------------------------------------------------
+
+
+def check_payload(obj: object) -> None:
+    """Check an in-process payload object against its field spec, without building XML.
+
+    Whatever this accepts, the class's XSD accepts once written with `to_xml` (a property
+    test pins that). It is the cheap check used between handlers inside one process.
+
+    Raises:
+        PayloadTypeError: ``obj`` is not a payload object.
+        SchemaViolation: a field does not fit; the message names the field path.
+    """
+    spec = payload_spec(obj)
+    _check(spec, obj, spec.tag)
+
+
+def _check(spec: PayloadSpec, obj: object, path: str) -> None:
+    if type(obj) is not spec.cls:
+        raise SchemaViolation(
+            f"expected {spec.cls.__qualname__}, got {type(obj).__qualname__}", path=path
+        )
+    for f in spec.fields:
+        value = getattr(obj, f.name)
+        if value is None and f.optional:
+            continue
+        if f.repeated:
+            if type(value) is not list:
+                raise SchemaViolation(
+                    f"expected a list, got {type(value).__name__}", path=f"{path}/{f.name}"
+                )
+            for item in value:
+                _check_one(f, item, path)
+        else:
+            _check_one(f, value, path)
+
+
+def _check_one(f: FieldSpec, value: object, path: str) -> None:
+    if f.nested is not None:
+        _check(f.nested, value, f"{path}/{f.name}")
+    elif not f.codec.accepts(value):  # type: ignore[union-attr]
+        raise SchemaViolation(
+            f"{value!r} is not a valid {f.codec.name} value",  # type: ignore[union-attr]
+            path=f"{path}/{f.name}",
+        )
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def from_xml(cls: type[T], data: bytes | str, *, limits: ParseLimits | None = None) -> T:
+    """Parse XML from outside (guarded), validate it with the class's XSD, bind it.
+
+    Raises:
+        XmlInputError: the input was rejected before parsing finished (size, DOCTYPE, depth,
+            malformed...), with its reason code.
+        SchemaViolation: the document does not conform to the class's XSD.
+    """
+    from xml_pipeline.parsing import parse_guarded
+
+    return from_element(cls, parse_guarded(data, limits))
+
+
+def from_element(cls: type[T], element: etree._Element, *, validate: bool = True) -> T:
+    """Bind an lxml element to a payload object, validating it with the XSD first.
+
+    ``validate=False`` skips the XSD for elements already validated; binding still rejects
+    what it cannot bind.
+
+    Raises:
+        SchemaViolation: the element does not conform (with line and element path).
+    """
+    spec = payload_spec(cls)
+    if validate:
+        validate_element(spec, element)
+    elif element.tag != spec.tag:
+        raise SchemaViolation(
+            f"expected root element <{spec.tag}>, got <{element.tag}>",
+            line=element.sourceline,
+        )
+    return _bind(spec, element, spec.tag)  # type: ignore[return-value]
+
+
+def validate_element(spec: PayloadSpec, element: etree._Element) -> None:
+    """Validate ``element`` against ``spec``'s XSD.
+
+    Raises:
+        SchemaViolation: with the first error's line, element path and message.
+    """
+    schema = spec.schema
+    if not schema.validate(element):
+        err = schema.error_log.last_error
+        raise SchemaViolation(
+            f"<{spec.tag}> does not conform to its schema: {err.message}",
+            line=err.line or None,
+            path=err.path or None,
+        )
+
+
+def _bind(spec: PayloadSpec, el: etree._Element, path: str) -> object:
+    values: dict[str, Any] = {}
+    for child in el:
+        tag = child.tag
+        if not isinstance(tag, str):
+            continue  # comments and processing instructions carry no data
+        f = spec.by_tag.get(tag)
+        if f is None:
+            raise SchemaViolation(f"unknown element <{tag}>", line=child.sourceline, path=path)
+        cpath = f"{path}/{tag}"
+        if f.nested is not None:
+            value = _bind(f.nested, child, cpath)
+        else:
+            assert f.codec is not None
+            try:
+                value = f.codec.load(child.text or "")
+            except (ValueError, ArithmeticError) as exc:
+                raise SchemaViolation(
+                    f"{child.text!r} is not a valid {f.codec.name}: {exc}",
+                    line=child.sourceline,
+                    path=cpath,
+                ) from None
+        if f.repeated:
+            values.setdefault(tag, []).append(value)
+        elif tag in values:
+            raise SchemaViolation(f"<{tag}> appears twice", line=child.sourceline, path=cpath)
+        else:
+            values[tag] = value
+    for f in spec.fields:
+        if f.name not in values and f.repeated and not f.has_default:
+            values[f.name] = []
+        elif f.name not in values and f.optional and not f.has_default:
+            values[f.name] = None
+        elif f.name not in values and not f.has_default:
+            raise SchemaViolation(f"missing element <{f.name}>", line=el.sourceline, path=path)
+    return spec.cls(**values)
