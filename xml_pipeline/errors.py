@@ -17,8 +17,10 @@ Every error the library raises derives from one root, and every error carries a 
     │                                    handler_error, timeout, no_route, peer_denied,
     │                                    schema_violation, no_answer, overloaded,
     │                                    worker_crash, invalid_response, shutdown
-    └── BackendError(ConnectionError)  shared state unreachable or failing
-                                         backend_unreachable, backend_error
+    ├── BackendError(ConnectionError)  shared state unreachable or failing
+    │                                    backend_unreachable, backend_error
+    └── UsageError(ValueError)         the library was called the wrong way
+                                         usage
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "DeliveryError",
     "PayloadTypeError",
     "SchemaViolation",
+    "UsageError",
     "XmlInputError",
     "XmlPipelineError",
 ]
@@ -154,3 +157,9 @@ class BackendError(XmlPipelineError, ConnectionError):
     """The shared-state backend is unreachable or answered something unexpected."""
 
     reason = "backend_error"
+
+
+class UsageError(XmlPipelineError, ValueError):
+    """The library was called the wrong way (e.g. a HandlerResponse with no target)."""
+
+    reason = "usage"

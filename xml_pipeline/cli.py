@@ -1,0 +1,168 @@
+"""The ``organism`` command: run, validate and inspect organisms. Thin: it calls the public API.
+
+organism run FILE                                 messages from stdin, one per line
+organism run FILE --to LISTENER --send 'XML'      one message; its answer on stdout
+organism validate FILE                            every problem at once; exit 0 when clean
+organism schema FILE [LISTENER]                   XSD and prompt-ready description
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from xml_pipeline.envelope import Envelope
+from xml_pipeline.errors import ConfigError, DeliveryError, XmlPipelineError
+from xml_pipeline.loader import validate_organism
+from xml_pipeline.organism import Organism
+from xml_pipeline.payloads import from_element, from_xml, payload_spec, to_xml
+
+__all__ = ["main"]
+
+log = logging.getLogger("xml_pipeline.cli")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="organism", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="what to log on stderr (default INFO)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="boot an organism and send it messages")
+    run.add_argument("file", help="path of organism.yaml")
+    run.add_argument("--to", help="target listener for --send")
+    run.add_argument("--send", metavar="PAYLOAD_XML", help="one payload to send to --to")
+    run.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for each answer (30)"
+    )
+    validate = sub.add_parser("validate", help="check an organism file and what it names")
+    validate.add_argument("file")
+    schema = sub.add_parser("schema", help="print the XSD and description of listeners")
+    schema.add_argument("file")
+    schema.add_argument("listener", nargs="?")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``organism`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "validate":
+            return _validate(args.file)
+        if args.command == "schema":
+            return _schema(args.file, args.listener)
+        if (args.to is None) != (args.send is None):
+            print("error: --to and --send go together", file=sys.stderr)
+            return EXIT_CONFIG
+        org = Organism.from_yaml(args.file)
+        return _run_async(_run(org, args.to, args.send, args.timeout))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run_async(coro: Any) -> int:
+    async def runner() -> int:
+        return int(await coro)
+
+    try:
+        import uvloop  # noqa: F401
+
+        options = {"use_uvloop": True}
+    except ImportError:
+        options = {}
+    return int(anyio.run(runner, backend="asyncio", backend_options=options))
+
+
+def _validate(file: str) -> int:
+    config, resolved = validate_organism(file)
+    for r in resolved:
+        payload_spec(r.payload_class).schema  # noqa: B018 - compiling is the check
+    names = ", ".join(r.config.name for r in resolved)
+    print(f"{config.file}: ok ({len(resolved)} listeners: {names})")
+    return EXIT_OK
+
+
+def _schema(file: str, listener: str | None) -> int:
+    config, resolved = validate_organism(file)
+    chosen = [r for r in resolved if listener is None or r.config.name == listener]
+    if not chosen:
+        print(f"error: no listener {listener!r} in {config.file}", file=sys.stderr)
+        return EXIT_CONFIG
+    for r in chosen:
+        spec = payload_spec(r.payload_class)
+        print(f"<!-- listener {r.config.name}: {r.config.description} -->")
+        print(spec.xsd)
+        print(spec.describe())
+        print()
+    return EXIT_OK
+
+
+async def _run(org: Organism, to: str | None, send: str | None, timeout: float) -> int:
+    async with org:
+        log.info("organism %r running with %d listeners", org.name, len(org.listeners))
+        if to is not None and send is not None:
+            return await _answer(org, to, send, timeout, where="--send")
+        statuses: list[int] = []
+        async with anyio.create_task_group() as group:
+            lineno = 0
+            async for line in anyio.wrap_file(sys.stdin):
+                lineno += 1
+                text = line.strip()
+                if text:
+                    group.start_soon(_line, org, text, timeout, lineno, statuses)
+            log.info("end of input: draining")
+        failures = sum(1 for status in statuses if status != EXIT_OK)
+        log.info("done: %d answered, %d failed", len(statuses) - failures, failures)
+        return EXIT_FAILED if failures else EXIT_OK
+
+
+async def _line(org: Organism, text: str, timeout: float, lineno: int, statuses: list[int]) -> None:
+    where = f"stdin line {lineno}"
+    if text.startswith("@"):
+        to, _, xml = text[1:].partition(" ")
+        statuses.append(await _answer(org, to, xml, timeout, where=where))
+    else:
+        statuses.append(await _answer(org, None, text, timeout, where=where))
+
+
+async def _answer(org: Organism, to: str | None, xml: str, timeout: float, where: str) -> int:
+    """Send one message, print its answer (stdout) or the error (stderr); returns exit status."""
+    limits = org.limits
+    payload: object
+    try:
+        if to is None:
+            env = Envelope.from_bytes(xml, limits)
+            to = env.to
+            payload = from_element(_listener_class(org, to), env.payload)
+        else:
+            payload = from_xml(_listener_class(org, to), xml, limits=limits)
+        answer = await org.request(to, payload, timeout=timeout)
+    except XmlPipelineError as exc:
+        print(f"error ({where}): {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(to_xml(answer).decode(), flush=True)
+    return EXIT_OK
+
+
+def _listener_class(org: Organism, name: str) -> type:
+    for listener in org.listeners:
+        if listener.name == name:
+            return listener.payload_class
+    names = ", ".join(sorted(listener.name for listener in org.listeners))
+    raise DeliveryError(f"no listener named {name!r}; listeners: {names}", reason="no_route")

@@ -1,0 +1,135 @@
+"""What handlers see and return: `HandlerMetadata`, `HandlerResponse`, `ErrorReport`.
+
+A handler is ``async def handler(payload, metadata: HandlerMetadata)`` (a plain function is
+accepted for ``cpu_bound`` listeners). It returns ``None``, a `HandlerResponse`, or a list of
+them. Handlers never build envelopes: the pump writes ``<from>`` and the thread ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from xml_pipeline.errors import UsageError
+from xml_pipeline.payloads import payload
+
+__all__ = ["ErrorReport", "HandlerMetadata", "HandlerResponse", "HistoryEntry", "Listener"]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One recorded hop of a conversation: who sent what to whom.
+
+    ``payload`` is the payload's XML (bytes), as stored by the backend.
+    """
+
+    sender: str
+    to: str
+    payload_tag: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerMetadata:
+    """Facts about the message a handler is handling.
+
+    Attributes:
+        thread_id: the opaque id of this call; it says nothing about who called.
+        from_id: the listener (or outside sender) that sent this message.
+        own_name: the name of the listener running the handler.
+    """
+
+    thread_id: str
+    from_id: str
+    own_name: str
+    _history: Callable[[], Awaitable[list[HistoryEntry]]] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    async def history(self) -> list[HistoryEntry]:
+        """The conversation's recorded hops so far, oldest first (bounded by the backend)."""
+        return [] if self._history is None else await self._history()
+
+
+class HandlerResponse:
+    """What a handler hands back: a call to a peer, or the answer to its caller.
+
+    ``HandlerResponse(payload, to="peer")`` calls a peer (the call chain is extended);
+    ``HandlerResponse.respond(payload)`` answers the caller (the chain is pruned).
+
+    Raises:
+        UsageError: neither ``to=`` nor ``.respond()`` was used.
+    """
+
+    __slots__ = ("payload", "to")
+
+    def __init__(self, payload: object, to: str | None = None) -> None:
+        if to is None:
+            raise UsageError(
+                "HandlerResponse needs to='<peer>' to call a peer; use "
+                "HandlerResponse.respond(payload) to answer the caller"
+            )
+        self.payload = payload
+        self.to: str | None = to
+
+    @classmethod
+    def respond(cls, payload: object) -> HandlerResponse:
+        """Answer the caller of the current thread with ``payload`` (any @payload object)."""
+        response = cls.__new__(cls)
+        response.payload = payload
+        response.to = None
+        return response
+
+    @property
+    def is_response(self) -> bool:
+        """True for an answer to the caller, False for a call to a peer."""
+        return self.to is None
+
+    def __repr__(self) -> str:
+        target = "respond" if self.to is None else f"to={self.to!r}"
+        return f"HandlerResponse({self.payload!r}, {target})"
+
+
+@payload(tag="huh")
+@dataclass
+class ErrorReport:
+    """A failure travelling back up a call chain.
+
+    A listener that declares ``handles_errors: true`` receives it as its payload; otherwise it
+    keeps travelling up to whoever started the conversation, who gets a `DeliveryError`.
+    """
+
+    reason: str
+    message: str
+    listener: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One listener: a name, the payload class it accepts, and its handler.
+
+    `Organism.from_yaml` builds these from ``organism.yaml``; embedders may build them
+    directly and pass them to `Organism`.
+
+    Attributes:
+        name: unique name; may contain dots; names starting with ``_`` are reserved.
+        payload_class: the ``@payload`` class of the requests it accepts (answers from its
+            peers may be of any payload class).
+        handler: ``async def handler(payload, metadata)`` (sync allowed when ``cpu_bound``).
+        peers: the listeners it may call; answering its caller is always allowed.
+        max_concurrency: handler runs at once; more wait in the listener's own backlog.
+        timeout_seconds: a run longer than this fails to the caller with ``timeout``.
+        cpu_bound: run the handler in the organism's process pool.
+        handles_errors: receive failures of its calls as `ErrorReport` payloads instead of
+            passing them up the chain.
+    """
+
+    name: str
+    payload_class: type
+    handler: Callable[..., object]
+    description: str = ""
+    peers: tuple[str, ...] = ()
+    max_concurrency: int = 16
+    timeout_seconds: float = 30.0
+    cpu_bound: bool = False
+    handles_errors: bool = False

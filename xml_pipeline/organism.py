@@ -1,0 +1,245 @@
+"""Organism: the composition root.
+
+An `Organism` owns its pump, registry, backend and (when a listener is ``cpu_bound``) its
+process pool; two organisms in one process share nothing. Use it as an async context manager:
+
+    async with Organism.from_yaml("organisms/hello/organism.yaml") as org:
+        reply = await org.request("greeter", Greeting(name="Ada"), timeout=5)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from xml_pipeline.backends.base import Backend
+from xml_pipeline.config import BackendConfig, OrganismConfig, ProcessPoolConfig, load_config
+from xml_pipeline.errors import UsageError
+from xml_pipeline.handlers import Listener
+from xml_pipeline.loader import load_organism
+from xml_pipeline.parsing import ParseLimits
+from xml_pipeline.pump import DeadLetter, PumpStats, StreamPump
+from xml_pipeline.registry import ThreadRegistry
+
+__all__ = ["Organism"]
+
+
+class Organism:
+    """A running set of listeners: the thing you start, talk to, and stop.
+
+    Build it with `from_yaml`, or directly from `Listener` objects when embedding.
+    """
+
+    def __init__(
+        self,
+        listeners: Sequence[Listener],
+        *,
+        name: str = "organism",
+        backend: BackendConfig | Backend | None = None,
+        process_pool: ProcessPoolConfig | None = None,
+        max_message_bytes: int = 256 * 1024,
+        ingress_limit: int = 1024,
+        ingress_wait_seconds: float = 5.0,
+        drain_timeout_seconds: float = 10.0,
+    ) -> None:
+        names = [listener.name for listener in listeners]
+        if not names or len(set(names)) != len(names):
+            raise UsageError(f"an organism needs listeners with distinct names, got {names}")
+        self.name = name
+        self.listeners = tuple(listeners)
+        self._backend_spec = backend if backend is not None else BackendConfig()
+        self._pool_config = process_pool or ProcessPoolConfig()
+        self._limits = ParseLimits(max_bytes=max_message_bytes)
+        self._ingress = (ingress_limit, ingress_wait_seconds)
+        self._drain_timeout = drain_timeout_seconds
+        self._stack: AsyncExitStack | None = None
+        self._pump: StreamPump | None = None
+        self._registry: ThreadRegistry | None = None
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> Organism:
+        """Load ``organism.yaml``, import its classes and handlers, and build the organism.
+
+        ``overrides`` replace top-level settings of the file (e.g. ``backend=...``).
+
+        Raises:
+            ConfigError: every problem in the file or in what it names, with file, key path
+                and line.
+        """
+        config = load_config(Path(path))
+        return cls.from_config(config, **overrides)
+
+    @classmethod
+    def from_config(cls, config: OrganismConfig, **overrides: Any) -> Organism:
+        """Build from an already loaded `OrganismConfig` (imports its handlers)."""
+        if overrides:
+            config = replace(config, **overrides)
+        resolved = load_organism(config)
+        listeners = [
+            Listener(
+                name=r.config.name,
+                payload_class=r.payload_class,
+                handler=r.handler,
+                description=r.config.description,
+                peers=r.config.peers,
+                max_concurrency=r.config.max_concurrency,
+                timeout_seconds=r.config.timeout_seconds,
+                cpu_bound=r.config.cpu_bound,
+                handles_errors=r.config.handles_errors,
+            )
+            for r in resolved
+        ]
+        return cls(
+            listeners,
+            name=config.name,
+            backend=config.backend,
+            process_pool=config.process_pool,
+            max_message_bytes=config.max_message_bytes,
+            ingress_limit=config.ingress_limit,
+            ingress_wait_seconds=config.ingress_wait_seconds,
+            drain_timeout_seconds=config.drain_timeout_seconds,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._stack is not None:
+            raise UsageError(f"organism {self.name!r} is already running")
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            backend = self._open_backend()
+            await backend.open()
+            stack.push_async_callback(backend.aclose)
+            registry = ThreadRegistry(backend, self.name)
+            await registry.initialize_root()
+            pump = StreamPump(
+                self.listeners,
+                registry,
+                limits=self._limits,
+                ingress_limit=self._ingress[0],
+                ingress_wait_seconds=self._ingress[1],
+            )
+            pump.start()
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack, self._pump, self._registry = stack, pump, registry
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Drain in-flight work for up to ``drain_timeout_seconds``, then cancel and close."""
+        stack, pump = self._stack, self._pump
+        self._stack = self._pump = None
+        if stack is None or pump is None:
+            return
+        try:
+            await pump.aclose(self._drain_timeout)
+        finally:
+            await stack.aclose()
+
+    def _open_backend(self) -> Backend:
+        spec = self._backend_spec
+        if not isinstance(spec, BackendConfig):
+            return spec
+        if spec.type == "memory":
+            from xml_pipeline.backends.memory import MemoryBackend
+
+            return MemoryBackend(
+                thread_ttl_seconds=spec.thread_ttl_seconds,
+                history_max_entries=spec.history_max_entries,
+            )
+        raise UsageError(f"backend type {spec.type!r} is not available yet")
+
+    @property
+    def limits(self) -> ParseLimits:
+        """The caps applied to XML from outside (``max_message_bytes`` and friends)."""
+        return self._limits
+
+    @property
+    def pump(self) -> StreamPump:
+        """The running pump.
+
+        Raises:
+            UsageError: the organism is not running (use ``async with``).
+        """
+        if self._pump is None:
+            raise UsageError(
+                f"organism {self.name!r} is not running; use 'async with organism:' first"
+            )
+        return self._pump
+
+    @property
+    def registry(self) -> ThreadRegistry:
+        """The thread registry (running organisms only)."""
+        if self._registry is None or self._pump is None:
+            raise UsageError(f"organism {self.name!r} is not running")
+        return self._registry
+
+    # -- talking to it ---------------------------------------------------------------------------
+
+    async def request(self, to: str, payload: object, *, timeout: float = 30.0) -> Any:
+        """Send ``payload`` to listener ``to`` and wait for the conversation's answer.
+
+        Returns:
+            the payload object the conversation answers with (of any payload class).
+
+        Raises:
+            DeliveryError: as soon as the failure is known; ``.reason`` is one of
+                ``no_route``, ``handler_error``, ``timeout``, ``peer_denied``,
+                ``schema_violation``, ``no_answer``, ``overloaded``, ``invalid_response``,
+                ``worker_crash``, ``shutdown``.
+            SchemaViolation: ``payload`` does not conform to its class.
+        """
+        return await self.pump.request(to, payload, timeout)
+
+    async def send(self, to: str, payload: object) -> str:
+        """Start a conversation without waiting for its answer; returns its thread id.
+
+        Failures with nobody waiting are logged and kept in `dead_letters`.
+
+        Raises:
+            DeliveryError: what is known at once (``no_route``, ``overloaded``, ``shutdown``).
+            SchemaViolation: ``payload`` does not conform to its class.
+        """
+        return await self.pump.send(to, payload)
+
+    async def inject(self, data: bytes | str) -> str:
+        """Feed a raw v1 envelope from outside; returns the new conversation's thread id.
+
+        A thread id in the envelope never joins an existing conversation: a new one starts.
+
+        Raises:
+            XmlInputError: too large, malformed, DOCTYPE, too deep, not an envelope.
+            SchemaViolation: the payload does not conform to the target's class.
+            DeliveryError: ``no_route`` (unknown target or payload), ``overloaded``,
+                ``shutdown``.
+        """
+        return await self.pump.inject(data)
+
+    async def wait_idle(self) -> None:
+        """Wait until no conversation is open."""
+        await self.pump.wait_idle()
+
+    @property
+    def stats(self) -> PumpStats:
+        """A copy of the pump's counters."""
+        return replace(self.pump.stats)
+
+    @property
+    def dead_letters(self) -> list[DeadLetter]:
+        """Failures of ``send``/``inject`` conversations that nobody was waiting for."""
+        return list(self.pump.dead_letters)

@@ -1,0 +1,94 @@
+"""Helpers for testing organisms: run one in memory, wait until idle, capture what flowed.
+
+from xml_pipeline.testing import run_organism, capture
+
+async def test_greeting():
+    async with run_organism("organisms/hello/organism.yaml") as org:
+        with capture(org) as seen:
+            reply = await org.request("greeter", Greeting(name="Ada"))
+        assert [e.to for e in seen] == ["greeter", "shouter", "greeter"]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+
+import anyio
+
+from xml_pipeline.config import BackendConfig
+from xml_pipeline.envelope import Envelope
+from xml_pipeline.organism import Organism
+
+__all__ = ["Capture", "capture", "drain", "run_organism"]
+
+
+@dataclass
+class Capture:
+    """The hops that flowed while capturing, in order, as envelopes (payloads as objects)."""
+
+    envelopes: list[Envelope] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Envelope]:
+        return iter(self.envelopes)
+
+    def __len__(self) -> int:
+        return len(self.envelopes)
+
+    def route(self) -> list[tuple[str, str]]:
+        """``(sender, to)`` of every hop, in order."""
+        return [(e.sender, e.to) for e in self.envelopes]
+
+    def payloads(self, cls: type | None = None) -> list[object]:
+        """The payload objects, optionally only those of class ``cls``."""
+        return [e.payload for e in self.envelopes if cls is None or isinstance(e.payload, cls)]
+
+
+@contextmanager
+def capture(org: Organism) -> Iterator[Capture]:
+    """Record every hop delivered to a handler while the block runs (nests with others)."""
+    pump = org.pump
+    previous = pump.observer
+    seen = Capture()
+
+    def observe(envelope: Envelope) -> None:
+        seen.envelopes.append(envelope)
+        if previous is not None:
+            previous(envelope)
+
+    pump.observer = observe
+    try:
+        yield seen
+    finally:
+        pump.observer = previous
+
+
+@asynccontextmanager
+async def run_organism(
+    source: Organism | str | os.PathLike[str], *, in_memory: bool = True
+) -> AsyncIterator[Organism]:
+    """Start an organism for a test and stop it afterwards.
+
+    ``source`` is an `Organism` or the path of an ``organism.yaml``. With ``in_memory`` (the
+    default) a file's backend is replaced by the memory backend, so tests need no server.
+    """
+    if isinstance(source, Organism):
+        org = source
+    elif in_memory:
+        org = Organism.from_yaml(source, backend=BackendConfig())
+    else:
+        org = Organism.from_yaml(source)
+    async with org:
+        yield org
+
+
+async def drain(org: Organism, timeout: float = 5.0) -> None:
+    """Wait until no conversation is open.
+
+    Raises:
+        TimeoutError: conversations were still open after ``timeout`` seconds.
+    """
+    with anyio.fail_after(timeout):
+        await org.wait_idle()
