@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import math
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -18,7 +19,7 @@ from typing import Any
 
 from xml_pipeline.errors import PayloadTypeError, SchemaViolation
 
-__all__ = ["CODECS", "Codec", "enum_codec", "escape_text", "invalid_xml_char"]
+__all__ = ["CODECS", "Codec", "enum_codec", "escape_markup", "escape_text", "invalid_xml_char"]
 
 # Characters XML 1.0 cannot carry, even escaped.
 _INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -26,6 +27,8 @@ _INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 def invalid_xml_char(text: str) -> str | None:
     """The first character of ``text`` that XML 1.0 cannot carry, or ``None``."""
+    if text.isprintable():
+        return None  # the fast path: every printable character is an XML character
     m = _INVALID.search(text)
     return m.group() if m else None
 
@@ -41,6 +44,11 @@ def escape_text(text: str, path: str = "") -> str:
         raise SchemaViolation(
             f"text holds U+{ord(bad):04X}, a character XML 1.0 cannot carry", path=path or None
         )
+    return escape_markup(text)
+
+
+def escape_markup(text: str) -> str:
+    """Escape ``&``, ``<``, ``>`` and ``\\r`` in text already known to hold only XML characters."""
     if "&" in text:
         text = text.replace("&", "&amp;")
     if "<" in text:
@@ -80,8 +88,25 @@ def _load_bool(text: str) -> bool:
     raise ValueError("expected true, false, 1 or 0")
 
 
+def _accepts_int(v: Any) -> bool:
+    if type(v) is not int:
+        return False
+    # str() refuses ints longer than sys.get_int_max_str_digits() (4,300 digits by default, never
+    # under 640); a bit length gives an upper bound on the digits without converting
+    bits = v.bit_length()
+    if bits < 2_000:
+        return True
+    limit = sys.get_int_max_str_digits()
+    return limit == 0 or bits * _LOG10_2 + 1 <= limit
+
+
+_LOG10_2 = math.log10(2)
+
+
 def _accepts_str(v: Any) -> bool:
-    return type(v) is str and _INVALID.search(v) is None
+    # printable characters (not Cc, Cf, Cs, Co, Cn, Z* but space) are all XML characters, and
+    # isprintable() is several times faster than the regex
+    return type(v) is str and (v.isprintable() or _INVALID.search(v) is None)
 
 
 def _accepts_decimal(v: Any) -> bool:
@@ -107,7 +132,7 @@ def _load_date(text: str) -> date:
 
 CODECS: dict[Any, Codec] = {
     str: Codec("string", "xs:string", str, str, _accepts_str, "text"),
-    int: Codec("integer", "xs:integer", str, int, lambda v: type(v) is int, "42"),
+    int: Codec("integer", "xs:integer", str, int, _accepts_int, "42"),
     float: Codec("double", "xs:double", _dump_float, float, lambda v: type(v) is float, "3.14"),
     bool: Codec(
         "boolean",

@@ -10,17 +10,19 @@ Wire format, compatible with upstream xml-pipeline v1::
 The payload element has no namespace. lxml does not write ``xmlns=""`` on a namespace-less
 child of an element that declares a default namespace, so a tree-built envelope would move the
 payload into the envelope namespace on the next parse; `Envelope.to_bytes` therefore writes
-the payload on its own and declares ``xmlns=""`` on it explicitly.
+the payload on its own and declares ``xmlns=""`` on it explicitly (replacing any default
+namespace declaration lxml copied onto an element payload from its old parents).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from lxml import etree
 
 from xml_pipeline.codecs import escape_text
-from xml_pipeline.errors import XmlInputError
+from xml_pipeline.errors import SchemaViolation, XmlInputError
 from xml_pipeline.parsing import ParseLimits, parse_guarded
 from xml_pipeline.payloads import is_payload, payload_spec, to_xml
 
@@ -30,7 +32,9 @@ ENVELOPE_NS = "https://xml-pipeline.org/ns/envelope/v1"
 _N = f"{{{ENVELOPE_NS}}}"
 _MESSAGE, _META = f"{_N}message", f"{_N}meta"
 _FROM, _TO, _THREAD = f"{_N}from", f"{_N}to", f"{_N}thread"
+_META_FIELDS = {_FROM: "from", _TO: "to", _THREAD: "thread"}
 _HEAD = f'<message xmlns="{ENVELOPE_NS}"><meta>'.encode()
+_ATTRIBUTE = re.compile(rb"""\s+([^\s=/>]+)\s*=\s*(?:"[^"]*"|'[^']*')""")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +60,8 @@ class Envelope:
     def payload_bytes(self) -> bytes:
         """The payload alone, as XML bytes."""
         if isinstance(self.payload, etree._Element):
-            data: bytes = etree.tostring(self.payload)
+            # UTF-8 like to_xml; lxml's default (ASCII) writes non-ASCII names as broken refs
+            data: bytes = etree.tostring(self.payload, encoding="UTF-8", with_tail=False)
             return data
         if is_payload(self.payload):
             return to_xml(self.payload)
@@ -69,20 +74,28 @@ class Envelope:
         """Serialize to the v1 wire format (UTF-8, no declaration).
 
         Raises:
-            SchemaViolation: a value cannot be written as XML (names the field).
+            SchemaViolation: a value cannot be written as XML (names the field), or an element
+                payload has a namespace.
         """
         body = self.payload_bytes()
-        tag = self.payload_tag.encode()
-        start = len(tag) + 1
+        tag = self.payload_tag
+        if tag.startswith("{"):
+            raise SchemaViolation(
+                f"payload element <{tag}> has a namespace; payloads have none", path="/message"
+            )
+        start = len(tag.encode()) + 1
         if not body.startswith(b' xmlns=""', start):
-            body = body[:start] + b' xmlns=""' + body[start:]
+            # an element payload may carry the default namespace of its old parents: drop it
+            end = body.index(b">")  # ends the start tag: lxml escapes '>' in attribute values
+            attrs = _ATTRIBUTE.sub(_drop_default_ns, body[start:end])
+            body = b"".join((body[:start], b' xmlns=""', attrs, body[end:]))
         return b"".join(
             (
                 _HEAD,
-                b"<from>", escape_text(self.sender, "meta/from").encode(), b"</from>",
-                b"<to>", escape_text(self.to, "meta/to").encode(), b"</to>",
-                b"<thread>", escape_text(self.thread, "meta/thread").encode(), b"</thread>",
-                b"</meta>", body, b"</message>",
+                b"<from>", escape_text(self.sender, "/message/meta/from").encode(), b"</from>",
+                b"<to>", escape_text(self.to, "/message/meta/to").encode(), b"</to>",
+                b"<thread>", escape_text(self.thread, "/message/meta/thread").encode(),
+                b"</thread></meta>", body, b"</message>",
             )
         )  # fmt: skip
 
@@ -113,39 +126,57 @@ class Envelope:
                 root,
                 "/",
             )
-        children = [c for c in root if isinstance(c.tag, str)]
-        if len(children) != 2 or children[0].tag != _META:
+        meta = body = None
+        if len(root) == 2:
+            meta, body = root[0], root[1]
+            mtag, tag = meta.tag, body.tag
+        if meta is None or not isinstance(mtag, str) or not isinstance(tag, str):
+            # a tree not from parse_guarded may hold comments and processing instructions
+            parts = [c for c in root if isinstance(c.tag, str)]
+            if len(parts) != 2:
+                raise _not_envelope(
+                    "<message> must hold <meta> followed by exactly one payload element "
+                    f"(found {len(parts)} elements)",
+                    root,
+                    "/message",
+                )
+            meta, body = parts
+            mtag, tag = meta.tag, body.tag
+        if mtag != _META:
             raise _not_envelope(
-                "<message> must hold <meta> followed by exactly one payload element",
-                root,
-                "/message",
+                f"<message> must start with <meta>, found <{_name(mtag)}>", meta, "/message"
             )
-        meta, body = children
         fields: dict[str, str] = {}
         for child in meta:
-            if child.tag in (_FROM, _TO, _THREAD) and len(child) == 0:
-                fields[child.tag] = (child.text or "").strip()
-            elif isinstance(child.tag, str):
-                raise _not_envelope(
-                    f"unexpected <{_name(child.tag)}> in <meta> (expected from, to, thread)",
-                    child,
-                    "/message/meta",
-                )
+            ctag = child.tag
+            if ctag in _META_FIELDS and ctag not in fields and len(child) == 0:
+                fields[ctag] = child.text or ""  # kept as sent: ids may have spaces at the ends
+            elif isinstance(ctag, str):
+                if ctag not in _META_FIELDS:
+                    what = f"unexpected <{_name(ctag)}> (expected from, to, thread)"
+                elif ctag in fields:
+                    what = f"<{_META_FIELDS[ctag]}> appears twice"
+                else:
+                    what = f"<{_META_FIELDS[ctag]}> must hold text only"
+                raise _not_envelope(f"{what} in <meta>", child, "/message/meta")
         if not fields.get(_TO):
             raise _not_envelope(
                 "<meta> has no <to>: name the target listener", meta, "/message/meta"
             )
-        tag = body.tag
-        if not isinstance(tag, str) or tag.startswith("{"):
+        if tag.startswith("{"):
             hint = (
                 ' (it inherited the envelope namespace: write xmlns="" on it)'
-                if isinstance(tag, str) and tag.startswith(_N)
+                if tag.startswith(_N)
                 else ""
             )
             raise _not_envelope(
                 f"payload <{_name(tag)}> must have no namespace{hint}", body, "/message"
             )
         return cls(fields.get(_FROM, ""), fields[_TO], fields.get(_THREAD, ""), body)
+
+
+def _drop_default_ns(attribute: re.Match[bytes]) -> bytes:
+    return b"" if attribute.group(1) == b"xmlns" else attribute.group(0)
 
 
 def _name(tag: object) -> str:

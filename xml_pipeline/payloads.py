@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from lxml import etree
 
-from xml_pipeline.codecs import CODECS, Codec, enum_codec, escape_text
+from xml_pipeline.codecs import CODECS, Codec, enum_codec, escape_markup, invalid_xml_char
 from xml_pipeline.errors import PayloadTypeError, SchemaViolation
 
 if TYPE_CHECKING:
@@ -43,6 +43,20 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# what `_check` and `_write` need per field, unpacked in one step: (name, optional, repeated,
+# nested spec, scalar check, scalar writer, field)
+_Walker = tuple[
+    str,
+    bool,
+    bool,
+    "PayloadSpec | None",
+    "Callable[[Any], bool] | None",
+    "Callable[[Any], str] | None",
+    "FieldSpec",
+]
+# what `_bind` needs per element, in one lookup: (field name, nested spec, scalar loader (None
+# for nested and str fields), repeated, field)
+_Binder = tuple[str, "PayloadSpec | None", "Callable[[str], Any] | None", bool, "FieldSpec"]
 _SPEC_ATTR = "__xml_payload__"
 _NAME = re.compile(r"^[A-Za-z_][\w.\-]*$")
 
@@ -74,9 +88,33 @@ class PayloadSpec:
     by_tag: dict[str, FieldSpec] = dataclasses.field(default_factory=dict)
     _schema: etree.XMLSchema | None = None
     _xsd: str | None = None
+    _binders: dict[str, _Binder] = dataclasses.field(default_factory=dict, repr=False)
+    _walkers: tuple[_Walker, ...] = dataclasses.field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         self.by_tag = {f.name: f for f in self.fields}
+        self._walkers = tuple(
+            (
+                f.name,
+                f.optional,
+                f.repeated,
+                f.nested,
+                None if f.codec is None else f.codec.accepts,
+                None if f.codec is None else f.codec.dump,
+                f,
+            )
+            for f in self.fields
+        )
+        self._binders = {
+            f.name: (
+                f.name,
+                f.nested,
+                None if f.codec is None or f.codec.load is str else f.codec.load,
+                f.repeated,
+                f,
+            )
+            for f in self.fields
+        }
 
     @property
     def xsd(self) -> str:
@@ -162,9 +200,7 @@ def _compile(cls: type, tag: str, *, stack: tuple[type, ...]) -> PayloadSpec:
     try:
         hints = typing.get_type_hints(cls)
     except NameError as exc:
-        raise PayloadTypeError(
-            f"{where}: cannot resolve a field annotation ({exc}); define nested classes first"
-        ) from None
+        raise _unresolved(cls, exc) from None
     specs = []
     for f in dataclasses.fields(cls):
         if not f.init:
@@ -177,6 +213,28 @@ def _compile(cls: type, tag: str, *, stack: tuple[type, ...]) -> PayloadSpec:
     if doc.startswith(f"{cls.__name__}("):
         doc = ""  # the signature @dataclass writes when the class has no docstring
     return PayloadSpec(cls=cls, tag=tag, fields=tuple(specs), doc=doc)
+
+
+def _unresolved(cls: type, exc: NameError) -> PayloadTypeError:
+    """The error for an annotation that names something not defined (yet), naming the field."""
+    missing = exc.name
+    for f in dataclasses.fields(cls):
+        text = f.type if isinstance(f.type, str) else _type_text(f.type)
+        if missing and re.search(rf"\b{re.escape(missing)}\b", text):
+            where = f"{cls.__qualname__}.{f.name}"
+            if missing == cls.__name__:
+                return PayloadTypeError(
+                    f"{where}: type {text} refers back to {cls.__qualname__}; recursive "
+                    "payloads are not supported"
+                )
+            return PayloadTypeError(
+                f"{where}: cannot resolve type {text} ({missing!r} is not defined); define "
+                "nested classes before the classes that use them"
+            )
+    return PayloadTypeError(
+        f"{cls.__qualname__}: cannot resolve a field annotation ({exc}); define nested classes "
+        "before the classes that use them"
+    )
 
 
 def _field(
@@ -198,8 +256,8 @@ def _field(
     if origin is list:
         if optional:
             raise PayloadTypeError(
-                f"{where}: Optional[list[...]] is ambiguous in XML; use list[...] (empty list = "
-                "no elements)"
+                f"{where}: type {text} is not supported: Optional[list[...]] is ambiguous in XML; "
+                "use list[...] (empty list = no elements)"
             )
         (inner,) = typing.get_args(inner) or (Any,)
         repeated = True
@@ -208,6 +266,11 @@ def _field(
                 f"{where}: {text} is not supported; list items must be scalars or dataclasses"
             )
     if isinstance(inner, type) and dataclasses.is_dataclass(inner):
+        if inner in stack:
+            raise PayloadTypeError(
+                f"{where}: type {text} refers back to {inner.__qualname__}; recursive payloads "
+                "are not supported"
+            )
         nested = _compile(inner, name, stack=stack)
         return FieldSpec(name, None, nested, optional, repeated, has_default, text)
     codec = _codec_for(inner)
@@ -242,39 +305,55 @@ def to_xml(obj: object) -> bytes:
     """
     spec = payload_spec(obj)
     parts: list[str] = []
-    _write(spec, spec.tag, obj, parts, spec.tag)
+    _write(spec, spec.tag, obj, parts, "/" + spec.tag)
     return "".join(parts).encode()
 
 
 def _write(spec: PayloadSpec, tag: str, obj: object, out: list[str], path: str) -> None:
+    # paths are built only for nested elements and errors: this runs for every field sent
     if type(obj) is not spec.cls:
         raise SchemaViolation(
             f"expected {spec.cls.__qualname__}, got {type(obj).__qualname__}", path=path
         )
     out.append(f"<{tag}>")
-    for f in spec.fields:
-        value = getattr(obj, f.name)
-        fpath = f"{path}/{f.name}"
-        if value is None and f.optional:
+    for name, optional, repeated, nested, accepts, dump, f in spec._walkers:
+        value = getattr(obj, name)
+        if value is None and optional:
             continue
-        if f.repeated:
+        if repeated:
             if not isinstance(value, list):
-                raise SchemaViolation(f"expected a list, got {type(value).__name__}", path=fpath)
-            for item in value:
-                _write_one(f, item, out, fpath)
+                raise SchemaViolation(
+                    f"expected a list, got {type(value).__name__}", path=f"{path}/{name}"
+                )
+            items: list[Any] | tuple[Any] = value
         else:
-            _write_one(f, value, out, fpath)
+            items = (value,)
+        for item in items:
+            if nested is not None:
+                _write(nested, name, item, out, f"{path}/{name}")
+            elif accepts(item):  # type: ignore[misc]
+                # `accepts` ruled out characters XML cannot carry: only markup needs escaping
+                out.append(f"<{name}>{escape_markup(dump(item))}</{name}>")  # type: ignore[misc]
+            else:
+                raise _bad_value(f, item, path)
     out.append(f"</{tag}>")
 
 
-def _write_one(f: FieldSpec, value: object, out: list[str], path: str) -> None:
-    if f.nested is not None:
-        _write(f.nested, f.name, value, out, path)
-        return
+def _bad_value(f: FieldSpec, value: object, path: str) -> SchemaViolation:
     assert f.codec is not None
-    if not f.codec.accepts(value):
-        raise SchemaViolation(f"{value!r} is not a valid {f.codec.name} value", path=path)
-    out.append(f"<{f.name}>{escape_text(f.codec.dump(value), path)}</{f.name}>")
+    bad = invalid_xml_char(value) if type(value) is str else None
+    why = f" (U+{ord(bad):04X} cannot be carried by XML 1.0)" if bad is not None else ""
+    return SchemaViolation(
+        f"{_show(value)} is not a valid {f.codec.name} value{why}", path=f"{path}/{f.name}"
+    )
+
+
+def _show(value: object) -> str:
+    """A short repr for an error message (repr refuses ints over 4,300 digits)."""
+    if type(value) is int and value.bit_length() >= 2_000:
+        return f"an int of {value.bit_length():,} bits"
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text):,} characters)"
 
 
 def to_element(obj: object) -> etree._Element:
@@ -296,7 +375,7 @@ def check_payload(obj: object) -> None:
         SchemaViolation: a field does not fit; the message names the field path.
     """
     spec = payload_spec(obj)
-    _check(spec, obj, spec.tag)
+    _check(spec, obj, "/" + spec.tag)
 
 
 def _check(spec: PayloadSpec, obj: object, path: str) -> None:
@@ -304,29 +383,26 @@ def _check(spec: PayloadSpec, obj: object, path: str) -> None:
         raise SchemaViolation(
             f"expected {spec.cls.__qualname__}, got {type(obj).__qualname__}", path=path
         )
-    for f in spec.fields:
-        value = getattr(obj, f.name)
-        if value is None and f.optional:
+    for name, optional, repeated, nested, accepts, _, f in spec._walkers:
+        value = getattr(obj, name)
+        if value is None and optional:
             continue
-        if f.repeated:
+        if repeated:
             if type(value) is not list:
                 raise SchemaViolation(
-                    f"expected a list, got {type(value).__name__}", path=f"{path}/{f.name}"
+                    f"expected a list, got {type(value).__name__}", path=f"{path}/{name}"
                 )
-            for item in value:
-                _check_one(f, item, path)
-        else:
-            _check_one(f, value, path)
-
-
-def _check_one(f: FieldSpec, value: object, path: str) -> None:
-    if f.nested is not None:
-        _check(f.nested, value, f"{path}/{f.name}")
-    elif not f.codec.accepts(value):  # type: ignore[union-attr]
-        raise SchemaViolation(
-            f"{value!r} is not a valid {f.codec.name} value",  # type: ignore[union-attr]
-            path=f"{path}/{f.name}",
-        )
+            if nested is not None:
+                for item in value:
+                    _check(nested, item, f"{path}/{name}")
+            else:
+                for item in value:
+                    if not accepts(item):  # type: ignore[misc]
+                        raise _bad_value(f, item, path)
+        elif nested is not None:
+            _check(nested, value, f"{path}/{name}")
+        elif not accepts(value):  # type: ignore[misc]
+            raise _bad_value(f, value, path)
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -362,7 +438,7 @@ def from_element(cls: type[T], element: etree._Element, *, validate: bool = True
             f"expected root element <{spec.tag}>, got <{element.tag}>",
             line=element.sourceline,
         )
-    return _bind(spec, element, spec.tag)  # type: ignore[return-value]
+    return _bind(spec, element, "/" + spec.tag)  # type: ignore[return-value]
 
 
 def validate_element(spec: PayloadSpec, element: etree._Element) -> None:
@@ -373,7 +449,7 @@ def validate_element(spec: PayloadSpec, element: etree._Element) -> None:
     """
     schema = spec.schema
     if not schema.validate(element):
-        err = schema.error_log.last_error
+        err = schema.error_log[0]  # the first error: later ones often follow from it
         raise SchemaViolation(
             f"<{spec.tag}> does not conform to its schema: {err.message}",
             line=err.line or None,
@@ -382,38 +458,71 @@ def validate_element(spec: PayloadSpec, element: etree._Element) -> None:
 
 
 def _bind(spec: PayloadSpec, el: etree._Element, path: str) -> object:
+    # the hot path for every payload from outside: one lookup per element, element paths built
+    # only for nested elements and errors
     values: dict[str, Any] = {}
+    binders = spec._binders
     for child in el:
-        tag = child.tag
-        if not isinstance(tag, str):
-            continue  # comments and processing instructions carry no data
-        f = spec.by_tag.get(tag)
-        if f is None:
+        binder = binders.get(child.tag)
+        if binder is None:
+            tag = child.tag
+            if not isinstance(tag, str):
+                continue  # comments and processing instructions carry no data
             raise SchemaViolation(f"unknown element <{tag}>", line=child.sourceline, path=path)
-        cpath = f"{path}/{tag}"
-        if f.nested is not None:
-            value = _bind(f.nested, child, cpath)
+        name, nested, load, repeated, f = binder
+        if nested is not None:
+            value = _bind(nested, child, f"{path}/{name}")
         else:
-            assert f.codec is not None
-            try:
-                value = f.codec.load(child.text or "")
-            except (ValueError, ArithmeticError) as exc:
-                raise SchemaViolation(
-                    f"{child.text!r} is not a valid {f.codec.name}: {exc}",
-                    line=child.sourceline,
-                    path=cpath,
-                ) from None
-        if f.repeated:
-            values.setdefault(tag, []).append(value)
-        elif tag in values:
-            raise SchemaViolation(f"<{tag}> appears twice", line=child.sourceline, path=cpath)
+            text = child.text if len(child) == 0 else _scalar_text(child, path)
+            if load is None:
+                value = text or ""  # a str field: lxml's text is the value
+            else:
+                try:
+                    value = load(text or "")
+                except (ValueError, ArithmeticError) as exc:
+                    raise SchemaViolation(
+                        f"{_show(text)} is not a valid {f.codec.name}: {exc}",  # type: ignore[union-attr]
+                        line=child.sourceline,
+                        path=f"{path}/{name}",
+                    ) from None
+        if repeated:
+            items = values.get(name)
+            if items is None:
+                values[name] = [value]
+            else:
+                items.append(value)
+        elif name in values:
+            raise SchemaViolation(
+                f"<{name}> appears twice", line=child.sourceline, path=f"{path}/{name}"
+            )
         else:
-            values[tag] = value
-    for f in spec.fields:
-        if f.name not in values and f.repeated and not f.has_default:
-            values[f.name] = []
-        elif f.name not in values and f.optional and not f.has_default:
-            values[f.name] = None
-        elif f.name not in values and not f.has_default:
-            raise SchemaViolation(f"missing element <{f.name}>", line=el.sourceline, path=path)
+            values[name] = value
+    if len(values) != len(spec.fields):
+        for f in spec.fields:
+            if f.name in values or f.has_default:
+                continue
+            if f.repeated:
+                values[f.name] = []
+            elif f.optional:
+                values[f.name] = None
+            else:
+                raise SchemaViolation(f"missing element <{f.name}>", line=el.sourceline, path=path)
     return spec.cls(**values)
+
+
+def _scalar_text(el: etree._Element, path: str) -> str:
+    """The text of a value element that holds comments or PIs (a tree not from parse_guarded).
+
+    Raises:
+        SchemaViolation: the element holds an element, where a value was expected.
+    """
+    parts = [el.text or ""]
+    for sub in el:
+        if isinstance(sub.tag, str):
+            raise SchemaViolation(
+                f"<{el.tag}> holds a value, not elements; found <{sub.tag}>",
+                line=sub.sourceline,
+                path=f"{path}/{el.tag}",
+            )
+        parts.append(sub.tail or "")
+    return "".join(parts)
