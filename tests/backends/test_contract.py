@@ -1,0 +1,332 @@
+"""The behaviour every `Backend` must have, run against memory, manager and Redis.
+
+`BackendContract` holds the tests; each subclass only says how to build its backend.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+from xml_pipeline.backends import (
+    Backend,
+    ManagerBackend,
+    ManagerServer,
+    MemoryBackend,
+    PruneResult,
+    RedisBackend,
+    ThreadRecord,
+)
+
+pytestmark = pytest.mark.anyio
+
+ROOT = "root-thread"
+ORG = "organism"
+Factory = Callable[..., Backend]
+
+# XML as it travels: UTF-8 with non-ASCII text, plus every byte value except NUL.
+UNICODE_ENTRY = "<Note>héllo ✓ 日本語 \U0001f600</Note>".encode()
+BINARY_ENTRY = bytes(range(1, 256))
+
+
+@asynccontextmanager
+async def opened(backend: Backend) -> AsyncIterator[Backend]:
+    """The backend, open and with the organism's root in place; closed afterwards."""
+    await backend.open()
+    try:
+        await backend.put_root(ROOT, ORG)
+        yield backend
+    finally:
+        await backend.aclose()
+
+
+class BackendContract:
+    """Subclasses provide ``make_backend``: keyword settings -> an unopened backend."""
+
+    @pytest.fixture
+    def make_backend(self) -> Factory:
+        raise NotImplementedError
+
+    @pytest.fixture
+    async def backend(self, make_backend: Factory) -> AsyncIterator[Backend]:
+        async with opened(make_backend()) as backend:
+            yield backend
+
+    async def test_implements_protocol(self, backend: Backend) -> None:
+        assert isinstance(backend, Backend)
+
+    # -- extend -------------------------------------------------------------------------------
+
+    async def test_extend_creates_child_under_parent(self, backend: Backend) -> None:
+        first = await backend.extend(ROOT, "a", "alpha")
+        assert first == ThreadRecord("a", ROOT, "alpha", "a")
+        second = await backend.extend("a", "b", "beta")
+        assert second == ThreadRecord("b", "a", "beta", "a")
+        assert await backend.get("b") == second
+        assert await backend.count() == 3
+
+    async def test_same_path_in_two_conversations_keeps_ids_apart(self, backend: Backend) -> None:
+        """Two conversations along one path never share a record; replies do not cross."""
+        for n in (1, 2):
+            await backend.extend(ROOT, f"a{n}", "alpha")
+            await backend.extend(f"a{n}", f"b{n}", "beta")
+        second = await backend.prune("b2")
+        first = await backend.prune("b1")
+        assert first == PruneResult("alpha", "a1", "a1", False)
+        assert second == PruneResult("alpha", "a2", "a2", False)
+
+    async def test_extend_under_unknown_parent_returns_none(self, backend: Backend) -> None:
+        assert await backend.extend("no-such-thread", "b", "beta") is None
+        assert await backend.get("b") is None
+        assert await backend.count() == 1
+
+    async def test_extend_reusing_a_live_id_under_another_parent_raises(
+        self, backend: Backend
+    ) -> None:
+        await backend.extend(ROOT, "a", "alpha")
+        await backend.extend(ROOT, "x", "alpha")
+        await backend.extend("a", "b", "beta")
+        with pytest.raises(ValueError, match="already in use"):
+            await backend.extend("x", "b", "beta")
+        with pytest.raises(ValueError, match="already in use"):
+            await backend.extend("a", ROOT, "beta")
+
+    async def test_extend_repeated_is_idempotent(self, backend: Backend) -> None:
+        """A retried extend returns the same record and does not append history twice."""
+        await backend.extend(ROOT, "a", "alpha", b"<one/>")
+        again = await backend.extend(ROOT, "a", "alpha", b"<one/>")
+        assert again == ThreadRecord("a", ROOT, "alpha", "a")
+        assert await backend.history("a") == [b"<one/>"]
+        assert await backend.count() == 2
+
+    # -- prune --------------------------------------------------------------------------------
+
+    async def test_prune_returns_caller_and_caller_thread(self, backend: Backend) -> None:
+        await backend.extend(ROOT, "a", "alpha")
+        await backend.extend("a", "b", "beta")
+        assert await backend.prune("b") == PruneResult("alpha", "a", "a", False)
+        assert await backend.get("b") is None
+        assert await backend.get("a") == ThreadRecord("a", ROOT, "alpha", "a")
+        assert await backend.count() == 2
+
+    async def test_prune_of_first_level_thread_ends_the_conversation(
+        self, backend: Backend
+    ) -> None:
+        """Answering the root retires every record and the history of the conversation."""
+        await backend.extend(ROOT, "a", "alpha", b"<h1/>")
+        await backend.extend("a", "b", "beta", b"<h2/>")
+        await backend.extend("a", "c", "gamma", b"<h3/>")
+        await backend.extend("c", "d", "delta")
+        await backend.extend(ROOT, "other", "alpha", b"<keep/>")
+
+        result = await backend.prune("a", b"<ignored/>")
+
+        assert result == PruneResult(ORG, ROOT, "a", True)
+        for thread in ("a", "b", "c", "d"):
+            assert await backend.get(thread) is None
+        assert await backend.history("a") == []
+        assert await backend.history("other") == [b"<keep/>"]
+        assert await backend.count() == 2
+
+    async def test_fan_out_children_each_prune_to_the_same_parent(self, backend: Backend) -> None:
+        await backend.extend(ROOT, "a", "alpha")
+        await backend.extend("a", "b", "beta")
+        await backend.extend("a", "c", "gamma")
+        assert await backend.prune("c") == PruneResult("alpha", "a", "a", False)
+        assert await backend.prune("b") == PruneResult("alpha", "a", "a", False)
+        assert await backend.prune("a") == PruneResult(ORG, ROOT, "a", True)
+
+    async def test_prune_of_unknown_or_pruned_thread_returns_none(self, backend: Backend) -> None:
+        await backend.extend(ROOT, "a", "alpha")
+        await backend.extend("a", "b", "beta", b"<h1/>")
+        assert await backend.prune("no-such-thread", b"<x/>") is None
+        assert await backend.prune("b", b"<h2/>") is not None
+        assert await backend.prune("b", b"<h3/>") is None
+        assert await backend.count() == 2
+        assert await backend.history("a") == [b"<h1/>", b"<h2/>"]
+
+    async def test_prune_of_the_root_returns_none_and_keeps_it(self, backend: Backend) -> None:
+        assert await backend.prune(ROOT) is None
+        assert await backend.get(ROOT) == ThreadRecord(ROOT, None, ORG, None)
+        assert await backend.count() == 1
+
+    async def test_late_reply_under_a_retired_parent_returns_none(self, backend: Backend) -> None:
+        """The child of a thread that already answered is dropped, and its record removed."""
+        await backend.extend(ROOT, "a", "alpha")
+        await backend.extend("a", "b", "beta")
+        await backend.extend("b", "c", "gamma")
+        assert await backend.prune("b") == PruneResult("alpha", "a", "a", False)
+
+        assert await backend.prune("c") is None
+        assert await backend.get("c") is None
+        assert await backend.count() == 2
+
+    async def test_late_reply_after_the_conversation_ended_returns_none(
+        self, backend: Backend
+    ) -> None:
+        await backend.extend(ROOT, "a", "alpha")
+        await backend.extend("a", "b", "beta")
+        await backend.prune("a")
+        assert await backend.prune("b") is None
+        assert await backend.extend("b", "c", "gamma") is None
+        assert await backend.count() == 1
+
+    # -- get, chain, retire, count ------------------------------------------------------------
+
+    async def test_get_of_root_and_unknown(self, backend: Backend) -> None:
+        assert await backend.get(ROOT) == ThreadRecord(ROOT, None, ORG, None)
+        assert await backend.get("no-such-thread") is None
+
+    async def test_put_root_keeps_an_existing_root(self, backend: Backend) -> None:
+        await backend.put_root(ROOT, "renamed")
+        assert await backend.get(ROOT) == ThreadRecord(ROOT, None, ORG, None)
+        assert await backend.count() == 1
+
+    async def test_chain_lists_listener_names_from_the_root(self, backend: Backend) -> None:
+        """Dotted listener names stay whole: a chain is a sequence, not a split string."""
+        await backend.extend(ROOT, "a", "team.alpha")
+        await backend.extend("a", "b", "team.beta.v2")
+        await backend.extend("b", "c", "gamma")
+        assert await backend.chain("c") == [ORG, "team.alpha", "team.beta.v2", "gamma"]
+        assert await backend.chain("a") == [ORG, "team.alpha"]
+        assert await backend.chain(ROOT) == [ORG]
+        assert await backend.chain("no-such-thread") is None
+
+    async def test_chain_of_an_orphaned_thread_is_none(self, backend: Backend) -> None:
+        await backend.extend(ROOT, "a", "alpha")
+        await backend.extend("a", "b", "beta")
+        await backend.extend("b", "c", "gamma")
+        await backend.prune("b")
+        assert await backend.chain("c") is None
+
+    async def test_retire_conversation(self, backend: Backend) -> None:
+        await backend.extend(ROOT, "a", "alpha", b"<h/>")
+        await backend.extend("a", "b", "beta")
+        await backend.extend("b", "c", "gamma")
+        await backend.extend(ROOT, "other", "alpha")
+
+        assert await backend.retire_conversation("a") == 3
+
+        for thread in ("a", "b", "c"):
+            assert await backend.get(thread) is None
+        assert await backend.history("a") == []
+        assert await backend.get("other") is not None
+        assert await backend.retire_conversation("a") == 0
+        assert await backend.retire_conversation("no-such-conversation") == 0
+        assert await backend.count() == 2
+
+    async def test_count_returns_to_the_root_after_concurrent_conversations(
+        self, backend: Backend
+    ) -> None:
+        """200 conversations with fan-out, run concurrently, leave only the root behind."""
+        ended: list[bool] = []
+
+        async def converse(n: int) -> None:
+            a, b, c = f"a{n}", f"b{n}", f"c{n}"
+            assert await backend.extend(ROOT, a, "alpha", b"<ask/>") is not None
+            assert await backend.extend(a, b, "beta", b"<b/>") is not None
+            assert await backend.extend(a, c, "gamma", b"<c/>") is not None
+            assert await backend.prune(c, b"<c-done/>") == PruneResult("alpha", a, a, False)
+            assert await backend.prune(b, b"<b-done/>") == PruneResult("alpha", a, a, False)
+            assert len(await backend.history(a)) == 5
+            result = await backend.prune(a, b"<answer/>")
+            assert result is not None
+            ended.append(result.conversation_ended)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(200):
+                tg.start_soon(converse, n)
+
+        assert ended == [True] * 200
+        assert await backend.count() == 1
+        assert await backend.history("a7") == []
+
+    # -- history ------------------------------------------------------------------------------
+
+    async def test_history_is_appended_per_hop_in_order(self, backend: Backend) -> None:
+        await backend.extend(ROOT, "a", "alpha", b"<ask/>")
+        await backend.extend("a", "b", "beta", UNICODE_ENTRY)
+        await backend.extend("a", "c", "gamma")  # a hop without an entry
+        await backend.history_append("a", BINARY_ENTRY)
+        await backend.prune("b", b"<reply/>")
+        assert await backend.history("a") == [b"<ask/>", UNICODE_ENTRY, BINARY_ENTRY, b"<reply/>"]
+
+    async def test_history_is_bounded_to_the_newest_entries(self, make_backend: Factory) -> None:
+        async with opened(make_backend(history_max_entries=3)) as backend:
+            await backend.extend(ROOT, "a", "alpha", b"<e0/>")
+            for n in range(1, 5):
+                await backend.history_append("a", f"<e{n}/>".encode())
+            await backend.extend("a", "b", "beta", b"<e5/>")
+            assert await backend.history("a") == [b"<e3/>", b"<e4/>", b"<e5/>"]
+
+    async def test_history_of_unknown_conversation_is_empty(self, backend: Backend) -> None:
+        assert await backend.history("no-such-conversation") == []
+
+    # -- TTL ----------------------------------------------------------------------------------
+
+    async def test_abandoned_conversation_expires(self, make_backend: Factory) -> None:
+        async with opened(make_backend(thread_ttl_seconds=0.2)) as backend:
+            await backend.extend(ROOT, "a", "alpha", b"<ask/>")
+            await backend.extend("a", "b", "beta")
+            await anyio.sleep(0.5)
+            assert await backend.get("b") is None
+            assert await backend.chain("b") is None
+            assert await backend.prune("b") is None
+            assert await backend.extend("a", "c", "gamma") is None
+            assert await backend.history("a") == []
+            assert await backend.count() == 1
+            assert await backend.get(ROOT) == ThreadRecord(ROOT, None, ORG, None)
+
+    async def test_sliding_ttl_keeps_an_active_conversation_alive(
+        self, make_backend: Factory
+    ) -> None:
+        """Each hop refreshes the TTL: the conversation outlives the TTL many times over."""
+        async with opened(make_backend(thread_ttl_seconds=0.3)) as backend:
+            await backend.extend(ROOT, "a", "alpha", b"<ask/>")
+            for n in range(7):
+                await anyio.sleep(0.1)
+                assert await backend.extend("a", f"b{n}", "beta") is not None
+                assert await backend.prune(f"b{n}") == PruneResult("alpha", "a", "a", False)
+            assert await backend.history("a") == [b"<ask/>"]
+            assert await backend.prune("a") == PruneResult(ORG, ROOT, "a", True)
+
+    async def test_get_refreshes_the_ttl(self, make_backend: Factory) -> None:
+        async with opened(make_backend(thread_ttl_seconds=0.3)) as backend:
+            await backend.extend(ROOT, "a", "alpha")
+            for _ in range(7):
+                await anyio.sleep(0.1)
+                assert await backend.get("a") is not None
+            assert await backend.count() == 2
+
+
+class TestMemoryBackend(BackendContract):
+    @pytest.fixture
+    def make_backend(self) -> Factory:
+        return MemoryBackend
+
+
+class TestManagerBackend(BackendContract):
+    @pytest.fixture
+    def make_backend(self, manager_server: ManagerServer) -> Factory:
+        return functools.partial(
+            ManagerBackend,
+            manager_server.address,
+            manager_server.authkey,
+            namespace=uuid.uuid4().hex,
+        )
+
+
+@pytest.mark.redis
+class TestRedisBackend(BackendContract):
+    @pytest.fixture
+    def make_backend(self, redis_url: str) -> Factory:
+        def make(**settings: Any) -> Backend:
+            return RedisBackend(redis_url, prefix=f"xp-{uuid.uuid4().hex[:8]}:", **settings)
+
+        return make

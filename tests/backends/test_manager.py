@@ -1,0 +1,105 @@
+"""What only the manager backend does: its server process, addresses, keys, namespaces."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.redis_server import free_port
+from xml_pipeline.backends import ManagerBackend, ManagerServer, start_manager_server
+from xml_pipeline.errors import BackendError
+
+pytestmark = pytest.mark.anyio
+
+ROOT = "root"
+
+
+async def test_server_reports_its_real_port(manager_server: ManagerServer) -> None:
+    host, port = manager_server.address
+    assert host == "127.0.0.1"
+    assert port > 0
+    assert len(manager_server.authkey) >= 32
+
+
+async def test_clients_in_one_namespace_share_state(manager_server: ManagerServer) -> None:
+    """Two clients (as two processes would have) see each other's records."""
+    first = ManagerBackend(manager_server.address, manager_server.authkey, namespace="shared-1")
+    second = ManagerBackend(manager_server.address, manager_server.authkey, namespace="shared-1")
+    await first.open()
+    await second.open()
+    try:
+        await first.put_root(ROOT, "organism")
+        await first.extend(ROOT, "a", "alpha", b"<ask/>")
+        assert await second.chain("a") == ["organism", "alpha"]
+        result = await second.prune("a")
+        assert result is not None and result.conversation_ended
+        assert await first.count() == 1
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_namespaces_keep_organisms_apart(manager_server: ManagerServer) -> None:
+    first = ManagerBackend(manager_server.address, manager_server.authkey, namespace="ns-one")
+    second = ManagerBackend(manager_server.address, manager_server.authkey, namespace="ns-two")
+    await first.open()
+    await second.open()
+    try:
+        await first.put_root(ROOT, "first")
+        await second.put_root(ROOT, "second")
+        await first.extend(ROOT, "a", "alpha", b"<one/>")
+        assert await second.get("a") is None
+        assert await second.history("a") == []
+        assert await second.count() == 1
+        assert await first.count() == 2
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_unreachable_server_names_the_address_cause_and_remedy() -> None:
+    port = free_port()
+    backend = ManagerBackend(("127.0.0.1", port), b"key")
+    with pytest.raises(BackendError) as caught:
+        await backend.open()
+    await backend.aclose()
+    error = caught.value
+    assert error.reason == "backend_unreachable"
+    assert f"127.0.0.1:{port}" in error.message
+    assert "ConnectionRefusedError" in error.message
+    assert "start the server" in error.message
+
+
+async def test_wrong_authkey_is_reported_as_such(manager_server: ManagerServer) -> None:
+    backend = ManagerBackend(manager_server.address, b"not the key")
+    with pytest.raises(BackendError, match="authkey does not match"):
+        await backend.open()
+    await backend.aclose()
+
+
+async def test_operation_before_open_says_to_open_first(manager_server: ManagerServer) -> None:
+    backend = ManagerBackend(manager_server.address, manager_server.authkey)
+    with pytest.raises(BackendError, match="open"):
+        await backend.count()
+
+
+async def test_a_stopped_server_fails_operations_promptly() -> None:
+    with start_manager_server() as server:
+        backend = ManagerBackend(server.address, server.authkey)
+        await backend.open()
+        await backend.put_root(ROOT, "organism")
+        server.shutdown()
+        started = time.monotonic()
+        with pytest.raises(BackendError) as caught:
+            await backend.extend(ROOT, "a", "alpha")
+        assert time.monotonic() - started < 5
+        assert caught.value.reason == "backend_unreachable"
+        await backend.aclose()
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="thread_ttl_seconds"):
+        ManagerBackend(("127.0.0.1", 1), b"k", thread_ttl_seconds=0)
+    with pytest.raises(ValueError, match="max_connections"):
+        ManagerBackend(("127.0.0.1", 1), b"k", max_connections=0)

@@ -1,0 +1,161 @@
+"""A private redis-server for tests: a subprocess on a free port, never the system's 6379.
+
+Import the fixtures into a conftest (``from tests.redis_server import redis_server, redis_url``):
+``redis_server`` starts one server per test session; ``redis_url`` flushes it before each
+test. Tests that stop or restart a server start their own `RedisServer` instead.
+
+The server runs with ``KEYS`` renamed away, so any code path that uses it fails loudly. A
+missing ``redis-server`` binary fails the test (it never skips): CI installs it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+__all__ = ["RedisServer", "free_port", "redis_server", "redis_url"]
+
+_START_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    """A local TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A ``redis-server`` subprocess on a free local port, without persistence.
+
+    ``start()`` after ``stop()`` restarts it on the same port (data is gone: nothing is
+    saved), which is how tests simulate a Redis restart.
+
+    Raises:
+        RuntimeError: ``redis-server`` is not on PATH, or the server did not answer in time.
+    """
+
+    def __init__(self, *, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(
+                "redis-server is not on PATH: install it (apt-get install redis-server, "
+                "brew install redis) to run the Redis tests"
+            )
+        self._binary = binary
+        self.port = free_port() if port is None else port
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._dir = tempfile.TemporaryDirectory(prefix="xp-redis-")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"RedisServer(url={self.url!r})"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start the server (again, on the same port) and wait until it answers PING."""
+        if self.running:
+            return
+        log = Path(self._dir.name) / "redis.log"
+        # fmt: off
+        args = [
+            self._binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._dir.name,
+            "--logfile", str(log),
+            "--rename-command", "KEYS", "",
+        ]
+        # fmt: on
+        self._process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + _START_TIMEOUT
+        while True:
+            if self._process.poll() is not None:
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                self._process = None
+                raise RuntimeError(f"redis-server on port {self.port} exited at start:\n{tail}")
+            try:
+                with self.client() as client:
+                    client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"redis-server on port {self.port} did not answer within "
+                        f"{_START_TIMEOUT:g} s"
+                    ) from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Kill the server (SIGKILL: no goodbye to clients, like a crash) and wait for it."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.kill()
+            process.wait()
+
+    def close(self) -> None:
+        """Stop the server and remove its directory."""
+        self.stop()
+        self._dir.cleanup()
+
+    def client(self) -> redis.Redis:
+        """A synchronous client for the test's own inspection; close it (``with``)."""
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def flush(self) -> None:
+        """Delete every key (scripts stay loaded)."""
+        with self.client() as client:
+            client.flushall()
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One private redis-server for the whole test session."""
+    server: RedisServer | None = None
+    problem = ""
+    try:
+        server = RedisServer()
+        server.start()
+    except RuntimeError as exc:
+        problem = str(exc)
+    if problem or server is None:
+        if server is not None:
+            server.close()
+        pytest.fail(problem, pytrace=False)  # never skip: CI installs redis-server
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session server's URL, flushed: each test starts with an empty Redis."""
+    if not redis_server.running:  # a test stopped it: bring it back for the next ones
+        redis_server.start()
+    redis_server.flush()
+    return redis_server.url

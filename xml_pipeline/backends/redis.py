@@ -1,0 +1,472 @@
+"""The Redis backend: shared state for pump processes on any number of hosts.
+
+Every read-modify-write is one Lua script, so each operation is atomic however many processes
+share the data, and each hop is one round trip. Key layout, all under the ``prefix``::
+
+    {prefix}t:{thread}   hash   p=parent id, l=listener, c=conversation (the root: l only)
+    {prefix}c:{conv}     set    the thread ids of a conversation
+    {prefix}h:{conv}     list   the conversation's history, oldest first
+    {prefix}live         zset   live thread id -> expiry in ms (the root: +inf); count() reads it
+    {prefix}x:{thread}   string receipt of a prune, kept briefly so a retried prune gets the
+                                answer of the attempt that already ran instead of "unknown"
+
+TTLs are sliding and set by the scripts (PEXPIRE), from the server's clock: touching a record
+refreshes it and its conversation's set and history. A record whose key expired is unknown;
+`live` forgets it lazily (a few expired entries per ``extend``, all of them on ``count()``).
+No command lists keys: nothing here needs to enumerate them.
+
+Connections come from a blocking pool (callers wait for a free connection instead of failing),
+and a connection or timeout error is retried with capped exponential backoff with jitter, so
+operations succeed again once a restarted server answers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..errors import BackendError
+from ._redis_batch import ScriptBatcher
+from .base import PruneResult, ThreadRecord
+from .memory import _check_settings, _in_use
+
+__all__ = ["RedisBackend"]
+
+# No command blocks server-side, so a reply slower than this means a dead or stuck link.
+_SOCKET_TIMEOUT = 5.0
+_CONNECT_TIMEOUT = 2.0
+_RETRIES = 3
+_BACKOFF_BASE = 0.05
+_BACKOFF_CAP = 1.0
+# How long to wait for a free pooled connection before reporting the backend overloaded.
+_POOL_TIMEOUT = 30.0
+# Pipelines in the air at once; callers beyond that share the next pipeline (see _redis_batch).
+_PIPELINES_IN_FLIGHT = 4
+# A receipt must outlive every retry of the prune that wrote it.
+_RECEIPT_MS = int(((_SOCKET_TIMEOUT + _BACKOFF_CAP) * (_RETRIES + 1) + 1.0) * 1000)
+
+# Every script starts with this prelude. The backend's settings are constants in the source
+# (each backend registers its own copies), so a call carries only thread ids and entries.
+_LUA_COMMON = """
+local P, TTL, MAX, RECEIPT = {prefix}, {ttl_ms}, {max_entries}, {receipt_ms}
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function touch_history(conv, entry)
+  local hk = P .. 'h:' .. conv
+  if entry then
+    redis.call('RPUSH', hk, entry)
+    redis.call('LTRIM', hk, -MAX, -1)
+  end
+  redis.call('PEXPIRE', hk, TTL)
+end
+local function retire(conv)
+  local ck = P .. 'c:' .. conv
+  local ids = redis.call('SMEMBERS', ck)
+  local removed = 0
+  for i = 1, #ids, 1000 do
+    local last = math.min(i + 999, #ids)
+    local keys = {{}}
+    for j = i, last do keys[#keys + 1] = P .. 't:' .. ids[j] end
+    removed = removed + redis.call('DEL', unpack(keys))
+    redis.call('ZREM', P .. 'live', unpack(ids, i, last))
+  end
+  redis.call('DEL', ck, P .. 'h:' .. conv)
+  return removed
+end
+"""
+
+# ARGV: parent, child, listener[, entry]
+# -> conversation | nil (parent unknown) | {{conversation, listener}} (already there) | 0 (in use)
+_EXTEND = """
+local pk, tk = P .. 't:' .. ARGV[1], P .. 't:' .. ARGV[2]
+local par = redis.call('HMGET', pk, 'l', 'c')
+if not par[1] then return false end
+local cur = redis.call('HMGET', tk, 'p', 'l', 'c')
+if cur[2] then
+  if cur[1] == ARGV[1] then return {{cur[3], cur[2]}} end
+  return 0
+end
+local now = now_ms()
+local live = P .. 'live'
+local conv = par[2]
+if conv then
+  redis.call('PEXPIRE', pk, TTL)
+  redis.call('ZADD', live, now + TTL, ARGV[1], now + TTL, ARGV[2])
+else
+  conv = ARGV[2]
+  redis.call('ZADD', live, now + TTL, ARGV[2])
+end
+redis.call('HSET', tk, 'p', ARGV[1], 'l', ARGV[3], 'c', conv)
+redis.call('PEXPIRE', tk, TTL)
+local ck = P .. 'c:' .. conv
+redis.call('SADD', ck, ARGV[2])
+redis.call('PEXPIRE', ck, TTL)
+touch_history(conv, ARGV[4])
+redis.call('ZREMRANGEBYSCORE', live, '-inf', '(' .. now)
+return conv
+"""
+
+# ARGV: thread, token[, entry] -> "caller NUL caller_thread NUL conversation NUL ended" | nil
+# A retried call (same token) whose first attempt already ran gets that attempt's answer.
+_PRUNE = """
+local tk, xk = P .. 't:' .. ARGV[1], P .. 'x:' .. ARGV[1]
+local rec = redis.call('HMGET', tk, 'p', 'c')
+if not rec[1] then
+  local receipt = redis.call('GET', xk)
+  if receipt then
+    local sep = string.find(receipt, '\\0', 1, true)
+    if string.sub(receipt, 1, sep - 1) == ARGV[2] then return string.sub(receipt, sep + 1) end
+  end
+  return false
+end
+local parent, conv = rec[1], rec[2]
+local pk = P .. 't:' .. parent
+local par = redis.call('HMGET', pk, 'l', 'c')
+local live = P .. 'live'
+redis.call('DEL', tk)
+redis.call('ZREM', live, ARGV[1])
+local ended = '0'
+if par[1] and not par[2] then
+  retire(conv)
+  ended = '1'
+else
+  local ck = P .. 'c:' .. conv
+  redis.call('SREM', ck, ARGV[1])
+  if not par[1] then return false end
+  redis.call('PEXPIRE', pk, TTL)
+  redis.call('ZADD', live, now_ms() + TTL, parent)
+  redis.call('PEXPIRE', ck, TTL)
+  touch_history(conv, ARGV[3])
+end
+local reply = par[1] .. '\\0' .. parent .. '\\0' .. conv .. '\\0' .. ended
+redis.call('SET', xk, ARGV[2] .. '\\0' .. reply, 'PX', RECEIPT)
+return reply
+"""
+
+# ARGV: thread -> {{listener}} (the root) | {{parent, listener, conversation}} | nil
+_GET = """
+local tk = P .. 't:' .. ARGV[1]
+local rec = redis.call('HMGET', tk, 'p', 'l', 'c')
+if not rec[2] then return false end
+if not rec[3] then return {{rec[2]}} end
+redis.call('PEXPIRE', tk, TTL)
+redis.call('ZADD', P .. 'live', now_ms() + TTL, ARGV[1])
+redis.call('PEXPIRE', P .. 'c:' .. rec[3], TTL)
+redis.call('PEXPIRE', P .. 'h:' .. rec[3], TTL)
+return rec
+"""
+
+# ARGV: thread -> listener names from the thread up to the root | nil
+_CHAIN = """
+local names = {{}}
+local id = ARGV[1]
+for _ = 1, 100000 do
+  local rec = redis.call('HMGET', P .. 't:' .. id, 'p', 'l')
+  if not rec[2] then return false end
+  names[#names + 1] = rec[2]
+  if not rec[1] then return names end
+  id = rec[1]
+end
+return redis.error_reply('chain deeper than 100000 records from ' .. ARGV[1])
+"""
+
+# ARGV: conversation -> records removed
+_RETIRE = """
+return retire(ARGV[1])
+"""
+
+# -> live records
+_COUNT = """
+local live = P .. 'live'
+redis.call('ZREMRANGEBYSCORE', live, '-inf', '(' .. now_ms())
+return redis.call('ZCARD', live)
+"""
+
+# ARGV: root, name
+_PUT_ROOT = """
+if redis.call('HSETNX', P .. 't:' .. ARGV[1], 'l', ARGV[2]) == 1 then
+  redis.call('ZADD', P .. 'live', '+inf', ARGV[1])
+end
+return 1
+"""
+
+# ARGV: conversation, entry
+_HISTORY_APPEND = """
+touch_history(ARGV[1], ARGV[2])
+redis.call('PEXPIRE', P .. 'c:' .. ARGV[1], TTL)
+return 1
+"""
+
+_SCRIPTS = {
+    "extend": _EXTEND,
+    "prune": _PRUNE,
+    "get": _GET,
+    "chain": _CHAIN,
+    "retire_conversation": _RETIRE,
+    "count": _COUNT,
+    "put_root": _PUT_ROOT,
+    "history_append": _HISTORY_APPEND,
+}
+
+
+def _lua_string(text: str) -> str:
+    """A Lua string literal for any text: every byte as a three-digit decimal escape."""
+    return '"' + "".join(f"\\{byte:03d}" for byte in text.encode()) + '"'
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _describe(exc: BaseException) -> str:
+    """The error and, when its text does not say it, the system's word for the root cause."""
+    text = f"{type(exc).__name__}: {exc}"
+    inner = exc.__cause__ or exc.__context__
+    while inner is not None and not isinstance(inner, OSError):
+        inner = inner.__cause__ or inner.__context__
+    if isinstance(inner, OSError) and inner.errno:
+        reason = os.strerror(inner.errno)
+        if reason.lower() not in text.lower():
+            text = f"{text} ({reason})"
+    return text
+
+
+class RedisBackend:
+    """Shared state in Redis, for pump processes on one or several hosts.
+
+    Each operation is one Lua script call (atomic); calls made concurrently share round trips
+    (automatic pipelining). Organisms sharing one Redis stay apart by ``prefix``. Connections
+    come from a blocking pool of at most ``max_connections``; connection errors and timeouts
+    are retried with capped exponential backoff and jitter before an operation gives up with
+    `BackendError`. Needs Redis >= 6.2; not for Redis Cluster (scripts derive key names).
+
+    Raises:
+        ValueError: ``thread_ttl_seconds`` is not positive, ``history_max_entries`` < 1, or
+            ``max_connections`` < 1.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "xp:",
+        thread_ttl_seconds: float = 3600,
+        history_max_entries: int = 100,
+        max_connections: int = 64,
+    ) -> None:
+        _check_settings(thread_ttl_seconds, history_max_entries)
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections!r}")
+        self._url = _redact(url)
+        self._prefix = prefix
+        self._history_prefix = prefix + "h:"
+        # Receipt tokens only need to be unique among this client's in-flight prunes.
+        self._token_prefix = os.urandom(6).hex() + ":"
+        self._tokens = itertools.count()
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=_POOL_TIMEOUT,
+            socket_timeout=_SOCKET_TIMEOUT,
+            socket_connect_timeout=_CONNECT_TIMEOUT,
+            socket_keepalive=True,
+            retry=Retry(
+                ExponentialWithJitterBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), _RETRIES
+            ),
+        )
+        self._client = aioredis.Redis.from_pool(pool)
+        prelude = _LUA_COMMON.format(
+            prefix=_lua_string(prefix),
+            ttl_ms=max(1, round(thread_ttl_seconds * 1000)),
+            max_entries=history_max_entries,
+            receipt_ms=_RECEIPT_MS,
+        )
+        self._scripts: dict[str, AsyncScript] = {
+            name: self._client.register_script(prelude + body.format())
+            for name, body in _SCRIPTS.items()
+        }
+        self._extend = self._scripts["extend"]
+        self._prune = self._scripts["prune"]
+        batcher = ScriptBatcher(
+            self._client, max_in_flight=min(_PIPELINES_IN_FLIGHT, max_connections)
+        )
+        self._call = batcher.call
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({self._url!r}, prefix={self._prefix!r})"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Check that Redis answers, and load the scripts.
+
+        Raises:
+            BackendError: Redis is unreachable (reason ``backend_unreachable``); the message
+                names the URL and the cause.
+        """
+        try:
+            await self._client.ping()
+            for script in self._scripts.values():
+                await self._client.script_load(script.script)
+        except RedisError as exc:
+            raise self._error("open", exc) from exc
+
+    async def aclose(self) -> None:
+        """Close every pooled connection; the data stays in Redis."""
+        await self._client.aclose()
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    async def put_root(self, thread_id: str, name: str) -> None:
+        """Create (or keep, if present) the root record; the root has no TTL.
+
+        Raises:
+            BackendError: Redis is unreachable or failed.
+        """
+        await self._run("put_root", thread_id, name)
+
+    async def extend(
+        self, parent_id: str, child_id: str, listener: str, history_entry: bytes | None = None
+    ) -> ThreadRecord | None:
+        """Create ``child_id`` under ``parent_id`` (see `Backend.extend`).
+
+        Raises:
+            ValueError: ``child_id`` is already in use under another parent.
+            BackendError: Redis is unreachable or failed.
+        """
+        args = (
+            (parent_id, child_id, listener)
+            if history_entry is None
+            else (parent_id, child_id, listener, history_entry)
+        )
+        try:
+            reply = await self._call(self._extend, (), args)
+        except RedisError as exc:
+            raise self._error("extend", exc) from exc
+        if reply is None:
+            return None
+        if reply.__class__ is bytes:
+            return ThreadRecord(child_id, parent_id, listener, reply.decode())
+        if isinstance(reply, list):  # a retried call that already succeeded
+            return ThreadRecord(child_id, parent_id, reply[1].decode(), reply[0].decode())
+        raise _in_use(child_id)
+
+    async def prune(self, thread_id: str, history_entry: bytes | None = None) -> PruneResult | None:
+        """Retire ``thread_id`` and tell where its response goes (see `Backend.prune`).
+
+        Raises:
+            BackendError: Redis is unreachable or failed.
+        """
+        token = f"{self._token_prefix}{next(self._tokens)}"
+        args = (thread_id, token) if history_entry is None else (thread_id, token, history_entry)
+        try:
+            reply = await self._call(self._prune, (), args)
+        except RedisError as exc:
+            raise self._error("prune", exc) from exc
+        if reply is None:
+            return None
+        caller, caller_thread, conversation, ended = reply.decode().split("\0")
+        return PruneResult(caller, caller_thread, conversation, ended == "1")
+
+    async def get(self, thread_id: str) -> ThreadRecord | None:
+        """The record of ``thread_id`` (refreshing its TTL), or ``None``.
+
+        Raises:
+            BackendError: Redis is unreachable or failed.
+        """
+        reply = await self._run("get", thread_id)
+        if reply is None:
+            return None
+        if len(reply) == 1:
+            return ThreadRecord(thread_id, None, reply[0].decode(), None)
+        parent, listener, conversation = reply
+        return ThreadRecord(thread_id, parent.decode(), listener.decode(), conversation.decode())
+
+    async def chain(self, thread_id: str) -> list[str] | None:
+        """Listener names from the root down to ``thread_id``, or ``None`` when unknown.
+
+        Raises:
+            BackendError: Redis is unreachable or failed.
+        """
+        reply = await self._run("chain", thread_id)
+        if reply is None:
+            return None
+        return [name.decode() for name in reversed(reply)]
+
+    async def retire_conversation(self, conversation: str) -> int:
+        """Remove every record and the history of a conversation; returns records removed.
+
+        Raises:
+            BackendError: Redis is unreachable or failed.
+        """
+        removed: int = await self._run("retire_conversation", conversation)
+        return removed
+
+    async def count(self) -> int:
+        """Number of live thread records under this prefix, the root included.
+
+        Raises:
+            BackendError: Redis is unreachable or failed.
+        """
+        live: int = await self._run("count")
+        return live
+
+    async def history_append(self, conversation: str, entry: bytes) -> None:
+        """Append one entry, keep the newest ``history_max_entries``, refresh the TTL.
+
+        Raises:
+            BackendError: Redis is unreachable or failed.
+        """
+        await self._run("history_append", conversation, entry)
+
+    async def history(self, conversation: str) -> list[bytes]:
+        """The conversation's history, oldest first (empty when none).
+
+        Raises:
+            BackendError: Redis is unreachable or failed.
+        """
+        try:
+            entries = await self._client.lrange(self._history_prefix + conversation, 0, -1)
+        except RedisError as exc:
+            raise self._error("history", exc) from exc
+        # decode_responses is off: every entry comes back as bytes.
+        return cast("list[bytes]", entries)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    async def _run(self, name: str, *args: str | bytes) -> Any:
+        try:
+            return await self._call(self._scripts[name], (), args)
+        except RedisError as exc:
+            raise self._error(name, exc) from exc
+
+    def _error(self, operation: str, exc: RedisError) -> BackendError:
+        cause = _describe(exc)
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+            return BackendError(
+                f"redis at {self._url} unreachable during {operation} "
+                f"(after {_RETRIES} retries): {cause}; start redis-server there "
+                "or fix backend.redis_url in organism.yaml",
+                reason="backend_unreachable",
+            )
+        return BackendError(
+            f"redis at {self._url} failed {operation}: {cause}", reason="backend_error"
+        )
