@@ -1,0 +1,301 @@
+"""ProcessPool against real worker processes and real crashes (no mocks)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests import pool_tasks
+from xml_pipeline.errors import DeliveryError
+from xml_pipeline.pool import PoolStats, ProcessPool
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ProcessPool]:
+    async with ProcessPool(2) as pool:
+        yield pool
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def _wait_dead(pid: int) -> None:
+    with anyio.fail_after(10):
+        while _alive(pid):
+            await anyio.sleep(0.01)
+
+
+async def _read_pid(pid_file: Path) -> int:
+    with anyio.fail_after(10):
+        while not pid_file.exists() or not pid_file.read_text():
+            await anyio.sleep(0.01)
+    return int(pid_file.read_text())
+
+
+async def test_results_come_back(pool: ProcessPool) -> None:
+    """Every call returns its own result; the stats count them."""
+    results: dict[int, object] = {}
+
+    async def one(i: int) -> None:
+        results[i] = await pool.run(pool_tasks.echo, {"n": i, "b": b"x" * i})
+
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(one, i)
+    assert results == {i: {"n": i, "b": b"x" * i} for i in range(20)}
+    assert pool.stats == PoolStats(submitted=20, completed=20)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pool.stats.completed = 0  # type: ignore[misc]
+
+
+async def test_exception_from_fn_propagates_as_is(pool: ProcessPool) -> None:
+    """fn's own exception type reaches the caller; the pool keeps serving."""
+    with pytest.raises(ValueError, match="bad input"):
+        await pool.run(pool_tasks.fail, "bad input")
+    assert await pool.run(pool_tasks.echo, 1) == 1
+    assert pool.stats.crashes == 0
+
+
+async def test_stop_iteration_from_fn_arrives_as_runtime_error(pool: ProcessPool) -> None:
+    """StopIteration cannot be raised into a Future: it arrives wrapped, the call never hangs."""
+    with pytest.raises(RuntimeError, match="StopIteration") as caught:
+        await pool.run(pool_tasks.stop)
+    assert isinstance(caught.value.__cause__, StopIteration)
+
+
+async def test_unpicklable_fn_fails_the_call_not_the_pool(pool: ProcessPool) -> None:
+    """A lambda cannot travel to a worker: that call fails, the next one succeeds."""
+    with pytest.raises(Exception, match="pickle"):
+        await pool.run(lambda: 1)
+    assert await pool.run(pool_tasks.echo, 2) == 2
+
+
+async def test_killed_worker_loses_no_innocent_task(pool: ProcessPool) -> None:
+    """SIGKILL on a worker while 12 tasks are in flight: all 12 complete, the pool rebuilt."""
+    results: dict[int, object] = {}
+
+    async def one(i: int) -> None:
+        results[i] = await pool.run(pool_tasks.nap, 0.15, i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(12):
+            tg.start_soon(one, i)
+        await anyio.sleep(0.05)
+        os.kill(pool.worker_pids()[0], signal.SIGKILL)
+    assert results == {i: i for i in range(12)}
+    assert pool.stats.rebuilds >= 1
+    assert pool.stats.crashes == 1
+    assert pool.stats.retried >= 1
+
+
+async def test_always_crashing_task_fails_after_max_crashes(tmp_path: Path) -> None:
+    """The guilty task fails with worker_crash after 2 solo crashes; 10 innocents succeed."""
+    runs = tmp_path / "runs"
+    results: dict[int, object] = {}
+    errors: list[DeliveryError] = []
+
+    async with ProcessPool(2, max_crashes=2) as pool:
+
+        async def innocent(i: int) -> None:
+            results[i] = await pool.run(pool_tasks.nap, 0.02, i)
+
+        async def guilty() -> None:
+            try:
+                await pool.run(pool_tasks.crash_always, str(runs), label="crasher")
+            except DeliveryError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(innocent, i)
+            tg.start_soon(guilty)
+            for i in range(5, 10):
+                tg.start_soon(innocent, i)
+        assert await pool.run(pool_tasks.echo, "still serving") == "still serving"
+        stats = pool.stats
+
+    assert results == {i: i for i in range(10)}
+    [error] = errors
+    assert error.reason == "worker_crash"
+    assert "crasher:" in str(error) and "2 times" in str(error)
+    # one crash among the others (nobody blamed), then two alone
+    assert runs.read_text().count("run") == 3
+    assert stats.crashes == 3
+
+
+@pytest.mark.parametrize("how", ["exit", "sigkill", "segfault"])
+async def test_task_that_crashes_once_then_succeeds(
+    pool: ProcessPool, tmp_path: Path, how: str
+) -> None:
+    """A crash below max_crashes is retried, and the retry's result is returned."""
+    marker = tmp_path / "crashed"
+    assert await pool.run(pool_tasks.crash_once, str(marker), how, "ok") == "ok"
+    assert marker.exists()
+    assert pool.stats.crashes == 1
+    assert pool.stats.rebuilds == 1
+
+
+async def test_timeout_kills_that_worker_and_spares_the_others(
+    pool: ProcessPool, tmp_path: Path
+) -> None:
+    """A call over its timeout fails with reason timeout; only its worker dies."""
+    pid_file = tmp_path / "pid"
+    innocent_result: list[object] = []
+
+    async def innocent() -> None:
+        innocent_result.append(await pool.run(pool_tasks.nap, 0.6, "innocent"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(innocent)
+        with pytest.raises(DeliveryError) as caught:
+            await pool.run(pool_tasks.nap_and_tell, str(pid_file), 60, timeout=0.3, label="slow")
+    assert caught.value.reason == "timeout"
+    assert "slow:" in str(caught.value)
+    await _wait_dead(await _read_pid(pid_file))
+    assert innocent_result == ["innocent"]
+    assert await pool.run(pool_tasks.echo, 3) == 3
+    assert pool.stats.timeouts == 1
+    assert pool.stats.crashes == 0  # the pool killed it: nobody to blame
+
+
+async def test_timeout_while_waiting_kills_no_worker() -> None:
+    """A call that times out before any worker was free is withdrawn; nothing is killed."""
+    async with ProcessPool(1) as pool:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pool.run, pool_tasks.nap, 0.4, None)
+            await anyio.sleep(0.05)
+            with pytest.raises(DeliveryError, match=r"tests\.pool_tasks\.echo: did not finish"):
+                await pool.run(pool_tasks.echo, 1, timeout=0.1)
+        assert pool.stats.rebuilds == 0
+        assert pool.stats.timeouts == 1
+
+
+async def test_call_abandoned_before_its_worker_started_is_killed_on_start() -> None:
+    """A call that times out between submission and start is killed as soon as it starts."""
+    slow_start = ProcessPool(1, max_tasks_per_child=1, initializer=time.sleep, initargs=(0.3,))
+    async with slow_start as pool:
+        await pool.run(pool_tasks.echo, 0)  # the worker exits; its successor takes 0.3 s
+        with pytest.raises(DeliveryError, match="timeout"):
+            await pool.run(pool_tasks.nap, 60, None, timeout=0.05)
+        with anyio.fail_after(20):  # one worker: this waits for the 60 s nap unless killed
+            assert await pool.run(pool_tasks.echo, 1) == 1
+
+
+async def test_cancellation_kills_the_worker(pool: ProcessPool, tmp_path: Path) -> None:
+    """A caller cancelled while its call runs: the worker is killed, the pool serves on."""
+    pid_file = tmp_path / "pid"
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pool.run, pool_tasks.nap_and_tell, str(pid_file), 60)
+            pid = await _read_pid(pid_file)
+            scope.cancel()
+    assert scope.cancelled_caught
+    await _wait_dead(pid)
+    assert await pool.run(pool_tasks.echo, 4) == 4
+    assert pid not in pool.worker_pids()
+
+
+async def test_max_tasks_per_child_recycles_workers() -> None:
+    """With max_tasks_per_child=2 one worker serves 6 calls under several pids."""
+    async with ProcessPool(1, max_tasks_per_child=2) as pool:
+        pids = [await pool.run(pool_tasks.pid) for _ in range(6)]
+    assert len(set(pids)) >= 3
+
+
+async def test_initializer_runs_in_every_worker() -> None:
+    """The initializer's effect is visible to the calls."""
+    async with ProcessPool(2, initializer=pool_tasks.set_marker, initargs=("hi",)) as pool:
+        assert await pool.run(pool_tasks.get_marker) == "hi"
+
+
+async def test_failing_initializer_fails_at_start() -> None:
+    """Workers that cannot start make opening the pool fail with worker_crash."""
+    pool = ProcessPool(1, initializer=pool_tasks.broken_initializer)
+    with pytest.raises(DeliveryError) as caught:
+        async with pool:
+            pass
+    assert caught.value.reason == "worker_crash"
+
+
+async def test_aclose_fails_pending_calls_and_leaves_no_workers(tmp_path: Path) -> None:
+    """aclose: callers get DeliveryError(shutdown), every worker process is gone."""
+    failures: list[DeliveryError] = []
+    pool = ProcessPool(2)
+    await pool.__aenter__()
+
+    async def call(i: int) -> None:
+        try:
+            await pool.run(pool_tasks.nap, 60, i)
+        except DeliveryError as exc:
+            failures.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(4):
+            tg.start_soon(call, i)
+        await anyio.sleep(0.1)
+        pids = pool.worker_pids()
+        assert len(pids) == 2
+        await pool.aclose()
+    assert [f.reason for f in failures] == ["shutdown"] * 4
+    assert not [pid for pid in pids if _alive(pid)]
+    assert pool.worker_pids() == []
+    with pytest.raises(DeliveryError, match="shutdown"):
+        await pool.run(pool_tasks.echo, 1)
+    await pool.aclose()  # a second close is harmless
+
+
+async def test_closing_an_idle_pool_leaves_no_workers() -> None:
+    """Idle workers exit when the pool closes."""
+    async with ProcessPool(2) as pool:
+        pids = pool.worker_pids()
+    assert len(pids) == 2
+    assert not [pid for pid in pids if _alive(pid)]
+
+
+async def test_event_loop_keeps_ticking_while_workers_burn_cpu(pool: ProcessPool) -> None:
+    """Two workers at 100% CPU do not stall the event loop."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.01)
+            ticks += 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        async with anyio.create_task_group() as burners:
+            for _ in range(2):
+                burners.start_soon(pool.run, pool_tasks.burn, 0.8)
+        tg.cancel_scope.cancel()
+    assert ticks >= 10
+
+
+async def test_run_before_open_is_a_usage_error() -> None:
+    """run() on a pool that was never opened says how to open it."""
+    with pytest.raises(RuntimeError, match="async with"):
+        await ProcessPool(1).run(pool_tasks.echo, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"workers": 0}, {"max_crashes": 0}, {"max_tasks_per_child": 0}, {"mp_context": "fork"}],
+)
+def test_bad_arguments_are_rejected(kwargs: dict[str, object]) -> None:
+    """Nonsense sizes and the fork start method are refused at construction."""
+    with pytest.raises(ValueError):
+        ProcessPool(**kwargs)  # type: ignore[arg-type]
