@@ -110,6 +110,7 @@ class OrganismConfig:
     max_message_bytes: int = 262144
     ingress_limit: int = 1024
     ingress_wait_seconds: float = 5.0
+    history: bool = True  # record each hop in the conversation history (metadata.history())
     listeners: tuple[ListenerConfig, ...]
     backend: BackendConfig = field(default_factory=BackendConfig)
     process_pool: ProcessPoolConfig = field(default_factory=ProcessPoolConfig)
@@ -326,6 +327,7 @@ class _Reader:
             max_message_bytes=org.integer("max_message_bytes", 262144),
             ingress_limit=org.integer("ingress_limit", 1024),
             ingress_wait_seconds=org.number("ingress_wait_seconds", 5.0, zero_ok=True),
+            history=org.flag("history", True),
             listeners=tuple(listener for listener, _ in listeners),
             backend=self.backend(top.fields.get("backend")),
             process_pool=self.process_pool(top.fields.get("process_pool")),
@@ -509,8 +511,9 @@ class _Section:
         value = self.get(key, "text", _is_str, nullable=True)
         return value if isinstance(value, str) else None
 
-    def flag(self, key: str) -> bool:
-        return self.get(key, "true or false", _is_bool) is True
+    def flag(self, key: str, default: bool = False) -> bool:
+        value = self.get(key, "true or false", _is_bool)
+        return default if value is None else value is True
 
     def integer(self, key: str, default: int) -> int:
         value = self.optional_integer(key, nullable=False)

@@ -110,7 +110,7 @@ class _Importer:
             kind = type(handler).__name__
             message = f"{listener.handler} is not callable (it is of type {kind}); name a function"
             self.report(*where, message)
-        elif listener.cpu_bound and (problem := _worker_import_problem(handler)):
+        elif listener.cpu_bound and (problem := worker_import_problem(handler)):
             self.report(*where, f"{listener.handler}: {problem}")
         if isinstance(payload_class, type) and callable(handler):
             return ResolvedListener(listener, payload_class, handler)
@@ -220,7 +220,7 @@ def _payload_class_problem(obj: object) -> str | None:
     return None
 
 
-def _worker_import_problem(handler: object) -> str | None:
+def worker_import_problem(handler: object) -> str | None:
     """Why a worker process could not import ``handler`` by module and name, if it could not."""
     module_name = getattr(handler, "__module__", None)
     qualname = getattr(handler, "__qualname__", None)

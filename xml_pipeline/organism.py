@@ -10,6 +10,7 @@ process pool; two organisms in one process share nothing. Use it as an async con
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -21,10 +22,12 @@ from xml_pipeline.backends.base import Backend
 from xml_pipeline.config import BackendConfig, OrganismConfig, ProcessPoolConfig, load_config
 from xml_pipeline.errors import UsageError
 from xml_pipeline.handlers import Listener
-from xml_pipeline.loader import load_organism
+from xml_pipeline.loader import load_organism, worker_import_problem
 from xml_pipeline.parsing import ParseLimits
+from xml_pipeline.pool import ProcessPool
 from xml_pipeline.pump import DeadLetter, PumpStats, StreamPump
 from xml_pipeline.registry import ThreadRegistry
+from xml_pipeline.workers import PoolInvoker, extend_sys_path
 
 __all__ = ["Organism"]
 
@@ -46,10 +49,16 @@ class Organism:
         ingress_limit: int = 1024,
         ingress_wait_seconds: float = 5.0,
         drain_timeout_seconds: float = 10.0,
+        history: bool = True,
     ) -> None:
         names = [listener.name for listener in listeners]
         if not names or len(set(names)) != len(names):
             raise UsageError(f"an organism needs listeners with distinct names, got {names}")
+        for listener in listeners:
+            problem = listener.cpu_bound and worker_import_problem(listener.handler)
+            if problem:
+                raise UsageError(f"listener {listener.name!r}: {problem}")
+        self._history = history
         self.name = name
         self.listeners = tuple(listeners)
         self._backend_spec = backend if backend is not None else BackendConfig()
@@ -60,6 +69,7 @@ class Organism:
         self._stack: AsyncExitStack | None = None
         self._pump: StreamPump | None = None
         self._registry: ThreadRegistry | None = None
+        self._pool: ProcessPool | None = None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> Organism:
@@ -103,6 +113,7 @@ class Organism:
             ingress_limit=config.ingress_limit,
             ingress_wait_seconds=config.ingress_wait_seconds,
             drain_timeout_seconds=config.drain_timeout_seconds,
+            history=config.history,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -113,17 +124,30 @@ class Organism:
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
-            backend = self._open_backend()
+            backend = self._open_backend(stack)
             await backend.open()
             stack.push_async_callback(backend.aclose)
             registry = ThreadRegistry(backend, self.name)
             await registry.initialize_root()
+            invoker = None
+            if any(listener.cpu_bound for listener in self.listeners):
+                pool = ProcessPool(
+                    self._pool_config.workers,
+                    max_tasks_per_child=self._pool_config.max_tasks_per_child,
+                    max_crashes=self._pool_config.max_crashes,
+                    initializer=extend_sys_path,
+                    initargs=(tuple(sys.path),),
+                )
+                invoker = PoolInvoker(await stack.enter_async_context(pool))
+                self._pool = pool
             pump = StreamPump(
                 self.listeners,
                 registry,
                 limits=self._limits,
                 ingress_limit=self._ingress[0],
                 ingress_wait_seconds=self._ingress[1],
+                pool_invoker=invoker,
+                history=self._history,
             )
             pump.start()
         except BaseException:
@@ -144,6 +168,7 @@ class Organism:
         """Drain in-flight work for up to ``drain_timeout_seconds``, then cancel and close."""
         stack, pump = self._stack, self._pump
         self._stack = self._pump = None
+        self._pool = None
         if stack is None or pump is None:
             return
         try:
@@ -151,18 +176,41 @@ class Organism:
         finally:
             await stack.aclose()
 
-    def _open_backend(self) -> Backend:
+    def _open_backend(self, stack: AsyncExitStack) -> Backend:
         spec = self._backend_spec
         if not isinstance(spec, BackendConfig):
             return spec
-        if spec.type == "memory":
-            from xml_pipeline.backends.memory import MemoryBackend
+        ttl, most = spec.thread_ttl_seconds, spec.history_max_entries
+        if spec.type == "redis":
+            from xml_pipeline.backends.redis import RedisBackend
 
-            return MemoryBackend(
-                thread_ttl_seconds=spec.thread_ttl_seconds,
-                history_max_entries=spec.history_max_entries,
+            return RedisBackend(
+                spec.redis_url,
+                prefix=spec.redis_prefix,
+                max_connections=spec.redis_max_connections,
+                thread_ttl_seconds=ttl,
+                history_max_entries=most,
             )
-        raise UsageError(f"backend type {spec.type!r} is not available yet")
+        if spec.type == "manager":
+            from xml_pipeline.backends.manager import ManagerBackend, start_manager_server
+
+            address = spec.manager_host_port
+            if address is None:  # no server named: this organism runs its own
+                server = start_manager_server()
+                stack.callback(server.shutdown)
+                address, authkey = server.address, server.authkey
+            else:
+                authkey = (spec.manager_authkey or "").encode()
+            return ManagerBackend(
+                address,
+                authkey,
+                namespace=self.name,
+                thread_ttl_seconds=ttl,
+                history_max_entries=most,
+            )
+        from xml_pipeline.backends.memory import MemoryBackend
+
+        return MemoryBackend(thread_ttl_seconds=ttl, history_max_entries=most)
 
     @property
     def limits(self) -> ParseLimits:
@@ -181,6 +229,11 @@ class Organism:
                 f"organism {self.name!r} is not running; use 'async with organism:' first"
             )
         return self._pump
+
+    @property
+    def process_pool(self) -> ProcessPool | None:
+        """The pool running ``cpu_bound`` listeners (``None`` when there are none)."""
+        return self._pool
 
     @property
     def registry(self) -> ThreadRegistry:

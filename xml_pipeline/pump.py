@@ -21,16 +21,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from difflib import get_close_matches
+from functools import partial
 from typing import Any
 
 import anyio
 
 from xml_pipeline.envelope import Envelope
 from xml_pipeline.errors import DeliveryError, SchemaViolation, XmlPipelineError
-from xml_pipeline.handlers import ErrorReport, HandlerMetadata, HandlerResponse, Listener
+from xml_pipeline.handlers import (
+    ErrorReport,
+    HandlerMetadata,
+    HandlerResponse,
+    HistoryEntry,
+    Listener,
+)
+from xml_pipeline.history import decode_entry, encode_entry
 from xml_pipeline.parsing import ParseLimits
 from xml_pipeline.payloads import check_payload, from_element, is_payload, payload_spec
 from xml_pipeline.registry import ThreadRegistry
@@ -100,16 +108,30 @@ class _Conversation:
 
 
 class _Hop:
-    __slots__ = ("conv", "payload", "route", "sender", "task", "thread", "timed_out")
+    """One delivery to a handler.
+
+    ``callers`` are the listener names above this hop's listener, outermost first, the last
+    being its direct caller. The pump keeps them to name the receiver of an answer in the
+    history before the registry is asked; handlers never see them.
+    """
+
+    __slots__ = ("callers", "conv", "payload", "route", "sender", "task", "thread", "timed_out")
 
     def __init__(
-        self, route: _Route, thread: str, sender: str, payload: object, conv: _Conversation
+        self,
+        route: _Route,
+        thread: str,
+        sender: str,
+        payload: object,
+        conv: _Conversation,
+        callers: tuple[str, ...],
     ) -> None:
         self.route = route
         self.thread = thread
         self.sender = sender
         self.payload = payload
         self.conv = conv
+        self.callers = callers
         self.task: asyncio.Task[Any] | None = None
         self.timed_out = False
 
@@ -127,7 +149,8 @@ class _Failure(Exception):
         self.message = message
 
 
-Invoker = Callable[[_Route, object, HandlerMetadata], Any]
+# (listener, payload, metadata, timeout) -> what the handler returned
+Invoker = Callable[[Listener, object, HandlerMetadata, float], Awaitable[object]]
 
 
 @dataclass
@@ -150,12 +173,14 @@ class StreamPump:
         ingress_limit: int = 1024,
         ingress_wait_seconds: float = 5.0,
         pool_invoker: Invoker | None = None,
+        history: bool = True,
     ) -> None:
         self._routes = {listener.name: _Route(listener) for listener in listeners}
         self._registry = registry
         self._limits = limits or ParseLimits()
         self._ingress = _Ingress(ingress_limit, ingress_wait_seconds)
         self._pool_invoker = pool_invoker
+        self._history = history
         self._convs: dict[str, _Conversation] = {}
         self._running: dict[_Hop, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -283,7 +308,8 @@ class StreamPump:
     ) -> _Conversation:
         await self._admit()
         try:
-            rec = await self._registry.extend_chain(self._registry.root_id, route.name)
+            entry = self._entry(sender, route.name, payload)
+            rec = await self._registry.extend_chain(self._registry.root_id, route.name, entry)
         except BaseException:
             self._release()
             raise
@@ -294,7 +320,7 @@ class StreamPump:
         self._convs[conv.id] = conv
         self._idle.clear()
         self.stats.conversations += 1
-        self._dispatch(_Hop(route, rec.thread_id, sender, payload, conv))
+        self._dispatch(_Hop(route, rec.thread_id, sender, payload, conv, (sender,)))
         return conv
 
     async def _admit(self) -> None:
@@ -399,7 +425,8 @@ class StreamPump:
         self.stats.hops += 1
         if self.observer is not None:
             self.observer(Envelope(hop.sender, route.name, hop.thread, hop.payload))
-        meta = HandlerMetadata(hop.thread, hop.sender, route.name)
+        history = partial(self.read_history, hop.conv.id) if self._history else None
+        meta = HandlerMetadata(hop.thread, hop.sender, route.name, history)
         try:
             result = await self._invoke(hop, meta)
             outputs = self._check_outputs(route, result)
@@ -408,7 +435,7 @@ class StreamPump:
             return await self._fail(
                 hop, "timeout", f"{route.name!r} took longer than {route.timeout}s"
             )
-        except _Failure as exc:
+        except (_Failure, DeliveryError) as exc:  # DeliveryError: from the process pool
             return await self._fail(hop, exc.reason, exc.message)
         except Exception as exc:
             self.stats.handler_errors += 1
@@ -419,20 +446,29 @@ class StreamPump:
         nexts: list[_Hop] = []
         for out in outputs:
             if out.to is None:
-                nexts.extend(await self._respond(hop.thread, route.name, out.payload, hop.conv))
+                nexts.extend(await self._respond(hop, route.name, out.payload))
                 continue
-            rec = await self._registry.extend_chain(hop.thread, out.to)
+            entry = self._entry(route.name, out.to, out.payload)
+            rec = await self._registry.extend_chain(hop.thread, out.to, entry)
             if rec is None:  # this thread was retired meanwhile (answered, timed out)
                 self.stats.late_replies += 1
                 continue
             target = self._routes[out.to]
-            nexts.append(_Hop(target, rec.thread_id, route.name, out.payload, hop.conv))
+            callers = (*hop.callers, route.name)
+            nexts.append(_Hop(target, rec.thread_id, route.name, out.payload, hop.conv, callers))
         return nexts
+
+    def _entry(self, sender: str, to: str, payload: object) -> bytes | None:
+        return encode_entry(sender, to, payload) if self._history else None
+
+    async def read_history(self, conversation: str) -> list[HistoryEntry]:
+        """The recorded hops of a conversation, oldest first."""
+        return [decode_entry(e) for e in await self._registry.backend.history(conversation)]
 
     async def _invoke(self, hop: _Hop, meta: HandlerMetadata) -> object:
         route = hop.route
         if route.def_.cpu_bound and self._pool_invoker is not None:
-            return await self._pool_invoker(route, hop.payload, meta)
+            return await self._pool_invoker(route.def_, hop.payload, meta, route.timeout)
         self._running[hop] = asyncio.get_running_loop().time() + route.timeout
         try:
             if route.is_async:
@@ -492,35 +528,29 @@ class StreamPump:
         except SchemaViolation as exc:
             raise _Failure("schema_violation", f"{route.name!r} sent {exc.message}") from None
 
-    async def _respond(
-        self, thread: str, responder: str, payload: object, conv: _Conversation
-    ) -> list[_Hop]:
-        res = await self._registry.prune_for_response(thread)
+    async def _respond(self, hop: _Hop, responder: str, payload: object) -> list[_Hop]:
+        """Answer the caller of ``hop`` (``None`` outcome aside, the chain is pruned)."""
+        callers = hop.callers
+        entry = self._entry(responder, callers[-1], payload) if len(callers) > 1 else None
+        res = await self._registry.prune_for_response(hop.thread, entry)
         if res is None:
             self.stats.late_replies += 1
             return []
         if res.conversation_ended:
-            await self._end(conv, payload, retired=True)
+            await self._end(hop.conv, payload, retired=True)
             return []
         caller = self._routes[res.caller]
-        return [_Hop(caller, res.caller_thread, responder, payload, conv)]
+        return [_Hop(caller, res.caller_thread, responder, payload, hop.conv, callers[:-1])]
 
     async def _fail(self, hop: _Hop, reason: str, message: str) -> list[_Hop]:
         """The run on ``hop`` failed: answer its caller with an ErrorReport, travelling up."""
         report = ErrorReport(reason=reason, message=message, listener=hop.route.name)
-        thread, responder = hop.thread, hop.route.name
+        failed = hop
         while True:
-            res = await self._registry.prune_for_response(thread)
-            if res is None:
-                self.stats.late_replies += 1
-                return []
-            if res.conversation_ended:
-                await self._end(hop.conv, report, retired=True)
-                return []
-            caller = self._routes[res.caller]
-            if caller.def_.handles_errors:
-                return [_Hop(caller, res.caller_thread, responder, report, hop.conv)]
-            thread, responder = res.caller_thread, caller.name
+            nexts = await self._respond(failed, failed.route.name, report)
+            if not nexts or nexts[0].route.def_.handles_errors:
+                return nexts
+            failed = nexts[0]  # the caller does not handle errors: its own run fails too
 
     async def _end(self, conv: _Conversation, outcome: object, *, retired: bool = False) -> None:
         """Finish a conversation once: deliver its outcome, free its ingress slot, retire it."""

@@ -1,0 +1,89 @@
+"""Handlers for the process-pool tests: module-level, so worker processes import them by path."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xml_pipeline import HandlerMetadata, HandlerResponse, payload
+
+
+@payload
+@dataclass
+class Job:
+    mode: str = "ok"
+    n: int = 0
+    marker: str = ""
+
+
+@payload
+@dataclass
+class Result:
+    pid: int
+    value: int = 0
+
+
+@payload
+@dataclass
+class Seen:
+    """What a cpu_bound handler saw: pid, loop id and the history tags."""
+
+    pid: int
+    loop: int = 0
+    tags: list[str] = field(default_factory=list)
+
+
+def crunch(msg: Job | Result, meta: HandlerMetadata) -> object:
+    """Sync handler covering every pool scenario, chosen by ``mode``."""
+    if isinstance(msg, Result):  # an answer from the inline peer: pass it up
+        return HandlerResponse.respond(msg)
+    if msg.mode == "always-crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if msg.mode == "crash-once" and not Path(msg.marker).exists():
+        Path(msg.marker).write_text("crashed once")
+        os.kill(os.getpid(), signal.SIGKILL)
+    if msg.mode == "hang":
+        time.sleep(60)
+    if msg.mode == "sleep":
+        time.sleep(msg.n / 1000)
+    if msg.mode == "garbage":
+        return "<Result><pid>1</pid></Result>"
+    if msg.mode == "bad-field":
+        return HandlerResponse.respond(Result(pid="not a number"))  # type: ignore[arg-type]
+    if msg.mode == "call-peer":
+        return HandlerResponse(Job(mode="ok", n=msg.n), to="helper")
+    total = sum(i * i for i in range(msg.n))
+    return HandlerResponse.respond(Result(pid=os.getpid(), value=total))
+
+
+async def looper(msg: Job, meta: HandlerMetadata) -> HandlerResponse:
+    """Async handler: reports which event loop ran it, and what history it was given."""
+    await asyncio.sleep(0)
+    history = await meta.history()
+    loop = id(asyncio.get_running_loop())
+    return HandlerResponse.respond(
+        Seen(
+            pid=os.getpid(), loop=loop, tags=[f"{h.sender}>{h.to}:{h.payload_tag}" for h in history]
+        )
+    )
+
+
+async def helper(msg: Job, meta: HandlerMetadata) -> HandlerResponse:
+    """Inline peer of the cpu_bound listener."""
+    return HandlerResponse.respond(Result(pid=os.getpid(), value=msg.n * 2))
+
+
+async def front(msg: Job | Seen, meta: HandlerMetadata) -> HandlerResponse:
+    """Inline front that calls the async cpu_bound looper (so history has hops)."""
+    if isinstance(msg, Job):
+        return HandlerResponse(msg, to="looper")
+    return HandlerResponse.respond(msg)
+
+
+async def quick(msg: Job, meta: HandlerMetadata) -> HandlerResponse:
+    """Inline listener used to check latency while the pool is saturated."""
+    return HandlerResponse.respond(Result(pid=os.getpid(), value=msg.n))

@@ -1,0 +1,34 @@
+"""Conversation history entries: one per hop, stored by the backend as envelope bytes.
+
+An entry is the hop's v1 envelope with an empty thread (thread ids are not history), so what
+a backend holds is plain XML anyone can read (no pickle). Reading an entry back goes through
+the guarded parser like any other bytes that left the process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lxml import etree
+
+from xml_pipeline.envelope import Envelope
+from xml_pipeline.handlers import HistoryEntry
+
+__all__ = ["decode_entry", "encode_entry"]
+
+
+def encode_entry(sender: str, to: str, payload: object) -> bytes:
+    """The stored form of one hop."""
+    return Envelope(sender, to, "", payload).to_bytes()
+
+
+def decode_entry(data: bytes) -> HistoryEntry:
+    """Read a stored hop back.
+
+    Raises:
+        XmlInputError: the stored bytes are not an envelope (the backend was tampered with).
+    """
+    env = Envelope.from_bytes(data)
+    element: Any = env.payload
+    body: bytes = etree.tostring(element)
+    return HistoryEntry(env.sender, env.to, str(element.tag), body.replace(b' xmlns=""', b"", 1))
