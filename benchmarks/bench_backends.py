@@ -1,4 +1,4 @@
-"""Throughput of the shared-state backends: extend+prune pairs per second.
+"""Throughput of the shared-state backends: extend+prune pairs and pump hops per second.
 
 Run from the project root (needs ``redis-server`` on PATH; it starts its own on a free port)::
 
@@ -10,7 +10,9 @@ run sequentially (one task) and concurrently (``--tasks`` tasks), from one proce
 rows are set against redis-py's own PING rate, sequential and pipelined, measured in the same
 run. Prints a table (median of the runs) and writes ``benchmarks/results/bench_backends.json``.
 
-One function per measurement, so that more (pump hops per backend) can be added next to them.
+Pump hops/s per backend use the organism of ``bench_pump.py`` (4 hops per conversation, every
+payload checked, history recorded), ``--pump-tasks`` conversations in flight, and give the ratio
+of each backend to the memory backend measured in the same run.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import anyio
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.redis_server
+
+import bench_pump  # noqa: E402 - the same organism as the pump benchmark
 
 from tests.redis_server import RedisServer
 from xml_pipeline.backends import (
@@ -108,6 +112,14 @@ async def redis_ping(url: str, seconds: float, pipelined: int) -> float:
         await client.aclose()
 
 
+async def pump_hops(backend: Backend, conversations: int, tasks: int) -> float:
+    """Pump hops per second on ``backend`` with ``tasks`` conversations in flight."""
+    org = bench_pump.organism(backend=backend, ingress_limit=tasks)
+    async with org:
+        await bench_pump.load(org, tasks * 2, tasks)  # warm up: connections, scripts
+        return await bench_pump.load(org, conversations, tasks)
+
+
 def _median(runs: int, measure: Callable[[], float]) -> float:
     return statistics.median(measure() for _ in range(runs))
 
@@ -118,6 +130,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--tasks", type=int, default=64)
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument("--pump-tasks", type=int, default=256)
+    parser.add_argument("--conversations", type=int, default=8192)
     options = parser.parse_args()
     backend_options = {"use_uvloop": options.loop == "uvloop"}
 
@@ -135,7 +149,14 @@ def main() -> None:
 
         return measure
 
+    def hops(make: Callable[[], Backend]) -> Callable[[], Awaitable[float]]:
+        async def measure() -> float:
+            return await pump_hops(make(), options.conversations, options.pump_tasks)
+
+        return measure
+
     rows: list[tuple[str, float]] = []
+    pump_rows: dict[str, float] = {}
     memory = MemoryBackend()  # one state across runs, as one organism would keep it
     with start_manager_server() as server, RedisServer() as redis_server:
         url = redis_server.url
@@ -144,7 +165,7 @@ def main() -> None:
             return ManagerBackend(server.address, server.authkey)
 
         def redis_backend() -> Backend:
-            return RedisBackend(url)
+            return RedisBackend(url, prefix=f"bench{time.perf_counter_ns()}:")
 
         for name, make in (
             ("memory", lambda: memory),
@@ -158,6 +179,9 @@ def main() -> None:
                     run(pairs(make, options.tasks)),
                 )
             )
+            pump_rows[name] = run(hops(make))
+            label = f"{name}: pump hops/s, {options.pump_tasks} conversations in flight"
+            rows.append((label, pump_rows[name]))
         for depth in (1, 100):
 
             async def ping(depth: int = depth) -> float:
@@ -170,6 +194,8 @@ def main() -> None:
     print(f"{'measurement':<{width}}  {'per second':>12}")
     for name, value in rows:
         print(f"{name:<{width}}  {value:>12,.0f}")
+    ratios = {name: value / pump_rows["memory"] for name, value in pump_rows.items()}
+    print("pump hops/s relative to memory: " + ", ".join(f"{n} {r:.2f}" for n, r in ratios.items()))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(
@@ -183,6 +209,7 @@ def main() -> None:
                 "seconds": options.seconds,
                 "tasks": options.tasks,
                 "results": {name: round(value, 1) for name, value in rows},
+                "pump_ratio_to_memory": {name: round(r, 3) for name, r in ratios.items()},
             },
             indent=2,
         )

@@ -62,6 +62,7 @@ class PumpStats:
     timeouts: int = 0
     late_replies: int = 0
     overloaded: int = 0
+    lost: int = 0  # conversations ended by a backend or internal failure (each one logged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +150,8 @@ class _Failure(Exception):
         self.message = message
 
 
-# (listener, payload, metadata, timeout) -> what the handler returned
-Invoker = Callable[[Listener, object, HandlerMetadata, float], Awaitable[object]]
+# (listener, payload, metadata, timeout, stored history) -> what the handler returned
+Invoker = Callable[[Listener, object, HandlerMetadata, float, list[bytes]], Awaitable[object]]
 
 
 @dataclass
@@ -309,11 +310,22 @@ class StreamPump:
         await self._admit()
         try:
             entry = self._entry(sender, route.name, payload)
-            rec = await self._registry.extend_chain(self._registry.root_id, route.name, entry)
+            root = self._registry.root_id
+            rec = await self._registry.extend_chain(root, route.name, entry)
+            if rec is None:  # a shared backend lost its data (e.g. Redis restarted empty)
+                log.warning("the root record %s was missing; recreating it", root)
+                await self._registry.initialize_root()
+                rec = await self._registry.extend_chain(root, route.name, entry)
+            if rec is None:
+                raise DeliveryError(
+                    f"the backend did not keep the root record {root!r}; check that nothing "
+                    "else deletes keys under this organism's prefix",
+                    reason="backend_error",
+                    listener=route.name,
+                )
         except BaseException:
             self._release()
             raise
-        assert rec is not None, "the root record is never retired while the organism runs"
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         conv = _Conversation(rec.thread_id, future, deadline, route.name)
@@ -392,6 +404,7 @@ class StreamPump:
                 nexts = await self._step(hop)
             except Exception as exc:  # the backend failed under us; never leave a caller hanging
                 log.exception("hop to %r on thread %s failed", hop.route.name, hop.thread)
+                self.stats.lost += 1
                 nexts = []
                 await self._end(hop.conv, DeliveryError(
                     f"delivery to {hop.route.name!r} failed: {exc}",
@@ -450,8 +463,11 @@ class StreamPump:
                 continue
             entry = self._entry(route.name, out.to, out.payload)
             rec = await self._registry.extend_chain(hop.thread, out.to, entry)
-            if rec is None:  # this thread was retired meanwhile (answered, timed out)
+            if rec is None:  # this thread was retired meanwhile (answered, timed out, lost)
                 self.stats.late_replies += 1
+                conv = hop.conv
+                if not conv.done and await self._registry.backend.get(conv.id) is None:
+                    await self._lost(conv, route.name)
                 continue
             target = self._routes[out.to]
             callers = (*hop.callers, route.name)
@@ -468,7 +484,9 @@ class StreamPump:
     async def _invoke(self, hop: _Hop, meta: HandlerMetadata) -> object:
         route = hop.route
         if route.def_.cpu_bound and self._pool_invoker is not None:
-            return await self._pool_invoker(route.def_, hop.payload, meta, route.timeout)
+            backend = self._registry.backend
+            stored = await backend.history(hop.conv.id) if self._history else []
+            return await self._pool_invoker(route.def_, hop.payload, meta, route.timeout, stored)
         self._running[hop] = asyncio.get_running_loop().time() + route.timeout
         try:
             if route.is_async:
@@ -535,6 +553,9 @@ class StreamPump:
         res = await self._registry.prune_for_response(hop.thread, entry)
         if res is None:
             self.stats.late_replies += 1
+            conv = hop.conv
+            if not conv.done and await self._registry.backend.get(conv.id) is None:
+                await self._lost(conv, responder)
             return []
         if res.conversation_ended:
             await self._end(hop.conv, payload, retired=True)
@@ -551,6 +572,17 @@ class StreamPump:
             if not nexts or nexts[0].route.def_.handles_errors:
                 return nexts
             failed = nexts[0]  # the caller does not handle errors: its own run fails too
+
+    async def _lost(self, conv: _Conversation, responder: str) -> None:
+        """The backend no longer knows an open conversation: say so instead of waiting."""
+        self.stats.lost += 1
+        log.warning("conversation %s was lost by the backend", conv.id)
+        await self._end(conv, DeliveryError(
+            f"the backend no longer knows this conversation (its records expired after "
+            f"thread_ttl_seconds, or the backend lost its data); the answer from {responder!r} "
+            "was dropped",
+            reason="backend_error", listener=responder, thread=conv.id,
+        ), retired=True)  # fmt: skip
 
     async def _end(self, conv: _Conversation, outcome: object, *, retired: bool = False) -> None:
         """Finish a conversation once: deliver its outcome, free its ingress slot, retire it."""

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from xml_pipeline.errors import DeliveryError, SchemaViolation
-from xml_pipeline.handlers import HandlerMetadata, HandlerResponse, HistoryEntry
+from xml_pipeline.handlers import HandlerMetadata, HandlerResponse, HistoryEntry, Listener
+from xml_pipeline.history import decode_entry
 from xml_pipeline.payloads import from_xml, is_payload, to_xml
 from xml_pipeline.pool import ProcessPool
 
@@ -67,10 +68,10 @@ def run_handler(
     global _loop
     handler: Callable[..., Any] = resolve(handler_path)
     message = from_xml(resolve(payload_path), payload_xml)
-    history = [HistoryEntry(*entry) for entry in meta["history"]]
+    stored: list[bytes] = meta["history"]
 
     async def snapshot() -> list[HistoryEntry]:
-        return list(history)
+        return [decode_entry(entry) for entry in stored]  # decoded only when asked for
 
     metadata = HandlerMetadata(meta["thread_id"], meta["from_id"], meta["own_name"], snapshot)
     result = handler(message, metadata)
@@ -103,9 +104,13 @@ class PoolInvoker:
         self.pool = pool
 
     async def __call__(
-        self, listener: Any, payload: object, meta: HandlerMetadata, timeout: float
+        self,
+        listener: Listener,
+        payload: object,
+        meta: HandlerMetadata,
+        timeout: float,
+        history: list[bytes],
     ) -> object:
-        history = [(e.sender, e.to, e.payload_tag, e.payload) for e in await meta.history()]
         plain = {
             "thread_id": meta.thread_id,
             "from_id": meta.from_id,
