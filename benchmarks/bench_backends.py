@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.redis_server
 
-import bench_pump  # noqa: E402 - the same organism as the pump benchmark
+import bench_pump  # the same organism as the pump benchmark
 
 from tests.redis_server import RedisServer
 from xml_pipeline.backends import (

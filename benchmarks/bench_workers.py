@@ -95,7 +95,9 @@ def main() -> None:
         hop = uvloop.run(pool_hop_us(args.calls))
         one = uvloop.run(heavy_seconds(1, args.jobs, args.rounds))
         two = uvloop.run(heavy_seconds(2, args.jobs, args.rounds))
-        runs.append({"bare_us": bare, "pool_hop_us": hop, "one_worker_s": one, "two_workers_s": two})
+        runs.append(
+            {"bare_us": bare, "pool_hop_us": hop, "one_worker_s": one, "two_workers_s": two}
+        )
     med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
     overhead = statistics.median(r["pool_hop_us"] / r["bare_us"] for r in runs)
     speedup = statistics.median(r["one_worker_s"] / r["two_workers_s"] for r in runs)

@@ -1,0 +1,84 @@
+"""The `organism` command, run for real as `python -m xml_pipeline`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HELLO = str(Path(__file__).resolve().parents[1] / "organisms" / "hello" / "organism.yaml")
+
+
+def organism(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "xml_pipeline", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_send_prints_the_answer_xml_and_exits_0() -> None:
+    done = organism(
+        "run", HELLO, "--to", "greeter", "--send", "<Greeting><name>Ada</name></Greeting>"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "<Reply><message>HELLO, ADA!</message></Reply>"
+    assert "INFO" in done.stderr, "long-running commands log what they do"
+
+
+def test_send_of_an_invalid_payload_explains_on_stderr_and_exits_1() -> None:
+    done = organism("run", HELLO, "--to", "greeter", "--send", "<Greeting><nam>x</nam></Greeting>")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "[schema_violation]" in done.stderr and "/Greeting/nam" in done.stderr
+
+
+def test_stdin_takes_envelopes_and_at_lines_and_reports_each_failure_with_its_line() -> None:
+    envelope = (
+        '<message xmlns="https://xml-pipeline.org/ns/envelope/v1"><meta><to>greeter</to></meta>'
+        '<Greeting xmlns=""><name>Cy</name></Greeting></message>'
+    )
+    lines = ["@greeter <Greeting><name>Bob</name></Greeting>", envelope, "@nobody <X/>", ""]
+    done = organism("--log-level", "WARNING", "run", HELLO, stdin="\n".join(lines))
+    assert done.returncode == 1
+    assert sorted(done.stdout.split()) == [
+        "<Reply><message>HELLO,",
+        "<Reply><message>HELLO,",
+        "BOB!</message></Reply>",
+        "CY!</message></Reply>",
+    ]
+    assert "stdin line 3" in done.stderr and "no_route" in done.stderr
+    assert "INFO" not in done.stderr
+
+
+def test_validate_reports_every_problem_with_file_key_path_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "organism.yaml"
+    bad.write_text(
+        "organism:\n  name: broken\nlisteners:\n  - name: a\n    payload_class: nowhere.Thing\n"
+        "    handler: nowhere.run\n    peer: [b]\n"
+    )
+    done = organism("validate", str(bad))
+    assert done.returncode == 2
+    assert f"{bad}:7: listeners[0].peer" in done.stderr and "did you mean 'peers'" in done.stderr
+
+
+def test_validate_imports_everything_and_exits_0_when_clean() -> None:
+    done = organism("validate", HELLO)
+    assert done.returncode == 0, done.stderr
+    assert "ok (2 listeners: greeter, shouter)" in done.stdout
+
+
+def test_schema_prints_the_xsd_and_the_prompt_description() -> None:
+    done = organism("schema", HELLO, "greeter")
+    assert done.returncode == 0, done.stderr
+    assert '<xs:element name="Greeting">' in done.stdout
+    assert "<name> string (required)" in done.stdout
+    assert "Shout" not in done.stdout
+
+
+def test_send_without_to_is_refused() -> None:
+    done = organism("run", HELLO, "--send", "<Greeting><name>x</name></Greeting>")
+    assert done.returncode == 2 and "--to and --send go together" in done.stderr
