@@ -515,3 +515,19 @@ def test_from_xml_rejects_hostile_input_before_binding() -> None:
     with pytest.raises(XmlInputError) as info:
         from_xml(Order, b'<!DOCTYPE Order [<!ENTITY e "x">]><Order><id>&e;</id></Order>')
     assert info.value.reason == "doctype"
+
+
+def test_decimal_whose_text_would_explode_is_refused_before_writing() -> None:
+    """Decimal("1E+999999999") would be written as a billion digits: refused by the check."""
+    from decimal import Decimal
+
+    @payload
+    @dataclass
+    class Price:
+        amount: Decimal
+
+    with pytest.raises(SchemaViolation, match="/Price/amount"):
+        check_payload(Price(amount=Decimal("1E+999999999")))
+    with pytest.raises(SchemaViolation):
+        to_xml(Price(amount=Decimal("1E-5000")))
+    assert from_xml(Price, to_xml(Price(amount=Decimal("1E+100")))) == Price(Decimal("1E+100"))

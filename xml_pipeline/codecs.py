@@ -109,8 +109,17 @@ def _accepts_str(v: Any) -> bool:
     return type(v) is str and (v.isprintable() or _INVALID.search(v) is None)
 
 
+# xs:decimal has no exponent, so Decimal("1E+999999999") would be written as a billion
+# digits; keep what a decimal may expand to well inside the message size cap.
+_MAX_DECIMAL_DIGITS = 4300
+
+
 def _accepts_decimal(v: Any) -> bool:
-    return isinstance(v, Decimal) and v.is_finite()
+    if not isinstance(v, Decimal) or not v.is_finite():
+        return False
+    exponent = v.as_tuple().exponent
+    assert isinstance(exponent, int)
+    return max(abs(exponent), len(v.as_tuple().digits)) <= _MAX_DECIMAL_DIGITS
 
 
 _MAX_OFFSET = timedelta(hours=14)
