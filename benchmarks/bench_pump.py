@@ -2,7 +2,8 @@
 
 The organism: request -> A -> B -> answer to A -> answer out, i.e. 4 hops per conversation
 (three handler runs plus the answer delivered to the requester), every payload checked at
-every hop. Prints a table and writes benchmarks/results/bench_pump.json.
+every hop, each hop recorded in the conversation history (and once with history off).
+Prints a table and writes benchmarks/results/bench_pump.json.
 
     python benchmarks/bench_pump.py [--runs 5] [--conversations 50000] [--concurrency 10000]
 """
@@ -110,9 +111,9 @@ async def queue_floor(n: int) -> float:
     return 2 * n / elapsed
 
 
-async def one_run(args: argparse.Namespace) -> dict[str, float]:
+async def one_run(args: argparse.Namespace, history: bool) -> dict[str, float]:
     floor = await queue_floor(100_000)
-    org = organism(ingress_limit=args.concurrency)
+    org = organism(ingress_limit=args.concurrency, history=history)
     async with org:
         await load(org, 2000, 100)  # warm up
         hops = await load(org, args.conversations, args.concurrency)
@@ -120,14 +121,19 @@ async def one_run(args: argparse.Namespace) -> dict[str, float]:
     return {"hops_per_s": hops, "p50_us": p50, "p99_us": p99, "queue_floor_hops_per_s": floor}
 
 
-def run(loop_name: str, factory: Callable[[], asyncio.AbstractEventLoop], args: Any) -> dict:
+def run(
+    loop_name: str, factory: Callable[[], asyncio.AbstractEventLoop], args: Any, history: bool
+) -> dict:
     runs = []
     for _ in range(args.runs):
         with asyncio.Runner(loop_factory=factory) as runner:
-            runs.append(runner.run(_coro(one_run, args)))
+            runs.append(runner.run(_coro(one_run, args, history)))
     medians = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-    medians["ratio_to_floor"] = medians["hops_per_s"] / medians["queue_floor_hops_per_s"]
-    return {"loop": loop_name, "runs": runs, "median": medians}
+    medians["ratio_to_floor"] = statistics.median(
+        r["hops_per_s"] / r["queue_floor_hops_per_s"] for r in runs
+    )
+    name = loop_name + ("" if history else ", no history")
+    return {"loop": name, "history": history, "runs": runs, "median": medians}
 
 
 def _coro(fn: Callable[..., Coroutine[Any, Any, Any]], *a: Any) -> Coroutine[Any, Any, Any]:
@@ -141,18 +147,19 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10_000)
     args = parser.parse_args()
     results = [
-        run("uvloop", uvloop.new_event_loop, args),
-        run("asyncio", asyncio.new_event_loop, args),
+        run("uvloop", uvloop.new_event_loop, args, history=True),
+        run("uvloop", uvloop.new_event_loop, args, history=False),
+        run("asyncio", asyncio.new_event_loop, args, history=True),
     ]
     header = (
-        f"{'loop':8} {'hops/s':>10} {'p50 us':>8} {'p99 us':>8} {'floor hops/s':>13} {'ratio':>6}"
+        f"{'loop':20} {'hops/s':>10} {'p50 us':>8} {'p99 us':>8} {'floor hops/s':>13} {'ratio':>6}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         m = r["median"]
         print(
-            f"{r['loop']:8} {m['hops_per_s']:>10,.0f} {m['p50_us']:>8.1f} {m['p99_us']:>8.1f} "
+            f"{r['loop']:20} {m['hops_per_s']:>10,.0f} {m['p50_us']:>8.1f} {m['p99_us']:>8.1f} "
             f"{m['queue_floor_hops_per_s']:>13,.0f} {m['ratio_to_floor']:>6.2f}"
         )
     print(

@@ -101,9 +101,10 @@ async def test_history_is_deleted_when_the_conversation_ends(backend: BackendCon
 
 
 def test_history_entries_are_plain_xml() -> None:
+    from xml_pipeline import to_xml
     from xml_pipeline.history import decode_entry, encode_entry
 
-    data = encode_entry("a", "b", Question(text="x & y"))
+    data = encode_entry("a", "b", to_xml(Question(text="x & y")))
     assert data.startswith(b'<message xmlns="https://xml-pipeline.org/ns/envelope/v1">')
     assert decode_entry(data) == HistoryEntry(
         "a", "b", "Question", b"<Question><text>x &amp; y</text></Question>"

@@ -26,7 +26,7 @@ from xml_pipeline.errors import SchemaViolation, XmlInputError
 from xml_pipeline.parsing import ParseLimits, parse_guarded
 from xml_pipeline.payloads import is_payload, payload_spec, to_xml
 
-__all__ = ["ENVELOPE_NS", "Envelope"]
+__all__ = ["ENVELOPE_NS", "Envelope", "envelope_bytes"]
 
 ENVELOPE_NS = "https://xml-pipeline.org/ns/envelope/v1"
 _N = f"{{{ENVELOPE_NS}}}"
@@ -77,6 +77,8 @@ class Envelope:
             SchemaViolation: a value cannot be written as XML (names the field), or an element
                 payload has a namespace.
         """
+        if not isinstance(self.payload, etree._Element):
+            return envelope_bytes(self.sender, self.to, self.thread, self.payload_bytes())
         body = self.payload_bytes()
         tag = self.payload_tag
         if tag.startswith("{"):
@@ -89,15 +91,7 @@ class Envelope:
             end = body.index(b">")  # ends the start tag: lxml escapes '>' in attribute values
             attrs = _ATTRIBUTE.sub(_drop_default_ns, body[start:end])
             body = b"".join((body[:start], b' xmlns=""', attrs, body[end:]))
-        return b"".join(
-            (
-                _HEAD,
-                b"<from>", escape_text(self.sender, "/message/meta/from").encode(), b"</from>",
-                b"<to>", escape_text(self.to, "/message/meta/to").encode(), b"</to>",
-                b"<thread>", escape_text(self.thread, "/message/meta/thread").encode(),
-                b"</thread></meta>", body, b"</message>",
-            )
-        )  # fmt: skip
+        return _wrap(self.sender, self.to, self.thread, body)
 
     @classmethod
     def from_bytes(cls, data: bytes | str, limits: ParseLimits | None = None) -> Envelope:
@@ -186,3 +180,28 @@ def _name(tag: object) -> str:
 
 def _not_envelope(message: str, element: etree._Element, path: str) -> XmlInputError:
     return XmlInputError(message, reason="not_an_envelope", line=element.sourceline, path=path)
+
+
+def envelope_bytes(sender: str, to: str, thread: str, payload_xml: bytes) -> bytes:
+    """The v1 envelope around payload bytes written by `to_xml`.
+
+    `to_xml` writes the root start tag bare (``<Tag>``), so ``xmlns=""`` goes right before its
+    ``>``; this skips building an `Envelope` when the payload is already serialized.
+
+    Raises:
+        SchemaViolation: ``sender``, ``to`` or ``thread`` holds a character XML cannot carry.
+    """
+    end = payload_xml.index(b">")
+    return _wrap(sender, to, thread, b"".join((payload_xml[:end], b' xmlns=""', payload_xml[end:])))
+
+
+def _wrap(sender: str, to: str, thread: str, body: bytes) -> bytes:
+    return b"".join(
+        (
+            _HEAD,
+            b"<from>", escape_text(sender, "/message/meta/from").encode(), b"</from>",
+            b"<to>", escape_text(to, "/message/meta/to").encode(), b"</to>",
+            b"<thread>", escape_text(thread, "/message/meta/thread").encode(),
+            b"</thread></meta>", body, b"</message>",
+        )
+    )  # fmt: skip

@@ -11,15 +11,15 @@ from typing import Any
 
 from lxml import etree
 
-from xml_pipeline.envelope import Envelope
+from xml_pipeline.envelope import Envelope, envelope_bytes
 from xml_pipeline.handlers import HistoryEntry
 
 __all__ = ["decode_entry", "encode_entry"]
 
 
-def encode_entry(sender: str, to: str, payload: object) -> bytes:
-    """The stored form of one hop."""
-    return Envelope(sender, to, "", payload).to_bytes()
+def encode_entry(sender: str, to: str, payload_xml: bytes) -> bytes:
+    """The stored form of one hop, around its payload as `to_xml` wrote it."""
+    return envelope_bytes(sender, to, "", payload_xml)
 
 
 def decode_entry(data: bytes) -> HistoryEntry:

@@ -298,6 +298,9 @@ def _type_text(hint: Any) -> str:
 def to_xml(obj: object) -> bytes:
     """Serialize a ``@payload`` object to XML bytes (UTF-8, no declaration).
 
+    It checks every value as `check_payload` does (and raises where it would), so a caller
+    that needs the bytes anyway need not check first.
+
     Raises:
         PayloadTypeError: ``obj`` is not a payload object.
         SchemaViolation: a value does not fit its field (wrong type, a character XML cannot
@@ -321,7 +324,7 @@ def _write(spec: PayloadSpec, tag: str, obj: object, out: list[str], path: str) 
         if value is None and optional:
             continue
         if repeated:
-            if not isinstance(value, list):
+            if type(value) is not list:  # exactly what check_payload accepts
                 raise SchemaViolation(
                     f"expected a list, got {type(value).__name__}", path=f"{path}/{name}"
                 )

@@ -40,7 +40,7 @@ from xml_pipeline.handlers import (
 )
 from xml_pipeline.history import decode_entry, encode_entry
 from xml_pipeline.parsing import ParseLimits
-from xml_pipeline.payloads import check_payload, from_element, is_payload, payload_spec
+from xml_pipeline.payloads import check_payload, from_element, is_payload, payload_spec, to_xml
 from xml_pipeline.registry import ThreadRegistry
 
 __all__ = ["DeadLetter", "PumpStats", "StreamPump"]
@@ -457,11 +457,11 @@ class StreamPump:
                 hop, "handler_error", f"{route.name!r} raised {type(exc).__name__}: {exc}"
             )
         nexts: list[_Hop] = []
-        for out in outputs:
+        for out, xml in outputs:
             if out.to is None:
-                nexts.extend(await self._respond(hop, route.name, out.payload))
+                nexts.extend(await self._respond(hop, route.name, out.payload, xml))
                 continue
-            entry = self._entry(route.name, out.to, out.payload)
+            entry = self._entry(route.name, out.to, out.payload, xml)
             rec = await self._registry.extend_chain(hop.thread, out.to, entry)
             if rec is None:  # this thread was retired meanwhile (answered, timed out, lost)
                 self.stats.late_replies += 1
@@ -474,8 +474,13 @@ class StreamPump:
             nexts.append(_Hop(target, rec.thread_id, route.name, out.payload, hop.conv, callers))
         return nexts
 
-    def _entry(self, sender: str, to: str, payload: object) -> bytes | None:
-        return encode_entry(sender, to, payload) if self._history else None
+    def _entry(
+        self, sender: str, to: str, payload: object, xml: bytes | None = None
+    ) -> bytes | None:
+        """The history entry of one hop (``xml``: the payload already serialized, if it was)."""
+        if not self._history:
+            return None
+        return encode_entry(sender, to, to_xml(payload) if xml is None else xml)
 
     async def read_history(self, conversation: str) -> list[HistoryEntry]:
         """The recorded hops of a conversation, oldest first."""
@@ -500,9 +505,12 @@ class StreamPump:
         finally:
             del self._running[hop]
 
-    def _check_outputs(self, route: _Route, result: object) -> Sequence[HandlerResponse]:
+    def _check_outputs(
+        self, route: _Route, result: object
+    ) -> list[tuple[HandlerResponse, bytes | None]]:
+        """The handler's outputs, each checked, with its payload XML when history needs it."""
         if result is None:
-            return ()
+            return []
         if type(result) is HandlerResponse:
             outputs: Sequence[HandlerResponse] = (result,)
         elif isinstance(result, list | tuple) and all(type(r) is HandlerResponse for r in result):
@@ -513,11 +521,9 @@ class StreamPump:
                 f"{route.name!r} returned {type(result).__name__}; return None, a "
                 "HandlerResponse or a list of them (never an envelope)",
             )
-        for out in outputs:
-            self._check_output(route, out)
-        return outputs
+        return [(out, self._check_output(route, out)) for out in outputs]
 
-    def _check_output(self, route: _Route, out: HandlerResponse) -> None:
+    def _check_output(self, route: _Route, out: HandlerResponse) -> bytes | None:
         if out.to is not None:
             target = self._routes.get(out.to)
             if target is None:
@@ -542,14 +548,20 @@ class StreamPump:
                 "object",
             )
         try:
+            if self._history:  # to_xml checks each value as check_payload does: one pass
+                return to_xml(out.payload)
             check_payload(out.payload)
+            return None
         except SchemaViolation as exc:
             raise _Failure("schema_violation", f"{route.name!r} sent {exc.message}") from None
 
-    async def _respond(self, hop: _Hop, responder: str, payload: object) -> list[_Hop]:
-        """Answer the caller of ``hop`` (``None`` outcome aside, the chain is pruned)."""
+    async def _respond(
+        self, hop: _Hop, responder: str, payload: object, xml: bytes | None = None
+    ) -> list[_Hop]:
+        """Answer the caller of ``hop``: prune its thread and deliver to the caller."""
         callers = hop.callers
-        entry = self._entry(responder, callers[-1], payload) if len(callers) > 1 else None
+        # an answer leaving the organism ends the conversation, history and all: no entry
+        entry = self._entry(responder, callers[-1], payload, xml) if len(callers) > 1 else None
         res = await self._registry.prune_for_response(hop.thread, entry)
         if res is None:
             self.stats.late_replies += 1
