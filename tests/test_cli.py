@@ -82,3 +82,29 @@ def test_schema_prints_the_xsd_and_the_prompt_description() -> None:
 def test_send_without_to_is_refused() -> None:
     done = organism("run", HELLO, "--send", "<Greeting><name>x</name></Greeting>")
     assert done.returncode == 2 and "--to and --send go together" in done.stderr
+
+
+def test_stdin_waits_for_room_instead_of_failing_when_the_organism_is_full(tmp_path: Path) -> None:
+    hello = Path(HELLO).parent
+    (tmp_path / "handlers.py").write_text((hello / "handlers.py").read_text())
+    text = (hello / "organism.yaml").read_text()
+    (tmp_path / "organism.yaml").write_text(
+        text.replace("  name: hello\n", "  name: hello\n  ingress_limit: 2\n")
+    )
+    lines = [f"@greeter <Greeting><name>n{i}</name></Greeting>" for i in range(40)]
+    done = organism("run", str(tmp_path / "organism.yaml"), stdin="\n".join(lines))
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 40
+
+
+def test_unreachable_backend_is_an_error_line_not_a_traceback(tmp_path: Path) -> None:
+    hello = Path(HELLO).parent
+    (tmp_path / "handlers.py").write_text((hello / "handlers.py").read_text())
+    (tmp_path / "organism.yaml").write_text(
+        (hello / "organism.yaml").read_text()
+        + "backend:\n  type: redis\n  redis_url: redis://127.0.0.1:9/0\n"
+    )
+    done = organism("run", str(tmp_path / "organism.yaml"), "--to", "greeter", "--send", "<x/>")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "error: [backend_unreachable]" in done.stderr and "127.0.0.1:9" in done.stderr

@@ -221,7 +221,7 @@ async def test_invalid_handler_results_fail_to_the_caller(result: object, reason
         return result
 
     listeners = [
-        Listener("front", Ask, bad, peers=("back.end", "nobody")),
+        Listener("front", Ask, bad, peers=("back.end",)),
         Listener("back.end", Echo, back),
     ]
     async with Organism(listeners) as org:

@@ -109,3 +109,11 @@ def test_history_entries_are_plain_xml() -> None:
     assert decode_entry(data) == HistoryEntry(
         "a", "b", "Question", b"<Question><text>x &amp; y</text></Question>"
     )
+
+
+async def test_history_holds_payloads_larger_than_the_default_input_cap() -> None:
+    """An organism that raised max_message_bytes can read back the big hops it recorded."""
+    big = "x" * 400_000
+    async with Organism(LISTENERS, max_message_bytes=1_000_000) as org:
+        reply = await org.request("asker", Question(text=big), timeout=20)
+    assert reply.history == ["_external>asker:Question", "asker>oracle:Question"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
@@ -154,3 +155,13 @@ def test_cpu_bound_closure_is_refused_when_the_organism_is_built() -> None:
 
     with pytest.raises(UsageError, match="nested function or closure"):
         Organism([Listener("x", Job, local, cpu_bound=True)])
+
+
+async def test_hops_beyond_the_pool_size_wait_outside_the_timeout_clock() -> None:
+    """Six 0.4 s jobs on one worker under a 1 s timeout: each waits its turn, none times out."""
+    async with crunch_organism(workers=1, timeout=1.0) as org:
+        replies = await asyncio.gather(
+            *(org.request("crunch", Job(mode="sleep", n=400), timeout=60) for _ in range(6))
+        )
+        assert all(isinstance(r, Result) for r in replies)
+        assert org.stats.timeouts == 0

@@ -72,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except XmlPipelineError as exc:  # e.g. the backend is unreachable, the pool cannot start
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
 
@@ -119,26 +122,39 @@ async def _run(org: Organism, to: str | None, send: str | None, timeout: float) 
         if to is not None and send is not None:
             return await _answer(org, to, send, timeout, where="--send")
         statuses: list[int] = []
+        # no more lines in flight than the organism admits: reading waits instead of failing
+        limiter = anyio.Semaphore(org.ingress_limit)
         async with anyio.create_task_group() as group:
             lineno = 0
             async for line in anyio.wrap_file(sys.stdin):
                 lineno += 1
                 text = line.strip()
                 if text:
-                    group.start_soon(_line, org, text, timeout, lineno, statuses)
+                    await limiter.acquire()
+                    group.start_soon(_line, org, text, timeout, lineno, statuses, limiter)
             log.info("end of input: draining")
         failures = sum(1 for status in statuses if status != EXIT_OK)
         log.info("done: %d answered, %d failed", len(statuses) - failures, failures)
         return EXIT_FAILED if failures else EXIT_OK
 
 
-async def _line(org: Organism, text: str, timeout: float, lineno: int, statuses: list[int]) -> None:
+async def _line(
+    org: Organism,
+    text: str,
+    timeout: float,
+    lineno: int,
+    statuses: list[int],
+    limiter: anyio.Semaphore,
+) -> None:
     where = f"stdin line {lineno}"
-    if text.startswith("@"):
-        to, _, xml = text[1:].partition(" ")
-        statuses.append(await _answer(org, to, xml, timeout, where=where))
-    else:
-        statuses.append(await _answer(org, None, text, timeout, where=where))
+    try:
+        if text.startswith("@"):
+            to, _, xml = text[1:].partition(" ")
+            statuses.append(await _answer(org, to, xml, timeout, where=where))
+        else:
+            statuses.append(await _answer(org, None, text, timeout, where=where))
+    finally:
+        limiter.release()
 
 
 async def _answer(org: Organism, to: str | None, xml: str, timeout: float, where: str) -> int:

@@ -19,7 +19,15 @@ from typing import Any
 
 from xml_pipeline.errors import PayloadTypeError, SchemaViolation
 
-__all__ = ["CODECS", "Codec", "enum_codec", "escape_markup", "escape_text", "invalid_xml_char"]
+__all__ = [
+    "CODECS",
+    "Codec",
+    "enum_codec",
+    "escape_markup",
+    "escape_text",
+    "invalid_xml_char",
+    "xml_safe",
+]
 
 # Characters XML 1.0 cannot carry, even escaped.
 _INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -31,6 +39,15 @@ def invalid_xml_char(text: str) -> str | None:
         return None  # the fast path: every printable character is an XML character
     m = _INVALID.search(text)
     return m.group() if m else None
+
+
+def xml_safe(text: str, limit: int = 2000) -> str:
+    """``text`` with characters XML cannot carry replaced by U+FFFD, cut to ``limit``.
+
+    For text the library writes itself (error messages), where refusing is no option.
+    """
+    text = _INVALID.sub("\ufffd", text)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 def escape_text(text: str, path: str = "") -> str:

@@ -111,6 +111,7 @@ class OrganismConfig:
     ingress_limit: int = 1024
     ingress_wait_seconds: float = 5.0
     history: bool = True  # record each hop in the conversation history (metadata.history())
+    max_hops: int = 10_000  # hops one conversation may make before it fails with hop_limit
     listeners: tuple[ListenerConfig, ...]
     backend: BackendConfig = field(default_factory=BackendConfig)
     process_pool: ProcessPoolConfig = field(default_factory=ProcessPoolConfig)
@@ -328,6 +329,7 @@ class _Reader:
             ingress_limit=org.integer("ingress_limit", 1024),
             ingress_wait_seconds=org.number("ingress_wait_seconds", 5.0, zero_ok=True),
             history=org.flag("history", True),
+            max_hops=org.integer("max_hops", 10_000),
             listeners=tuple(listener for listener, _ in listeners),
             backend=self.backend(top.fields.get("backend")),
             process_pool=self.process_pool(top.fields.get("process_pool")),

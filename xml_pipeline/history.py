@@ -13,8 +13,13 @@ from lxml import etree
 
 from xml_pipeline.envelope import Envelope, envelope_bytes
 from xml_pipeline.handlers import HistoryEntry
+from xml_pipeline.parsing import ParseLimits
 
 __all__ = ["decode_entry", "encode_entry"]
+
+# Entries were written by a pump from checked payloads: the caps for input from outside (an
+# organism may raise max_message_bytes) do not apply; libxml2's own depth limit still does.
+_STORED = ParseLimits(max_bytes=1 << 31, max_depth=255, max_elements=1 << 31)
 
 
 def encode_entry(sender: str, to: str, payload_xml: bytes) -> bytes:
@@ -28,7 +33,7 @@ def decode_entry(data: bytes) -> HistoryEntry:
     Raises:
         XmlInputError: the stored bytes are not an envelope (the backend was tampered with).
     """
-    env = Envelope.from_bytes(data)
+    env = Envelope.from_bytes(data, _STORED)
     element: Any = env.payload
     body: bytes = etree.tostring(element)
     return HistoryEntry(env.sender, env.to, str(element.tag), body.replace(b' xmlns=""', b"", 1))

@@ -50,15 +50,15 @@ class Organism:
         ingress_wait_seconds: float = 5.0,
         drain_timeout_seconds: float = 10.0,
         history: bool = True,
+        max_hops: int = 10_000,
     ) -> None:
         names = [listener.name for listener in listeners]
         if not names or len(set(names)) != len(names):
             raise UsageError(f"an organism needs listeners with distinct names, got {names}")
         for listener in listeners:
-            problem = listener.cpu_bound and worker_import_problem(listener.handler)
-            if problem:
-                raise UsageError(f"listener {listener.name!r}: {problem}")
+            _check_listener(listener, names)
         self._history = history
+        self._max_hops = max_hops
         self.name = name
         self.listeners = tuple(listeners)
         self._backend_spec = backend if backend is not None else BackendConfig()
@@ -114,6 +114,7 @@ class Organism:
             ingress_wait_seconds=config.ingress_wait_seconds,
             drain_timeout_seconds=config.drain_timeout_seconds,
             history=config.history,
+            max_hops=config.max_hops,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -147,7 +148,9 @@ class Organism:
                 ingress_limit=self._ingress[0],
                 ingress_wait_seconds=self._ingress[1],
                 pool_invoker=invoker,
+                pool_workers=self._pool_config.workers,
                 history=self._history,
+                max_hops=self._max_hops,
             )
             pump.start()
         except BaseException:
@@ -211,6 +214,11 @@ class Organism:
         from xml_pipeline.backends.memory import MemoryBackend
 
         return MemoryBackend(thread_ttl_seconds=ttl, history_max_entries=most)
+
+    @property
+    def ingress_limit(self) -> int:
+        """How many conversations may be open before ingress waits, then fails."""
+        return self._ingress[0]
 
     @property
     def limits(self) -> ParseLimits:
@@ -296,3 +304,24 @@ class Organism:
     def dead_letters(self) -> list[DeadLetter]:
         """Failures of ``send``/``inject`` conversations that nobody was waiting for."""
         return list(self.pump.dead_letters)
+
+
+def _check_listener(listener: Listener, names: list[str]) -> None:
+    """What the config loader checks in organism.yaml, for listeners built in code.
+
+    Raises:
+        UsageError: naming the listener, the setting and what to do.
+    """
+    where = f"listener {listener.name!r}"
+    if not listener.name or listener.name.startswith("_"):
+        raise UsageError(f"{where}: names must be non-empty and not start with '_' (reserved)")
+    if listener.max_concurrency < 1:
+        raise UsageError(f"{where}: max_concurrency must be at least 1")
+    if not listener.timeout_seconds > 0:
+        raise UsageError(f"{where}: timeout_seconds must be more than 0")
+    unknown = [peer for peer in listener.peers if peer not in names]
+    if unknown:
+        raise UsageError(f"{where}: peers {unknown} are not listeners of this organism")
+    problem = listener.cpu_bound and worker_import_problem(listener.handler)
+    if problem:
+        raise UsageError(f"{where}: {problem}")

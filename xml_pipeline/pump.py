@@ -19,6 +19,7 @@ Hot-path choices, each measured on the 2-core reference machine (see benchmarks/
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,8 +30,9 @@ from typing import Any
 
 import anyio
 
+from xml_pipeline.codecs import xml_safe
 from xml_pipeline.envelope import Envelope
-from xml_pipeline.errors import DeliveryError, SchemaViolation, XmlPipelineError
+from xml_pipeline.errors import BackendError, DeliveryError, SchemaViolation, XmlPipelineError
 from xml_pipeline.handlers import (
     ErrorReport,
     HandlerMetadata,
@@ -47,6 +49,7 @@ __all__ = ["DeadLetter", "PumpStats", "StreamPump"]
 
 log = logging.getLogger("xml_pipeline.pump")
 EXTERNAL = "_external"
+_YIELD_EVERY = 64  # hops one task runs back to back before it lets the loop run others
 
 
 @dataclass
@@ -81,21 +84,28 @@ class DeadLetter:
 class _Route:
     """A listener's runtime state: its definition, free slots and backlog."""
 
-    __slots__ = ("backlog", "busy", "def_", "is_async", "name", "peers", "spec", "timeout")
+    __slots__ = (
+        "backlog", "busy", "def_", "is_async", "limit", "name", "peers", "spec", "timeout"
+    )  # fmt: skip
 
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: Listener, pool_workers: int) -> None:
         self.def_ = listener
         self.name = listener.name
         self.spec = payload_spec(listener.payload_class)
         self.peers = frozenset(listener.peers)
         self.timeout = listener.timeout_seconds
         self.is_async = asyncio.iscoroutinefunction(listener.handler)
+        # a cpu_bound listener runs no more hops than the pool has workers: the rest wait in
+        # its backlog, where no timeout runs, rather than queued inside the pool, where it does
+        self.limit = listener.max_concurrency
+        if listener.cpu_bound:
+            self.limit = min(self.limit, pool_workers)
         self.busy = 0
         self.backlog: deque[_Hop] = deque()
 
 
 class _Conversation:
-    __slots__ = ("deadline", "done", "future", "id", "inflight", "started_by")
+    __slots__ = ("deadline", "done", "future", "hops", "id", "inflight", "started_by")
 
     def __init__(
         self, conv_id: str, future: asyncio.Future[Any] | None, deadline: float | None, to: str
@@ -104,16 +114,21 @@ class _Conversation:
         self.future = future
         self.deadline = deadline
         self.inflight = 1
+        self.hops = 0
         self.done = False
         self.started_by = to
+
+
+Callers = tuple[str, "Callers | None"]
 
 
 class _Hop:
     """One delivery to a handler.
 
-    ``callers`` are the listener names above this hop's listener, outermost first, the last
-    being its direct caller. The pump keeps them to name the receiver of an answer in the
-    history before the registry is asked; handlers never see them.
+    ``callers`` is the chain of listener names above this hop's listener as a linked list,
+    ``(direct caller, (its caller, ... (outside sender, None)))``, so a call or an answer costs
+    O(1) however deep the chain. The pump keeps it to name the receiver of an answer in the
+    history before the registry is asked; handlers never see it.
     """
 
     __slots__ = ("callers", "conv", "payload", "route", "sender", "task", "thread", "timed_out")
@@ -125,7 +140,7 @@ class _Hop:
         sender: str,
         payload: object,
         conv: _Conversation,
-        callers: tuple[str, ...],
+        callers: Callers,
     ) -> None:
         self.route = route
         self.thread = thread
@@ -160,6 +175,7 @@ class _Ingress:
     wait_seconds: float
     open: int = 0
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    dead: int = 0  # waiters in the deque that gave up
 
 
 class StreamPump:
@@ -174,18 +190,22 @@ class StreamPump:
         ingress_limit: int = 1024,
         ingress_wait_seconds: float = 5.0,
         pool_invoker: Invoker | None = None,
+        pool_workers: int = 1,
         history: bool = True,
+        max_hops: int = 10_000,
     ) -> None:
-        self._routes = {listener.name: _Route(listener) for listener in listeners}
+        self._routes = {listener.name: _Route(listener, pool_workers) for listener in listeners}
         self._registry = registry
         self._limits = limits or ParseLimits()
         self._ingress = _Ingress(ingress_limit, ingress_wait_seconds)
         self._pool_invoker = pool_invoker
         self._history = history
+        self._max_hops = max_hops
         self._convs: dict[str, _Conversation] = {}
         self._running: dict[_Hop, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._cancelling = False
         self._idle = asyncio.Event()
         self._idle.set()
         self._tick = min([0.05, *(r.timeout / 4 for r in self._routes.values())])
@@ -234,17 +254,27 @@ class StreamPump:
         for waiter in self._ingress.waiters:
             if not waiter.done():
                 waiter.set_exception(_shutdown())
-        with anyio.move_on_after(drain_timeout):
-            await self._idle.wait()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks))
-        for conv in list(self._convs.values()):
-            await self._end(conv, _shutdown(conv.started_by, conv.id))
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            await asyncio.wait([self._watchdog])
+        # shielded: leaving `async with` from a cancelled scope must still stop everything
+        with anyio.CancelScope(shield=True):
+            try:
+                with anyio.move_on_after(drain_timeout):
+                    await self._idle.wait()
+                self._cancelling = True  # freed slots no longer start backlogged hops
+                for route in self._routes.values():
+                    route.backlog.clear()
+                tasks = list(self._tasks)
+                for task in tasks:
+                    task.cancel()
+                if tasks:
+                    _, stuck = await asyncio.wait(tasks, timeout=max(1.0, drain_timeout))
+                    for task in stuck:  # a handler that swallows cancellation
+                        log.warning("a handler did not stop when cancelled: %r", task)
+                for conv in list(self._convs.values()):
+                    await self._end(conv, _shutdown(conv.started_by, conv.id))
+            finally:
+                if self._watchdog is not None:
+                    self._watchdog.cancel()
+                    await asyncio.wait([self._watchdog])
 
     # -- ingress --------------------------------------------------------------------------------
 
@@ -278,8 +308,15 @@ class StreamPump:
                 f"{env.to!r} accepts <{route.spec.tag}>, not <{env.payload_tag}>",
                 reason="no_route", listener=env.to,
             )  # fmt: skip
+        sender = env.sender or EXTERNAL
+        if sender != EXTERNAL and (sender in self._routes or sender.startswith("_")):
+            raise DeliveryError(
+                f"an envelope from outside claims to come from {sender!r}, a listener or "
+                "reserved name; leave <from> empty or name the outside sender",
+                reason="forged_sender", listener=env.to,
+            )  # fmt: skip
         obj: object = from_element(route.def_.payload_class, env.payload)
-        conv = await self._open(route, obj, env.sender or EXTERNAL, None, None)
+        conv = await self._open(route, obj, sender, None, None)
         return conv.id
 
     def _route_for(self, to: str, payload: object) -> _Route:
@@ -332,7 +369,7 @@ class StreamPump:
         self._convs[conv.id] = conv
         self._idle.clear()
         self.stats.conversations += 1
-        self._dispatch(_Hop(route, rec.thread_id, sender, payload, conv, (sender,)))
+        self._dispatch(_Hop(route, rec.thread_id, sender, payload, conv, (sender, None)))
         return conv
 
     async def _admit(self) -> None:
@@ -351,9 +388,19 @@ class StreamPump:
         except BaseException:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._release()  # we were handed a slot but are leaving: pass it on
+            else:
+                self._forget_waiter()
             raise
         finally:
             timer.cancel()
+
+    def _forget_waiter(self) -> None:
+        """A waiter gave up: drop the dead ones once they are half the queue (amortized O(1))."""
+        ing = self._ingress
+        ing.dead += 1
+        if ing.dead * 2 > len(ing.waiters):
+            ing.waiters = deque(w for w in ing.waiters if not w.done())
+            ing.dead = 0
 
     def _overloaded(self, waiter: asyncio.Future[None]) -> None:
         if waiter.done():
@@ -373,13 +420,14 @@ class StreamPump:
             if not waiter.done():
                 waiter.set_result(None)  # hand the slot over
                 return
+            ing.dead = max(0, ing.dead - 1)
         ing.open -= 1
 
     # -- hops -----------------------------------------------------------------------------------
 
     def _dispatch(self, hop: _Hop) -> None:
         route = hop.route
-        if route.busy < route.def_.max_concurrency:
+        if route.busy < route.limit:
             route.busy += 1
             self._spawn(hop)
         else:
@@ -398,6 +446,7 @@ class StreamPump:
     async def _chain(self, first: _Hop) -> None:
         task = asyncio.current_task()
         hop: _Hop | None = first
+        ran = 0
         while hop is not None:
             hop.task = task
             try:
@@ -410,12 +459,12 @@ class StreamPump:
                     f"delivery to {hop.route.name!r} failed: {exc}",
                     reason=getattr(exc, "reason", "internal_error"),
                     listener=hop.route.name, thread=hop.thread,
-                ), retired=True)  # fmt: skip
+                ))  # fmt: skip
+            except BaseException:  # cancelled (shutdown): give the slot back, then go
+                self._free_slot(hop.route)
+                raise
             route = hop.route
-            if route.backlog:
-                self._spawn(route.backlog.popleft())  # the slot passes to the waiting hop
-            else:
-                route.busy -= 1
+            self._free_slot(route)
             conv = hop.conv
             conv.inflight += len(nexts) - 1
             if conv.inflight == 0 and not conv.done:
@@ -424,20 +473,44 @@ class StreamPump:
                     "and no call is in flight",
                     reason="no_answer", listener=route.name, thread=hop.thread,
                 ))  # fmt: skip
+            ran += 1
+            if ran % _YIELD_EVERY == 0:
+                # a chain of handlers that never suspend must not starve the loop (the
+                # watchdog, timers, other conversations)
+                await asyncio.sleep(0)
             hop = None
             for nxt in nexts:
                 r = nxt.route
-                if hop is None and r.busy < r.def_.max_concurrency:
+                if hop is None and r.busy < r.limit:
                     r.busy += 1
                     hop = nxt
                 else:
                     self._dispatch(nxt)
 
+    def _free_slot(self, route: _Route) -> None:
+        if route.backlog and not self._cancelling:
+            self._spawn(route.backlog.popleft())  # the slot passes to the waiting hop
+        else:
+            route.busy -= 1
+
     async def _step(self, hop: _Hop) -> list[_Hop]:
-        route = hop.route
+        route, conv = hop.route, hop.conv
+        if conv.done:  # answered, failed or timed out while this hop waited: do not run it
+            return []
+        conv.hops += 1
+        if conv.hops > self._max_hops:
+            await self._end(conv, DeliveryError(
+                f"the conversation made more than {self._max_hops} hops (a call cycle?); it "
+                f"was stopped at {route.name!r}; raise organism.max_hops if that is intended",
+                reason="hop_limit", listener=route.name, thread=hop.thread,
+            ))  # fmt: skip
+            return []
         self.stats.hops += 1
         if self.observer is not None:
-            self.observer(Envelope(hop.sender, route.name, hop.thread, hop.payload))
+            try:
+                self.observer(Envelope(hop.sender, route.name, hop.thread, hop.payload))
+            except Exception:
+                log.exception("the hop observer raised; the hop goes on")
         history = partial(self.read_history, hop.conv.id) if self._history else None
         meta = HandlerMetadata(hop.thread, hop.sender, route.name, history)
         try:
@@ -448,9 +521,11 @@ class StreamPump:
             return await self._fail(
                 hop, "timeout", f"{route.name!r} took longer than {route.timeout}s"
             )
-        except (_Failure, DeliveryError) as exc:  # DeliveryError: from the process pool
+        except _Failure as exc:
             return await self._fail(hop, exc.reason, exc.message)
-        except Exception as exc:
+        except BackendError:
+            raise  # not the handler's fault: _chain reports the conversation as lost
+        except (Exception, SystemExit) as exc:  # SystemExit must not stop the host process
             self.stats.handler_errors += 1
             log.debug("handler of %r raised", route.name, exc_info=True)
             return await self._fail(
@@ -470,7 +545,7 @@ class StreamPump:
                     await self._lost(conv, route.name)
                 continue
             target = self._routes[out.to]
-            callers = (*hop.callers, route.name)
+            callers = (route.name, hop.callers)
             nexts.append(_Hop(target, rec.thread_id, route.name, out.payload, hop.conv, callers))
         return nexts
 
@@ -491,16 +566,30 @@ class StreamPump:
         if route.def_.cpu_bound and self._pool_invoker is not None:
             backend = self._registry.backend
             stored = await backend.history(hop.conv.id) if self._history else []
-            return await self._pool_invoker(route.def_, hop.payload, meta, route.timeout, stored)
+            try:
+                return await self._pool_invoker(
+                    route.def_, hop.payload, meta, route.timeout, stored
+                )
+            except DeliveryError as exc:  # worker_crash, timeout, invalid_response...
+                self.stats.timeouts += exc.reason == "timeout"
+                raise _Failure(exc.reason, exc.message) from None
         self._running[hop] = asyncio.get_running_loop().time() + route.timeout
         try:
             if route.is_async:
                 return await route.def_.handler(hop.payload, meta)  # type: ignore[misc]
-            return route.def_.handler(hop.payload, meta)
+            result = route.def_.handler(hop.payload, meta)
+            if inspect.isawaitable(result):  # an async callable object, a wrapped coroutine
+                return await result
+            return result
         except asyncio.CancelledError:
-            if hop.timed_out and hop.task is not None:
-                hop.task.uncancel()
+            task = hop.task
+            if hop.timed_out and task is not None:
+                if task.uncancel() > 0:
+                    raise  # a shutdown cancel landed too: let it through
                 raise _HandlerTimeout from None
+            if task is not None and task.cancelling() == 0:
+                # the handler raised CancelledError of its own (an inner task was cancelled)
+                raise RuntimeError("the handler raised CancelledError") from None
             raise
         finally:
             del self._running[hop]
@@ -559,9 +648,9 @@ class StreamPump:
         self, hop: _Hop, responder: str, payload: object, xml: bytes | None = None
     ) -> list[_Hop]:
         """Answer the caller of ``hop``: prune its thread and deliver to the caller."""
-        callers = hop.callers
+        caller, above = hop.callers
         # an answer leaving the organism ends the conversation, history and all: no entry
-        entry = self._entry(responder, callers[-1], payload, xml) if len(callers) > 1 else None
+        entry = self._entry(responder, caller, payload, xml) if above is not None else None
         res = await self._registry.prune_for_response(hop.thread, entry)
         if res is None:
             self.stats.late_replies += 1
@@ -572,12 +661,13 @@ class StreamPump:
         if res.conversation_ended:
             await self._end(hop.conv, payload, retired=True)
             return []
-        caller = self._routes[res.caller]
-        return [_Hop(caller, res.caller_thread, responder, payload, hop.conv, callers[:-1])]
+        assert above is not None, "the registry said the conversation goes on"
+        target = self._routes[res.caller]
+        return [_Hop(target, res.caller_thread, responder, payload, hop.conv, above)]
 
     async def _fail(self, hop: _Hop, reason: str, message: str) -> list[_Hop]:
         """The run on ``hop`` failed: answer its caller with an ErrorReport, travelling up."""
-        report = ErrorReport(reason=reason, message=message, listener=hop.route.name)
+        report = ErrorReport(reason=reason, message=xml_safe(message), listener=hop.route.name)
         failed = hop
         while True:
             nexts = await self._respond(failed, failed.route.name, report)
@@ -622,7 +712,15 @@ class StreamPump:
             self.dead_letters.append(letter)
             log.warning("conversation %s failed: %s", conv.id, error)
         if not retired:
-            await self._registry.cleanup(conv.id)
+            try:
+                await self._registry.cleanup(conv.id)
+            except Exception:  # the thread TTL is the backstop
+                log.warning(
+                    "could not retire conversation %s now; its records expire after "
+                    "thread_ttl_seconds",
+                    conv.id,
+                    exc_info=True,
+                )
 
 
 def _as_error(outcome: object, conv: _Conversation) -> DeliveryError | None:

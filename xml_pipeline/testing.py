@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import anyio
 
-from xml_pipeline.config import BackendConfig
+from xml_pipeline.config import load_config
 from xml_pipeline.envelope import Envelope
 from xml_pipeline.organism import Organism
 
@@ -76,10 +76,11 @@ async def run_organism(
     """
     if isinstance(source, Organism):
         org = source
-    elif in_memory:
-        org = Organism.from_yaml(source, backend=BackendConfig())
     else:
-        org = Organism.from_yaml(source)
+        config = load_config(source)
+        if in_memory:  # keep the file's TTL and history settings, drop the server
+            config = replace(config, backend=replace(config.backend, type="memory"))
+        org = Organism.from_config(config)
     async with org:
         yield org
 
