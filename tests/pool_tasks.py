@@ -94,3 +94,18 @@ def broken_initializer() -> None:
 def stop() -> None:
     """Raise StopIteration, which an asyncio Future cannot carry."""
     raise StopIteration("done")
+
+
+def exit_now(code: int) -> None:
+    raise SystemExit(code)
+
+
+def _explode(text: str) -> int:
+    return int(text)  # raises ValueError when the worker rebuilds the object
+
+
+class BadUnpickle:
+    """Pickles fine in the parent; rebuilding it in the worker raises."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (_explode, ("not a number",))

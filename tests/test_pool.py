@@ -299,3 +299,32 @@ def test_bad_arguments_are_rejected(kwargs: dict[str, object]) -> None:
     """Nonsense sizes and the fork start method are refused at construction."""
     with pytest.raises(ValueError):
         ProcessPool(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_arguments_the_worker_cannot_rebuild_fail_that_call_only(pool: ProcessPool) -> None:
+    """Before the fix the worker died unpickling them, unblamed, and the pool rebuilt forever."""
+    innocent = pool.run(pool_tasks.nap, 0.2, "innocent")
+    async with anyio.create_task_group() as group:
+        results: list[object] = []
+
+        async def keep(coro: object) -> None:
+            try:
+                results.append(await coro)  # type: ignore[misc]
+            except ValueError as exc:
+                results.append(exc)
+
+        group.start_soon(keep, innocent)
+        group.start_soon(keep, pool.run(pool_tasks.echo, pool_tasks.BadUnpickle()))
+    assert "innocent" in results
+    assert any(isinstance(r, ValueError) for r in results)
+    assert pool.stats.crashes == 0 and pool.stats.rebuilds == 0
+
+
+@pytest.mark.anyio
+async def test_system_exit_in_a_task_is_an_error_of_that_call_not_of_the_caller(
+    pool: ProcessPool,
+) -> None:
+    with pytest.raises(RuntimeError, match="SystemExit"):
+        await pool.run(pool_tasks.exit_now, 3)
+    assert await pool.run(pool_tasks.echo, "still serving") == "still serving"

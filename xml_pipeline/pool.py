@@ -25,6 +25,7 @@ import enum
 import itertools
 import multiprocessing
 import os
+import pickle
 import struct
 from collections import Counter, deque
 from collections.abc import Callable
@@ -58,10 +59,19 @@ def _init_worker(
         initializer(*initargs)
 
 
-def _run_attempt(attempt: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+def _run_attempt(attempt: int, call: bytes) -> Any:
     assert _worker_start_pipe is not None, "worker started without ProcessPool's initializer"
     os.write(_worker_start_pipe.fileno(), _START.pack(attempt, os.getpid()))
-    return fn(*args)
+    # The call is unpickled here, after the start is reported, so that a function the worker
+    # cannot import or arguments it cannot rebuild fail as an ordinary exception of this call
+    # instead of killing the worker before anyone knows which call it was running.
+    fn, args = pickle.loads(call)
+    try:
+        return fn(*args)
+    except Exception:
+        raise
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt: would stop the parent's loop
+        raise RuntimeError(f"raised {type(exc).__name__}: {exc}") from None
 
 
 def _live_processes(executor: ProcessPoolExecutor) -> list[BaseProcess]:
@@ -119,8 +129,7 @@ class PoolStats:
 
 @dataclass(eq=False, slots=True)
 class _Job(Generic[T]):
-    fn: Callable[..., T]
-    args: tuple[Any, ...]
+    call: bytes  # pickled (fn, args), unpickled by the worker after it reports its start
     label: str
     outcome: asyncio.Future[T]
     deadline: asyncio.TimerHandle | None = None
@@ -240,7 +249,8 @@ class ProcessPool:
         if self._phase is _Phase.NEW:
             raise RuntimeError("open the pool first: `async with ProcessPool() as pool`")
         name = label or f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
-        job: _Job[T] = _Job(fn, args, name, self._loop.create_future())
+        call = pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)  # fails here, early
+        job: _Job[T] = _Job(call, name, self._loop.create_future())
         if self._closed is not None:
             reason, why = self._closed
             raise DeliveryError(f"{name}: not run, {why}", reason=reason)
@@ -284,7 +294,7 @@ class ProcessPool:
         assert self._executor is not None
         attempt = next(self._attempts)
         try:
-            cf = self._executor.submit(_run_attempt, attempt, job.fn, job.args)
+            cf = self._executor.submit(_run_attempt, attempt, job.call)
         except BrokenProcessPool:  # an idle worker died: nobody to blame
             self._break(culprit_known=False)
             return False
@@ -319,8 +329,10 @@ class ProcessPool:
             return
         self._counts["completed"] += 1
         error = cf.exception()
-        if isinstance(error, StopIteration):  # an asyncio Future cannot carry StopIteration
-            wrapped = RuntimeError(f"{job.label}: raised StopIteration")
+        if (error is not None and not isinstance(error, Exception)) or isinstance(
+            error, StopIteration
+        ):  # an asyncio Future cannot carry StopIteration; SystemExit would stop the loop
+            wrapped = RuntimeError(f"{job.label}: raised {type(error).__name__}")
             wrapped.__cause__ = error
             error = wrapped
         self._finish(job, error, None if error else cf.result())
@@ -412,8 +424,8 @@ class ProcessPool:
             job.abandoned = True
             if self._suspects and self._suspects[0] is job:
                 self._suspects.popleft()
-            if job.cf.cancel():  # still queued inside the executor
-                del self._running[job.attempt]
+            if job.cf.cancel() or job.cf.done():  # still queued, or finished meanwhile
+                del self._running[job.attempt]  # either way no worker runs it: kill nothing
             else:
                 self._reap_abandoned()
         elif job in self._waiting:

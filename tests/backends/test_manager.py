@@ -103,3 +103,28 @@ def test_settings_are_checked() -> None:
         ManagerBackend(("127.0.0.1", 1), b"k", thread_ttl_seconds=0)
     with pytest.raises(ValueError, match="max_connections"):
         ManagerBackend(("127.0.0.1", 1), b"k", max_connections=0)
+
+
+async def test_a_hung_server_fails_operations_after_the_reply_timeout_instead_of_hanging() -> None:
+    """SIGSTOP the server: before, every caller (and the thread limiter) waited forever."""
+    import os
+    import signal
+
+    import anyio
+
+    with start_manager_server() as server:
+        backend = ManagerBackend(server.address, server.authkey, reply_timeout_seconds=0.5)
+        await backend.open()
+        await backend.put_root(ROOT, "organism")
+        pid = server._manager._process.pid  # type: ignore[attr-defined]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with anyio.fail_after(10), pytest.raises(BackendError) as caught:
+                await backend.extend(ROOT, "a", "alpha")
+            assert caught.value.reason == "backend_unreachable"
+            assert "no reply within 0.5 s" in caught.value.message
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # the timed-out request may still have run once the server woke: timeouts cannot say
+        assert await backend.get(ROOT) is not None, "a fresh connection works again"
+        await backend.aclose()

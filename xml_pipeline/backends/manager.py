@@ -35,6 +35,7 @@ __all__ = ["ManagerBackend", "ManagerServer", "start_manager_server"]
 
 _TYPEID = "xml_pipeline_state"
 _CONNECT_TIMEOUT = 5.0
+_REPLY_TIMEOUT = 10.0  # one operation is a dict update under a lock: far below this
 # The _MemoryState methods a client may call; anything else is refused by the server.
 _METHODS = frozenset(
     {
@@ -190,8 +191,10 @@ class ManagerBackend:
         thread_ttl_seconds: float = 3600,
         history_max_entries: int = 100,
         max_connections: int = 8,
+        reply_timeout_seconds: float = _REPLY_TIMEOUT,
     ) -> None:
         _check_settings(thread_ttl_seconds, history_max_entries)
+        self._reply_timeout = reply_timeout_seconds
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections!r}")
         self._address = (address[0], int(address[1]))
@@ -354,8 +357,12 @@ class ManagerBackend:
         conn = self._checkout()
         try:
             conn.send((ident, "call", (self._namespace, method, args), {}))
+            # a stopped server or a half-open link must not hang the caller (and, through the
+            # thread limiter, every other caller) forever
+            if not conn.poll(self._reply_timeout):
+                raise TimeoutError(f"no reply within {self._reply_timeout:g} s")
             kind, result = conn.recv()
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError) as exc:  # TimeoutError is an OSError
             conn.close()
             raise self._unreachable(exc, f"the connection failed during {method}") from exc
         self._checkin(conn)
