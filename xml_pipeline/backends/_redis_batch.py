@@ -137,19 +137,28 @@ class ScriptBatcher:
             return
         try:
             results = await self._pipeline(batch)
-            missing = [n for n, result in enumerate(results) if isinstance(result, NoScriptError)]
-            if missing:
-                # The server lost its scripts (restart, SCRIPT FLUSH): none of these ran.
-                for script in {id(batch[n].script): batch[n].script for n in missing}.values():
-                    await self._client.script_load(script.script)
-                retried = await self._pipeline([batch[n] for n in missing])
-                for n, result in zip(missing, retried, strict=True):
-                    results[n] = result
         except Exception as exc:
             for call in batch:
                 _settle(call, exc)
             return
+        missing = []
         for call, result in zip(batch, results, strict=True):
+            if isinstance(result, NoScriptError):
+                missing.append(call)
+            else:
+                _settle(call, result)  # these ran: their outcome is final, whatever follows
+        if not missing:
+            return
+        # The server lost its scripts (restart, SCRIPT FLUSH): none of these ran.
+        try:
+            for script in {id(call.script): call.script for call in missing}.values():
+                await self._client.script_load(script.script)
+            retried = await self._pipeline(missing)
+        except Exception as exc:
+            for call in missing:
+                _settle(call, exc)
+            return
+        for call, result in zip(missing, retried, strict=True):
             _settle(call, result)
 
     async def _pipeline(self, batch: list[_Call]) -> list[Any]:
