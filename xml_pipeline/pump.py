@@ -32,7 +32,7 @@ import anyio
 
 from xml_pipeline.codecs import xml_safe
 from xml_pipeline.envelope import Envelope
-from xml_pipeline.errors import BackendError, DeliveryError, SchemaViolation, XmlPipelineError
+from xml_pipeline.errors import BackendError, DeliveryError, SchemaViolation
 from xml_pipeline.handlers import (
     ErrorReport,
     HandlerMetadata,
@@ -434,11 +434,10 @@ class StreamPump:
             route.backlog.append(hop)
 
     def _spawn(self, hop: _Hop) -> None:
-        task = asyncio.get_running_loop().create_task(self._chain(hop))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn_call(self._chain(hop))
 
     def _spawn_call(self, coro: Any) -> None:
+        """Run ``coro`` as a task the pump tracks (and cancels on close)."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -729,8 +728,6 @@ def _as_error(outcome: object, conv: _Conversation) -> DeliveryError | None:
     if isinstance(outcome, ErrorReport):
         return DeliveryError(outcome.message, reason=outcome.reason, listener=outcome.listener,
                              thread=conv.id)  # fmt: skip
-    if isinstance(outcome, XmlPipelineError):
-        return DeliveryError(outcome.message, reason=outcome.reason, thread=conv.id)
     return None
 
 
