@@ -10,7 +10,7 @@ import dataclasses
 import enum
 import typing
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -21,6 +21,7 @@ from lxml import etree
 
 from xml_pipeline.errors import PayloadTypeError, SchemaViolation, XmlInputError
 from xml_pipeline.payloads import (
+    _bind,
     check_payload,
     from_element,
     from_xml,
@@ -268,6 +269,77 @@ def test_missing_element_with_default_takes_the_default() -> None:
     )
     assert obj.defaulted == 5
     assert obj.stamps == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(EVERYTHING)
+def test_fast_binder_agrees_with_the_general_binder_on_what_to_xml_writes(
+    obj: Everything,
+) -> None:
+    # from_element binds with generated straight-line code and leaves any other shape to the
+    # general binder; where the fast one returns, both must give the same object
+    spec = payload_spec(Everything)
+    element = to_element(obj)
+    assert spec._fast_bind(element) == obj
+    assert _bind(spec, element, "/Everything") == obj
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("number", " 12 ", 12),
+        ("flag", " 1 ", True),
+        ("flag", "0", False),
+        ("amount", "\n 2.50 ", Decimal("2.50")),
+        ("at", " 2024-01-31T12:00:00Z ", datetime(2024, 1, 31, 12, tzinfo=UTC)),
+        ("day", "\t2024-02-29\t", date(2024, 2, 29)),
+    ],
+)
+def test_values_in_other_lexical_forms_than_to_xml_writes_bind_to_their_value(
+    name: str, text: str, expected: object
+) -> None:
+    # the fast binder reads only what to_xml writes; the general one takes over for these
+    element = to_element(sample_everything())
+    element.find(name).text = text
+    bound = from_element(Everything, element, validate=False)
+    assert getattr(bound, name) == expected
+    assert bound == _bind(payload_spec(Everything), element, "/Everything")
+
+
+def test_an_absent_optional_or_list_field_reads_back_as_none_or_empty_not_its_default() -> None:
+    # to_xml writes None and [] as no element at all, so that is what an absent one means;
+    # otherwise a round trip of None would come back as the default
+    @payload
+    @dataclass
+    class Settings:
+        retries: int | None = 3
+        hosts: list[str] = field(default_factory=lambda: ["localhost"])
+        port: int = 80
+
+    for obj in (Settings(None, []), Settings(4, ["a", "b"], 8080), Settings()):
+        assert from_xml(Settings, to_xml(obj)) == obj
+    assert from_xml(Settings, b"<Settings/>") == Settings(None, [], 80)
+
+
+def test_classes_with_keyword_only_fields_or_their_own_init_bind_by_name() -> None:
+    @payload
+    @dataclass
+    class KeywordOnly:
+        a: int
+        b: str = field(kw_only=True)
+        c: int = 0
+
+    @payload
+    @dataclass(init=False)
+    class OwnInit:
+        a: int
+        b: str
+
+        def __init__(self, b: str, a: int) -> None:  # another order than the fields
+            self.a, self.b = a, b
+
+    assert from_xml(KeywordOnly, to_xml(KeywordOnly(1, b="x", c=2))) == KeywordOnly(1, b="x", c=2)
+    assert from_xml(OwnInit, b"<OwnInit><a>1</a><b>x</b></OwnInit>") == OwnInit("x", 1)
 
 
 def test_missing_optional_and_list_elements_bind_to_none_and_empty() -> None:

@@ -88,6 +88,9 @@ class Codec:
     accepts: Callable[[Any], bool]
     example: str
     enumeration: tuple[str, ...] = ()
+    # `load` for text exactly as `dump` writes it, where that can be faster; on other text it
+    # may raise ValueError or LookupError, and the caller then uses `load`
+    load_exact: Callable[[str], Any] | None = None
 
 
 def _dump_float(v: float) -> str:
@@ -148,6 +151,9 @@ def _offset_ok(v: datetime) -> bool:
     return off is None or (abs(off) <= _MAX_OFFSET and off % timedelta(minutes=1) == timedelta(0))
 
 
+_BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False}
+
+
 def _load_datetime(text: str) -> datetime:
     return datetime.fromisoformat(text.strip())
 
@@ -167,6 +173,7 @@ CODECS: dict[Any, Codec] = {
         _load_bool,
         lambda v: type(v) is bool,
         "true",
+        load_exact=_BOOL_TEXT.__getitem__,
     ),
     Decimal: Codec(
         "decimal", "xs:decimal", lambda v: format(v, "f"), Decimal, _accepts_decimal, "9.99"
@@ -178,9 +185,16 @@ CODECS: dict[Any, Codec] = {
         _load_datetime,
         lambda v: type(v) is datetime and _offset_ok(v),
         "2024-01-31T12:00:00+00:00",
+        load_exact=datetime.fromisoformat,
     ),
     date: Codec(
-        "date", "xs:date", date.isoformat, _load_date, lambda v: type(v) is date, "2024-01-31"
+        "date",
+        "xs:date",
+        date.isoformat,
+        _load_date,
+        lambda v: type(v) is date,
+        "2024-01-31",
+        load_exact=date.fromisoformat,
     ),
 }
 
@@ -222,4 +236,5 @@ def enum_codec(cls: type[enum.Enum]) -> Codec:
         lambda v: type(v) is cls,
         next(iter(by_text), ""),
         enumeration=tuple(by_text),
+        load_exact=by_text.__getitem__,
     )

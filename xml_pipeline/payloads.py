@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import inspect
 import re
 import types
 import typing
@@ -90,6 +91,7 @@ class PayloadSpec:
     _xsd: str | None = None
     _binders: dict[str, _Binder] = dataclasses.field(default_factory=dict, repr=False)
     _walkers: tuple[_Walker, ...] = dataclasses.field(default=(), repr=False)
+    _fast_bind: Callable[[etree._Element], object] = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.by_tag = {f.name: f for f in self.fields}
@@ -115,6 +117,7 @@ class PayloadSpec:
             )
             for f in self.fields
         }
+        self._fast_bind = _compile_fast_binder(self)
 
     @property
     def xsd(self) -> str:
@@ -435,34 +438,35 @@ def from_element(cls: type[T], element: etree._Element, *, validate: bool = True
     """
     spec = payload_spec(cls)
     if validate:
-        validate_element(spec, element)
+        schema = spec._schema or spec.schema
+        if not schema.validate(element):
+            raise _invalid(spec, schema)
     elif element.tag != spec.tag:
         raise SchemaViolation(
             f"expected root element <{spec.tag}>, got <{element.tag}>",
             line=element.sourceline,
         )
-    return _bind(spec, element, "/" + spec.tag)  # type: ignore[return-value]
+    try:
+        return spec._fast_bind(element)  # type: ignore[return-value]
+    except (_Unusual, ValueError, ArithmeticError, LookupError):
+        # not in the shape to_xml writes, or a value that does not load: the general binder
+        # reads what it can and names what is wrong
+        return _bind(spec, element, "/" + spec.tag)  # type: ignore[return-value]
 
 
-def validate_element(spec: PayloadSpec, element: etree._Element) -> None:
-    """Validate ``element`` against ``spec``'s XSD.
-
-    Raises:
-        SchemaViolation: with the first error's line, element path and message.
-    """
-    schema = spec.schema
-    if not schema.validate(element):
-        err = schema.error_log[0]  # the first error: later ones often follow from it
-        raise SchemaViolation(
-            f"<{spec.tag}> does not conform to its schema: {err.message}",
-            line=err.line or None,
-            path=err.path or None,
-        )
+def _invalid(spec: PayloadSpec, schema: etree.XMLSchema) -> SchemaViolation:
+    """The rejection of an element ``schema`` just failed: its first error, line and path."""
+    err = schema.error_log[0]  # the first error: later ones often follow from it
+    return SchemaViolation(
+        f"<{spec.tag}> does not conform to its schema: {err.message}",
+        line=err.line or None,
+        path=err.path or None,
+    )
 
 
 def _bind(spec: PayloadSpec, el: etree._Element, path: str) -> object:
-    # the hot path for every payload from outside: one lookup per element, element paths built
-    # only for nested elements and errors
+    # the general binder, for elements `_fast_bind` leaves to it: one lookup per element,
+    # element paths built only for nested elements and errors
     values: dict[str, Any] = {}
     binders = spec._binders
     for child in el:
@@ -502,13 +506,14 @@ def _bind(spec: PayloadSpec, el: etree._Element, path: str) -> object:
             values[name] = value
     if len(values) != len(spec.fields):
         for f in spec.fields:
-            if f.name in values or f.has_default:
+            if f.name in values:
                 continue
+            # to_xml writes an empty list and None as no element, so that is what reads back
             if f.repeated:
                 values[f.name] = []
             elif f.optional:
                 values[f.name] = None
-            else:
+            elif not f.has_default:
                 raise SchemaViolation(f"missing element <{f.name}>", line=el.sourceline, path=path)
     return spec.cls(**values)
 
@@ -529,3 +534,78 @@ def _scalar_text(el: etree._Element, path: str) -> str:
             )
         parts.append(sub.tail or "")
     return "".join(parts)
+
+
+# -- the fast binder -----------------------------------------------------------------------------
+
+
+class _Unusual(Exception):
+    """The element is not in the shape `to_xml` writes; `_bind` takes over."""
+
+
+def _compile_fast_binder(spec: PayloadSpec) -> Callable[[etree._Element], object]:
+    """Straight-line code that binds an element in exactly the shape `to_xml` writes.
+
+    Fields in order, each scalar holding text only, absent only where `to_xml` omits it
+    (``None``, an empty list). It raises `_Unusual` on anything else (another order, comments,
+    an absent field with a default...) and lets a loader's ValueError or LookupError through
+    (it uses `Codec.load_exact` where there is one): `_bind`, which
+    reads every shape, then binds the element or says what is wrong. The two agree wherever
+    this one returns (a test pins it), and this one costs about 30% less: no lookups per
+    element, no dict of values. Generated like the dataclass ``__init__`` it calls.
+    """
+    env: dict[str, Any] = {"_Unusual": _Unusual, "_cls": spec.cls}
+    positional = _positional_fields(spec)
+    lines = ["def _fast_bind(el):", "    c = iter(el)", "    e = next(c, None)"]
+    args = []
+    for i, f in enumerate(spec.fields):
+        var, tag = f"v{i}", repr(f.name)
+        if f.nested is not None:
+            env[f"_b{i}"] = f.nested._fast_bind
+            read, scalar = f"_b{i}(e)", False
+        else:
+            assert f.codec is not None
+            scalar = True
+            if f.codec.load is str:
+                read = "e.text or ''"
+            else:
+                env[f"_l{i}"] = f.codec.load_exact or f.codec.load
+                read = f"_l{i}(e.text or '')"
+        check = "    if len(e):\n        raise _Unusual" if scalar else ""
+        if f.repeated:
+            lines += [f"    {var} = []", f"    while e is not None and e.tag == {tag}:"]
+            lines += [f"    {line}" for line in check.splitlines()]
+            lines += [f"        {var}.append({read})", "        e = next(c, None)"]
+        elif f.optional:
+            lines += [f"    if e is not None and e.tag == {tag}:"]
+            lines += [f"    {line}" for line in check.splitlines()]
+            lines += [f"        {var} = {read}", "        e = next(c, None)", "    else:"]
+            lines += [f"        {var} = None"]
+        else:  # required; or defaulted, which to_xml always writes
+            length = " or len(e)" if scalar else ""
+            lines += [f"    if e is None or e.tag != {tag}{length}:", "        raise _Unusual"]
+            lines += [f"    {var} = {read}", "    e = next(c, None)"]
+        args.append(var if i < positional else f"{f.name}={var}")
+    lines += ["    if e is not None:", "        raise _Unusual"]
+    lines += [f"    return _cls({', '.join(args)})"]
+    exec("\n".join(lines), env)  # names are checked identifiers, tags are repr() literals
+    binder: Callable[[etree._Element], object] = env["_fast_bind"]
+    return binder
+
+
+def _positional_fields(spec: PayloadSpec) -> int:
+    """How many leading fields the class's constructor takes by position, in field order.
+
+    Positional arguments cost a third of keywords; an ``InitVar``, a ``kw_only`` field or a
+    hand-written ``__init__`` ends the run, and the rest go by keyword.
+    """
+    try:
+        params = list(inspect.signature(spec.cls).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: keywords are always right
+        return 0
+    count = 0
+    for param, f in zip(params, spec.fields, strict=False):
+        if param.name != f.name or param.kind is not param.POSITIONAL_OR_KEYWORD:
+            break
+        count += 1
+    return count
