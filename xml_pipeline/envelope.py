@@ -120,6 +120,26 @@ class Envelope:
                 root,
                 "/",
             )
+        if len(root) == 2:
+            # the envelope as `to_bytes` writes it, read with as few element proxies as possible
+            meta, body = root
+            if meta.tag == _META and len(meta) == 3:
+                sender, to, thread = meta
+                if (
+                    sender.tag == _FROM
+                    and to.tag == _TO
+                    and thread.tag == _THREAD
+                    and not (len(sender) or len(to) or len(thread))
+                    and (target := to.text)
+                    and type(tag := body.tag) is str
+                    and tag[0] != "{"
+                ):
+                    return _new_envelope(cls, sender.text or "", target, thread.text or "", body)
+        return cls._read_checked(root)
+
+    @classmethod
+    def _read_checked(cls, root: etree._Element) -> Envelope:
+        """`from_element` for any other shape: accepts what it may, says what is wrong."""
         meta = body = None
         if len(root) == 2:
             meta, body = root[0], root[1]
@@ -167,6 +187,21 @@ class Envelope:
                 f"payload <{_name(tag)}> must have no namespace{hint}", body, "/message"
             )
         return cls(fields.get(_FROM, ""), fields[_TO], fields.get(_THREAD, ""), body)
+
+
+_SET_SENDER, _SET_TO, _SET_THREAD, _SET_PAYLOAD = (
+    getattr(Envelope, name).__set__ for name in ("sender", "to", "thread", "payload")
+)
+
+
+def _new_envelope(cls: type[Envelope], sender: str, to: str, thread: str, body: object) -> Envelope:
+    # what the frozen dataclass __init__ does, at half the cost: this runs for every envelope in
+    env = object.__new__(cls)
+    _SET_SENDER(env, sender)
+    _SET_TO(env, to)
+    _SET_THREAD(env, thread)
+    _SET_PAYLOAD(env, body)
+    return env
 
 
 def _drop_default_ns(attribute: re.Match[bytes]) -> bytes:

@@ -69,8 +69,9 @@ class _RefuseExternal(etree.Resolver):  # type: ignore[misc]
 
 def _parser() -> etree.XMLParser:
     # lxml parsers may not be used by two threads at once; one per thread, reused.
-    parser: etree.XMLParser | None = getattr(_local, "parser", None)
-    if parser is None:
+    try:
+        parser: etree.XMLParser = _local.parser
+    except AttributeError:
         parser = etree.XMLParser(
             resolve_entities=False,
             no_network=True,
@@ -107,7 +108,7 @@ def parse_guarded(data: bytes | str, limits: ParseLimits | None = None) -> etree
     if at >= 0:
         raise _doctype(data.count(b"\n", 0, at) + 1)
     # the usual envelope starts "<m": UTF-8 without a declaration, no need to look further
-    plain = (data[:1] == b"<" and data[1:2] not in (b"?", b"\x00")) or _is_plain(data)
+    plain = (data.startswith(b"<") and not data.startswith((b"<?", b"<\x00"))) or _is_plain(data)
     if not plain and any(d in data for d in _DOCTYPE_SPELLINGS):
         raise _doctype(None)
     try:
