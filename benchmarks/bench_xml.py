@@ -38,6 +38,7 @@ from xml_pipeline.payloads import (
 )
 
 RESULTS = Path(__file__).parent / "results" / "bench_xml.json"
+BASELINE = "c. baseline lxml fromstring + tostring"
 
 
 class Priority(enum.Enum):
@@ -86,26 +87,47 @@ ORDER = Order(
 )
 
 
-def _rate(fn: Callable[[], object], runs: int, seconds: float) -> dict[str, float]:
-    """Median operations per second over ``runs`` timed runs of about ``seconds`` each."""
+def _loops(fn: Callable[[], object], seconds: float) -> int:
+    """A loop count for ``fn`` that takes about ``seconds``."""
     fn()
     n = 1
-    while True:  # calibrate: find a loop count that takes about `seconds`
+    while True:
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
         took = time.perf_counter() - t0
         if took >= seconds / 4:
-            break
+            return max(1, int(n * seconds / took))
         n *= 2
-    n = max(1, int(n * seconds / took))
-    rates = []
+
+
+def _rates(
+    fns: dict[str, Callable[[], object]], runs: int, seconds: float
+) -> dict[str, dict[str, float]]:
+    """Operations per second of each row: median of ``runs`` runs, the rows taking turns
+    within every run, so that a slow moment of this shared machine hits every row alike.
+
+    ``x_baseline`` is the median over runs of the row's time over the baseline's (row c) in
+    the same run.
+    """
+    loops = {name: _loops(fn, seconds) for name, fn in fns.items()}
+    samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(runs):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        rates.append(n / (time.perf_counter() - t0))
-    return {"ops_per_s": statistics.median(rates), "us_per_op": 1e6 / statistics.median(rates)}
+        for name, fn in fns.items():
+            n = loops[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / n)
+    base = samples[BASELINE]
+    return {
+        name: {
+            "ops_per_s": 1 / statistics.median(times),
+            "us_per_op": statistics.median(times) * 1e6,
+            "x_baseline": statistics.median(t / b for t, b in zip(times, base, strict=True)),
+        }
+        for name, times in samples.items()
+    }
 
 
 def _reject_us(data: bytes, limits: ParseLimits | None, reason: str, runs: int) -> float:
@@ -188,16 +210,17 @@ def main() -> None:
         "to_xml alone": lambda: to_xml(ORDER),
         "Envelope.to_bytes, payload object": lambda: Envelope("a", "b", "t", ORDER).to_bytes(),
     }
-    rows = {
-        "a. to_xml -> from_xml round trip": _rate(round_trip, args.runs, args.seconds),
-        "b. envelope parse + validate + bind": _rate(envelope_in, args.runs, args.seconds),
-        "c. baseline lxml fromstring + tostring": _rate(lxml_baseline, args.runs, args.seconds),
-        "d. check_payload": _rate(check, args.runs, args.seconds),
-    }
-    rows.update({name: _rate(fn, args.runs, args.seconds) for name, fn in steps.items()})
-    base = rows["c. baseline lxml fromstring + tostring"]["us_per_op"]
-    for row in rows.values():
-        row["x_baseline"] = row["us_per_op"] / base
+    rows = _rates(
+        {
+            "a. to_xml -> from_xml round trip": round_trip,
+            "b. envelope parse + validate + bind": envelope_in,
+            BASELINE: lxml_baseline,
+            "d. check_payload": check,
+            **steps,
+        },
+        args.runs,
+        args.seconds,
+    )
     rejects = {
         name: _reject_us(data, limits, reason, args.runs)
         for name, (data, limits, reason) in hostile_inputs().items()
