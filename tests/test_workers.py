@@ -140,7 +140,12 @@ async def test_inline_listeners_keep_answering_while_the_pool_is_saturated() -> 
 
 
 @pytest.mark.parametrize(
-    ("mode", "reason"), [("garbage", "invalid_response"), ("bad-field", "schema_violation")]
+    ("mode", "reason"),
+    [
+        ("garbage", "invalid_response"),
+        ("bad-field", "schema_violation"),
+        ("call-stranger", "peer_denied"),  # checked in the parent, like an inline call
+    ],
 )
 async def test_worker_results_are_checked_like_any_other(mode: str, reason: str) -> None:
     async with crunch_organism() as org:

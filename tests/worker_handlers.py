@@ -56,6 +56,8 @@ def crunch(msg: Job | Result, meta: HandlerMetadata) -> object:
         return HandlerResponse.respond(Result(pid="not a number"))  # type: ignore[arg-type]
     if msg.mode == "call-peer":
         return HandlerResponse(Job(mode="ok", n=msg.n), to="helper")
+    if msg.mode == "call-stranger":  # quick is a listener, but not among crunch's peers
+        return HandlerResponse(Job(mode="ok", n=msg.n), to="quick")
     total = sum(i * i for i in range(msg.n))
     return HandlerResponse.respond(Result(pid=os.getpid(), value=total))
 

@@ -31,7 +31,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from multiprocessing import forkserver
 from multiprocessing.connection import Connection
@@ -127,6 +127,10 @@ class PoolStats:
     retried: int = 0
 
 
+# a job's submission before it has one (a Future per job would cost a Condition and a lock)
+_UNSUBMITTED: Future[Any] = Future()
+
+
 @dataclass(eq=False, slots=True)
 class _Job(Generic[T]):
     call: bytes  # pickled (fn, args), unpickled by the worker after it reports its start
@@ -135,7 +139,7 @@ class _Job(Generic[T]):
     deadline: asyncio.TimerHandle | None = None
     crashes: int = 0  # crashes while running alone
     attempt: int = 0  # id of the latest submission; 0 before the first
-    cf: Future[T] = field(default_factory=Future)  # the latest submission
+    cf: Future[T] = _UNSUBMITTED  # the latest submission
     pid: int | None = None  # the worker that reported starting the latest submission
     abandoned: bool = False  # the caller left; kill the worker once its pid is known
 

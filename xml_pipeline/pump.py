@@ -165,7 +165,17 @@ class _Failure(Exception):
         self.message = message
 
 
-# (listener, payload, metadata, timeout, stored history) -> what the handler returned
+@dataclass(frozen=True, slots=True)
+class BoundOutputs:
+    """What an invoker returns for a handler that ran elsewhere: each output with the XML its
+    payload was bound from after XSD validation, so the pump need not check or write it again.
+    """
+
+    items: list[tuple[HandlerResponse, bytes]]
+
+
+# (listener, payload, metadata, timeout, stored history) -> what the handler returned, or
+# BoundOutputs
 Invoker = Callable[[Listener, object, HandlerMetadata, float, list[bytes]], Awaitable[object]]
 
 
@@ -599,6 +609,8 @@ class StreamPump:
         """The handler's outputs, each checked, with its payload XML when history needs it."""
         if result is None:
             return []
+        if type(result) is BoundOutputs:
+            return [(out, self._check_output(route, out, xml)) for out, xml in result.items]
         if type(result) is HandlerResponse:
             outputs: Sequence[HandlerResponse] = (result,)
         elif isinstance(result, list | tuple) and all(type(r) is HandlerResponse for r in result):
@@ -611,7 +623,11 @@ class StreamPump:
             )
         return [(out, self._check_output(route, out)) for out in outputs]
 
-    def _check_output(self, route: _Route, out: HandlerResponse) -> bytes | None:
+    def _check_output(
+        self, route: _Route, out: HandlerResponse, xml: bytes | None = None
+    ) -> bytes | None:
+        """Check one output: route, peers, payload. ``xml``: what the payload was bound from
+        after XSD validation (`BoundOutputs`), so it is valid and already written."""
         if out.to is not None:
             target = self._routes.get(out.to)
             if target is None:
@@ -635,6 +651,8 @@ class StreamPump:
                 f"{route.name!r} answered with a {type(out.payload).__name__}, not a @payload "
                 "object",
             )
+        if xml is not None:
+            return xml if self._history else None
         try:
             if self._history:  # to_xml checks each value as check_payload does: one pass
                 return to_xml(out.payload)

@@ -20,8 +20,10 @@ from typing import Any
 from xml_pipeline.errors import DeliveryError, SchemaViolation
 from xml_pipeline.handlers import HandlerMetadata, HandlerResponse, HistoryEntry, Listener
 from xml_pipeline.history import decode_entry
-from xml_pipeline.payloads import from_xml, is_payload, to_xml
+from xml_pipeline.parsing import parse_guarded
+from xml_pipeline.payloads import from_element, from_xml, is_payload, to_xml
 from xml_pipeline.pool import ProcessPool
+from xml_pipeline.pump import BoundOutputs
 
 __all__ = ["PoolInvoker", "extend_sys_path", "import_path", "run_handler"]
 
@@ -67,7 +69,8 @@ def run_handler(
     """
     global _loop
     handler: Callable[..., Any] = resolve(handler_path)
-    message = from_xml(resolve(payload_path), payload_xml)
+    # the parent wrote these bytes with to_xml from a checked object: valid by construction
+    message = from_element(resolve(payload_path), parse_guarded(payload_xml), validate=False)
     stored: list[bytes] = meta["history"]
 
     async def snapshot() -> list[HistoryEntry]:
@@ -129,9 +132,14 @@ class PoolInvoker:
         if isinstance(result, tuple):
             reason, message = result
             raise DeliveryError(message, reason=reason, listener=listener.name)
-        return [
-            HandlerResponse(from_xml(resolve(path), xml), to=to)
-            if to is not None
-            else HandlerResponse.respond(from_xml(resolve(path), xml))
-            for to, path, xml in result
-        ]
+        return BoundOutputs(
+            [
+                (
+                    HandlerResponse(from_xml(resolve(path), xml), to=to)
+                    if to is not None
+                    else HandlerResponse.respond(from_xml(resolve(path), xml)),
+                    xml,
+                )
+                for to, path, xml in result
+            ]
+        )
