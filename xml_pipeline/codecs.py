@@ -91,6 +91,8 @@ class Codec:
     # `load` for text exactly as `dump` writes it, where that can be faster; on other text it
     # may raise ValueError or LookupError, and the caller then uses `load`
     load_exact: Callable[[str], Any] | None = None
+    # `dump` never writes a character `escape_markup` would change (digits, signs, dates...)
+    markup_free: bool = False
 
 
 def _dump_float(v: float) -> str:
@@ -164,8 +166,16 @@ def _load_date(text: str) -> date:
 
 CODECS: dict[Any, Codec] = {
     str: Codec("string", "xs:string", str, str, _accepts_str, "text"),
-    int: Codec("integer", "xs:integer", str, int, _accepts_int, "42"),
-    float: Codec("double", "xs:double", _dump_float, float, lambda v: type(v) is float, "3.14"),
+    int: Codec("integer", "xs:integer", str, int, _accepts_int, "42", markup_free=True),
+    float: Codec(
+        "double",
+        "xs:double",
+        _dump_float,
+        float,
+        lambda v: type(v) is float,
+        "3.14",
+        markup_free=True,
+    ),
     bool: Codec(
         "boolean",
         "xs:boolean",
@@ -174,9 +184,16 @@ CODECS: dict[Any, Codec] = {
         lambda v: type(v) is bool,
         "true",
         load_exact=_BOOL_TEXT.__getitem__,
+        markup_free=True,
     ),
     Decimal: Codec(
-        "decimal", "xs:decimal", lambda v: format(v, "f"), Decimal, _accepts_decimal, "9.99"
+        "decimal",
+        "xs:decimal",
+        lambda v: format(v, "f"),
+        Decimal,
+        _accepts_decimal,
+        "9.99",
+        markup_free=True,
     ),
     datetime: Codec(
         "dateTime",
@@ -186,6 +203,7 @@ CODECS: dict[Any, Codec] = {
         lambda v: type(v) is datetime and _offset_ok(v),
         "2024-01-31T12:00:00+00:00",
         load_exact=datetime.fromisoformat,
+        markup_free=True,
     ),
     date: Codec(
         "date",
@@ -195,6 +213,7 @@ CODECS: dict[Any, Codec] = {
         lambda v: type(v) is date,
         "2024-01-31",
         load_exact=date.fromisoformat,
+        markup_free=True,
     ),
 }
 
