@@ -354,3 +354,13 @@ def test_junk_never_raises_and_a_second_repair_changes_nothing(text: str, root: 
     result = repair(text, root=root)
     assert result.changed or result.text == text
     assert repair(result.text, root=root) == RepairResult(result.text, ())
+
+
+def test_many_unterminated_processing_instructions_are_escaped_as_text() -> None:
+    # each "<?x" looks for its "?>"; the search is reused, so this takes one scan, not 40,000
+    # (it used to take seconds: see the changelog)
+    result = repair("<r>" + "<?x" * 40_000 + "</r>")
+    assert result.text == "<r>" + "&lt;?x" * 40_000 + "</r>"
+    assert [c.kind for c in result.changes] == ["escaped_lt"] * 40_000
+    # a terminator further on is still found by the later instructions
+    assert repair("<r><?x<?x<?x<?y?>c</r>").text == "<r><?x<?x<?x<?y?>c</r>"
