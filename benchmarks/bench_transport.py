@@ -22,22 +22,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
-import platform
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 import uvloop
+from _results import write_results
 
 from xml_pipeline.pool import ProcessPool
 
-RESULTS = Path(__file__).parent / "results" / "bench_transport.json"
 CONTEXT = multiprocessing.get_context("forkserver")
 
 
@@ -144,22 +141,7 @@ def main() -> None:
         ratio = statistics.median(r[key] / r["a"] for r in runs)
         table[key] = {"label": label, "us": us, "x_a": ratio}
         print(f"{label:48} {us:>8.0f} {ratio:>6.2f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "benchmark": "bench_transport",
-                "python": platform.python_version(),
-                "cpus": os.cpu_count(),
-                "args": vars(args),
-                "runs": runs,
-                "median": table,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"wrote {RESULTS}")
+    write_results("bench_transport", args, runs=runs, median=table)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
-import platform
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -27,12 +25,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import uvloop
+from _results import write_results
 
 from xml_pipeline import Organism
 from xml_pipeline.config import ProcessPoolConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).parent / "results" / "bench_workers.json"
 
 
 def bare_round_trip_us(calls: int) -> float:
@@ -108,24 +106,9 @@ def main() -> None:
     print(f"{f'{args.jobs} heavy jobs, 1 worker (s)':44} {med['one_worker_s']:>10.2f}")
     print(f"{f'{args.jobs} heavy jobs, 2 workers (s)':44} {med['two_workers_s']:>10.2f}")
     print(f"{'  speed-up (target >= 1.8)':44} {speedup:>10.2f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "benchmark": "bench_workers",
-                "python": platform.python_version(),
-                "cpus": os.cpu_count(),
-                "args": vars(args),
-                "runs": runs,
-                "median": med,
-                "overhead_ratio": overhead,
-                "speedup": speedup,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        "bench_workers", args, runs=runs, median=med, overhead_ratio=overhead, speedup=speedup
     )
-    print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":
