@@ -101,13 +101,14 @@ def _dump_float(v: float) -> str:
     return "NaN" if math.isnan(v) else repr(v)
 
 
+_BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False}  # xs:boolean's lexical space
+
+
 def _load_bool(text: str) -> bool:
-    t = text.strip()
-    if t in ("true", "1"):
-        return True
-    if t in ("false", "0"):
-        return False
-    raise ValueError("expected true, false, 1 or 0")
+    try:
+        return _BOOL_TEXT[text.strip()]
+    except KeyError:
+        raise ValueError("expected true, false, 1 or 0") from None
 
 
 def _accepts_int(v: Any) -> bool:
@@ -151,9 +152,6 @@ def _offset_ok(v: datetime) -> bool:
     off = v.utcoffset()
     # xs:dateTime time zones are whole minutes within +-14:00.
     return off is None or (abs(off) <= _MAX_OFFSET and off % timedelta(minutes=1) == timedelta(0))
-
-
-_BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False}
 
 
 def _load_datetime(text: str) -> datetime:
