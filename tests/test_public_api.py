@@ -22,6 +22,7 @@ EXPECTED = {
     "PayloadSpec",
     "PayloadTypeError",
     "PumpStats",
+    "Reason",
     "Repair",
     "RepairResult",
     "SchemaViolation",

@@ -1,12 +1,15 @@
 """The exception tree of xml-pipeline.
 
 Every error the library raises derives from one root, and every error carries a stable
-``reason`` code that programs can match on (messages are for people and may change)::
+``reason`` code that programs can match on (messages are for people and may change). The codes
+are the members of `Reason`, the one list of them; a test pins that this tree names exactly the
+codes each class may carry (``Class.reasons``)::
 
     XmlPipelineError                   root; .reason is a stable code
     ├── ConfigError(ValueError)        organism.yaml, or what it names, is wrong
     │                                    config
-    ├── PayloadTypeError(TypeError)    a @payload class uses an unsupported type
+    ├── PayloadTypeError(TypeError)    a @payload class uses an unsupported type, or an
+    │                                  object is not a payload where one is needed
     │                                    unsupported_type
     ├── XmlInputError(ValueError)      XML rejected before any handler saw it
     │   │                                too_large, malformed, doctype, too_deep,
@@ -16,16 +19,23 @@ Every error the library raises derives from one root, and every error carries a 
     ├── DeliveryError                  a message was not answered
     │                                    handler_error, timeout, no_route, peer_denied,
     │                                    schema_violation, no_answer, overloaded,
-    │                                    worker_crash, invalid_response, shutdown
+    │                                    worker_crash, invalid_response, hop_limit,
+    │                                    forged_sender, cancelled, shutdown,
+    │                                    backend_error, backend_unreachable, internal_error
     ├── BackendError(ConnectionError)  shared state unreachable or failing
     │                                    backend_unreachable, backend_error
     └── UsageError(ValueError)         the library was called the wrong way
                                          usage
+
+Every class pickles and unpickles with its attributes (`XmlPipelineError.__reduce__`), so an
+error can cross a process boundary; the process pool still sends failures as plain data.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar
 
 __all__ = [
     "BackendError",
@@ -33,6 +43,7 @@ __all__ = [
     "ConfigProblem",
     "DeliveryError",
     "PayloadTypeError",
+    "Reason",
     "SchemaViolation",
     "UsageError",
     "XmlInputError",
@@ -40,24 +51,76 @@ __all__ = [
 ]
 
 
+class Reason(StrEnum):
+    """Every reason code an error or an `ErrorReport` can carry: the one list of them.
+
+    Members are strings (``Reason.TIMEOUT == "timeout"``), so code may match on either.
+    """
+
+    ERROR = "error"  # the root's default; no error the library raises keeps it
+    CONFIG = "config"
+    UNSUPPORTED_TYPE = "unsupported_type"
+    TOO_LARGE = "too_large"
+    MALFORMED = "malformed"
+    DOCTYPE = "doctype"
+    TOO_DEEP = "too_deep"
+    TOO_MANY_ELEMENTS = "too_many_elements"
+    NOT_AN_ENVELOPE = "not_an_envelope"
+    SCHEMA_VIOLATION = "schema_violation"
+    HANDLER_ERROR = "handler_error"
+    TIMEOUT = "timeout"
+    NO_ROUTE = "no_route"
+    PEER_DENIED = "peer_denied"
+    NO_ANSWER = "no_answer"
+    OVERLOADED = "overloaded"
+    WORKER_CRASH = "worker_crash"
+    INVALID_RESPONSE = "invalid_response"
+    HOP_LIMIT = "hop_limit"
+    FORGED_SENDER = "forged_sender"
+    CANCELLED = "cancelled"
+    SHUTDOWN = "shutdown"
+    BACKEND_ERROR = "backend_error"
+    BACKEND_UNREACHABLE = "backend_unreachable"
+    INTERNAL_ERROR = "internal_error"
+    USAGE = "usage"
+
+
+def _restore(cls: type[XmlPipelineError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    """Unpickle an error without calling its ``__init__`` (whose arguments vary by class)."""
+    error = cls.__new__(cls)
+    BaseException.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
 class XmlPipelineError(Exception):
     """Root of every error raised by xml-pipeline.
 
     Attributes:
-        reason: a stable, machine-matchable code (see the module docstring).
+        reason: a stable, machine-matchable code, a member of `Reason` (see the module
+            docstring for which class carries which).
         message: what went wrong, where, and what to do about it.
+
+    Raises:
+        ValueError: ``reason`` is not a member of `Reason` (a code must be listed there).
     """
 
-    reason: str = "error"
+    reason: Reason = Reason.ERROR
+    reasons: ClassVar[frozenset[Reason]] = frozenset()  # the codes this class may carry
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if reason is not None:
-            self.reason = reason
+            self.reason = Reason(reason)
 
     def __str__(self) -> str:
         return f"[{self.reason}] {self.message}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # BaseException pickles as cls(*args), which fails for required keyword-only
+        # arguments (and then concurrent.futures takes the unpicklable result for a crash)
+        return _restore, (type(self), self.args, dict(self.__dict__))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +143,8 @@ class ConfigError(XmlPipelineError, ValueError):
     ``problems`` lists every problem found (validation reports them all at once).
     """
 
-    reason = "config"
+    reason = Reason.CONFIG
+    reasons = frozenset({Reason.CONFIG})
 
     def __init__(self, problems: list[ConfigProblem] | ConfigProblem) -> None:
         self.problems = [problems] if isinstance(problems, ConfigProblem) else list(problems)
@@ -93,9 +157,11 @@ class ConfigError(XmlPipelineError, ValueError):
 
 
 class PayloadTypeError(XmlPipelineError, TypeError):
-    """A ``@payload`` class declares a field whose type cannot travel as XML."""
+    """A ``@payload`` class declares a field whose type cannot travel as XML, or an object
+    that is not a payload was given where one is needed."""
 
-    reason = "unsupported_type"
+    reason = Reason.UNSUPPORTED_TYPE
+    reasons = frozenset({Reason.UNSUPPORTED_TYPE})
 
 
 class XmlInputError(XmlPipelineError, ValueError):
@@ -105,6 +171,17 @@ class XmlInputError(XmlPipelineError, ValueError):
         line: the line of the input where the problem was found, when known.
         path: the element path (``/message/meta/to``) where it was found, when known.
     """
+
+    reasons = frozenset(
+        {
+            Reason.TOO_LARGE,
+            Reason.MALFORMED,
+            Reason.DOCTYPE,
+            Reason.TOO_DEEP,
+            Reason.TOO_MANY_ELEMENTS,
+            Reason.NOT_AN_ENVELOPE,
+        }
+    )
 
     def __init__(
         self,
@@ -128,6 +205,8 @@ class XmlInputError(XmlPipelineError, ValueError):
 class SchemaViolation(XmlInputError):
     """A payload does not conform to its payload class (its XSD or its field spec)."""
 
+    reasons = frozenset({Reason.SCHEMA_VIOLATION})
+
     def __init__(self, message: str, *, line: int | None = None, path: str | None = None) -> None:
         super().__init__(message, reason="schema_violation", line=line, path=path)
 
@@ -139,6 +218,27 @@ class DeliveryError(XmlPipelineError):
         listener: the listener where the failure happened, when known.
         thread: the opaque thread id of the failed hop, when known.
     """
+
+    reasons = frozenset(
+        {
+            Reason.HANDLER_ERROR,
+            Reason.TIMEOUT,
+            Reason.NO_ROUTE,
+            Reason.PEER_DENIED,
+            Reason.SCHEMA_VIOLATION,
+            Reason.NO_ANSWER,
+            Reason.OVERLOADED,
+            Reason.WORKER_CRASH,
+            Reason.INVALID_RESPONSE,
+            Reason.HOP_LIMIT,
+            Reason.FORGED_SENDER,
+            Reason.CANCELLED,
+            Reason.SHUTDOWN,
+            Reason.BACKEND_ERROR,
+            Reason.BACKEND_UNREACHABLE,
+            Reason.INTERNAL_ERROR,
+        }
+    )
 
     def __init__(
         self,
@@ -156,10 +256,12 @@ class DeliveryError(XmlPipelineError):
 class BackendError(XmlPipelineError, ConnectionError):
     """The shared-state backend is unreachable or answered something unexpected."""
 
-    reason = "backend_error"
+    reason = Reason.BACKEND_ERROR
+    reasons = frozenset({Reason.BACKEND_ERROR, Reason.BACKEND_UNREACHABLE})
 
 
 class UsageError(XmlPipelineError, ValueError):
     """The library was called the wrong way (e.g. a HandlerResponse with no target)."""
 
-    reason = "usage"
+    reason = Reason.USAGE
+    reasons = frozenset({Reason.USAGE})
