@@ -7,11 +7,12 @@ them. Handlers never build envelopes: the pump writes ``<from>`` and the thread 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from xml_pipeline.errors import UsageError
-from xml_pipeline.payloads import payload
+from xml_pipeline.errors import Reason, UsageError
+from xml_pipeline.payloads import is_payload, payload
 
 __all__ = ["ErrorReport", "HandlerMetadata", "HandlerResponse", "HistoryEntry", "Listener"]
 
@@ -97,11 +98,19 @@ class ErrorReport:
 
     A listener that declares ``handles_errors: true`` receives it as its payload; otherwise it
     keeps travelling up to whoever started the conversation, who gets a `DeliveryError`.
+    ``reason`` is a `Reason` (text is converted; its XSD enumerates every code).
+
+    Raises:
+        ValueError: ``reason`` is not a reason code.
     """
 
-    reason: str
+    reason: Reason
     message: str
     listener: str = ""
+
+    def __post_init__(self) -> None:
+        if type(self.reason) is not Reason:
+            self.reason = Reason(self.reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +131,10 @@ class Listener:
         cpu_bound: run the handler in the organism's process pool.
         handles_errors: receive failures of its calls as `ErrorReport` payloads instead of
             passing them up the chain.
+
+    Raises:
+        UsageError: a field has the wrong type or an impossible value (the message names the
+            listener and the field); ``peers`` may be any iterable of names but a string.
     """
 
     name: str
@@ -133,3 +146,57 @@ class Listener:
     timeout_seconds: float = 30.0
     cpu_bound: bool = False
     handles_errors: bool = False
+
+    def __post_init__(self) -> None:
+        where = f"Listener {self.name!r}"
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise UsageError(f"Listener name must be non-empty text, not {self.name!r}")
+        if self.name.startswith("_") or any(c.isspace() for c in self.name):
+            raise UsageError(
+                f"{where}: names cannot start with '_' (reserved) or contain spaces; use dots "
+                "or dashes"
+            )
+        if not isinstance(self.payload_class, type) or not is_payload(self.payload_class):
+            raise UsageError(
+                f"{where}: payload_class must be a @payload class, not {self.payload_class!r}"
+            )
+        if not callable(self.handler):
+            raise UsageError(f"{where}: handler must be callable, not {self.handler!r}")
+        peers = self.peers
+        if isinstance(peers, str | bytes) or not _iterable(peers):
+            hint = f"; did you mean ({peers!r},)?" if isinstance(peers, str) else ""
+            raise UsageError(
+                f"{where}: peers must be a list of listener names, not {peers!r}{hint}"
+            )
+        peers = tuple(peers)
+        bad = [p for p in peers if not isinstance(p, str) or not p]
+        if bad:
+            raise UsageError(f"{where}: peers must be listener names (text), found {bad!r}")
+        object.__setattr__(self, "peers", peers)
+        if type(self.max_concurrency) is not int or self.max_concurrency < 1:
+            raise UsageError(
+                f"{where}: max_concurrency must be an integer of at least 1, not "
+                f"{self.max_concurrency!r}"
+            )
+        timeout = self.timeout_seconds
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not (timeout > 0 and math.isfinite(timeout))
+        ):
+            raise UsageError(
+                f"{where}: timeout_seconds must be a finite number above 0, not {timeout!r}"
+            )
+        for flag in ("cpu_bound", "handles_errors"):
+            if type(getattr(self, flag)) is not bool:
+                raise UsageError(
+                    f"{where}: {flag} must be True or False, not {getattr(self, flag)!r}"
+                )
+
+
+def _iterable(value: object) -> bool:
+    try:
+        iter(value)  # type: ignore[call-overload]
+    except TypeError:
+        return False
+    return True

@@ -9,18 +9,27 @@ process pool; two organisms in one process share nothing. Use it as an async con
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import yaml
+
 from xml_pipeline.backends.base import Backend
-from xml_pipeline.config import BackendConfig, OrganismConfig, ProcessPoolConfig, load_config
-from xml_pipeline.errors import UsageError
+from xml_pipeline.config import (
+    BackendConfig,
+    OrganismConfig,
+    ProcessPoolConfig,
+    load_config,
+    parse_config,
+)
+from xml_pipeline.errors import ConfigError, UsageError
 from xml_pipeline.handlers import Listener
 from xml_pipeline.loader import load_organism, worker_import_problem
 from xml_pipeline.parsing import ParseLimits
@@ -52,11 +61,22 @@ class Organism:
         history: bool = True,
         max_hops: int = 10_000,
     ) -> None:
+        if isinstance(listeners, Listener) or not isinstance(listeners, Sequence):
+            raise UsageError(
+                f"Organism() takes a list of Listener objects, not {type(listeners).__name__}"
+            )
+        strays = [item for item in listeners if not isinstance(item, Listener)]
+        if strays:
+            raise UsageError(f"Organism() takes Listener objects, found {strays[0]!r}")
         names = [listener.name for listener in listeners]
         if not names or len(set(names)) != len(names):
             raise UsageError(f"an organism needs listeners with distinct names, got {names}")
         for listener in listeners:
             _check_listener(listener, names)
+        if backend is not None and not isinstance(backend, BackendConfig | Backend):
+            backend = _section("backend", backend, BackendConfig)
+        if process_pool is not None and not isinstance(process_pool, ProcessPoolConfig):
+            process_pool = _section("process_pool", process_pool, ProcessPoolConfig)
         self._history = history
         self._max_hops = max_hops
         self.name = name
@@ -70,25 +90,34 @@ class Organism:
         self._pump: StreamPump | None = None
         self._registry: ThreadRegistry | None = None
         self._pool: ProcessPool | None = None
+        self._stopped: StreamPump | None = None  # the last pump, for stats after it stopped
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> Organism:
         """Load ``organism.yaml``, import its classes and handlers, and build the organism.
 
-        ``overrides`` replace top-level settings of the file (e.g. ``backend=...``).
+        ``overrides`` replace settings of the file's ``organism:`` section and its
+        ``backend``/``process_pool`` sections (e.g. ``backend=BackendConfig(type="redis")``
+        or ``backend={"type": "redis"}``).
 
         Raises:
             ConfigError: every problem in the file or in what it names, with file, key path
                 and line.
+            UsageError: an override names no setting or has a value of the wrong type.
         """
         config = load_config(Path(path))
         return cls.from_config(config, **overrides)
 
     @classmethod
     def from_config(cls, config: OrganismConfig, **overrides: Any) -> Organism:
-        """Build from an already loaded `OrganismConfig` (imports its handlers)."""
+        """Build from an already loaded `OrganismConfig` (imports its handlers).
+
+        Raises:
+            ConfigError: a class or handler the config names cannot be imported or used.
+            UsageError: an override names no setting or has a value of the wrong type.
+        """
         if overrides:
-            config = replace(config, **overrides)
+            config = replace(config, **_checked_overrides(config, overrides))
         resolved = load_organism(config)
         listeners = [
             Listener(
@@ -174,6 +203,7 @@ class Organism:
         self._pool = None
         if stack is None or pump is None:
             return
+        self._stopped = pump
         try:
             await pump.aclose(self._drain_timeout)
         finally:
@@ -255,15 +285,23 @@ class Organism:
     async def request(self, to: str, payload: object, *, timeout: float = 30.0) -> Any:
         """Send ``payload`` to listener ``to`` and wait for the conversation's answer.
 
+        ``timeout`` (seconds) covers the whole call: waiting for an ingress slot, the opening
+        write to the backend and the answer. A requester that is cancelled ends the
+        conversation (reason ``cancelled``): its running handlers are cancelled too.
+
         Returns:
             the payload object the conversation answers with (of any payload class).
 
         Raises:
-            DeliveryError: as soon as the failure is known; ``.reason`` is one of
-                ``no_route``, ``handler_error``, ``timeout``, ``peer_denied``,
-                ``schema_violation``, ``no_answer``, ``overloaded``, ``invalid_response``,
-                ``worker_crash``, ``shutdown``.
+            DeliveryError: for every failure of the conversation, as soon as it is known;
+                ``.reason`` is one of ``handler_error``, ``timeout``, ``no_route``,
+                ``peer_denied``, ``schema_violation``, ``no_answer``, ``overloaded``,
+                ``worker_crash``, ``invalid_response``, ``hop_limit``, ``forged_sender``,
+                ``cancelled``, ``shutdown``, ``backend_error``, ``backend_unreachable``,
+                ``internal_error`` (see `Reason`).
+            PayloadTypeError: ``payload`` is not a ``@payload`` object.
             SchemaViolation: ``payload`` does not conform to its class.
+            UsageError: ``timeout`` is not a number of seconds above 0.
         """
         return await self.pump.request(to, payload, timeout)
 
@@ -273,7 +311,9 @@ class Organism:
         Failures with nobody waiting are logged and kept in `dead_letters`.
 
         Raises:
-            DeliveryError: what is known at once (``no_route``, ``overloaded``, ``shutdown``).
+            DeliveryError: what is known at once (``no_route``, ``overloaded``, ``shutdown``,
+                ``backend_error``, ``backend_unreachable``).
+            PayloadTypeError: ``payload`` is not a ``@payload`` object.
             SchemaViolation: ``payload`` does not conform to its class.
         """
         return await self.pump.send(to, payload)
@@ -282,12 +322,16 @@ class Organism:
         """Feed a raw v1 envelope from outside; returns the new conversation's thread id.
 
         A thread id in the envelope never joins an existing conversation: a new one starts.
+        A ``<from>`` naming a listener or a reserved name (compared ignoring case, surrounding
+        whitespace and compatibility forms; any leading ``_``) is refused. Refusals are counted
+        in ``stats.rejected`` and logged.
 
         Raises:
             XmlInputError: too large, malformed, DOCTYPE, too deep, not an envelope.
             SchemaViolation: the payload does not conform to the target's class.
-            DeliveryError: ``no_route`` (unknown target or payload), ``overloaded``,
-                ``shutdown``.
+            DeliveryError: ``no_route`` (unknown target or payload), ``forged_sender``,
+                ``overloaded``, ``shutdown``, ``backend_error``, ``backend_unreachable``.
+            UsageError: ``data`` is neither bytes nor str.
         """
         return await self.pump.inject(data)
 
@@ -297,13 +341,17 @@ class Organism:
 
     @property
     def stats(self) -> PumpStats:
-        """A copy of the pump's counters."""
-        return replace(self.pump.stats)
+        """A copy of the counters of the running organism, or of its last run once it
+        stopped (all zero before it first started)."""
+        pump = self._pump or self._stopped
+        return PumpStats() if pump is None else replace(pump.stats)
 
     @property
     def dead_letters(self) -> list[DeadLetter]:
-        """Failures of ``send``/``inject`` conversations that nobody was waiting for."""
-        return list(self.pump.dead_letters)
+        """Failures of ``send``/``inject`` conversations that nobody was waiting for (of the
+        running organism, or of its last run once it stopped)."""
+        pump = self._pump or self._stopped
+        return [] if pump is None else list(pump.dead_letters)
 
 
 def _check_listener(listener: Listener, names: list[str]) -> None:
@@ -313,15 +361,79 @@ def _check_listener(listener: Listener, names: list[str]) -> None:
         UsageError: naming the listener, the setting and what to do.
     """
     where = f"listener {listener.name!r}"
-    if not listener.name or listener.name.startswith("_"):
-        raise UsageError(f"{where}: names must be non-empty and not start with '_' (reserved)")
-    if listener.max_concurrency < 1:
-        raise UsageError(f"{where}: max_concurrency must be at least 1")
-    if not listener.timeout_seconds > 0:
-        raise UsageError(f"{where}: timeout_seconds must be more than 0")
     unknown = [peer for peer in listener.peers if peer not in names]
     if unknown:
         raise UsageError(f"{where}: peers {unknown} are not listeners of this organism")
     problem = listener.cpu_bound and worker_import_problem(listener.handler)
     if problem:
         raise UsageError(f"{where}: {problem}")
+
+
+_OVERRIDABLE = {
+    f.name: f for f in dataclasses.fields(OrganismConfig) if f.name not in ("file", "listeners")
+}
+
+
+def _checked_overrides(config: OrganismConfig, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` for `dataclasses.replace`, each checked against its setting.
+
+    Raises:
+        UsageError: an unknown setting, or a value of the wrong type, named with what to give.
+    """
+    checked: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in _OVERRIDABLE:
+            known = ", ".join(sorted(_OVERRIDABLE))
+            raise UsageError(
+                f"from_yaml(): no setting named {key!r} to override; settings: {known}"
+            )
+        current = getattr(config, key)
+        if key == "backend" and not isinstance(value, BackendConfig | Backend):
+            value = _section(key, value, BackendConfig)
+        elif key == "process_pool" and not isinstance(value, ProcessPoolConfig):
+            value = _section(key, value, ProcessPoolConfig)
+        elif key not in ("backend", "process_pool") and not _same_kind(value, current):
+            raise UsageError(
+                f"from_yaml(): {key}= takes {type(current).__name__}, not {value!r} "
+                f"({type(value).__name__})"
+            )
+        checked[key] = value
+    return checked
+
+
+def _same_kind(value: object, current: object) -> bool:
+    if isinstance(current, bool) or isinstance(value, bool):
+        return type(value) is type(current)
+    if isinstance(current, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(current))
+
+
+def _section(key: str, value: object, cls: type[Any]) -> Any:
+    """A ``backend``/``process_pool`` override given as a mapping, read by the same rules as
+    that section of organism.yaml.
+
+    Raises:
+        UsageError: not a mapping, or a setting the section does not have or cannot take (every
+            problem listed, by key path, as the file reader reports them).
+    """
+    if not isinstance(value, Mapping):
+        raise UsageError(
+            f"{key}= takes a {cls.__name__} or a mapping of its settings, not "
+            f"{type(value).__name__}"
+        )
+    document = {
+        "organism": {"name": "override"},
+        "listeners": [{"name": "x", "payload_class": "m.C", "handler": "m.f"}],
+        key: dict(value),
+    }
+    try:
+        text = yaml.safe_dump(document)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{key}= holds a value YAML cannot carry: {exc}") from None
+    try:
+        config = parse_config(text, file=f"{key}=")
+    except ConfigError as exc:
+        problems = "; ".join(f"{p.key_path}: {p.message}" for p in exc.problems)
+        raise UsageError(f"{key}= override: {problems}") from None
+    return getattr(config, key)

@@ -9,11 +9,26 @@ Hot-path choices, each measured on the 2-core reference machine (see benchmarks/
   free slot; a new task is made only for fan-out or a backlogged hop. ``asyncio.create_task``
   is used for these hop tasks (about 7 us) rather than ``TaskGroup.start_soon`` (about 35 us);
   the pump tracks them and cancels them on close, so none outlives the organism.
-- *One watchdog* checks handler and request deadlines a few times a second; a cancel scope per
-  hop costs about 10 us. An overdue handler's task is cancelled and the cancellation is turned
-  into a ``timeout`` failure (``Task.uncancel``), so the chain goes on.
+- *One watchdog* checks handler deadlines a few times a second; a cancel scope per hop costs
+  about 10 us. A request's deadline is one loop timer (``call_at``, about 1 us).
 - Hops between listeners never wait: a busy listener's backlog is a deque, so cycles such as
   planner <-> adder cannot deadlock; backpressure applies only at ingress.
+
+Who decides a hop's outcome. Normally the task running the hop. Two events take a running hop
+over (*settle* it) from outside: its handler's deadline passing (the watchdog reports the
+``timeout`` to the caller at once) and its conversation ending for any reason (answer,
+failure, request timeout, requester cancelled, ``hop_limit``, lost, shutdown: nothing is left
+to report). Either way the handler's task is cancelled once, and that cancel is balanced with
+``Task.uncancel`` however the handler ends (raising, swallowing the cancel, answering late), so
+the next hop the same task runs never mistakes its own ``CancelledError`` for a shutdown. What a
+settled handler returns is dropped. A handler still running ``_CANCEL_GRACE`` seconds after
+its cancel ignores cancellation: it is *abandoned* (logged, counted in ``stats.abandoned``) and
+its concurrency slot given back.
+
+Every call is a `_Frame` that counts what may still happen on its thread (hops queued or
+running there, calls it made that are unanswered). A frame whose count drops to zero before it
+answered can never answer: the pump fails that call with ``no_answer`` at once, naming the
+callee, instead of letting its caller wait for the conversation's deadline.
 """
 
 from __future__ import annotations
@@ -21,6 +36,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
+import unicodedata
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +49,15 @@ import anyio
 
 from xml_pipeline.codecs import xml_safe
 from xml_pipeline.envelope import Envelope
-from xml_pipeline.errors import BackendError, DeliveryError, SchemaViolation
+from xml_pipeline.errors import (
+    BackendError,
+    DeliveryError,
+    PayloadTypeError,
+    Reason,
+    SchemaViolation,
+    UsageError,
+    XmlPipelineError,
+)
 from xml_pipeline.handlers import (
     ErrorReport,
     HandlerMetadata,
@@ -43,18 +68,46 @@ from xml_pipeline.handlers import (
 from xml_pipeline.history import decode_entry, encode_entry
 from xml_pipeline.parsing import ParseLimits
 from xml_pipeline.payloads import check_payload, from_element, is_payload, payload_spec, to_xml
-from xml_pipeline.registry import ThreadRegistry
+from xml_pipeline.registry import ThreadRegistry, new_thread_id
 
 __all__ = ["DeadLetter", "PumpStats", "StreamPump"]
 
 log = logging.getLogger("xml_pipeline.pump")
 EXTERNAL = "_external"
 _YIELD_EVERY = 64  # hops one task runs back to back before it lets the loop run others
+# How long a cancelled handler may take to stop before it is abandoned. Cooperative handlers
+# stop at their next await, within microseconds; cleanup in a `finally` gets this long.
+_CANCEL_GRACE = 0.25
+# Retrying the retirement of a conversation whose opening outcome is unknown: capped backoff.
+_RETIRE_ATTEMPTS = 6
+_RETIRE_BACKOFF = (0.05, 2.0)
+# Conversations ending with these reasons were lost to the backend or to the pump itself.
+_LOST = frozenset({Reason.BACKEND_ERROR, Reason.BACKEND_UNREACHABLE, Reason.INTERNAL_ERROR})
 
 
 @dataclass
 class PumpStats:
-    """Counters since the organism started (read a copy with `StreamPump.stats`)."""
+    """Counters since the organism started (read a copy with `Organism.stats`).
+
+    Attributes:
+        conversations: conversations started (requests, sends and injects that got in).
+        answered: conversations that ended with an answer.
+        failed: conversations that ended with a failure (every reason, ``no_answer`` included).
+        no_answer: of those, the ones that ended because nothing could answer any more.
+        hops: handler runs started.
+        handler_errors: handler runs that raised (in process or in a worker).
+        timeouts: handler runs over their ``timeout_seconds``, and requests over their
+            ``timeout``.
+        late_replies: answers and calls on a thread that was already retired, dropped.
+        overloaded: ingress calls refused because the organism stayed full.
+        lost: conversations ended by a backend or internal failure (each one logged).
+        cancelled: requests whose requester stopped waiting (cancelled), before or after the
+            conversation started.
+        rejected: ingress calls refused for their input before a conversation started (no
+            route, forged sender, not a payload, schema violation, bad XML); each logged.
+        abandoned: handlers that went on running after the pump cancelled them; each logged,
+            its concurrency slot given back.
+    """
 
     conversations: int = 0
     answered: int = 0
@@ -65,14 +118,17 @@ class PumpStats:
     timeouts: int = 0
     late_replies: int = 0
     overloaded: int = 0
-    lost: int = 0  # conversations ended by a backend or internal failure (each one logged)
+    lost: int = 0
+    cancelled: int = 0
+    rejected: int = 0
+    abandoned: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A failure that reached the outside world with nobody waiting for it (``send``/``inject``).
 
-    Kept in `StreamPump.dead_letters` (bounded) and logged at WARNING.
+    Kept in `Organism.dead_letters` (bounded) and logged at WARNING.
     """
 
     conversation: str
@@ -94,7 +150,7 @@ class _Route:
         self.spec = payload_spec(listener.payload_class)
         self.peers = frozenset(listener.peers)
         self.timeout = listener.timeout_seconds
-        self.is_async = asyncio.iscoroutinefunction(listener.handler)
+        self.is_async = inspect.iscoroutinefunction(listener.handler)
         # a cpu_bound listener runs no more hops than the pool has workers: the rest wait in
         # its backlog, where no timeout runs, rather than queued inside the pool, where it does
         self.limit = listener.max_concurrency
@@ -105,59 +161,67 @@ class _Route:
 
 
 class _Conversation:
-    __slots__ = ("deadline", "done", "future", "hops", "id", "inflight", "started_by")
+    __slots__ = (
+        "done", "expired", "future", "hops", "id", "opening", "running", "started_by", "timer"
+    )  # fmt: skip
 
-    def __init__(
-        self, conv_id: str, future: asyncio.Future[Any] | None, deadline: float | None, to: str
-    ) -> None:
-        self.id = conv_id
+    def __init__(self, future: asyncio.Future[Any] | None, to: str) -> None:
+        self.id = ""  # set when its opening call is made
         self.future = future
-        self.deadline = deadline
-        self.inflight = 1
+        self.timer: asyncio.TimerHandle | None = None  # the request's deadline
         self.hops = 0
         self.done = False
+        self.opening = True
+        self.expired = False  # the deadline passed while the conversation was opening
         self.started_by = to
+        self.running: set[_Hop] = set()  # hops whose handlers run now (in process or pool)
 
 
-Callers = tuple[str, "Callers | None"]
+class _Frame:
+    """One call: the listener handling it, its opaque thread id and its caller's frame.
+
+    ``live`` counts what may still run on this thread: hops queued or running on it, and calls
+    made from it that are not answered yet. The root frame (the outside sender) has no parent.
+    """
+
+    __slots__ = ("answered", "listener", "live", "parent", "thread")
+
+    def __init__(self, listener: str, thread: str, parent: _Frame | None) -> None:
+        self.listener = listener
+        self.thread = thread
+        self.parent = parent
+        self.live = 1  # the hop that delivers the call
+        self.answered = False
 
 
 class _Hop:
-    """One delivery to a handler.
+    """One delivery to a handler, on the thread of ``frame``.
 
-    ``callers`` is the chain of listener names above this hop's listener as a linked list,
-    ``(direct caller, (its caller, ... (outside sender, None)))``, so a call or an answer costs
-    O(1) however deep the chain. The pump keeps it to name the receiver of an answer in the
-    history before the registry is asked; handlers never see it.
+    ``settled`` is set when the watchdog or the conversation's end takes the hop over
+    (``"timeout"`` or ``"ended"``); ``abandoned`` when its handler ignored that cancel.
     """
 
-    __slots__ = ("callers", "conv", "payload", "route", "sender", "task", "thread", "timed_out")
+    __slots__ = ("abandoned", "conv", "frame", "payload", "route", "sender", "settled", "task")
 
     def __init__(
-        self,
-        route: _Route,
-        thread: str,
-        sender: str,
-        payload: object,
-        conv: _Conversation,
-        callers: Callers,
+        self, route: _Route, frame: _Frame, sender: str, payload: object, conv: _Conversation
     ) -> None:
         self.route = route
-        self.thread = thread
+        self.frame = frame
         self.sender = sender
         self.payload = payload
         self.conv = conv
-        self.callers = callers
         self.task: asyncio.Task[Any] | None = None
-        self.timed_out = False
+        self.settled: str | None = None
+        self.abandoned = False
 
 
-class _HandlerTimeout(Exception):
-    pass
+class _Settled(Exception):
+    """The hop was taken over while its handler ran; what the handler did is dropped."""
 
 
 class _Failure(Exception):
-    """A handler's output was refused; the hop fails with this reason."""
+    """The hop failed (its handler raised, or its output was refused) with this reason."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -205,6 +269,9 @@ class StreamPump:
         max_hops: int = 10_000,
     ) -> None:
         self._routes = {listener.name: _Route(listener, pool_workers) for listener in listeners}
+        # sender names an envelope from outside may not claim: listener names as people and
+        # terminals compare them (case, surrounding spaces, compatibility forms)
+        self._reserved = {_normal_name(name) for name in self._routes}
         self._registry = registry
         self._limits = limits or ParseLimits()
         self._ingress = _Ingress(ingress_limit, ingress_wait_seconds)
@@ -212,8 +279,9 @@ class StreamPump:
         self._history = history
         self._max_hops = max_hops
         self._convs: dict[str, _Conversation] = {}
-        self._running: dict[_Hop, float] = {}
+        self._running: dict[_Hop, float] = {}  # in-process handler runs -> deadline
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._retiring: set[asyncio.Task[Any]] = set()  # background retirements
         self._closing = False
         self._cancelling = False
         self._idle = asyncio.Event()
@@ -223,6 +291,7 @@ class StreamPump:
         self.dead_letters: deque[DeadLetter] = deque(maxlen=1000)
         self.observer: Callable[[Envelope], None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -234,7 +303,8 @@ class StreamPump:
     def start(self) -> None:
         """Start the watchdog (a task the pump owns, so the organism may be left from any
         task or cancel scope, unlike a task group entered in ``__aenter__``)."""
-        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        self._loop = asyncio.get_running_loop()
+        self._watchdog = self._loop.create_task(self._watch())
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
@@ -242,28 +312,28 @@ class StreamPump:
             await anyio.sleep(self._tick)
             now = loop.time()
             for hop, deadline in list(self._running.items()):
-                if now >= deadline and not hop.timed_out and hop.task is not None:
-                    hop.timed_out = True
-                    hop.task.cancel()
-            for conv in [c for c in self._convs.values() if c.deadline and now >= c.deadline]:
-                self._spawn_call(
-                    self._end(conv, DeliveryError(
-                        f"no answer from {conv.started_by!r} within the request timeout; raise "
-                        "timeout= or look at what the conversation is waiting for",
-                        reason="timeout", listener=conv.started_by, thread=conv.id,
-                    ))
-                )  # fmt: skip
+                if now < deadline:
+                    continue
+                if hop.settled is None:
+                    self._settle(hop, "timeout")
+                    self._spawn_call(self._report_timeout(hop))
+                else:
+                    self._abandon(hop)
 
     async def wait_idle(self) -> None:
         """Wait until no conversation is open."""
         await self._idle.wait()
 
     async def aclose(self, drain_timeout: float) -> None:
-        """Refuse new work, let open conversations finish for ``drain_timeout``, cancel the rest."""
+        """Refuse new work, let open conversations finish for ``drain_timeout`` seconds, then
+        end the rest with ``shutdown``, cancel their handlers and wait at most
+        ``_CANCEL_GRACE`` seconds more. A handler that ignores cancellation is abandoned
+        (logged), never waited for."""
         self._closing = True
         for waiter in self._ingress.waiters:
             if not waiter.done():
                 waiter.set_exception(_shutdown())
+        loop = asyncio.get_running_loop()
         # shielded: leaving `async with` from a cancelled scope must still stop everything
         with anyio.CancelScope(shield=True):
             try:
@@ -272,15 +342,33 @@ class StreamPump:
                 self._cancelling = True  # freed slots no longer start backlogged hops
                 for route in self._routes.values():
                     route.backlog.clear()
-                tasks = list(self._tasks)
+                convs = list(self._convs.values())
+                for conv in convs:  # settles (and so cancels) their running hops
+                    self._finish(conv, _shutdown(conv.started_by, conv.id))
+                tasks = [t for t in self._tasks if not t.done()]
                 for task in tasks:
                     task.cancel()
+                stop_by = loop.time() + _CANCEL_GRACE
                 if tasks:
-                    _, stuck = await asyncio.wait(tasks, timeout=max(1.0, drain_timeout))
-                    for task in stuck:  # a handler that swallows cancellation
-                        log.warning("a handler did not stop when cancelled: %r", task)
-                for conv in list(self._convs.values()):
-                    await self._end(conv, _shutdown(conv.started_by, conv.id))
+                    _, stuck = await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
+                    for task in stuck:
+                        self.stats.abandoned += 1
+                        log.warning(
+                            "a handler did not stop when the organism closed (it ignores "
+                            "cancellation); abandoned, it may still be running: %r",
+                            task,
+                        )
+                retire = [self._retire(conv.id) for conv in convs]
+                if retire:
+                    with anyio.move_on_after(max(0.0, stop_by - loop.time()) + 1.0):
+                        await asyncio.gather(*retire)
+                if self._retiring:
+                    # conversations whose opening was cut short: undo them while we can
+                    _, late = await asyncio.wait(
+                        self._retiring, timeout=max(0.0, stop_by - loop.time()) + 1.0
+                    )
+                    for task in late:
+                        task.cancel()
             finally:
                 if self._watchdog is not None:
                     self._watchdog.cancel()
@@ -289,56 +377,105 @@ class StreamPump:
     # -- ingress --------------------------------------------------------------------------------
 
     async def request(self, to: str, payload: object, timeout: float) -> object:
-        """Start a conversation and wait for its answer (see `Organism.request`)."""
+        """Start a conversation and wait for its answer (see `Organism.request`).
+
+        ``timeout`` covers the whole call: waiting at ingress, the opening write, the answer.
+        """
+        _check_timeout(timeout)
         route = self._route_for(to, payload)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        conv = await self._open(route, payload, EXTERNAL, future, timeout)
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        conv = _Conversation(future, to)
+        task = asyncio.current_task()
+        conv.timer = loop.call_at(loop.time() + timeout, self._expire, conv, task, timeout)
+        try:
+            await self._open(conv, route, payload, EXTERNAL)
+        except asyncio.CancelledError:
+            conv.timer.cancel()
+            if conv.expired and task is not None and task.uncancel() == 0:
+                raise _request_timeout(to, timeout, "before it could start") from None
+            self.stats.cancelled += 1
+            raise
+        except BaseException:
+            conv.timer.cancel()
+            raise
         try:
             return await future
         finally:
-            if not conv.done:  # the caller gave up (cancelled): retire what is left
+            if not conv.done:  # the caller gave up (cancelled): end it, stop its work
+                self.stats.cancelled += 1
                 self._spawn_call(self._end(conv, DeliveryError(
-                    "the requester stopped waiting", reason="cancelled", listener=to
+                    "the requester stopped waiting (cancelled)", reason="cancelled",
+                    listener=to, thread=conv.id,
                 )))  # fmt: skip
 
     async def send(self, to: str, payload: object) -> str:
         """Start a conversation without waiting; returns its first thread id."""
         route = self._route_for(to, payload)
-        conv = await self._open(route, payload, EXTERNAL, None, None)
+        conv = _Conversation(None, to)
+        await self._open(conv, route, payload, EXTERNAL)
         return conv.id
 
     async def inject(self, data: bytes | str) -> str:
         """Start a conversation from a raw envelope; returns its first thread id."""
-        env = Envelope.from_bytes(data, self._limits)
-        route = self._routes.get(env.to)
-        if route is None:
-            raise self._no_route(env.to)
-        if env.payload_tag != route.spec.tag:
-            raise DeliveryError(
-                f"{env.to!r} accepts <{route.spec.tag}>, not <{env.payload_tag}>",
-                reason="no_route", listener=env.to,
-            )  # fmt: skip
-        sender = env.sender or EXTERNAL
-        if sender != EXTERNAL and (sender in self._routes or sender.startswith("_")):
-            raise DeliveryError(
-                f"an envelope from outside claims to come from {sender!r}, a listener or "
-                "reserved name; leave <from> empty or name the outside sender",
-                reason="forged_sender", listener=env.to,
-            )  # fmt: skip
-        obj: object = from_element(route.def_.payload_class, env.payload)
-        conv = await self._open(route, obj, sender, None, None)
+        if not isinstance(data, bytes | str):
+            raise UsageError(
+                f"inject() takes a v1 envelope as bytes or str, not {type(data).__name__}"
+            )
+        try:
+            env = Envelope.from_bytes(data, self._limits)
+            route = self._routes.get(env.to)
+            if route is None:
+                raise self._no_route(env.to)
+            if env.payload_tag != route.spec.tag:
+                raise DeliveryError(
+                    f"{env.to!r} accepts <{route.spec.tag}>, not <{env.payload_tag}>",
+                    reason="no_route", listener=env.to,
+                )  # fmt: skip
+            sender = env.sender
+            if sender and self._is_reserved(sender):
+                raise DeliveryError(
+                    f"an envelope from outside claims to come from {sender!r}, a listener or "
+                    "reserved name (names compare ignoring case, surrounding spaces and a "
+                    "leading '_'); leave <from> empty or name the outside sender",
+                    reason="forged_sender", listener=env.to,
+                )  # fmt: skip
+            obj: object = from_element(route.def_.payload_class, env.payload)
+        except XmlPipelineError as exc:
+            self.stats.rejected += 1
+            log.warning("inject refused: %s", exc)
+            raise
+        conv = _Conversation(None, route.name)
+        await self._open(conv, route, obj, sender or EXTERNAL)
         return conv.id
 
+    def _is_reserved(self, sender: str) -> bool:
+        name = _normal_name(sender)
+        return name in self._reserved or name.startswith("_") or not name
+
     def _route_for(self, to: str, payload: object) -> _Route:
-        route = self._routes.get(to)
-        if route is None:
-            raise self._no_route(to)
-        if type(payload) is not route.def_.payload_class:
-            got = payload_spec(payload).tag if is_payload(payload) else type(payload).__name__
-            raise DeliveryError(
-                f"{to!r} accepts <{route.spec.tag}>, not <{got}>", reason="no_route", listener=to
-            )
-        check_payload(payload)
+        try:
+            if not isinstance(to, str):
+                raise UsageError(f"the target must be a listener name (str), not {to!r}")
+            if not is_payload(payload) or isinstance(payload, type):
+                what = "a class" if isinstance(payload, type) else type(payload).__name__
+                raise PayloadTypeError(
+                    f"the payload sent to {to!r} must be a @payload object, not {what} "
+                    f"({_short(payload)}); build one of the listener's payload class"
+                )
+            route = self._routes.get(to)
+            if route is None:
+                raise self._no_route(to)
+            if type(payload) is not route.def_.payload_class:
+                raise DeliveryError(
+                    f"{to!r} accepts <{route.spec.tag}>, not <{payload_spec(payload).tag}>",
+                    reason="no_route",
+                    listener=to,
+                )
+            check_payload(payload)
+        except XmlPipelineError:
+            self.stats.rejected += 1
+            raise
         return route
 
     def _no_route(self, to: str) -> DeliveryError:
@@ -346,41 +483,42 @@ class StreamPump:
         hint = f"; did you mean {close[0]!r}?" if close else f"; listeners: {sorted(self._routes)}"
         return DeliveryError(f"no listener named {to!r}{hint}", reason="no_route", listener=to)
 
-    async def _open(
-        self,
-        route: _Route,
-        payload: object,
-        sender: str,
-        future: asyncio.Future[Any] | None,
-        timeout: float | None,
-    ) -> _Conversation:
+    async def _open(self, conv: _Conversation, route: _Route, payload: object, sender: str) -> None:
+        """Admit ``conv`` and make its opening call; on any failure nothing is left behind."""
         await self._admit()
+        conv.id = new_thread_id()
         try:
             entry = self._entry(sender, route.name, payload)
-            root = self._registry.root_id
-            rec = await self._registry.extend_chain(root, route.name, entry)
-            if rec is None:  # a shared backend lost its data (e.g. Redis restarted empty)
-                log.warning("the root record %s was missing; recreating it", root)
-                await self._registry.initialize_root()
-                rec = await self._registry.extend_chain(root, route.name, entry)
-            if rec is None:
-                raise DeliveryError(
-                    f"the backend did not keep the root record {root!r}; check that nothing "
-                    "else deletes keys under this organism's prefix",
-                    reason="backend_error",
-                    listener=route.name,
-                )
-        except BaseException:
+            rec = await self._registry.open_conversation(conv.id, route.name, entry)
+        except BaseException as exc:
             self._release()
+            # the opening write may have happened (cancelled or failed mid-call): undo it
+            self._retire_soon(conv.id)
+            if isinstance(exc, BackendError):
+                raise DeliveryError(
+                    f"the conversation to {route.name!r} could not start: {exc.message}",
+                    reason=exc.reason, listener=route.name, thread=conv.id,
+                ) from exc  # fmt: skip
             raise
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        conv = _Conversation(rec.thread_id, future, deadline, route.name)
+        conv.opening = False
         self._convs[conv.id] = conv
         self._idle.clear()
         self.stats.conversations += 1
-        self._dispatch(_Hop(route, rec.thread_id, sender, payload, conv, (sender, None)))
-        return conv
+        root = _Frame(sender, self._registry.root_id, None)
+        first = _Frame(route.name, rec.thread_id, root)
+        self._dispatch(_Hop(route, first, sender, payload, conv))
+
+    def _expire(self, conv: _Conversation, task: asyncio.Task[Any] | None, timeout: float) -> None:
+        """A request's deadline: fail it, whichever phase it is in."""
+        if conv.done:
+            return
+        self.stats.timeouts += 1
+        if conv.opening:
+            if not conv.expired and task is not None:
+                conv.expired = True
+                task.cancel()  # balanced in request()
+            return
+        self._spawn_call(self._end(conv, _request_timeout(conv.started_by, timeout, "", conv.id)))
 
     async def _admit(self) -> None:
         ing = self._ingress
@@ -460,28 +598,26 @@ class StreamPump:
             hop.task = task
             try:
                 nexts = await self._step(hop)
-            except Exception as exc:  # the backend failed under us; never leave a caller hanging
-                log.exception("hop to %r on thread %s failed", hop.route.name, hop.thread)
-                self.stats.lost += 1
-                nexts = []
-                await self._end(hop.conv, DeliveryError(
-                    f"delivery to {hop.route.name!r} failed: {exc}",
-                    reason=getattr(exc, "reason", "internal_error"),
-                    listener=hop.route.name, thread=hop.thread,
-                ))  # fmt: skip
-            except BaseException:  # cancelled (shutdown): give the slot back, then go
-                self._free_slot(hop.route)
+            except asyncio.CancelledError:  # shutdown: give the slot back, then go
+                if not hop.abandoned:
+                    self._free_slot(hop.route)
                 raise
-            route = hop.route
-            self._free_slot(route)
-            conv = hop.conv
-            conv.inflight += len(nexts) - 1
-            if conv.inflight == 0 and not conv.done:
-                await self._end(conv, DeliveryError(
-                    f"the conversation ended without an answer: {route.name!r} returned nothing "
-                    "and no call is in flight",
-                    reason="no_answer", listener=route.name, thread=hop.thread,
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # the backend or the pump failed under this hop
+                nexts = []
+                log.error(
+                    "hop to %r on thread %s failed", hop.route.name, hop.frame.thread,
+                    exc_info=exc,
+                )  # fmt: skip
+                reason = exc.reason if isinstance(exc, BackendError) else Reason.INTERNAL_ERROR
+                await self._end(hop.conv, DeliveryError(
+                    f"delivery to {hop.route.name!r} failed: {type(exc).__name__}: {exc}",
+                    reason=reason, listener=hop.route.name, thread=hop.frame.thread,
                 ))  # fmt: skip
+            if hop.abandoned:
+                return  # its slot was given back when it was abandoned
+            self._free_slot(hop.route)
             ran += 1
             if ran % _YIELD_EVERY == 0:
                 # a chain of handlers that never suspend must not starve the loop (the
@@ -497,65 +633,64 @@ class StreamPump:
                     self._dispatch(nxt)
 
     def _free_slot(self, route: _Route) -> None:
-        if route.backlog and not self._cancelling:
-            self._spawn(route.backlog.popleft())  # the slot passes to the waiting hop
-        else:
-            route.busy -= 1
+        backlog = route.backlog
+        while backlog and not self._cancelling:
+            hop = backlog.popleft()
+            if not hop.conv.done:  # hops of conversations that ended are dropped here
+                self._spawn(hop)  # the slot passes to the waiting hop
+                return
+        route.busy -= 1
 
     async def _step(self, hop: _Hop) -> list[_Hop]:
-        route, conv = hop.route, hop.conv
-        if conv.done:  # answered, failed or timed out while this hop waited: do not run it
+        route, conv, frame = hop.route, hop.conv, hop.frame
+        if conv.done:  # ended while this hop waited: do not run it
             return []
         conv.hops += 1
         if conv.hops > self._max_hops:
             await self._end(conv, DeliveryError(
                 f"the conversation made more than {self._max_hops} hops (a call cycle?); it "
                 f"was stopped at {route.name!r}; raise organism.max_hops if that is intended",
-                reason="hop_limit", listener=route.name, thread=hop.thread,
+                reason="hop_limit", listener=route.name, thread=frame.thread,
             ))  # fmt: skip
             return []
         self.stats.hops += 1
         if self.observer is not None:
             try:
-                self.observer(Envelope(hop.sender, route.name, hop.thread, hop.payload))
+                self.observer(Envelope(hop.sender, route.name, frame.thread, hop.payload))
             except Exception:
                 log.exception("the hop observer raised; the hop goes on")
-        history = partial(self.read_history, hop.conv.id) if self._history else None
-        meta = HandlerMetadata(hop.thread, hop.sender, route.name, history)
+        history = partial(self.read_history, conv.id) if self._history else None
+        meta = HandlerMetadata(frame.thread, hop.sender, route.name, history)
         try:
             result = await self._invoke(hop, meta)
             outputs = self._check_outputs(route, result)
-        except _HandlerTimeout:
-            self.stats.timeouts += 1
-            return await self._fail(
-                hop, "timeout", f"{route.name!r} took longer than {route.timeout}s"
-            )
+        except _Settled:
+            return []  # the watchdog or the conversation's end decided this hop's outcome
         except _Failure as exc:
-            return await self._fail(hop, exc.reason, exc.message)
-        except BackendError:
-            raise  # not the handler's fault: _chain reports the conversation as lost
-        except (Exception, SystemExit) as exc:  # SystemExit must not stop the host process
-            self.stats.handler_errors += 1
-            log.debug("handler of %r raised", route.name, exc_info=True)
-            return await self._fail(
-                hop, "handler_error", f"{route.name!r} raised {type(exc).__name__}: {exc}"
-            )
+            if exc.reason == Reason.HANDLER_ERROR:
+                self.stats.handler_errors += 1
+            elif exc.reason == Reason.TIMEOUT:
+                self.stats.timeouts += 1
+            return await self._fail(conv, frame, exc.reason, exc.message, route.name)
         nexts: list[_Hop] = []
         for out, xml in outputs:
             if out.to is None:
-                nexts.extend(await self._respond(hop, route.name, out.payload, xml))
+                nexts.extend(await self._respond(conv, frame, route.name, out.payload, xml))
                 continue
             entry = self._entry(route.name, out.to, out.payload, xml)
-            rec = await self._registry.extend_chain(hop.thread, out.to, entry)
+            rec = await self._registry.extend_chain(frame.thread, out.to, entry)
             if rec is None:  # this thread was retired meanwhile (answered, timed out, lost)
                 self.stats.late_replies += 1
-                conv = hop.conv
-                if not conv.done and await self._registry.backend.get(conv.id) is None:
+                if not conv.done and not await self._registry.exists(conv.id):
                     await self._lost(conv, route.name)
                 continue
-            target = self._routes[out.to]
-            callers = (route.name, hop.callers)
-            nexts.append(_Hop(target, rec.thread_id, route.name, out.payload, hop.conv, callers))
+            frame.live += 1
+            callee = _Frame(out.to, rec.thread_id, frame)
+            nexts.append(_Hop(self._routes[out.to], callee, route.name, out.payload, conv))
+        frame.live -= 1
+        if frame.live == 0 and not frame.answered and not conv.done:
+            failed = await self._fail(conv, frame, Reason.NO_ANSWER, _no_answer(frame), route.name)
+            nexts.extend(failed)
         return nexts
 
     def _entry(
@@ -568,40 +703,65 @@ class StreamPump:
 
     async def read_history(self, conversation: str) -> list[HistoryEntry]:
         """The recorded hops of a conversation, oldest first."""
-        return [decode_entry(e) for e in await self._registry.backend.history(conversation)]
+        return [decode_entry(e) for e in await self._registry.history(conversation)]
 
     async def _invoke(self, hop: _Hop, meta: HandlerMetadata) -> object:
-        route = hop.route
+        """Run the handler; return what it returned. Anything user code raises (any
+        BaseException but a cancel of the pump's or KeyboardInterrupt) becomes `_Failure`.
+
+        Raises:
+            _Settled: the hop was taken over meanwhile; its result is dropped.
+            _Failure: the handler failed.
+            asyncio.CancelledError: the pump is shutting down.
+        """
+        route, conv = hop.route, hop.conv
+        task = hop.task
         if route.def_.cpu_bound and self._pool_invoker is not None:
-            backend = self._registry.backend
-            stored = await backend.history(hop.conv.id) if self._history else []
-            try:
-                return await self._pool_invoker(
-                    route.def_, hop.payload, meta, route.timeout, stored
-                )
-            except DeliveryError as exc:  # worker_crash, timeout, invalid_response...
-                self.stats.timeouts += exc.reason == "timeout"
-                raise _Failure(exc.reason, exc.message) from None
-        self._running[hop] = asyncio.get_running_loop().time() + route.timeout
+            stored = await self._registry.history(conv.id) if self._history else []
+            if conv.done:
+                raise _Settled  # it ended while the history was read: do not start the work
+            call: Any = self._pool_invoker(route.def_, hop.payload, meta, route.timeout, stored)
+        else:
+            self._running[hop] = asyncio.get_running_loop().time() + route.timeout
+            call = None
+        conv.running.add(hop)
+        caught: BaseException | None = None
         try:
-            if route.is_async:
-                return await route.def_.handler(hop.payload, meta)  # type: ignore[misc]
-            result = route.def_.handler(hop.payload, meta)
-            if inspect.isawaitable(result):  # an async callable object, a wrapped coroutine
-                return await result
-            return result
-        except asyncio.CancelledError:
-            task = hop.task
-            if hop.timed_out and task is not None:
-                if task.uncancel() > 0:
-                    raise  # a shutdown cancel landed too: let it through
-                raise _HandlerTimeout from None
-            if task is not None and task.cancelling() == 0:
-                # the handler raised CancelledError of its own (an inner task was cancelled)
-                raise RuntimeError("the handler raised CancelledError") from None
-            raise
+            if call is not None:
+                result = await call
+            elif route.is_async:
+                result = await route.def_.handler(hop.payload, meta)  # type: ignore[misc]
+            else:
+                result = route.def_.handler(hop.payload, meta)
+                if inspect.isawaitable(result):  # an async callable object, a wrapped coroutine
+                    result = await result
+        except BaseException as exc:  # sorted below, once the hop's state is known
+            caught = exc
+            result = None
         finally:
-            del self._running[hop]
+            self._running.pop(hop, None)
+            conv.running.discard(hop)
+        if hop.settled is not None:
+            # the one cancel the pump made, balanced however the handler ended
+            if task is not None and task.uncancel() > 0:
+                raise asyncio.CancelledError  # a shutdown cancel landed too
+            raise _Settled
+        if caught is None:
+            return result
+        if isinstance(caught, asyncio.CancelledError):
+            if task is not None and task.cancelling():
+                raise caught  # the pump is shutting down
+            caught = RuntimeError("CancelledError, yet nobody cancelled the handler")
+        elif isinstance(caught, KeyboardInterrupt):
+            raise caught
+        if isinstance(caught, DeliveryError) and call is not None:
+            # the pool's verdict: worker_crash, timeout, invalid_response, handler_error...
+            raise _Failure(caught.reason, caught.message) from None
+        log.debug("handler of %r raised", route.name, exc_info=caught)
+        raise _Failure(
+            Reason.HANDLER_ERROR,
+            f"{route.name!r} raised {type(caught).__name__}: {_describe(caught)}",
+        ) from None
 
     def _check_outputs(
         self, route: _Route, result: object
@@ -617,7 +777,7 @@ class StreamPump:
             outputs = result
         else:
             raise _Failure(
-                "invalid_response",
+                Reason.INVALID_RESPONSE,
                 f"{route.name!r} returned {type(result).__name__}; return None, a "
                 "HandlerResponse or a list of them (never an envelope)",
             )
@@ -632,22 +792,22 @@ class StreamPump:
             target = self._routes.get(out.to)
             if target is None:
                 raise _Failure(
-                    "no_route", f"{route.name!r} called {self._no_route(out.to).message}"
+                    Reason.NO_ROUTE, f"{route.name!r} called {self._no_route(out.to).message}"
                 )
             if out.to not in route.peers:
                 raise _Failure(
-                    "peer_denied",
+                    Reason.PEER_DENIED,
                     f"{route.name!r} may not call {out.to!r}: it is not among its peers "
                     f"{sorted(route.peers)}; add it to peers in organism.yaml",
                 )
             if type(out.payload) is not target.def_.payload_class:
                 got = type(out.payload).__name__
                 raise _Failure(
-                    "no_route", f"{out.to!r} accepts <{target.spec.tag}>, not {got} objects"
+                    Reason.NO_ROUTE, f"{out.to!r} accepts <{target.spec.tag}>, not {got} objects"
                 )
         elif not is_payload(out.payload):
             raise _Failure(
-                "invalid_response",
+                Reason.INVALID_RESPONSE,
                 f"{route.name!r} answered with a {type(out.payload).__name__}, not a @payload "
                 "object",
             )
@@ -659,42 +819,87 @@ class StreamPump:
             check_payload(out.payload)
             return None
         except SchemaViolation as exc:
-            raise _Failure("schema_violation", f"{route.name!r} sent {exc.message}") from None
+            raise _Failure(Reason.SCHEMA_VIOLATION, f"{route.name!r} sent {exc.message}") from None
 
     async def _respond(
-        self, hop: _Hop, responder: str, payload: object, xml: bytes | None = None
+        self,
+        conv: _Conversation,
+        frame: _Frame,
+        responder: str,
+        payload: object,
+        xml: bytes | None = None,
     ) -> list[_Hop]:
-        """Answer the caller of ``hop``: prune its thread and deliver to the caller."""
-        caller, above = hop.callers
+        """Answer the call of ``frame``: prune its thread and deliver to the caller's frame."""
+        if frame.answered:  # answered (or failed) already: a second answer has nowhere to go
+            self.stats.late_replies += 1
+            return []
+        frame.answered = True
+        caller = frame.parent
+        assert caller is not None, "the root frame is never answered"
         # an answer leaving the organism ends the conversation, history and all: no entry
-        entry = self._entry(responder, caller, payload, xml) if above is not None else None
-        res = await self._registry.prune_for_response(hop.thread, entry)
+        leaves = caller.parent is None
+        entry = None if leaves else self._entry(responder, caller.listener, payload, xml)
+        res = await self._registry.prune_for_response(frame.thread, entry)
         if res is None:
             self.stats.late_replies += 1
-            conv = hop.conv
-            if not conv.done and await self._registry.backend.get(conv.id) is None:
+            if not conv.done and not await self._registry.exists(conv.id):
                 await self._lost(conv, responder)
             return []
         if res.conversation_ended:
-            await self._end(hop.conv, payload, retired=True)
+            await self._end(conv, payload, retired=True)
             return []
-        assert above is not None, "the registry said the conversation goes on"
-        target = self._routes[res.caller]
-        return [_Hop(target, res.caller_thread, responder, payload, hop.conv, above)]
+        return [_Hop(self._routes[res.caller], caller, responder, payload, conv)]
 
-    async def _fail(self, hop: _Hop, reason: str, message: str) -> list[_Hop]:
-        """The run on ``hop`` failed: answer its caller with an ErrorReport, travelling up."""
-        report = ErrorReport(reason=reason, message=xml_safe(message), listener=hop.route.name)
-        failed = hop
+    async def _fail(
+        self, conv: _Conversation, frame: _Frame, reason: str, message: str, listener: str
+    ) -> list[_Hop]:
+        """The call of ``frame`` failed: answer its caller with an ErrorReport, travelling up
+        through callers that do not handle errors."""
+        report = ErrorReport(reason=Reason(reason), message=xml_safe(message), listener=listener)
         while True:
-            nexts = await self._respond(failed, failed.route.name, report)
+            nexts = await self._respond(conv, frame, frame.listener, report)
             if not nexts or nexts[0].route.def_.handles_errors:
                 return nexts
-            failed = nexts[0]  # the caller does not handle errors: its own run fails too
+            frame = nexts[0].frame  # the caller does not handle errors: its call fails too
+
+    async def _report_timeout(self, hop: _Hop) -> None:
+        """The watchdog settled ``hop`` at its deadline: answer its caller with ``timeout``."""
+        self.stats.timeouts += 1
+        route = hop.route
+        if hop.conv.done:
+            return
+        message = f"{route.name!r} took longer than {route.timeout}s"
+        nexts = await self._fail(hop.conv, hop.frame, Reason.TIMEOUT, message, route.name)
+        for nxt in nexts:
+            self._dispatch(nxt)
+
+    def _settle(self, hop: _Hop, reason: str) -> None:
+        """Take a running hop over: its outcome is decided here; cancel its handler once."""
+        if hop.settled is not None:
+            return
+        hop.settled = reason
+        loop = self._loop or asyncio.get_running_loop()
+        self._running[hop] = loop.time() + _CANCEL_GRACE  # watched for abandonment
+        if hop.task is not None:
+            hop.task.cancel()
+
+    def _abandon(self, hop: _Hop) -> None:
+        """A settled handler ignored its cancel: stop waiting for it, give its slot back."""
+        del self._running[hop]
+        hop.conv.running.discard(hop)
+        hop.abandoned = True
+        self.stats.abandoned += 1
+        route = hop.route
+        log.warning(
+            "the handler of %r on thread %s did not stop within %ss of being cancelled "
+            "(%s); it is abandoned and its slot given back, so %r may run over its "
+            "max_concurrency while the handler goes on. Let CancelledError propagate.",
+            route.name, hop.frame.thread, _CANCEL_GRACE, hop.settled, route.name,
+        )  # fmt: skip
+        self._free_slot(route)
 
     async def _lost(self, conv: _Conversation, responder: str) -> None:
         """The backend no longer knows an open conversation: say so instead of waiting."""
-        self.stats.lost += 1
         log.warning("conversation %s was lost by the backend", conv.id)
         await self._end(conv, DeliveryError(
             f"the backend no longer knows this conversation (its records expired after "
@@ -704,19 +909,33 @@ class StreamPump:
         ), retired=True)  # fmt: skip
 
     async def _end(self, conv: _Conversation, outcome: object, *, retired: bool = False) -> None:
-        """Finish a conversation once: deliver its outcome, free its ingress slot, retire it."""
+        """Finish a conversation once; then retire its records unless that happened already."""
+        if self._finish(conv, outcome) and not retired:
+            await self._retire(conv.id)
+
+    def _finish(self, conv: _Conversation, outcome: object) -> bool:
+        """Deliver a conversation's outcome, stop its running work, free its ingress slot.
+
+        Returns:
+            False when it had finished already.
+        """
         if conv.done:
-            return
+            return False
         conv.done = True
+        if conv.timer is not None:
+            conv.timer.cancel()
         del self._convs[conv.id]
         self._release()
         if not self._convs:
             self._idle.set()
+        for hop in list(conv.running):
+            self._settle(hop, "ended")
         error = _as_error(outcome, conv)
         if error is None:
             self.stats.answered += 1
         else:
-            self.stats.no_answer += error.reason == "no_answer"
+            self.stats.no_answer += error.reason == Reason.NO_ANSWER
+            self.stats.lost += error.reason in _LOST
             self.stats.failed += 1
         future = conv.future
         if future is not None and not future.done():
@@ -728,16 +947,88 @@ class StreamPump:
             letter = DeadLetter(conv.id, error.reason, error.message, error.listener or "")
             self.dead_letters.append(letter)
             log.warning("conversation %s failed: %s", conv.id, error)
-        if not retired:
+        return True
+
+    async def _retire(self, conversation: str) -> None:
+        try:
+            await self._registry.cleanup(conversation)
+        except Exception:  # the thread TTL is the backstop
+            log.warning(
+                "could not retire conversation %s now; its records expire after thread_ttl_seconds",
+                conversation,
+                exc_info=True,
+            )
+
+    def _retire_soon(self, conversation: str) -> None:
+        """Undo a conversation whose opening call was cut short, in the background."""
+        loop = self._loop or asyncio.get_running_loop()
+        task = loop.create_task(self._abandon_open(conversation))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _abandon_open(self, conversation: str) -> None:
+        delay = _RETIRE_BACKOFF[0]
+        for attempt in range(1, _RETIRE_ATTEMPTS + 1):
             try:
-                await self._registry.cleanup(conv.id)
-            except Exception:  # the thread TTL is the backstop
-                log.warning(
-                    "could not retire conversation %s now; its records expire after "
-                    "thread_ttl_seconds",
-                    conv.id,
-                    exc_info=True,
-                )
+                await self._registry.abandon_conversation(conversation)
+                return
+            except Exception as exc:
+                if attempt == _RETIRE_ATTEMPTS:
+                    log.warning(
+                        "could not retire conversation %s, whose start was cut short, after %d "
+                        "attempts (%s); its records expire after thread_ttl_seconds",
+                        conversation, attempt, exc,
+                    )  # fmt: skip
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETIRE_BACKOFF[1])
+
+
+def _normal_name(name: str) -> str:
+    """A name as people compare it: compatibility forms folded, case folded, spaces trimmed."""
+    return unicodedata.normalize("NFKC", name).strip().casefold()
+
+
+def _check_timeout(timeout: float) -> None:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise UsageError(f"timeout must be a number of seconds, not {timeout!r}")
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise UsageError(f"timeout must be a finite number of seconds above 0, not {timeout!r}")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return text if text else "(no message)"
+
+
+def _no_answer(frame: _Frame) -> str:
+    caller = frame.parent
+    if caller is None or caller.parent is None:
+        return (
+            f"the conversation ended without an answer: {frame.listener!r} returned nothing "
+            "and has no call in flight; answer with HandlerResponse.respond(payload)"
+        )
+    return (
+        f"{frame.listener!r} returned nothing for the call from {caller.listener!r} and has no "
+        "call in flight, so that call can never be answered; answer with "
+        "HandlerResponse.respond(payload)"
+    )
+
+
+def _request_timeout(
+    to: str, timeout: float, when: str, thread: str | None = None
+) -> DeliveryError:
+    phase = f" ({when})" if when else ""
+    return DeliveryError(
+        f"no answer from {to!r} within the request timeout of {timeout:g}s{phase}; raise "
+        "timeout= or look at what the conversation is waiting for",
+        reason="timeout", listener=to, thread=thread,
+    )  # fmt: skip
 
 
 def _as_error(outcome: object, conv: _Conversation) -> DeliveryError | None:

@@ -7,11 +7,15 @@ a chain is read by walking parents, so listener names may contain dots.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from xml_pipeline.backends.base import Backend, PruneResult, ThreadRecord
+from xml_pipeline.errors import BackendError
 
 __all__ = ["ThreadRegistry", "new_thread_id"]
+
+log = logging.getLogger("xml_pipeline.registry")
 
 
 def new_thread_id() -> str:
@@ -42,6 +46,48 @@ class ThreadRegistry:
         """Create the organism's root record (idempotent) and return its id."""
         await self._backend.put_root(self.root_id, self._name)
         return self.root_id
+
+    async def open_conversation(
+        self, conversation: str, listener: str, history_entry: bytes | None = None
+    ) -> ThreadRecord:
+        """Start a conversation: a call from the root to ``listener`` under the fresh id
+        ``conversation`` (chosen by the caller, so that it can be retired when the outcome of
+        this call is unknown: see `abandon_conversation`).
+
+        A root record that a shared backend lost (e.g. Redis restarted empty) is recreated.
+
+        Raises:
+            BackendError: the backend failed, or does not keep the root record.
+        """
+        rec = await self._backend.extend(self.root_id, conversation, listener, history_entry)
+        if rec is None:  # a shared backend lost its data (e.g. Redis restarted empty)
+            log.warning("the root record %s was missing; recreating it", self.root_id)
+            await self.initialize_root()
+            rec = await self._backend.extend(self.root_id, conversation, listener, history_entry)
+        if rec is None:
+            raise BackendError(
+                f"the backend did not keep the root record {self.root_id!r}; check that nothing "
+                "else deletes keys under this organism's prefix",
+                reason="backend_error",
+            )
+        return rec
+
+    async def abandon_conversation(self, conversation: str) -> int:
+        """Retire a conversation whose opening call may or may not have happened (the caller
+        was cancelled or the backend failed mid-call); returns records removed.
+
+        Raises:
+            BackendError: the backend failed; the thread TTL remains the backstop.
+        """
+        return await self._backend.abandon(conversation)
+
+    async def exists(self, thread_id: str) -> bool:
+        """Whether the backend still knows ``thread_id`` (refreshing its TTL)."""
+        return await self._backend.get(thread_id) is not None
+
+    async def history(self, conversation: str) -> list[bytes]:
+        """The stored history entries of a conversation, oldest first."""
+        return await self._backend.history(conversation)
 
     async def extend_chain(
         self, parent_id: str, listener: str, history_entry: bytes | None = None

@@ -221,6 +221,24 @@ class BackendContract:
         assert await backend.retire_conversation("no-such-conversation") == 0
         assert await backend.count() == 2
 
+    async def test_abandon_retires_and_refuses_the_opening_call_arriving_late(
+        self, backend: Backend
+    ) -> None:
+        """A cancelled open may reach the state after its undo: it must then create nothing."""
+        await backend.extend(ROOT, "opened", "alpha", b"<h/>")
+        await backend.extend("opened", "child", "beta")
+        assert await backend.abandon("opened") == 2
+        assert await backend.get("opened") is None
+        assert await backend.history("opened") == []
+
+        assert await backend.abandon("never-arrived") == 0
+        assert await backend.extend(ROOT, "never-arrived", "alpha", b"<h/>") is None
+        assert await backend.extend(ROOT, "opened", "alpha") is None
+        assert await backend.history("never-arrived") == []
+        assert await backend.count() == 1
+        # other conversations are unaffected
+        assert await backend.extend(ROOT, "fresh", "alpha") is not None
+
     async def test_count_returns_to_the_root_after_concurrent_conversations(
         self, backend: Backend
     ) -> None:

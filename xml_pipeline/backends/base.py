@@ -15,7 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Backend", "PruneResult", "ThreadRecord"]
+__all__ = ["TOMBSTONE_SECONDS", "Backend", "PruneResult", "ThreadRecord"]
+
+# How long `Backend.abandon` refuses a late opening call: longer than a call can take to reach
+# the shared state with every retry (Redis: about 25 s at most; manager: its reply timeout).
+TOMBSTONE_SECONDS = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,18 @@ class Backend(Protocol):
 
     async def retire_conversation(self, conversation: str) -> int:
         """Remove every record and the history of a conversation; returns records removed."""
+
+    async def abandon(self, conversation: str) -> int:
+        """Retire a conversation whose opening ``extend`` (from the root) may still be on its
+        way: its caller was cancelled or the call failed, so whether it ran is unknown.
+
+        Removes what exists, like `retire_conversation`, and leaves a tombstone so that the
+        opening ``extend`` of that id, should it arrive later, creates nothing (it returns
+        ``None``). Tombstones last `TOMBSTONE_SECONDS`, longer than any call can be delayed.
+
+        Returns:
+            records removed.
+        """
 
     async def count(self) -> int:
         """Number of live thread records, the root included."""

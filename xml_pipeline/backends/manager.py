@@ -45,6 +45,7 @@ _METHODS = frozenset(
         "get",
         "chain",
         "retire_conversation",
+        "abandon",
         "count",
         "history_append",
         "history",
@@ -302,6 +303,15 @@ class ManagerBackend:
             BackendError: the server is unreachable.
         """
         result: int = await self._call("retire_conversation", conversation)
+        return result
+
+    async def abandon(self, conversation: str) -> int:
+        """Retire a conversation whose opening call may still arrive (see `Backend.abandon`).
+
+        Raises:
+            BackendError: the server is unreachable.
+        """
+        result: int = await self._call("abandon", conversation)
         return result
 
     async def count(self) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, deque
 
-from .base import PruneResult, ThreadRecord
+from .base import TOMBSTONE_SECONDS, PruneResult, ThreadRecord
 
 __all__ = ["MemoryBackend"]
 
@@ -58,6 +58,7 @@ class _MemoryState:
         self._roots: dict[str, str] = {}
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._conversations: OrderedDict[str, _Conversation] = OrderedDict()
+        self._tombstones: OrderedDict[str, float] = OrderedDict()  # abandoned id -> until
 
     # -- the protocol -------------------------------------------------------------------------
 
@@ -77,6 +78,10 @@ class _MemoryState:
         self._evict_front(now, _EVICT_PER_EXTEND)
         parent: _Record | None = None
         if parent_id in self._roots:
+            if child_id in self._tombstones:
+                if self._tombstones[child_id] >= now:
+                    return None  # abandoned while this call was on its way: create nothing
+                del self._tombstones[child_id]
             conversation = child_id
         else:
             parent = self._live_record(parent_id, now)
@@ -159,6 +164,11 @@ class _MemoryState:
                 removed += 1
         return removed
 
+    def abandon(self, conversation: str) -> int:
+        self._tombstones[conversation] = time.monotonic() + TOMBSTONE_SECONDS
+        self._tombstones.move_to_end(conversation)
+        return self.retire_conversation(conversation)
+
     def count(self) -> int:
         self.sweep()
         return len(self._roots) + len(self._records)
@@ -220,6 +230,9 @@ class _MemoryState:
                 break
             self._remove_record(thread_id, record)
             evicted += 1
+        tombstones = self._tombstones
+        while tombstones and next(iter(tombstones.values())) < now:
+            tombstones.popitem(last=False)  # one TTL: the expired gather at the front
         conversations = self._conversations
         budget = limit
         while conversations and (budget is None or budget > 0):
@@ -315,6 +328,10 @@ class MemoryBackend:
     async def retire_conversation(self, conversation: str) -> int:
         """Remove every record and the history of a conversation; returns records removed."""
         return self._state.retire_conversation(conversation)
+
+    async def abandon(self, conversation: str) -> int:
+        """Retire a conversation whose opening call may still arrive (see `Backend.abandon`)."""
+        return self._state.abandon(conversation)
 
     async def count(self) -> int:
         """Number of live thread records, the root included."""

@@ -9,6 +9,8 @@ share the data, and each hop is one round trip. Key layout, all under the ``pref
     {prefix}live         zset   live thread id -> expiry in ms (the root: +inf); count() reads it
     {prefix}x:{thread}   string receipt of a prune, kept briefly so a retried prune gets the
                                 answer of the attempt that already ran instead of "unknown"
+    {prefix}a:{conv}     string tombstone of an abandoned conversation: its opening extend, if
+                                it arrives late, creates nothing (see `Backend.abandon`)
 
 TTLs are sliding and set by the scripts (PEXPIRE), from the server's clock: touching a record
 refreshes it and its conversation's set and history. A record whose key expired is unknown;
@@ -37,7 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import BackendError
 from ._redis_batch import ScriptBatcher
-from .base import PruneResult, ThreadRecord
+from .base import TOMBSTONE_SECONDS, PruneResult, ThreadRecord
 from .memory import _check_settings, _in_use
 
 __all__ = ["RedisBackend"]
@@ -58,7 +60,7 @@ _RECEIPT_MS = int(((_SOCKET_TIMEOUT + _BACKOFF_CAP) * (_RETRIES + 1) + 1.0) * 10
 # Every script starts with this prelude. The backend's settings are constants in the source
 # (each backend registers its own copies), so a call carries only thread ids and entries.
 _LUA_COMMON = """
-local P, TTL, MAX, RECEIPT = {prefix}, {ttl_ms}, {max_entries}, {receipt_ms}
+local P, TTL, MAX, RECEIPT, TOMB = {prefix}, {ttl_ms}, {max_entries}, {receipt_ms}, {tomb_ms}
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -105,6 +107,7 @@ if conv then
   redis.call('PEXPIRE', pk, TTL)
   redis.call('ZADD', live, now + TTL, ARGV[1], now + TTL, ARGV[2])
 else
+  if redis.call('EXISTS', P .. 'a:' .. ARGV[2]) == 1 then return false end
   conv = ARGV[2]
   redis.call('ZADD', live, now + TTL, ARGV[2])
 end
@@ -187,6 +190,12 @@ _RETIRE = """
 return retire(ARGV[1])
 """
 
+# ARGV: conversation -> records removed; a late opening extend of it then creates nothing
+_ABANDON = """
+redis.call('SET', P .. 'a:' .. ARGV[1], '1', 'PX', TOMB)
+return retire(ARGV[1])
+"""
+
 # -> live records
 _COUNT = """
 local live = P .. 'live'
@@ -215,6 +224,7 @@ _SCRIPTS = {
     "get": _GET,
     "chain": _CHAIN,
     "retire_conversation": _RETIRE,
+    "abandon": _ABANDON,
     "count": _COUNT,
     "put_root": _PUT_ROOT,
     "history_append": _HISTORY_APPEND,
@@ -298,6 +308,7 @@ class RedisBackend:
             ttl_ms=max(1, round(thread_ttl_seconds * 1000)),
             max_entries=history_max_entries,
             receipt_ms=_RECEIPT_MS,
+            tomb_ms=int(max(TOMBSTONE_SECONDS * 1000, _RECEIPT_MS)),
         )
         self._scripts: dict[str, AsyncScript] = {
             name: self._client.register_script(prelude + body.format())
@@ -418,6 +429,15 @@ class RedisBackend:
             BackendError: Redis is unreachable or failed.
         """
         removed: int = await self._run("retire_conversation", conversation)
+        return removed
+
+    async def abandon(self, conversation: str) -> int:
+        """Retire a conversation whose opening call may still arrive (see `Backend.abandon`).
+
+        Raises:
+            BackendError: Redis is unreachable or failed.
+        """
+        removed: int = await self._run("abandon", conversation)
         return removed
 
     async def count(self) -> int:
