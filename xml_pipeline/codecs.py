@@ -7,6 +7,8 @@ value that passes it always writes text its XSD type accepts, and reads back as 
 of the same type. The other way round, `load` reads every text the XSD type accepts (whitespace
 around it included, where the XSD type collapses whitespace) to a value `accepts` takes, or
 raises ValueError saying why Python cannot hold it (a year 10000, a date with a time zone...).
+
+Names are checked here too: `xml_name_problem` says why a string cannot name a payload element.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ import functools
 import math
 import re
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+
+from lxml import etree
 
 from xml_pipeline.errors import PayloadTypeError, SchemaViolation
 
@@ -33,6 +38,7 @@ __all__ = [
     "escape_markup",
     "escape_text",
     "invalid_xml_char",
+    "xml_name_problem",
     "xml_safe",
 ]
 
@@ -48,6 +54,46 @@ def invalid_xml_char(text: str) -> str | None:
         return None  # the fast path: every printable character is an XML character
     m = _INVALID.search(text)
     return m.group() if m else None
+
+
+_NCNAME_XSD = b"""<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">
+<xs:element name="n" type="xs:NCName"/></xs:schema>"""
+_ncname: list[etree.XMLSchema] = []  # compiled on first use, then reused under the lock
+_ncname_lock = threading.Lock()  # an lxml validator is not for two threads at once
+
+
+@functools.lru_cache(maxsize=4096)
+def xml_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a payload element (its root or a field), or ``None`` if it can.
+
+    A name must be an XML name without a colon (payloads have no namespaces), must not start
+    with ``xml`` in any case (reserved by XML), and must be one libxml2 accepts in an XSD as
+    well as in a document. Its XSD checker still uses the XML 1.0 4th edition tables (letters
+    and digits of Unicode 2.0): ``Café`` or ``prénom`` pass, a Cherokee or an astral letter
+    does not, although Python and the XML parser take them.
+    """
+    if not name:
+        return "an element name cannot be empty"
+    if ":" in name:
+        return "a colon in an element name makes it a namespace prefix; payloads have none"
+    if name[:3].lower() == "xml":
+        return "names starting with 'xml' (in any case) are reserved by XML"
+    bad = invalid_xml_char(name)
+    if bad is not None:
+        return f"U+{ord(bad):04X} is not a character XML can carry"
+    element = etree.Element("n")
+    element.text = name
+    with _ncname_lock:
+        if not _ncname:
+            _ncname.append(etree.XMLSchema(etree.fromstring(_NCNAME_XSD)))
+        valid = _ncname[0].validate(element)
+    if valid:
+        return None
+    return (
+        "not an XML name libxml2's XSD checker accepts: letters, digits, '_', '-' and '.', "
+        "starting with a letter or '_', where letters and digits are those of Unicode 2.0 "
+        "(XML 1.0 4th edition)"
+    )
 
 
 def xml_safe(text: str, limit: int = 2000) -> str:

@@ -67,7 +67,7 @@ def example_xml(spec: PayloadSpec) -> bytes:
     """An example instance document: every field present once, with a typical value."""
     root = etree.Element(spec.tag)
     _example_fields(root, spec)
-    data: bytes = etree.tostring(root, pretty_print=True)
+    data: bytes = etree.tostring(root, encoding="UTF-8", pretty_print=True)
     return data
 
 
