@@ -485,7 +485,7 @@ ADDED_BY = {
 }
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(st.one_of(model_answers(), markup()))
 def test_model_like_text_repairs_to_what_the_guarded_parser_reads_with_every_change_listed(
     text: str,
