@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -473,6 +476,138 @@ def test_tag_that_is_not_an_xml_name_fails_at_decoration(tag: str) -> None:
 def test_field_name_starting_with_xml_fails_at_decoration() -> None:
     with pytest.raises(PayloadTypeError, match=r"T\.xml_id"):
         payload(dataclasses.make_dataclass("T", [("xml_id", int)]))
+
+
+# -- a class that cannot be a payload is reported at the user's line ----------------------
+
+HERE = os.path.relpath(__file__)
+
+
+def line_of(marker: str) -> int:
+    """The line of this file that ends with the comment ``# <marker>``."""
+    lines = Path(__file__).read_text(encoding="utf-8").splitlines()
+    return next(n for n, text in enumerate(lines, 1) if text.endswith(f"# {marker}"))
+
+
+def refusal(build: Callable[[], object]) -> PayloadTypeError:
+    with pytest.raises(PayloadTypeError) as info:
+        build()
+    return info.value
+
+
+def test_unsupported_field_type_is_reported_at_the_line_of_its_annotation() -> None:
+    def build() -> None:
+        @payload
+        @dataclass
+        class Order:
+            id: int
+            when: set[int]  # the when annotation
+
+    error = refusal(build)
+    where = f"{HERE}:{line_of('the when annotation')}"
+    assert str(error).startswith(
+        f"[unsupported_type] {where}: Order.when: type set[int] is not supported (supported: str,"
+    )
+    assert (error.file, error.line) == (HERE, line_of("the when annotation"))
+    assert "change the annotation" in str(error)
+
+
+def test_class_that_is_not_a_dataclass_is_reported_at_its_class_line() -> None:
+    def build() -> None:
+        @payload
+        class Plain:  # the plain class
+            a: int
+
+    error = refusal(build)
+    assert str(error).startswith(f"[unsupported_type] {HERE}:{line_of('the plain class')}: ")
+    assert "Plain must be a dataclass: put @payload above @dataclass" in str(error)
+
+
+def test_decorators_in_the_wrong_order_are_reported_at_the_class_line() -> None:
+    def build() -> None:
+        @dataclass
+        @payload
+        class Swapped:  # the swapped class
+            a: int
+
+    assert f"{HERE}:{line_of('the swapped class')}: Swapped must be a dataclass" in str(
+        refusal(build)
+    )
+
+
+@dataclass
+class _BaseWithSet:
+    tags: set[str]  # the inherited annotation
+
+
+@dataclass
+class _PlainInner:
+    ok: int
+    blob: bytes  # the nested annotation
+
+
+class _Floaty(enum.Enum):
+    A = 1.5
+
+
+def test_a_field_inherited_from_a_base_class_is_reported_in_the_base_class() -> None:
+    def build() -> None:
+        @payload
+        @dataclass
+        class Child(_BaseWithSet):
+            extra: int = 0
+
+    error = refusal(build)
+    assert (error.file, error.line) == (HERE, line_of("the inherited annotation"))
+    assert "Child.tags: type set[str] is not supported" in str(error)
+
+
+def test_a_field_of_a_nested_dataclass_is_reported_in_the_nested_class() -> None:
+    def build() -> None:
+        @payload
+        @dataclass
+        class Outer:
+            inner: _PlainInner
+
+    error = refusal(build)
+    assert (error.file, error.line) == (HERE, line_of("the nested annotation"))
+    assert "_PlainInner.blob: type bytes is not supported" in str(error)
+
+
+def test_other_field_problems_are_reported_at_the_field_line() -> None:
+    def enum_values() -> None:
+        @payload
+        @dataclass
+        class HasFloaty:
+            f: _Floaty  # the floaty annotation
+
+    def unresolved() -> None:
+        @payload
+        @dataclass
+        class Late:
+            other: Later  # type: ignore[name-defined]  # noqa: F821  # the late annotation
+
+    def not_a_name() -> None:
+        @payload
+        @dataclass
+        class Cherokee:
+            Ꭰ: int  # the cherokee annotation
+
+    for build, marker, says in [
+        (enum_values, "the floaty annotation", "HasFloaty.f: enum _Floaty.A has value 1.5"),
+        (unresolved, "the late annotation", "Late.other: cannot resolve type Later"),
+        (not_a_name, "the cherokee annotation", "Cherokee.\u13a0: the field name cannot name"),
+    ]:
+        error = refusal(build)
+        assert (error.file, error.line) == (HERE, line_of(marker)), says
+        assert says in str(error)
+
+
+def test_a_class_without_source_is_reported_where_payload_was_called() -> None:
+    cls = dataclasses.make_dataclass("Built", [("when", set[int])])
+    error = refusal(lambda: payload(cls))  # the payload call
+    assert (error.file, error.line) == (HERE, line_of("the payload call"))
+    assert "Built.when: type set[int] is not supported" in str(error)
 
 
 # -- check_payload and to_xml refuse bad values ---------------------------------------------

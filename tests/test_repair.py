@@ -6,10 +6,12 @@ import dataclasses
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
+from xml_pipeline.errors import XmlInputError
+from xml_pipeline.parsing import ParseLimits, parse_guarded
 from xml_pipeline.repair import Repair, RepairResult, repair
 
 
@@ -19,6 +21,7 @@ def kinds(result: RepairResult) -> list[str]:
 
 def assert_well_formed(text: str) -> None:
     etree.fromstring(text)  # raises XMLSyntaxError when not well-formed
+    parse_guarded(text)  # and what the pipeline reads: no DOCTYPE, namespaces well-formed
 
 
 # -- unchanged input -------------------------------------------------------------------------
@@ -33,7 +36,9 @@ WELL_FORMED = [
     '<p:a xmlns:p="urn:x"><p:b p:c="d"/></p:a>',
     "<a>\n  <b>one</b>\n  <b>two</b>\n</a>",
     "<a>see\n```xml\n<b/>\n```\nabove</a>",
-    "<!DOCTYPE a [<!ELEMENT a (#PCDATA)>]><a>x</a>",
+    "<?xml version='1.1' encoding='utf-8' standalone='no'?><a xml:lang='fr'>&#x10FFFF;</a>",
+    '<a xmlns="urn:d" xmlns:p="urn:p"><p:b p:x="1" x="2"/><!-- - --><?t -?></a>',
+    "<Café prénom='é'><ẞ/>]]</Café>",
 ]
 
 
@@ -144,14 +149,12 @@ def test_expected_root_absent_from_the_text_is_ignored() -> None:
     assert repair("<a>x</a>", root="Calculate") == RepairResult("<a>x</a>", ())
 
 
-def test_text_holding_no_element_repairs_to_empty_text() -> None:
-    result = repair("I cannot answer that & I won't <3")
-    assert result.text == ""
-    assert kinds(result) == ["leading_text"]
-
-
-def test_empty_text_is_unchanged() -> None:
-    assert repair("") == RepairResult("", ())
+@pytest.mark.parametrize("text", ["I cannot answer that & I won't <3", "", " \n", "```xml\n```"])
+def test_text_holding_no_element_raises_saying_there_is_nothing_to_repair(text: str) -> None:
+    with pytest.raises(XmlInputError) as info:
+        repair(text)
+    assert info.value.reason == "malformed"
+    assert "no XML element" in str(info.value) and "ask the model again" in str(info.value)
 
 
 # -- escaping --------------------------------------------------------------------------------
@@ -292,7 +295,7 @@ def test_repaired_text_parses_and_repairing_it_again_changes_nothing(text: str) 
 
 # -- properties ------------------------------------------------------------------------------
 
-NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_.-]{0,6}", fullmatch=True)
+NAMES = st.from_regex(r"[A-Za-z_éΩ日ẞ][A-Za-z0-9_.\-éΩ日ẞ·\u0300]{0,6}", fullmatch=True)
 CHARS = st.characters(exclude_categories=("Cs", "Cc"), exclude_characters="\ufffe\uffff")
 TEXTS = st.text(CHARS | st.sampled_from("\t\n\r<>&;#'\"`"), max_size=12)
 # After prose, a line starting with ``` opens a fence even inside the XML: no backticks there.
@@ -350,17 +353,189 @@ JUNK = st.from_regex(
 
 
 @given(JUNK, st.sampled_from([None, "a", "b"]))
-def test_junk_never_raises_and_a_second_repair_changes_nothing(text: str, root: str | None) -> None:
-    result = repair(text, root=root)
+def test_junk_parses_once_repaired_or_is_refused_and_a_second_repair_changes_nothing(
+    text: str, root: str | None
+) -> None:
+    try:
+        result = repair(text, root=root)
+    except XmlInputError as exc:  # no element to keep (prose, a cut-off tag, a comment)
+        assert exc.reason == "malformed"
+        return
     assert result.changed or result.text == text
+    parse_guarded(result.text)
     assert repair(result.text, root=root) == RepairResult(result.text, ())
 
 
 def test_many_unterminated_processing_instructions_are_escaped_as_text() -> None:
-    # each "<?x" looks for its "?>"; the search is reused, so this takes one scan, not 40,000
+    # each "<?x " looks for its "?>"; the search is reused, so this takes one scan, not 40,000
     # (it used to take seconds: see the changelog)
-    result = repair("<r>" + "<?x" * 40_000 + "</r>")
-    assert result.text == "<r>" + "&lt;?x" * 40_000 + "</r>"
+    result = repair("<r>" + "<?x " * 40_000 + "</r>")
+    assert result.text == "<r>" + "&lt;?x " * 40_000 + "</r>"
     assert [c.kind for c in result.changes] == ["escaped_lt"] * 40_000
     # a terminator further on is still found by the later instructions
-    assert repair("<r><?x<?x<?x<?y?>c</r>").text == "<r><?x<?x<?x<?y?>c</r>"
+    assert repair("<r><?x <?x <?x <?y?>c</r>").text == "<r><?x <?x <?x <?y?>c</r>"
+    # a target must be followed by a space: "<?x<" starts no instruction
+    assert repair("<r><?x<?y?>c</r>").text == "<r>&lt;?x<?y?>c</r>"
+
+
+# -- model-like text: whatever repair returns parses, and every change is listed -------------
+
+# what models write between and inside tags, XML's forbidden characters and references included
+NASTY = st.sampled_from(
+    [
+        *("&", "<", ">", "]]>", "&amp;", "&nbsp;", "&foo;", "&#0;", "&#x1;", "&#xD800;"),
+        *("&#xFFFE;", "&#x110000;", "&#99999999999;", "&#65;", "&#x1F600;", "&#;", "&#00000065;"),
+        *("\x00", "\x0b", "\x1f", "\ufffe", "\uffff", "\ud800", "\xa0", "\u2003", "\x85"),
+        *("\u3000", "--", "?>", "-->", "<!", "<?", "</", "/>", "'", '"', "=", "\r\n", "\t"),
+        *("```", "\ufeff", "é"),
+    ]
+)
+TEXTY = st.lists(st.one_of(NASTY, st.text(max_size=4)), max_size=4).map("".join)
+TAG_NAMES = st.sampled_from(
+    ["a", "item", "Café", "日本", "_x", "a.b-c", "p:a", "q:b", "xmlns:c", "ẞig", "ªb", "a²", "xml"]
+)
+ATTRIBUTE_NAMES = st.sampled_from(
+    [
+        *("x", "id", "ä", "p:x", "q:x", "xml:lang"),
+        *("xmlns", "xmlns:p", "xmlns:q", "xmlns:xml", "xmlns:xmlns"),
+    ]
+)
+ATTRIBUTE_VALUES = st.one_of(
+    TEXTY,
+    st.sampled_from(
+        [
+            *("urn:p", "urn:q", "", "a b", "é", "1", "urn:p&amp;q", "&#x1;"),
+            *("http://www.w3.org/XML/1998/namespace", "http://www.w3.org/2000/xmlns/"),
+        ]
+    ),
+)
+
+
+@st.composite
+def attributes(draw: st.DrawFn) -> str:
+    parts = []
+    for _ in range(draw(st.integers(0, 3))):
+        name, value = draw(ATTRIBUTE_NAMES), draw(ATTRIBUTE_VALUES)
+        space = draw(st.sampled_from([" ", "\n  ", "\t", "\xa0", ""]))
+        form = draw(st.sampled_from(['"', "'", "", "bare"]))
+        if form == "bare":
+            parts.append(f"{space}{name}")
+        elif form == "":
+            parts.append(f"{space}{name}={value.replace(' ', '')}")
+        else:
+            parts.append(f"{space}{name}={form}{value.replace(form, '')}{form}")
+    return "".join(parts)
+
+
+@st.composite
+def markup(draw: st.DrawFn, depth: int = 0) -> str:
+    """One piece of model-like content: an element (maybe unclosed or closed wrongly), text,
+    a comment, CDATA, a processing instruction, a DOCTYPE, a declaration, a stray end tag."""
+    kinds = ["text", "comment", "cdata", "pi", "doctype", "declaration", "stray_end", "empty"]
+    kind = draw(st.sampled_from(["element", "element", *kinds] if depth < 4 else kinds))
+    if kind == "text":
+        return draw(TEXTY)
+    if kind == "comment":
+        return f"<!--{draw(TEXTY)}{draw(st.sampled_from(['-->', '--->', '']))}"
+    if kind == "cdata":
+        return f"<![CDATA[{draw(TEXTY)}{draw(st.sampled_from([']]>', '']))}"
+    if kind == "pi":
+        target = draw(st.sampled_from(["php", "x", "xml-stylesheet", "XML", "Xml", "a:b"]))
+        return f"<?{target}{draw(st.sampled_from([' ', '', chr(0xA0)]))}{draw(TEXTY)}?>"
+    if kind == "doctype":
+        return draw(st.sampled_from(["<!DOCTYPE a>", "<!DOCTYPE a [<!ENTITY e 'x'>]>"]))
+    if kind == "declaration":
+        return draw(st.sampled_from(['<?xml version="1.0"?>', "<?xml version='2.0'?>", "<?xml?>"]))
+    if kind == "stray_end":
+        return f"</{draw(TAG_NAMES)}>"
+    name = draw(TAG_NAMES)
+    if kind == "empty":
+        return f"<{name}{draw(attributes())}{draw(st.sampled_from(['/>', ' />']))}"
+    children = "".join(draw(st.lists(markup(depth + 1), max_size=3)))
+    end = draw(st.sampled_from([f"</{name}>", f"</{name}>", "", f"</{draw(TAG_NAMES)}>"]))
+    return f"<{name}{draw(attributes())}>{children}{end}"
+
+
+@st.composite
+def model_answers(draw: st.DrawFn) -> str:
+    """One root element, with whatever a model writes around it."""
+    root = draw(st.sampled_from(["Answer", "Café", "p:Root", "r"]))
+    body = "".join(draw(st.lists(markup(), max_size=4)))
+    end = draw(st.sampled_from([f"</{root}>", f"</{root}>", ""]))
+    declaration = draw(st.sampled_from(["", '<?xml version="1.0"?>', "  "]))
+    document = f"{declaration}<{root}{draw(attributes())}>{body}{end}"
+    before = draw(st.sampled_from(["", "Sure! Here is the XML:\n", "Note: a < b & c\n", "\xa0"]))
+    after = draw(st.sampled_from(["", "\nHope this helps!", "\n<!-- done -->", "\n\u3000"]))
+    if draw(st.booleans()):
+        return f"{before}```xml\n{document}\n```{after}"
+    return f"{before}{document}{after}"
+
+
+GENEROUS = ParseLimits(max_bytes=1 << 24, max_depth=255, max_elements=1 << 20)
+# text that repair adds only when it makes a change of one of these kinds
+ADDED_BY = {
+    "&amp;": {"escaped_ampersand"},
+    "&lt;": {"escaped_lt"},
+    "]]&gt;": {"escaped_gt"},
+    "\ufffd": {"replaced_char"},
+    '"': {"quoted_attribute"},
+    "-->": {"closed_comment"},
+    "]]>": {"closed_cdata"},
+    "</": {"closed_tag"},
+}
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(model_answers(), markup()))
+def test_model_like_text_repairs_to_what_the_guarded_parser_reads_with_every_change_listed(
+    text: str,
+) -> None:
+    try:
+        result = repair(text)
+    except XmlInputError as exc:  # documented: no element to make a document of
+        assert exc.reason == "malformed" and "no XML element" in exc.message
+        return
+    parse_guarded(result.text, GENEROUS)
+    if not result.changes:
+        assert result.text == text, "a change that is not listed"
+    found = set(kinds(result))
+    for added, by in ADDED_BY.items():
+        if result.text.count(added) > text.count(added):
+            assert found & by, f"{added!r} added without a change of kind {by}"
+    assert repair(result.text) == RepairResult(result.text, ()), "the repaired text is final"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "change"),
+    [
+        ("<a>&#0;</a>", "<a>&amp;#0;</a>", "escaped_ampersand"),
+        ("<a>&#x1;&#xD800;</a>", "<a>&amp;#x1;&amp;#xD800;</a>", "escaped_ampersand"),
+        ("<a>&#xFFFE;&#x110000;</a>", "<a>&amp;#xFFFE;&amp;#x110000;</a>", "escaped_ampersand"),
+        ("<a x='&#0;'/>", "<a x='&amp;#0;'/>", "escaped_ampersand"),
+        ("<a>\x00b\ud800</a>", "<a>\ufffdb\ufffd</a>", "replaced_char"),
+        ("<a><!-- \x0b --></a>", "<a><!-- \ufffd --></a>", "replaced_char"),
+        ("<a>x]]>y</a>", "<a>x]]&gt;y</a>", "escaped_gt"),
+        ("<a><!-- x -- y --></a>", "<a></a>", "dropped_comment"),
+        ("<a>x<!-- y-", "<a>x</a>", "dropped_comment"),
+        ("<!DOCTYPE a [<!ENTITY e 'x'>]><a>x</a>", "<a>x</a>", "dropped_doctype"),
+        ("\n<?xml version='1.0'?><a/>", "\n<a/>", "dropped_declaration"),
+        ("<a><?xml version='1.0'?></a>", "<a></a>", "dropped_declaration"),
+        ("<?xml version='2.0'?><a/>", "<a/>", "dropped_declaration"),
+        ("<a><?XML x?></a>", "<a></a>", "dropped_pi"),
+        ("<p:a><p:b p:x='1'/></p:a>", "<a><b x='1'/></a>", "dropped_prefix"),
+        ("<a x='1' x='2'/>", "<a x='1'/>", "dropped_attribute"),
+        ("<a xmlns:p='' xmlns:q='a b' xmlns:xml='u'/>", "<a/>", "dropped_attribute"),
+        ("<a xmlns:p='u' xmlns:q='u' p:x='1' q:x='2'/>", "<a xmlns:p='u' xmlns:q='u' p:x='1'/>",
+         "dropped_attribute"),
+        ("<r><a\xa0x='1'>t</a></r>", "<r>&lt;a\xa0x='1'>t</r>", "escaped_lt"),
+        ("<r><![CDATA[<!DOCTYPE a>]]></r>", "<r>&lt;!DOCTYPE a></r>", "unwrapped_cdata"),
+        ("<r><!--<!DOCTYPE a>--></r>", "<r></r>", "dropped_comment"),
+    ],
+)  # fmt: skip
+def test_what_the_guarded_parser_refuses_is_changed_and_listed(
+    text: str, expected: str, change: str
+) -> None:
+    result = repair(text)
+    assert result.text == expected
+    assert change in kinds(result)
+    parse_guarded(result.text)

@@ -1,33 +1,48 @@
 """Scalar codecs: how one Python value type is written as element text, read back and checked.
 
 Each codec names the XSD type that accepts exactly the text it writes; `accepts` is the
-in-process check (strict types: ``True`` is not an ``int``, ``1`` is not a ``float``) so that a
-value that passes it always writes text its XSD type accepts.
+in-process check (strict types: ``True`` is not an ``int``, ``1`` is not a ``float``, an
+``IntEnum`` member is not an ``int``, a ``Decimal`` subclass is not a ``Decimal``) so that a
+value that passes it always writes text its XSD type accepts, and reads back as an equal value
+of the same type. The other way round, `load` reads every text the XSD type accepts (whitespace
+around it included, where the XSD type collapses whitespace) to a value `accepts` takes, or
+raises ValueError saying why Python cannot hold it (a year 10000, a date with a time zone...).
+
+Names are checked here too: `xml_name_problem` says why a string cannot name a payload element.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import functools
 import math
 import re
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from lxml import etree
+
 from xml_pipeline.errors import PayloadTypeError, SchemaViolation
 
 __all__ = [
     "CODECS",
+    "XML_WHITESPACE",
     "Codec",
     "enum_codec",
     "escape_markup",
     "escape_text",
     "invalid_xml_char",
+    "xml_name_problem",
     "xml_safe",
 ]
+
+XML_WHITESPACE = " \t\n\r"  # what XML calls whitespace; str.strip() strips far more
 
 # Characters XML 1.0 cannot carry, even escaped.
 _INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -39,6 +54,46 @@ def invalid_xml_char(text: str) -> str | None:
         return None  # the fast path: every printable character is an XML character
     m = _INVALID.search(text)
     return m.group() if m else None
+
+
+_NCNAME_XSD = b"""<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">
+<xs:element name="n" type="xs:NCName"/></xs:schema>"""
+_ncname: list[etree.XMLSchema] = []  # compiled on first use, then reused under the lock
+_ncname_lock = threading.Lock()  # an lxml validator is not for two threads at once
+
+
+@functools.lru_cache(maxsize=4096)
+def xml_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a payload element (its root or a field), or ``None`` if it can.
+
+    A name must be an XML name without a colon (payloads have no namespaces), must not start
+    with ``xml`` in any case (reserved by XML), and must be one libxml2 accepts in an XSD as
+    well as in a document. Its XSD checker still uses the XML 1.0 4th edition tables (letters
+    and digits of Unicode 2.0): ``Café`` or ``prénom`` pass, a Cherokee or an astral letter
+    does not, although Python and the XML parser take them.
+    """
+    if not name:
+        return "an element name cannot be empty"
+    if ":" in name:
+        return "a colon in an element name makes it a namespace prefix; payloads have none"
+    if name[:3].lower() == "xml":
+        return "names starting with 'xml' (in any case) are reserved by XML"
+    bad = invalid_xml_char(name)
+    if bad is not None:
+        return f"U+{ord(bad):04X} is not a character XML can carry"
+    element = etree.Element("n")
+    element.text = name
+    with _ncname_lock:
+        if not _ncname:
+            _ncname.append(etree.XMLSchema(etree.fromstring(_NCNAME_XSD)))
+        valid = _ncname[0].validate(element)
+    if valid:
+        return None
+    return (
+        "not an XML name libxml2's XSD checker accepts: letters, digits, '_', '-' and '.', "
+        "starting with a letter or '_', where letters and digits are those of Unicode 2.0 "
+        "(XML 1.0 4th edition)"
+    )
 
 
 def xml_safe(text: str, limit: int = 2000) -> str:
@@ -89,7 +144,8 @@ class Codec:
     example: str
     enumeration: tuple[str, ...] = ()
     # `load` for text exactly as `dump` writes it, where that can be faster; on other text it
-    # may raise ValueError or LookupError, and the caller then uses `load`
+    # may raise ValueError or LookupError, and the caller then uses `load`; where it returns a
+    # value, `load` would return the same one (so both binders agree)
     load_exact: Callable[[str], Any] | None = None
     # `dump` never writes a character `escape_markup` would change (digits, signs, dates...)
     markup_free: bool = False
@@ -106,7 +162,7 @@ _BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False}  # xs:boolean
 
 def _load_bool(text: str) -> bool:
     try:
-        return _BOOL_TEXT[text.strip()]
+        return _BOOL_TEXT[text.strip(XML_WHITESPACE)]
     except KeyError:
         raise ValueError("expected true, false, 1 or 0") from None
 
@@ -120,10 +176,32 @@ def _accepts_int(v: Any) -> bool:
     if bits < 2_000:
         return True
     limit = sys.get_int_max_str_digits()
-    return limit == 0 or bits * _LOG10_2 + 1 <= limit
+    if limit == 0 or bits * _LOG10_2 < limit - 1:
+        return True
+    if (bits - 1) * _LOG10_2 > limit + 1:
+        return False
+    return abs(v) < _power_of_ten(limit)  # near the limit the bounds cannot tell: count
 
 
 _LOG10_2 = math.log10(2)
+
+
+@functools.lru_cache(maxsize=4)
+def _power_of_ten(exponent: int) -> int:
+    return int(10**exponent)
+
+
+def _load_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        # int() counts leading zeros against its digit limit; xs:integer allows any number
+        stripped = text.strip(XML_WHITESPACE)
+        sign = stripped[:1] if stripped[:1] in ("+", "-") else ""
+        digits = stripped[len(sign) :].lstrip("0")
+        if digits == stripped[len(sign) :]:
+            raise
+        return int(sign + (digits or "0"))
 
 
 def _accepts_str(v: Any) -> bool:
@@ -138,11 +216,36 @@ _MAX_DECIMAL_DIGITS = 4300
 
 
 def _accepts_decimal(v: Any) -> bool:
-    if not isinstance(v, Decimal) or not v.is_finite():
+    if type(v) is not Decimal or not v.is_finite():
         return False
-    exponent = v.as_tuple().exponent
+    _, digits, exponent = v.as_tuple()
     assert isinstance(exponent, int)
-    return max(abs(exponent), len(v.as_tuple().digits)) <= _MAX_DECIMAL_DIGITS
+    # the digits of the text `format(v, "f")` writes (but a leading "0."), which is also what
+    # the Decimal read back from that text counts: the same value passes either way
+    written = len(digits) + exponent if exponent > 0 else max(len(digits), -exponent)
+    return written <= _MAX_DECIMAL_DIGITS
+
+
+def _dump_decimal(v: Decimal) -> str:
+    return format(v, "f")
+
+
+def _load_decimal(text: str) -> Decimal:
+    value = Decimal(text)
+    # plain notation no longer than the cap holds no more digits than the cap: only other
+    # text needs the full check (the same as check_payload's, so what is read can be written)
+    if (
+        value.is_finite()
+        and len(text) <= _MAX_DECIMAL_DIGITS
+        and "e" not in text
+        and "E" not in text
+    ) or _accepts_decimal(value):
+        return value
+    if not value.is_finite():
+        raise ValueError(f"{value} is not a decimal number")
+    raise ValueError(
+        f"more than {_MAX_DECIMAL_DIGITS:,} digits before or after the point; send a shorter number"
+    )
 
 
 _MAX_OFFSET = timedelta(hours=14)
@@ -154,17 +257,54 @@ def _offset_ok(v: datetime) -> bool:
     return off is None or (abs(off) <= _MAX_OFFSET and off % timedelta(minutes=1) == timedelta(0))
 
 
+_END_OF_DAY = re.compile(r"(-?\d{4,}-\d\d-\d\d)T24:00:00(?:\.0+)?(Z|[+-]\d\d:\d\d)?")
+_ZONE = re.compile(r"(?:Z|[+-]\d\d:\d\d)$")
+
+
 def _load_datetime(text: str) -> datetime:
-    return datetime.fromisoformat(text.strip())
+    text = text.strip(XML_WHITESPACE)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        # xs:dateTime writes the first instant of a day also as 24:00:00 of the day before
+        end = _END_OF_DAY.fullmatch(text)
+        if end is None:
+            raise ValueError(_beyond_python(text, "datetime")) from None
+    day = datetime.fromisoformat(f"{end[1]}T00:00:00{end[2] or ''}")
+    return day + timedelta(days=1)
 
 
 def _load_date(text: str) -> date:
-    return date.fromisoformat(text.strip())
+    text = text.strip(XML_WHITESPACE)
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        if _ZONE.search(text) and len(text) > 10:
+            raise ValueError(
+                "a date with a time zone cannot be held by datetime.date; send the date alone, "
+                "or declare the field as datetime"
+            ) from None
+        raise ValueError(_beyond_python(text, "date")) from None
+
+
+def _beyond_python(text: str, kind: str) -> str:
+    if text.startswith("-") or re.match(r"\d{5}", text):
+        return f"Python's {kind} holds the years 0001 to 9999 only"
+    return f"not a valid xs:{'dateTime' if kind == 'datetime' else kind}"
 
 
 CODECS: dict[Any, Codec] = {
     str: Codec("string", "xs:string", str, str, _accepts_str, "text"),
-    int: Codec("integer", "xs:integer", str, int, _accepts_int, "42", markup_free=True),
+    int: Codec(
+        "integer",
+        "xs:integer",
+        str,
+        _load_int,
+        _accepts_int,
+        "42",
+        load_exact=int,
+        markup_free=True,
+    ),
     float: Codec(
         "double",
         "xs:double",
@@ -187,8 +327,8 @@ CODECS: dict[Any, Codec] = {
     Decimal: Codec(
         "decimal",
         "xs:decimal",
-        lambda v: format(v, "f"),
-        Decimal,
+        _dump_decimal,
+        _load_decimal,
         _accepts_decimal,
         "9.99",
         markup_free=True,
@@ -219,39 +359,69 @@ CODECS: dict[Any, Codec] = {
 def enum_codec(cls: type[enum.Enum]) -> Codec:
     """A codec writing an Enum member as its value's text.
 
+    Every named member travels, aliases included (for a ``Flag``, its named combinations;
+    an unnamed combination is refused like a value of another type). An enum whose values are
+    all ints is an ``xs:integer`` restricted to them, so ``" 1 "`` or ``+1`` read as 1 as in an
+    ``int`` field; any other enum is an ``xs:string`` restricted to its values' exact text.
+
     Raises:
-        PayloadTypeError: the Enum's values are not str/int, are not distinct as text, or hold
-            characters XML cannot carry.
+        PayloadTypeError: the Enum has no members, its values are not str/int, are not
+            distinct as text, or hold characters XML cannot carry.
     """
+    members = list(dict.fromkeys(cls.__members__.values()))  # an alias names a member again
+    if not members:
+        raise PayloadTypeError(
+            f"enum {cls.__qualname__} has no members: no value of it could travel; use an enum "
+            "with members"
+        )
     by_text: dict[str, enum.Enum] = {}
-    for member in cls:
+    for member in members:
         value = member.value
-        if type(value) not in (str, int):
+        if type(value) not in (str, int) or (type(value) is int and not _accepts_int(value)):
             raise PayloadTypeError(
-                f"enum {cls.__qualname__}.{member.name} has value {value!r}: only str and int "
-                "enum values can travel as XML"
+                f"enum {cls.__qualname__}.{member.name} has value {_short(value)}: only str and "
+                "int enum values (of at most 4,300 digits) can travel as XML"
             )
         text = str(value)
         if text in by_text or invalid_xml_char(text) is not None:
             raise PayloadTypeError(
                 f"enum {cls.__qualname__}.{member.name}: value text {text!r} is duplicated or "
-                "not XML text"
+                "not XML text; give each member a distinct value XML can carry"
             )
         by_text[text] = member
+    expected = f"expected one of {sorted(by_text)}"
+    integral = all(type(m.value) is int for m in members)
 
     def load(text: str) -> enum.Enum:
-        try:
-            return by_text[text]
-        except KeyError:
-            raise ValueError(f"expected one of {sorted(by_text)}") from None
+        member = by_text.get(text)
+        if member is None and integral:
+            with contextlib.suppress(ValueError):  # not an integer: not a member either
+                member = by_value.get(_load_int(text))
+        if member is None:
+            raise ValueError(expected)
+        return member
 
+    by_value = {m.value: m for m in members}
+    accepts: Callable[[Any], bool]
+    if issubclass(cls, enum.Flag):
+        # any combination of flags is a member too, but only the named ones are in the XSD
+        accepts = lambda v: type(v) is cls and v._value_ in by_value  # noqa: E731
+    else:
+        accepts = lambda v: type(v) is cls  # noqa: E731
     return Codec(
         cls.__qualname__,
-        "xs:string",
-        lambda v: str(v.value),
+        "xs:integer" if integral else "xs:string",
+        lambda v: str(v._value_),
         load,
-        lambda v: type(v) is cls,
-        next(iter(by_text), ""),
+        accepts,
+        next(iter(by_text)),
         enumeration=tuple(by_text),
         load_exact=by_text.__getitem__,
+        markup_free=integral,
     )
+
+
+def _short(value: object) -> str:
+    if isinstance(value, int) and value.bit_length() >= 2_000:
+        return f"an int of {value.bit_length():,} bits"
+    return repr(value)

@@ -158,10 +158,22 @@ class ConfigError(XmlPipelineError, ValueError):
 
 class PayloadTypeError(XmlPipelineError, TypeError):
     """A ``@payload`` class declares a field whose type cannot travel as XML, or an object
-    that is not a payload was given where one is needed."""
+    that is not a payload was given where one is needed.
+
+    Attributes:
+        file: the source file of the class (or field) at fault, when known; the message then
+            starts with ``file:line:``.
+        line: the line in ``file``, when known.
+    """
 
     reason = Reason.UNSUPPORTED_TYPE
     reasons = frozenset({Reason.UNSUPPORTED_TYPE})
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
+        where = f"{file}:{line}: " if file and line else f"{file}: " if file else ""
+        super().__init__(where + message)
+        self.file = file
+        self.line = line
 
 
 class XmlInputError(XmlPipelineError, ValueError):

@@ -35,5 +35,7 @@ def decode_entry(data: bytes) -> HistoryEntry:
     """
     env = Envelope.from_bytes(data, _STORED)
     element: Any = env.payload
-    body: bytes = etree.tostring(element)
+    # UTF-8 like to_xml: lxml's default, ASCII, writes a name such as Café as "Caf&#233;",
+    # which no parser reads back
+    body: bytes = etree.tostring(element, encoding="UTF-8", with_tail=False)
     return HistoryEntry(env.sender, env.to, str(element.tag), body.replace(b' xmlns=""', b"", 1))

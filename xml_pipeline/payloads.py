@@ -12,10 +12,14 @@ checks objects handed between handlers inside one process without building a tre
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import enum
 import inspect
+import os
 import re
+import sys
+import textwrap
 import types
 import typing
 from collections.abc import Callable
@@ -25,7 +29,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from lxml import etree
 
-from xml_pipeline.codecs import CODECS, Codec, enum_codec, escape_markup, invalid_xml_char
+from xml_pipeline.codecs import (
+    CODECS,
+    Codec,
+    enum_codec,
+    escape_markup,
+    invalid_xml_char,
+    xml_name_problem,
+)
 from xml_pipeline.errors import PayloadTypeError, SchemaViolation
 
 if TYPE_CHECKING:
@@ -60,7 +71,7 @@ _Walker = tuple[
 # for nested and str fields), repeated, field)
 _Binder = tuple[str, "PayloadSpec | None", "Callable[[str], Any] | None", bool, "FieldSpec"]
 _SPEC_ATTR = "__xml_payload__"
-_NAME = re.compile(r"^[A-Za-z_][\w.\-]*$")
+_SUPPORTED = "str, int, float, bool, Decimal, datetime, date, Enum, Optional, list, dataclass"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -164,12 +175,17 @@ def payload(cls: type[T] | None = None, /, *, tag: str | None = None) -> Any:
     are checked at once.
 
     Raises:
-        PayloadTypeError: the class is not a dataclass, the tag is not an XML name, or a field
-            has a type that cannot travel as XML (the message names class, field and type).
+        PayloadTypeError: the class is not a dataclass, the tag or a field name is not an XML
+            name, or a field has a type that cannot travel as XML. The message starts with
+            ``file:line:`` of the class (of the field's annotation, for a field) and names the
+            class, field and type; ``.file`` and ``.line`` hold the same place.
     """
 
     def decorate(c: type[T]) -> type[T]:
-        spec = _compile(c, tag or c.__name__, stack=())
+        try:
+            spec = _compile(c, tag or c.__name__, stack=())
+        except _Refused as refused:
+            raise refused.error() from None
         setattr(c, _SPEC_ATTR, spec)
         return c
 
@@ -197,18 +213,40 @@ def payload_spec(obj: object) -> PayloadSpec:
     return spec
 
 
+class _Refused(Exception):
+    """A class cannot be a payload: the message, and the class and field it is about."""
+
+    def __init__(self, message: str, cls: type, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.cls, self.field = message, cls, field
+
+    def error(self) -> PayloadTypeError:
+        """The user's error, at the class's (or field's) line, else at the decorator's call."""
+        file, line = _source_line(self.cls, self.field) or _caller_line()
+        return PayloadTypeError(self.message, file=file, line=line)
+
+
 def _compile(cls: type, tag: str, *, stack: tuple[type, ...]) -> PayloadSpec:
-    where = cls.__qualname__
+    where = _name(cls)
     if not dataclasses.is_dataclass(cls):
-        raise PayloadTypeError(f"{where} must be a dataclass: put @payload above @dataclass")
-    if not _NAME.match(tag) or tag.lower().startswith("xml"):
-        raise PayloadTypeError(f"{where}: {tag!r} is not usable as an XML element name")
+        raise _Refused(f"{where} must be a dataclass: put @payload above @dataclass", cls)
+    if not stack and (problem := xml_name_problem(tag)) is not None:
+        # a nested class's tag is its field's name, checked with the field
+        raise _Refused(
+            f"{where}: {tag!r} is not usable as an XML element name ({problem}); rename the "
+            "class or give @payload(tag=...)",
+            cls,
+        )
     if cls in stack:
-        raise PayloadTypeError(f"{where} contains itself; recursive payloads are not supported")
+        raise _Refused(f"{where} contains itself; recursive payloads are not supported", cls)
     try:
         hints = typing.get_type_hints(cls)
     except NameError as exc:
         raise _unresolved(cls, exc) from None
+    except (TypeError, SyntaxError) as exc:
+        raise _Refused(
+            f"{where}: cannot read the field annotations ({exc}); write each as a type", cls
+        ) from None
     specs = []
     for f in dataclasses.fields(cls):
         if not f.init:
@@ -223,71 +261,141 @@ def _compile(cls: type, tag: str, *, stack: tuple[type, ...]) -> PayloadSpec:
     return PayloadSpec(cls=cls, tag=tag, fields=tuple(specs), doc=doc)
 
 
-def _unresolved(cls: type, exc: NameError) -> PayloadTypeError:
+def _unresolved(cls: type, exc: NameError) -> _Refused:
     """The error for an annotation that names something not defined (yet), naming the field."""
     missing = exc.name
     for f in dataclasses.fields(cls):
         text = f.type if isinstance(f.type, str) else _type_text(f.type)
         if missing and re.search(rf"\b{re.escape(missing)}\b", text):
-            where = f"{cls.__qualname__}.{f.name}"
+            where = f"{_name(cls)}.{f.name}"
             if missing == cls.__name__:
-                return PayloadTypeError(
-                    f"{where}: type {text} refers back to {cls.__qualname__}; recursive "
-                    "payloads are not supported"
+                return _Refused(
+                    f"{where}: type {text} refers back to {_name(cls)}; recursive "
+                    "payloads are not supported",
+                    cls,
+                    f.name,
                 )
-            return PayloadTypeError(
+            return _Refused(
                 f"{where}: cannot resolve type {text} ({missing!r} is not defined); define "
-                "nested classes before the classes that use them"
+                "nested classes before the classes that use them",
+                cls,
+                f.name,
             )
-    return PayloadTypeError(
-        f"{cls.__qualname__}: cannot resolve a field annotation ({exc}); define nested classes "
-        "before the classes that use them"
+    return _Refused(
+        f"{_name(cls)}: cannot resolve a field annotation ({exc}); define nested classes "
+        "before the classes that use them",
+        cls,
     )
 
 
 def _field(
     cls: type, name: str, hint: Any, has_default: bool, stack: tuple[type, ...]
 ) -> FieldSpec:
-    where = f"{cls.__qualname__}.{name}"
+    where = f"{_name(cls)}.{name}"
     text = _type_text(hint)
-    if name.lower().startswith("xml"):
-        raise PayloadTypeError(f"{where}: field names starting with 'xml' are reserved in XML")
+    problem = xml_name_problem(name)
+    if problem is not None:
+        raise _Refused(
+            f"{where}: the field name cannot name an XML element: {problem}; rename the field",
+            cls,
+            name,
+        )
     optional = repeated = False
     inner = hint
     origin = typing.get_origin(inner)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(inner) if a is not type(None)]
         if len(args) != 1 or len(typing.get_args(inner)) != 2:
-            raise PayloadTypeError(f"{where}: union {text} is not supported; use Optional[T]")
+            raise _Refused(f"{where}: union {text} is not supported; use Optional[T]", cls, name)
         optional, inner = True, args[0]
         origin = typing.get_origin(inner)
     if origin is list:
         if optional:
-            raise PayloadTypeError(
+            raise _Refused(
                 f"{where}: type {text} is not supported: Optional[list[...]] is ambiguous in XML; "
-                "use list[...] (empty list = no elements)"
+                "use list[...] (empty list = no elements)",
+                cls,
+                name,
             )
         (inner,) = typing.get_args(inner) or (Any,)
         repeated = True
         if typing.get_origin(inner) is not None:
-            raise PayloadTypeError(
-                f"{where}: {text} is not supported; list items must be scalars or dataclasses"
+            raise _Refused(
+                f"{where}: {text} is not supported; list items must be scalars or dataclasses",
+                cls,
+                name,
             )
     if isinstance(inner, type) and dataclasses.is_dataclass(inner):
         if inner in stack:
-            raise PayloadTypeError(
-                f"{where}: type {text} refers back to {inner.__qualname__}; recursive payloads "
-                "are not supported"
+            raise _Refused(
+                f"{where}: type {text} refers back to {_name(inner)}; recursive payloads "
+                "are not supported",
+                cls,
+                name,
             )
         nested = _compile(inner, name, stack=stack)
         return FieldSpec(name, None, nested, optional, repeated, has_default, text)
-    codec = _codec_for(inner)
+    try:
+        codec = _codec_for(inner)
+    except PayloadTypeError as exc:  # an enum whose values cannot travel
+        raise _Refused(f"{where}: {exc.message}", cls, name) from None
     if codec is None:
-        supported = (
-            "str, int, float, bool, Decimal, datetime, date, Enum, Optional, list, dataclass"
+        raise _Refused(
+            f"{where}: type {text} is not supported (supported: {_SUPPORTED}); change the "
+            "annotation to one of these",
+            cls,
+            name,
         )
-        raise PayloadTypeError(f"{where}: type {text} is not supported (supported: {supported})")
     return FieldSpec(name, codec, None, optional, repeated, has_default, text)
+
+
+def _name(cls: type) -> str:
+    """The class's qualified name as written, without the ``<locals>`` of a function."""
+    return cls.__qualname__.rpartition("<locals>.")[2]
+
+
+def _source_line(cls: type, field: str | None) -> tuple[str, int] | None:
+    """Where the user wrote ``cls`` (its ``class`` line), or the annotation of ``field`` in it
+    or in the base class that declares it; ``None`` when the source cannot be found (a class
+    built by ``make_dataclass``, or in an interactive session)."""
+    owner = cls
+    if field is not None:  # a field may come from a base dataclass
+        owner = next((k for k in cls.__mro__ if field in vars(k).get("__annotations__", {})), cls)
+    try:
+        file = inspect.getsourcefile(owner)
+        lines, start = inspect.getsourcelines(owner)
+    except (OSError, TypeError):
+        return None
+    if file is None:
+        return None
+    try:
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except SyntaxError:
+        return _shown(file), start
+    node = tree.body[0] if tree.body else None
+    if not isinstance(node, ast.ClassDef):
+        return _shown(file), start
+    for stmt in node.body if field is not None else ():
+        if isinstance(stmt, ast.AnnAssign) and getattr(stmt.target, "id", None) == field:
+            return _shown(file), start + stmt.lineno - 1
+    return _shown(file), start + node.lineno - 1  # the class line, after its decorators
+
+
+def _caller_line() -> tuple[str, int]:
+    """The first frame outside this module: where ``payload`` was called."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back
+    return _shown(frame.f_code.co_filename), frame.f_lineno
+
+
+def _shown(file: str) -> str:
+    """``file`` relative to the working directory when it is under it, as tools print it."""
+    try:
+        relative = os.path.relpath(file)
+    except ValueError:  # another drive
+        return file
+    return file if relative.startswith(os.pardir) else relative
 
 
 def _codec_for(tp: Any) -> Codec | None:
