@@ -581,6 +581,7 @@ class StreamPump:
                 )
             except DeliveryError as exc:  # worker_crash, timeout, invalid_response...
                 self.stats.timeouts += exc.reason == "timeout"
+                self.stats.handler_errors += exc.reason == "handler_error"
                 raise _Failure(exc.reason, exc.message) from None
         self._running[hop] = asyncio.get_running_loop().time() + route.timeout
         try:
