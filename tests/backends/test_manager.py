@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import time
 
+import anyio
 import pytest
 
 from tests.redis_server import free_port
@@ -58,9 +62,9 @@ async def test_namespaces_keep_organisms_apart(manager_server: ManagerServer) ->
         await second.aclose()
 
 
-async def test_unreachable_server_names_the_address_cause_and_remedy() -> None:
+async def test_unreachable_server_names_the_address_cause_remedy_and_wait() -> None:
     port = free_port()
-    backend = ManagerBackend(("127.0.0.1", port), b"key")
+    backend = ManagerBackend(("127.0.0.1", port), b"key", reconnect_seconds=0.3)
     with pytest.raises(BackendError) as caught:
         await backend.open()
     await backend.aclose()
@@ -69,6 +73,7 @@ async def test_unreachable_server_names_the_address_cause_and_remedy() -> None:
     assert f"127.0.0.1:{port}" in error.message
     assert "ConnectionRefusedError" in error.message
     assert "start the server" in error.message
+    assert re.search(r"waited 0\.[3-9] s", error.message), error.message
 
 
 async def test_wrong_authkey_is_reported_as_such(manager_server: ManagerServer) -> None:
@@ -84,17 +89,92 @@ async def test_operation_before_open_says_to_open_first(manager_server: ManagerS
         await backend.count()
 
 
-async def test_a_stopped_server_fails_operations_promptly() -> None:
+async def test_a_stopped_server_fails_operations_after_the_reconnect_window_then_at_once() -> None:
+    """A server given by address that goes away: each caller waits out the reconnect window
+    once (a restarted server would be found), says how long, then callers fail at once."""
     with start_manager_server() as server:
-        backend = ManagerBackend(server.address, server.authkey)
+        backend = ManagerBackend(server.address, server.authkey, reconnect_seconds=1.0)
         await backend.open()
         await backend.put_root(ROOT, "organism")
         server.shutdown()
         started = time.monotonic()
         with pytest.raises(BackendError) as caught:
             await backend.extend(ROOT, "a", "alpha")
-        assert time.monotonic() - started < 5
-        assert caught.value.reason == "backend_unreachable"
+        assert 0.9 < time.monotonic() - started < 5
+        error = caught.value
+        assert error.reason == "backend_unreachable"
+        assert "start the server" in error.message
+        assert re.search(r"waited 1\.\d s; away for 1\.\d s", error.message), error.message
+        started = time.monotonic()
+        with pytest.raises(BackendError, match=r"waited 0\.0 s; away for 1\.\d s"):
+            await backend.get(ROOT)
+        assert time.monotonic() - started < 0.5
+        await backend.aclose()
+
+
+async def test_a_killed_server_is_started_again_empty_and_clients_reconnect() -> None:
+    """SIGKILL the server mid-use: its owner starts it again at the same address; the owning
+    client and a client that knows only the address both recover, and the state is empty."""
+    with start_manager_server() as server:
+        owner = ManagerBackend(server.address, server.authkey, namespace="k", server=server)
+        other = ManagerBackend(server.address, server.authkey, namespace="k")
+        await owner.open()
+        await other.open()
+        await owner.put_root(ROOT, "organism")
+        await owner.extend(ROOT, "a", "alpha")
+        assert await other.chain("a") == ["organism", "alpha"]  # both have a pooled connection
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        with anyio.fail_after(20):
+            while server.restarts == 0:
+                await anyio.sleep(0.01)
+        assert server.pid not in (None, pid) and server.address == owner.server.address  # type: ignore[union-attr]
+        assert await owner.get(ROOT) is None, "the restarted server is empty"
+        assert await other.get("a") is None
+        await other.put_root(ROOT, "organism")
+        await owner.extend(ROOT, "b", "beta")
+        assert await other.chain("b") == ["organism", "beta"]
+        assert server.gone is None
+        await owner.aclose()
+        await other.aclose()
+
+
+async def test_a_client_recovers_when_a_new_server_takes_the_same_address() -> None:
+    """Server replaced while the client holds no connection: the new server does not know
+    the client's handle; the client gets a new one and the request is sent again once."""
+    first = start_manager_server(restart=False)
+    address, key = first.address, first.authkey
+    client = ManagerBackend(address, key, namespace="swap")
+    await client.open()  # leaves no pooled connection behind
+    first.shutdown()
+    with start_manager_server(address, key) as second:
+        await client.put_root(ROOT, "organism")
+        assert await client.count() == 1
+        assert second.pid is not None
+    await client.aclose()
+
+
+async def test_a_server_that_dies_for_good_is_reported_with_its_pid_and_signal() -> None:
+    """restart=False: the owner's client says the server it started died (pid, signal),
+    not "start a server there"."""
+    with start_manager_server(restart=False) as server:
+        backend = ManagerBackend(server.address, server.authkey, server=server)
+        await backend.open()
+        await backend.put_root(ROOT, "organism")
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        with anyio.fail_after(10):
+            while server.gone is None:
+                await anyio.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(BackendError) as caught:
+            await backend.get(ROOT)
+        assert time.monotonic() - started < 1, "nothing to wait for"
+        message = caught.value.message
+        assert f"pid {pid} died (killed by SIGKILL)" in message
+        assert "this process started" in message and "start the server" not in message
         await backend.aclose()
 
 
@@ -107,11 +187,6 @@ def test_settings_are_checked() -> None:
 
 async def test_a_hung_server_fails_operations_after_the_reply_timeout_instead_of_hanging() -> None:
     """SIGSTOP the server: before, every caller (and the thread limiter) waited forever."""
-    import os
-    import signal
-
-    import anyio
-
     with start_manager_server() as server:
         backend = ManagerBackend(server.address, server.authkey, reply_timeout_seconds=0.5)
         await backend.open()
