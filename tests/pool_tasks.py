@@ -179,12 +179,21 @@ def raise_kind(kind: str) -> None:
     raise exc
 
 
-def count_and_nap(runs_file: str, seconds: float, value: object) -> object:
-    """Count the run in ``runs_file``, sleep, return ``value`` (an innocent call in flight)."""
+def count_and_wait(runs_file: str, value: object) -> object:
+    """An innocent call in flight: count the run in ``runs_file``, wait until the test creates
+    ``<runs_file>.go`` (30 s at most), return ``value``."""
     with open(runs_file, "a") as f:
         f.write(f"{value}\n")
-    time.sleep(seconds)
+    wait_for_release(runs_file)
     return value
+
+
+def wait_for_release(runs_file: str) -> None:
+    """Block until ``<runs_file>.go`` exists (30 s at most)."""
+    release = Path(runs_file + ".go")
+    deadline = time.monotonic() + 30
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def return_a_lock() -> object:

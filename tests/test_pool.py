@@ -47,6 +47,12 @@ async def _read_pid(pid_file: Path) -> int:
     return int(pid_file.read_text())
 
 
+async def _wait_for_lines(path: Path, count: int) -> None:
+    with anyio.fail_after(20):
+        while not path.exists() or len(path.read_text().split()) < count:
+            await anyio.sleep(0.005)
+
+
 async def test_results_come_back(pool: ProcessPool) -> None:
     """Every call returns its own result; the stats count them."""
     results: dict[int, object] = {}
@@ -101,15 +107,16 @@ async def test_every_exception_from_fn_fails_that_call_alone_and_at_once(
     async with ProcessPool(3) as pool:
 
         async def innocent(i: int) -> None:
-            results[i] = await pool.run(pool_tasks.count_and_nap, str(runs), 0.5, i)
+            results[i] = await pool.run(pool_tasks.count_and_wait, str(runs), i)
 
         async with anyio.create_task_group() as tg:
             for i in range(2):
                 tg.start_soon(innocent, i)
-            await anyio.sleep(0.1)  # both innocents are running now
-            with anyio.fail_after(5), pytest.raises(DeliveryError) as caught:
+            await _wait_for_lines(runs, 2)  # both innocents are running now
+            with anyio.fail_after(10), pytest.raises(DeliveryError) as caught:
                 await pool.run(pool_tasks.raise_kind, kind, label="raiser")
             assert results == {}, "the failure was reported before the innocents finished"
+            (tmp_path / "runs.go").touch()
         stats = pool.stats
     error = caught.value
     assert error.reason == "handler_error"
@@ -148,10 +155,11 @@ async def test_a_result_that_cannot_cross_fails_that_call_alone(
     runs = tmp_path / "runs"
     async with ProcessPool(2) as pool:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(pool.run, pool_tasks.count_and_nap, str(runs), 0.4, "innocent")
-            await anyio.sleep(0.1)
-            with pytest.raises(DeliveryError) as caught:
+            tg.start_soon(pool.run, pool_tasks.count_and_wait, str(runs), "innocent")
+            await _wait_for_lines(runs, 1)
+            with anyio.fail_after(10), pytest.raises(DeliveryError) as caught:
                 await pool.run(task, label="returner")  # type: ignore[arg-type]
+            (tmp_path / "runs.go").touch()
         stats = pool.stats
     assert caught.value.reason == "invalid_response"
     assert caught.value.message.startswith("returner: returned a result")

@@ -22,6 +22,7 @@ from .worker_handlers import (
     Job,
     Result,
     Seen,
+    araise,
     bulk_echo,
     crunch,
     front,
@@ -209,16 +210,17 @@ async def test_a_cpu_bound_handler_that_raises_fails_at_once_and_alone(
     async with crunch_organism(workers=3) as org:
         pool = org.process_pool
         assert pool is not None
-        innocent = Job(mode="count", n=3000, marker=str(runs))
+        innocent = Job(mode="count", marker=str(runs))
         in_flight = [
             asyncio.ensure_future(org.request("crunch", innocent, timeout=60)) for _ in range(2)
         ]
         await _wait_for_runs(runs, 2)
         for kind in pool_tasks.RAISERS:  # one after the other, on the third worker
-            with anyio.fail_after(5), pytest.raises(DeliveryError) as info:
+            with anyio.fail_after(10), pytest.raises(DeliveryError) as info:
                 await org.request("crunch", Job(mode=f"raise:{kind}"), timeout=60)
             errors[kind] = info.value
         assert not any(f.done() for f in in_flight), "reported before the innocents finished"
+        (tmp_path / "runs.go").touch()
         replies = await asyncio.gather(*in_flight)
         assert all(isinstance(r, Result) for r in replies)
         assert (pool.stats.crashes, pool.stats.rebuilds, pool.stats.retried) == (0, 0, 0)
@@ -232,6 +234,22 @@ async def test_a_cpu_bound_handler_that_raises_fails_at_once_and_alone(
     traces = [r.getMessage() for r in caplog.records if r.name == "xml_pipeline.workers"]
     assert len(traces) == len(pool_tasks.RAISERS)
     assert all("handler of 'crunch' raised" in t and "in raise_kind" in t for t in traces)
+
+
+async def test_an_async_cpu_bound_handler_that_raises_leaves_its_worker_serving() -> None:
+    """BaseException out of the worker's shared event loop: the call fails, the loop and the
+    worker stay (same pid answers next)."""
+    listeners = [Listener("araise", Job, araise, cpu_bound=True)]
+    async with Organism(listeners, process_pool=ProcessPoolConfig(workers=1)) as org:
+        pool = org.process_pool
+        assert pool is not None
+        [pid] = pool.worker_pids()
+        for kind in ("system-exit", "keyboard-interrupt", "generator-exit", "abort"):
+            type_name = pool_tasks.RAISERS[kind][1]
+            with pytest.raises(DeliveryError, match=f"'araise' raised {type_name}"):
+                await org.request("araise", Job(mode=f"raise:{kind}"), timeout=30)
+        assert await org.request("araise", Job(n=5), timeout=30) == Result(pid=pid, value=5)
+        assert (pool.stats.crashes, pool.stats.rebuilds) == (0, 0)
 
 
 def limits_organism() -> Organism:

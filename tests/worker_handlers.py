@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from tests.pool_tasks import raise_kind
+from tests.pool_tasks import raise_kind, wait_for_release
 from xml_pipeline import HandlerMetadata, HandlerResponse, payload
 
 
@@ -50,10 +50,10 @@ def crunch(msg: Job | Result, meta: HandlerMetadata) -> object:
         os.kill(os.getpid(), signal.SIGKILL)
     if msg.mode == "hang":
         time.sleep(60)
-    if msg.mode == "count":  # an innocent call: count the run, then take a while
+    if msg.mode == "count":  # an innocent call: count the run, then wait to be released
         with open(msg.marker, "a") as runs:
             runs.write("run\n")
-        time.sleep(msg.n / 1000)
+        wait_for_release(msg.marker)
     if msg.mode.startswith("raise:"):
         raise_kind(msg.mode.removeprefix("raise:"))
     if msg.mode == "sleep":
@@ -152,3 +152,11 @@ async def inline(msg: Any, meta: HandlerMetadata) -> object:
 
 
 HANDLERS = {"bulk": bulk_echo, "nested": nested_echo}
+
+
+async def araise(msg: Job, meta: HandlerMetadata) -> HandlerResponse:
+    """Async handler: raises what ``raise:<kind>`` names, else answers with ``n``."""
+    await asyncio.sleep(0)
+    if msg.mode.startswith("raise:"):
+        raise_kind(msg.mode.removeprefix("raise:"))
+    return HandlerResponse.respond(Result(pid=os.getpid(), value=msg.n))
