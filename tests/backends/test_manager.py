@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -213,3 +216,35 @@ async def test_a_hung_server_fails_operations_after_the_reply_timeout_instead_of
         # the timed-out request may still have run once the server woke: timeouts cannot say
         assert await backend.get(ROOT) is not None, "a fresh connection works again"
         await backend.aclose()
+
+
+def test_a_server_left_open_stops_quietly_with_its_process(tmp_path: Path) -> None:
+    """A script that never shuts its server down: at exit the server stops and is not taken
+    for a crash (no restart, nothing logged)."""
+    script = tmp_path / "left_open.py"
+    script.write_text(
+        "import logging\n"
+        "from xml_pipeline.backends import start_manager_server\n"
+        'if __name__ == "__main__":\n'
+        "    logging.basicConfig(level=logging.INFO)\n"
+        "    server = start_manager_server()\n"
+        "    print(server.pid)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    pid = int(done.stdout)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for a reaper that is not ours does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"

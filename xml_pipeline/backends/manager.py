@@ -20,6 +20,7 @@ was applied is unknown, so it is never sent twice.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import logging
@@ -172,6 +173,9 @@ class ManagerServer:
                 target=self._watch, name="xml-pipeline-state-server-watch", daemon=True
             )
             self._watcher.start()
+            # multiprocessing stops the server at exit (an atexit hook registered before this
+            # one, so it runs after it): that death must not be taken for a crash
+            atexit.register(self._stop_watching)
 
     def __repr__(self) -> str:
         return f"ManagerServer(address={self.address!r})"
@@ -191,11 +195,10 @@ class ManagerServer:
 
     def shutdown(self) -> None:
         """Stop the server process; its state is gone. Safe to call twice."""
-        self._stopping = True
         if self.gone is None:
             self.gone = "it was shut down"
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        self._stop_watching()
+        atexit.unregister(self._stop_watching)
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join()
         self._manager.shutdown()
@@ -203,6 +206,11 @@ class ManagerServer:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._wake_r = self._wake_w = -1
+
+    def _stop_watching(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
 
     def _watch(self) -> None:
         # One thread per server: sleeps on the process sentinel, so a death is seen at once.
