@@ -31,23 +31,35 @@ class Ping:
     n: int
 
 
+inside: list[int] = []  # pings whose handler is running (handlers run in this process)
+
+
 async def slow_echo(msg: Ping, meta: HandlerMetadata) -> HandlerResponse:
-    await anyio.sleep(0.3)
+    inside.append(msg.n)
+    await anyio.sleep(1.0)
     return HandlerResponse.respond(msg)
+
+
+def _state_servers() -> set[int | None]:
+    # BaseManager names its server process after the manager class
+    return {p.pid for p in multiprocessing.active_children() if p.name.startswith("_StateManager")}
 
 
 async def test_organism_keeps_serving_after_its_state_server_is_killed() -> None:
     """The server the organism started is started again, empty: the conversations it held are
     each reported lost (none hangs), and new requests are answered."""
     org = Organism([Listener("echo", Ping, slow_echo)], backend=BackendConfig(type="manager"))
-    children = {p.pid for p in multiprocessing.active_children()}
+    servers_before = _state_servers()
     async with org:
-        [pid] = {p.pid for p in multiprocessing.active_children()} - children  # its server
+        [pid] = _state_servers() - servers_before  # the one the organism started
         assert await org.request("echo", Ping(n=1), timeout=10) == Ping(n=1)
+        inside.clear()
         in_flight = [
             asyncio.ensure_future(org.request("echo", Ping(n=i), timeout=30)) for i in range(5)
         ]
-        await anyio.sleep(0.1)  # the five are inside the handler now
+        with anyio.fail_after(20):
+            while len(inside) < 5:  # the five conversations are open, their handlers running
+                await anyio.sleep(0.005)
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         outcomes = await asyncio.gather(*in_flight, return_exceptions=True)
