@@ -101,20 +101,18 @@ async def test_a_stopped_server_fails_operations_after_the_reconnect_window_then
         await backend.put_root(ROOT, "organism")
         server.shutdown()
         started = time.monotonic()
-        with pytest.raises(BackendError) as caught:
+        with anyio.fail_after(30), pytest.raises(BackendError) as caught:
             await backend.extend(ROOT, "a", "alpha")
-        assert 0.9 < time.monotonic() - started < 5
+        assert time.monotonic() - started >= 1.0, "it waited for the server to come back"
         error = caught.value
         assert error.reason == "backend_unreachable"
         assert "start the server" in error.message
         waited, away = _waits(error.message)
         assert 1.0 <= waited <= away, error.message
-        started = time.monotonic()
         with pytest.raises(BackendError) as caught:
             await backend.get(ROOT)
-        assert time.monotonic() - started < 0.5
         waited, away = _waits(caught.value.message)
-        assert waited < 0.5 and away >= 1.0, caught.value.message
+        assert waited < 1.0 <= away, "the window was waited out once, not again"
         await backend.aclose()
 
 
@@ -172,7 +170,9 @@ async def test_a_server_that_dies_for_good_is_reported_with_its_pid_and_signal()
     """restart=False: the owner's client says the server it started died (pid, signal),
     not "start a server there"."""
     with start_manager_server(restart=False) as server:
-        backend = ManagerBackend(server.address, server.authkey, server=server)
+        backend = ManagerBackend(
+            server.address, server.authkey, server=server, reconnect_seconds=60
+        )
         await backend.open()
         await backend.put_root(ROOT, "organism")
         pid = server.pid
@@ -181,10 +181,8 @@ async def test_a_server_that_dies_for_good_is_reported_with_its_pid_and_signal()
         with anyio.fail_after(10):
             while server.gone is None:
                 await anyio.sleep(0.01)
-        started = time.monotonic()
-        with pytest.raises(BackendError) as caught:
-            await backend.get(ROOT)
-        assert time.monotonic() - started < 1, "nothing to wait for"
+        with anyio.fail_after(30), pytest.raises(BackendError) as caught:
+            await backend.get(ROOT)  # nothing to wait for: not the 60 s reconnect window
         message = caught.value.message
         assert f"pid {pid} died (killed by SIGKILL)" in message
         assert "this process started" in message and "start the server" not in message
