@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ import pytest
 
 from tests import pool_tasks
 from xml_pipeline.errors import DeliveryError
-from xml_pipeline.pool import PoolStats, ProcessPool
+from xml_pipeline.pool import PoolStats, ProcessPool, WorkerFailure
 
 pytestmark = pytest.mark.anyio
 
@@ -46,6 +47,12 @@ async def _read_pid(pid_file: Path) -> int:
     return int(pid_file.read_text())
 
 
+async def _wait_for_lines(path: Path, count: int) -> None:
+    with anyio.fail_after(20):
+        while not path.exists() or len(path.read_text().split()) < count:
+            await anyio.sleep(0.005)
+
+
 async def test_results_come_back(pool: ProcessPool) -> None:
     """Every call returns its own result; the stats count them."""
     results: dict[int, object] = {}
@@ -62,19 +69,103 @@ async def test_results_come_back(pool: ProcessPool) -> None:
         pool.stats.completed = 0  # type: ignore[misc]
 
 
-async def test_exception_from_fn_propagates_as_is(pool: ProcessPool) -> None:
-    """fn's own exception type reaches the caller; the pool keeps serving."""
-    with pytest.raises(ValueError, match="bad input"):
-        await pool.run(pool_tasks.fail, "bad input")
+async def test_exception_from_fn_arrives_as_handler_error_with_its_type_and_traceback(
+    pool: ProcessPool,
+) -> None:
+    """fn's exception fails that call: type and message in the error, the worker's traceback
+    in its cause; the pool keeps serving and blames nobody."""
+    with pytest.raises(DeliveryError) as caught:
+        await pool.run(pool_tasks.fail, "bad input", label="failing")
+    error = caught.value
+    assert error.reason == "handler_error"
+    assert error.message == "failing: raised ValueError: bad input"
+    cause = error.__cause__
+    assert isinstance(cause, WorkerFailure)
+    assert (cause.type_name, cause.message, cause.reason) == ("ValueError", "bad input", None)
+    assert 'pool_tasks.py", line' in cause.traceback and "in fail" in cause.traceback
     assert await pool.run(pool_tasks.echo, 1) == 1
-    assert pool.stats.crashes == 0
+    assert pool.stats == PoolStats(submitted=2, completed=2)
 
 
-async def test_stop_iteration_from_fn_arrives_as_runtime_error(pool: ProcessPool) -> None:
-    """StopIteration cannot be raised into a Future: it arrives wrapped, the call never hangs."""
-    with pytest.raises(RuntimeError, match="StopIteration") as caught:
+async def test_stop_iteration_from_fn_fails_the_call_without_hanging(pool: ProcessPool) -> None:
+    """StopIteration cannot be raised into a Future: it arrives as data, the call never hangs."""
+    with pytest.raises(DeliveryError, match="raised StopIteration: done") as caught:
         await pool.run(pool_tasks.stop)
-    assert isinstance(caught.value.__cause__, StopIteration)
+    assert caught.value.reason == "handler_error"
+
+
+@pytest.mark.parametrize("kind", list(pool_tasks.RAISERS))
+async def test_every_exception_from_fn_fails_that_call_alone_and_at_once(
+    tmp_path: Path, kind: str
+) -> None:
+    """Whatever fn raises (unpicklable, keyword-only, BaseException...) is reported at once
+    as handler_error with its type and message: never a crash, never retried, and the calls
+    in flight beside it run exactly once."""
+    _, type_name, message = pool_tasks.RAISERS[kind]
+    runs = tmp_path / "runs"
+    results: dict[int, object] = {}
+    async with ProcessPool(3) as pool:
+
+        async def innocent(i: int) -> None:
+            results[i] = await pool.run(pool_tasks.count_and_wait, str(runs), i)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(2):
+                tg.start_soon(innocent, i)
+            await _wait_for_lines(runs, 2)  # both innocents are running now
+            with anyio.fail_after(10), pytest.raises(DeliveryError) as caught:
+                await pool.run(pool_tasks.raise_kind, kind, label="raiser")
+            assert results == {}, "the failure was reported before the innocents finished"
+            (tmp_path / "runs.go").touch()
+        stats = pool.stats
+    error = caught.value
+    assert error.reason == "handler_error"
+    assert re.match(rf"raiser: raised ([\w.]+\.)?{type_name}\b", error.message), error.message
+    assert message in error.message
+    cause = error.__cause__
+    assert isinstance(cause, WorkerFailure) and cause.type_name.endswith(type_name)
+    assert "raise_kind" in cause.traceback
+    assert results == {0: 0, 1: 1}
+    assert sorted(runs.read_text().split()) == ["0", "1"], "each innocent ran exactly once"
+    assert (stats.crashes, stats.rebuilds, stats.retried) == (0, 0, 0)
+
+
+async def test_our_own_errors_keep_their_reason_in_the_failure(pool: ProcessPool) -> None:
+    """An XmlInputError raised by fn (from_xml on bad text) arrives with its reason code."""
+    with pytest.raises(DeliveryError) as caught:
+        await pool.run(pool_tasks.raise_kind, "xml-input-error")
+    cause = caught.value.__cause__
+    assert isinstance(cause, WorkerFailure)
+    assert cause.type_name == "xml_pipeline.errors.XmlInputError"
+    assert cause.reason == "malformed" and type(cause.reason) is str
+
+
+@pytest.mark.parametrize(
+    ("task", "words"),
+    [
+        (pool_tasks.return_a_lock, "cannot be pickled"),
+        (pool_tasks.return_unloadable, "cannot unpickle"),
+        (pool_tasks.return_keyword_only_error, "cannot unpickle"),
+    ],
+)
+async def test_a_result_that_cannot_cross_fails_that_call_alone(
+    tmp_path: Path, task: object, words: str
+) -> None:
+    """A result pickle cannot carry (either way) is invalid_response for that call only."""
+    runs = tmp_path / "runs"
+    async with ProcessPool(2) as pool:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pool.run, pool_tasks.count_and_wait, str(runs), "innocent")
+            await _wait_for_lines(runs, 1)
+            with anyio.fail_after(10), pytest.raises(DeliveryError) as caught:
+                await pool.run(task, label="returner")  # type: ignore[arg-type]
+            (tmp_path / "runs.go").touch()
+        stats = pool.stats
+    assert caught.value.reason == "invalid_response"
+    assert caught.value.message.startswith("returner: returned a result")
+    assert words in caught.value.message
+    assert runs.read_text().split() == ["innocent"]
+    assert (stats.crashes, stats.rebuilds, stats.retried) == (0, 0, 0)
 
 
 async def test_unpicklable_fn_fails_the_call_not_the_pool(pool: ProcessPool) -> None:
@@ -311,13 +402,15 @@ async def test_arguments_the_worker_cannot_rebuild_fail_that_call_only(pool: Pro
         async def keep(coro: object) -> None:
             try:
                 results.append(await coro)  # type: ignore[misc]
-            except ValueError as exc:
+            except DeliveryError as exc:
                 results.append(exc)
 
         group.start_soon(keep, innocent)
         group.start_soon(keep, pool.run(pool_tasks.echo, pool_tasks.BadUnpickle()))
     assert "innocent" in results
-    assert any(isinstance(r, ValueError) for r in results)
+    [error] = [r for r in results if isinstance(r, DeliveryError)]
+    assert error.reason == "handler_error"
+    assert "could not rebuild the function or its arguments (ValueError:" in error.message
     assert pool.stats.crashes == 0 and pool.stats.rebuilds == 0
 
 
@@ -325,6 +418,6 @@ async def test_arguments_the_worker_cannot_rebuild_fail_that_call_only(pool: Pro
 async def test_system_exit_in_a_task_is_an_error_of_that_call_not_of_the_caller(
     pool: ProcessPool,
 ) -> None:
-    with pytest.raises(RuntimeError, match="SystemExit"):
+    with pytest.raises(DeliveryError, match="raised SystemExit: 3"):
         await pool.run(pool_tasks.exit_now, 3)
     assert await pool.run(pool_tasks.echo, "still serving") == "still serving"

@@ -3,17 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import random
 import signal
 from pathlib import Path
 
 import anyio
 import pytest
 
+from tests import pool_tasks
 from xml_pipeline import DeliveryError, Listener, Organism, UsageError
 from xml_pipeline.config import ProcessPoolConfig
 
-from .worker_handlers import Job, Result, Seen, crunch, front, helper, looper, quick
+from .worker_handlers import (
+    LEVELS,
+    Bulk,
+    Job,
+    Result,
+    Seen,
+    araise,
+    bulk_echo,
+    crunch,
+    front,
+    helper,
+    inline,
+    looper,
+    nest,
+    nested_echo,
+    quick,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -170,3 +189,114 @@ async def test_hops_beyond_the_pool_size_wait_outside_the_timeout_clock() -> Non
         )
         assert all(isinstance(r, Result) for r in replies)
         assert org.stats.timeouts == 0
+
+
+async def _wait_for_runs(runs: Path, count: int) -> None:
+    with anyio.fail_after(20):
+        while not runs.exists() or runs.read_text().count("run") < count:
+            await anyio.sleep(0.01)
+
+
+async def test_a_cpu_bound_handler_that_raises_fails_at_once_and_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever a cpu_bound handler raises (XmlInputError from from_xml, exceptions that cannot
+    be unpickled, BaseException subclasses) is handler_error at once, naming listener, type and
+    message, its worker traceback logged; nothing is taken for a crash, and the calls in
+    flight beside it run once."""
+    caplog.set_level(logging.DEBUG, logger="xml_pipeline.workers")
+    runs = tmp_path / "runs"
+    errors: dict[str, DeliveryError] = {}
+    async with crunch_organism(workers=3) as org:
+        pool = org.process_pool
+        assert pool is not None
+        innocent = Job(mode="count", marker=str(runs))
+        in_flight = [
+            asyncio.ensure_future(org.request("crunch", innocent, timeout=60)) for _ in range(2)
+        ]
+        await _wait_for_runs(runs, 2)
+        for kind in pool_tasks.RAISERS:  # one after the other, on the third worker
+            with anyio.fail_after(10), pytest.raises(DeliveryError) as info:
+                await org.request("crunch", Job(mode=f"raise:{kind}"), timeout=60)
+            errors[kind] = info.value
+        assert not any(f.done() for f in in_flight), "reported before the innocents finished"
+        (tmp_path / "runs.go").touch()
+        replies = await asyncio.gather(*in_flight)
+        assert all(isinstance(r, Result) for r in replies)
+        assert (pool.stats.crashes, pool.stats.rebuilds, pool.stats.retried) == (0, 0, 0)
+        assert org.stats.handler_errors == len(pool_tasks.RAISERS)
+    assert runs.read_text().count("run") == 2, "each innocent call ran exactly once"
+    for kind, error in errors.items():
+        _, type_name, message = pool_tasks.RAISERS[kind]
+        assert (error.reason, error.listener) == ("handler_error", "crunch"), kind
+        assert error.message.startswith(f"'crunch' raised {type_name}"), error.message
+        assert message in error.message, kind
+    traces = [r.getMessage() for r in caplog.records if r.name == "xml_pipeline.workers"]
+    assert len(traces) == len(pool_tasks.RAISERS)
+    assert all("handler of 'crunch' raised" in t and "in raise_kind" in t for t in traces)
+
+
+async def test_an_async_cpu_bound_handler_that_raises_leaves_its_worker_serving() -> None:
+    """BaseException out of the worker's shared event loop: the call fails, the loop and the
+    worker stay (same pid answers next)."""
+    listeners = [Listener("araise", Job, araise, cpu_bound=True)]
+    async with Organism(listeners, process_pool=ProcessPoolConfig(workers=1)) as org:
+        pool = org.process_pool
+        assert pool is not None
+        [pid] = pool.worker_pids()
+        for kind in ("system-exit", "keyboard-interrupt", "generator-exit", "abort"):
+            type_name = pool_tasks.RAISERS[kind][1]
+            with pytest.raises(DeliveryError, match=f"'araise' raised {type_name}"):
+                await org.request("araise", Job(mode=f"raise:{kind}"), timeout=30)
+        assert await org.request("araise", Job(n=5), timeout=30) == Result(pid=pid, value=5)
+        assert (pool.stats.crashes, pool.stats.rebuilds) == (0, 0)
+
+
+def limits_organism() -> Organism:
+    """The same handlers inline and cpu_bound, under a 4 MiB message cap."""
+    listeners = [
+        Listener("bulk-inline", Bulk, inline),
+        Listener("bulk-pool", Bulk, bulk_echo, cpu_bound=True),
+        Listener("nested-inline", LEVELS[-1], inline),
+        Listener("nested-pool", LEVELS[-1], nested_echo, cpu_bound=True),
+    ]
+    return Organism(
+        listeners, process_pool=ProcessPoolConfig(workers=2), max_message_bytes=4_194_304
+    )
+
+
+async def _outcome(org: Organism, to: str, message: object) -> tuple[str, object]:
+    try:
+        return "answer", await org.request(to, message, timeout=60)
+    except DeliveryError as exc:
+        return exc.reason, exc.message.replace(to, "<listener>")
+
+
+def _bulk_cases() -> list[tuple[str, Bulk]]:
+    rng = random.Random(9)  # a fixed sample around and past the caps for outside input
+    cases = [
+        ("empty", Bulk()),
+        ("6k items, answered with 12k", Bulk(items=list(range(6_000)))),
+        ("20k items both ways", Bulk(items=list(range(20_000)))),
+        ("150 KB, answered with 300 KB", Bulk(text="x" * 150_000)),
+        ("300 KB both ways", Bulk(text="é" * 150_000)),
+    ]
+    for i in range(4):
+        items = [rng.randrange(-(10**9), 10**9) for _ in range(rng.randrange(25_000))]
+        cases.append((f"random {i}", Bulk(items=items, text="y" * rng.randrange(400_000))))
+    return cases
+
+
+async def test_inline_and_cpu_bound_listeners_receive_and_answer_the_same_payloads() -> None:
+    """Whether a listener is cpu_bound never changes what it can receive or answer: the
+    organism's limits are the only limits (before, the pool applied the default caps for XML
+    from outside, 256 KB, 10k elements and depth 64, to the request and to the answer)."""
+    async with limits_organism() as org:
+        for name, message in _bulk_cases():
+            inline_outcome = await _outcome(org, "bulk-inline", message)
+            pool_outcome = await _outcome(org, "bulk-pool", message)
+            assert pool_outcome == inline_outcome, name
+            assert inline_outcome == ("answer", bulk_echo(message, None).payload), name  # type: ignore[arg-type]
+        deep = nest(len(LEVELS))
+        assert await _outcome(org, "nested-pool", deep) == ("answer", deep)
+        assert await _outcome(org, "nested-inline", deep) == ("answer", deep)

@@ -6,9 +6,11 @@ import asyncio
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
+from typing import Any, Optional
 
+from tests.pool_tasks import raise_kind, wait_for_release
 from xml_pipeline import HandlerMetadata, HandlerResponse, payload
 
 
@@ -48,6 +50,12 @@ def crunch(msg: Job | Result, meta: HandlerMetadata) -> object:
         os.kill(os.getpid(), signal.SIGKILL)
     if msg.mode == "hang":
         time.sleep(60)
+    if msg.mode == "count":  # an innocent call: count the run, then wait to be released
+        with open(msg.marker, "a") as runs:
+            runs.write("run\n")
+        wait_for_release(msg.marker)
+    if msg.mode.startswith("raise:"):
+        raise_kind(msg.mode.removeprefix("raise:"))
     if msg.mode == "sleep":
         time.sleep(msg.n / 1000)
     if msg.mode == "garbage":
@@ -88,4 +96,67 @@ async def front(msg: Job | Seen, meta: HandlerMetadata) -> HandlerResponse:
 
 async def quick(msg: Job, meta: HandlerMetadata) -> HandlerResponse:
     """Inline listener used to check latency while the pool is saturated."""
+    return HandlerResponse.respond(Result(pid=os.getpid(), value=msg.n))
+
+
+@payload
+@dataclass
+class Bulk:
+    """A payload as large as a test needs: many list items, or one long text."""
+
+    items: list[int] = field(default_factory=list)
+    text: str = ""
+
+
+def bulk_echo(msg: Bulk, meta: HandlerMetadata) -> HandlerResponse:
+    """Answer with what arrived, plus as many items again (answers may outgrow requests)."""
+    return HandlerResponse.respond(Bulk(items=msg.items + msg.items, text=msg.text + msg.text))
+
+
+def _nested_classes(depth: int) -> list[type]:
+    """``Level1`` .. ``Level<depth>``, each holding the one below: ``depth`` levels of nested
+    elements. Module-level names, so a worker imports them by path like any payload class."""
+    levels: list[type] = []
+    below: type | None = None
+    for i in range(1, depth + 1):
+        fields: list[Any] = [("value", int, field(default=0))]
+        if below is not None:
+            fields.append(("inner", Optional[below], field(default=None)))  # noqa: UP045
+        cls = make_dataclass(f"Level{i}", fields, namespace={"__module__": __name__})
+        globals()[cls.__name__] = cls
+        levels.append(cls)
+        below = cls
+    payload(levels[-1])  # the top one travels; the ones below are its nested fields
+    return levels
+
+
+LEVELS = _nested_classes(80)  # past the 64 levels XML from outside may nest
+
+
+def nest(depth: int) -> Any:
+    """A ``Level<depth>`` object nested ``depth`` deep, values counting down."""
+    obj: Any = None
+    for i in range(depth):
+        obj = LEVELS[i](value=i) if obj is None else LEVELS[i](value=i, inner=obj)
+    return obj
+
+
+def nested_echo(msg: Any, meta: HandlerMetadata) -> HandlerResponse:
+    """Answer with the nested object that arrived."""
+    return HandlerResponse.respond(msg)
+
+
+async def inline(msg: Any, meta: HandlerMetadata) -> object:
+    """The same handlers as inline listeners: the sync handler named by ``meta.own_name``."""
+    return HANDLERS[meta.own_name.partition("-")[0]](msg, meta)
+
+
+HANDLERS = {"bulk": bulk_echo, "nested": nested_echo}
+
+
+async def araise(msg: Job, meta: HandlerMetadata) -> HandlerResponse:
+    """Async handler: raises what ``raise:<kind>`` names, else answers with ``n``."""
+    await asyncio.sleep(0)
+    if msg.mode.startswith("raise:"):
+        raise_kind(msg.mode.removeprefix("raise:"))
     return HandlerResponse.respond(Result(pid=os.getpid(), value=msg.n))

@@ -228,6 +228,7 @@ class Organism:
             from xml_pipeline.backends.manager import ManagerBackend, start_manager_server
 
             address = spec.manager_host_port
+            server = None
             if address is None:  # no server named: this organism runs its own
                 server = start_manager_server()
                 stack.callback(server.shutdown)
@@ -240,6 +241,7 @@ class Organism:
                 namespace=self.name,
                 thread_ttl_seconds=ttl,
                 history_max_entries=most,
+                server=server,
             )
         from xml_pipeline.backends.memory import MemoryBackend
 

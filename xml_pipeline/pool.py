@@ -15,6 +15,12 @@ machine::
 To kill exactly the worker of a call that timed out or was cancelled, every call reports
 ``(attempt id, pid)`` through a pipe owned by the pool before it runs. The records are
 fixed-size writes below ``PIPE_BUF``, so workers never interleave them and need no lock.
+
+Only plain data comes back from a worker: the pickled result as bytes, or what ``fn`` raised as
+strings (`WorkerFailure`). An exception object that crossed the boundary as itself could fail
+to unpickle in the parent (a required keyword-only argument, a ``__reduce__`` that raises, an
+unimportable class), and concurrent.futures takes that for a dead worker: the call would be
+retried as a crash and the innocent calls in flight run again.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ import itertools
 import multiprocessing
 import os
 import pickle
+import signal
 import struct
+import traceback
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -40,9 +48,10 @@ from typing import Any, Generic, Self, TypeVar
 
 import anyio
 
-from xml_pipeline.errors import DeliveryError
+from xml_pipeline._main_guard import guard_error, leave_if_importing_main, unimportable_main
+from xml_pipeline.errors import DeliveryError, Reason, UsageError
 
-__all__ = ["PoolStats", "ProcessPool"]
+__all__ = ["PoolStats", "ProcessPool", "WorkerFailure"]
 
 T = TypeVar("T")
 
@@ -59,19 +68,99 @@ def _init_worker(
         initializer(*initargs)
 
 
-def _run_attempt(attempt: int, call: bytes) -> Any:
+class WorkerFailure(Exception):
+    """What ``fn`` raised in a worker process, brought back as plain data.
+
+    `ProcessPool.run` raises ``DeliveryError`` *from* one of these (its ``__cause__``), so a
+    printed traceback ends with the worker's traceback. The exception object itself never
+    crosses the process boundary.
+
+    Attributes:
+        type_name: the exception's class, ``module.QualName`` (``QualName`` for builtins).
+        message: ``str()`` of the exception (empty when it has none).
+        reason: its ``reason`` attribute when that is a string (as on our own errors).
+        traceback: the traceback formatted in the worker.
+    """
+
+    def __init__(self, type_name: str, message: str, reason: str | None, traceback: str) -> None:
+        super().__init__(type_name, message, reason, traceback)
+        self.type_name = type_name
+        self.message = message
+        self.reason = reason
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        return f"in the worker process:\n{self.traceback}".rstrip()
+
+
+# (stage, type name, message, reason, traceback): stage is "call" (the function or its
+# arguments could not be rebuilt), "raised" (fn raised) or "result" (it could not be pickled)
+_Failed = tuple[str, str, str, str | None, str]
+
+
+def _failed(stage: str, exc: BaseException) -> _Failed:
+    """``exc`` as plain strings; nothing here may raise, whatever ``exc`` does."""
+    cls = type(exc)
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+    try:
+        message = str(exc)
+    except BaseException as bad:  # a __str__ that raises
+        message = f"<str() raised {type(bad).__name__}>"
+    try:
+        code = getattr(exc, "reason", None)
+        reason = str.__str__(code) if isinstance(code, str) else None
+    except BaseException:
+        reason = None
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except BaseException:
+        text = f"{name}: {message}\n"
+    return stage, name, message, reason, text
+
+
+def _run_attempt(attempt: int, call: bytes) -> bytes | _Failed:
     assert _worker_start_pipe is not None, "worker started without ProcessPool's initializer"
     os.write(_worker_start_pipe.fileno(), _START.pack(attempt, os.getpid()))
-    # The call is unpickled here, after the start is reported, so that a function the worker
-    # cannot import or arguments it cannot rebuild fail as an ordinary exception of this call
-    # instead of killing the worker before anyone knows which call it was running.
-    fn, args = pickle.loads(call)
+    # Every way this call can fail becomes plain data, BaseException included: SystemExit,
+    # GeneratorExit or KeyboardInterrupt from fn must neither end the worker nor be mistaken
+    # for a crash. The call is unpickled here, after the start is reported, so that a function
+    # the worker cannot import fails this call, not the worker.
     try:
-        return fn(*args)
-    except Exception:
-        raise
-    except BaseException as exc:  # SystemExit, KeyboardInterrupt: would stop the parent's loop
-        raise RuntimeError(f"raised {type(exc).__name__}: {exc}") from None
+        fn, args = pickle.loads(call)
+    except BaseException as exc:
+        return _failed("call", exc)
+    try:
+        result = fn(*args)
+    except BaseException as exc:
+        return _failed("raised", exc)
+    try:
+        # pickled here so that a result that cannot be pickled fails this call alone; the
+        # parent unpickles it, and a result it cannot rebuild fails this call alone too
+        return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException as exc:
+        return _failed("result", exc)
+
+
+def _failure_error(label: str, failed: _Failed) -> DeliveryError:
+    """The error `ProcessPool.run` raises for a call that failed in its worker."""
+    stage, name, message, reason, text = failed
+    what = f"{name}: {message}" if message else name
+    if stage == "result":
+        error = DeliveryError(
+            f"{label}: returned a result that cannot be pickled ({what}); return plain data",
+            reason=Reason.INVALID_RESPONSE,
+        )
+    elif stage == "call":
+        error = DeliveryError(
+            f"{label}: the worker could not rebuild the function or its arguments ({what})",
+            reason=Reason.HANDLER_ERROR,
+        )
+    else:
+        error = DeliveryError(f"{label}: raised {what}", reason=Reason.HANDLER_ERROR)
+    error.__cause__ = WorkerFailure(name, message, reason, text)
+    return error
 
 
 def _live_processes(executor: ProcessPoolExecutor) -> list[BaseProcess]:
@@ -91,11 +180,23 @@ def _stop_executor(executor: ProcessPoolExecutor, busy: bool) -> None:
 def _preload_in_forkserver() -> None:
     # Every worker imports this package (hundreds of ms with lxml and friends). A forkserver
     # that preloads it forks ready workers instead, so starts and rebuilds take milliseconds.
-    # No effect once the forkserver runs; preloads set by others are kept.
+    # No effect once the forkserver runs; preloads set by others are kept, but not the default
+    # "__main__": Python 3.11-3.13 never act on it (they look for the wrong key), and where it
+    # works it runs the main script in the forkserver, where a script without a main guard
+    # dies with nothing the pool could report. Each worker imports the main script itself.
     server = forkserver._forkserver
-    modules = list(getattr(server, "_preload_modules", ["__main__"]))
+    modules = [m for m in getattr(server, "_preload_modules", ()) if m != "__main__"]
     if __name__ not in modules:
-        server.set_forkserver_preload([*modules, __name__])
+        modules.append(__name__)
+    server.set_forkserver_preload(modules)
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+        return f"killed by signal {-code}"
+    return f"exit status {code}"
 
 
 class _Phase(enum.Enum):
@@ -152,9 +253,16 @@ class ProcessPool:
     a worker crashes under it, so ``fn`` should be safe to repeat. Calls are served in order,
     at most ``workers`` at a time; fairness between callers is theirs to arrange.
 
+    Workers import the main script again (as multiprocessing's "forkserver" and "spawn" do),
+    so a script must start the pool under ``if __name__ == "__main__":``.
+
     Raises:
         ValueError: ``workers``, ``max_crashes`` or ``max_tasks_per_child`` is below 1, or
             ``mp_context`` is "fork" (forking a threaded process can deadlock the child).
+        UsageError: on opening, when the workers could not import the main script (it was
+            read from standard input) or it opened a pool again as they imported it (no main
+            guard).
+        DeliveryError: on opening, ``reason="worker_crash"`` when workers cannot start.
     """
 
     def __init__(
@@ -190,10 +298,15 @@ class ProcessPool:
         self._rebuild: asyncio.Task[None] | None = None
         self._partial = b""
         self._watching = False  # the loop watches the start pipe (see _reap_abandoned)
+        self._start_error: Exception | None = None  # why the workers could not start
 
     async def __aenter__(self) -> Self:
         if self._phase is not _Phase.NEW:
             raise RuntimeError("a ProcessPool can be opened only once")
+        leave_if_importing_main()  # a worker running an unguarded script: see _main_guard
+        problem = unimportable_main("the process pool")
+        if problem is not None:
+            raise problem
         self._loop = asyncio.get_running_loop()
         if self._context.get_start_method() == "forkserver":
             _preload_in_forkserver()
@@ -206,6 +319,8 @@ class ProcessPool:
         finally:
             if self._phase is not _Phase.SERVING:  # cancelled, or the workers cannot start
                 await self.aclose()
+        if isinstance(self._start_error, UsageError):
+            raise self._start_error.with_traceback(None) from None
         if self._closed is not None:
             reason, why = self._closed
             raise DeliveryError(f"the process pool did not start: {why}", reason=reason)
@@ -240,15 +355,24 @@ class ProcessPool:
     ) -> T:
         """Run ``fn(*args)`` in a worker process and return its result.
 
-        Exceptions raised by ``fn`` propagate as they are. ``timeout`` counts from this call,
-        waiting for a worker included. When the call times out or its caller is cancelled
-        while ``fn`` runs, that worker is killed and replaced; other calls are unaffected.
+        ``timeout`` counts from this call, waiting for a worker included. When the call times
+        out or its caller is cancelled while ``fn`` runs, that worker is killed and replaced;
+        other calls are unaffected. An exception raised by ``fn`` (any ``BaseException``,
+        ``SystemExit`` included) fails this call alone: it is neither retried nor counted as a
+        crash, and it arrives as ``DeliveryError(reason="handler_error")`` whose message reads
+        ``"<label>: raised <type>: <message>"`` and whose ``__cause__`` is a `WorkerFailure`
+        with the type's name, the message, its ``reason`` if any, and the worker's traceback.
+        The exception object itself is never pickled (many cannot be unpickled).
 
         Raises:
-            DeliveryError: ``reason="timeout"`` when ``fn`` did not finish in time;
-                ``"worker_crash"`` when it crashed its worker ``max_crashes`` times running
-                alone, or workers cannot be started; ``"shutdown"`` when the pool closed.
+            DeliveryError: ``reason="handler_error"`` when ``fn`` raised, or the worker could
+                not rebuild ``fn`` or its arguments; ``"invalid_response"`` when its result
+                cannot be pickled in the worker or unpickled here; ``"timeout"`` when ``fn``
+                did not finish in time; ``"worker_crash"`` when it crashed its worker
+                ``max_crashes`` times running alone, or workers cannot be started;
+                ``"shutdown"`` when the pool closed.
             RuntimeError: the pool was never opened.
+            Exception: whatever pickling ``fn`` and ``args`` raises here, before anything runs.
         """
         if self._phase is _Phase.NEW:
             raise RuntimeError("open the pool first: `async with ProcessPool() as pool`")
@@ -311,7 +435,7 @@ class ProcessPool:
 
     def _settle_threadsafe(self, job: _Job[Any], attempt: int, cf: Future[Any]) -> None:
         # The executor's thread runs this. It is what `asyncio.wrap_future` does, one loop pass
-        # shorter and without wrap_future's hang when ``fn`` raises StopIteration.
+        # shorter.
         with contextlib.suppress(RuntimeError):  # the loop was closed under an open pool
             self._loop.call_soon_threadsafe(self._settle, job, attempt, cf)
 
@@ -333,13 +457,30 @@ class ProcessPool:
             return
         self._counts["completed"] += 1
         error = cf.exception()
-        if (error is not None and not isinstance(error, Exception)) or isinstance(
-            error, StopIteration
-        ):  # an asyncio Future cannot carry StopIteration; SystemExit would stop the loop
-            wrapped = RuntimeError(f"{job.label}: raised {type(error).__name__}")
-            wrapped.__cause__ = error
-            error = wrapped
-        self._finish(job, error, None if error else cf.result())
+        if error is not None:  # the executor's machinery, not fn (whose errors come as data)
+            failed = _failed("raised", error)
+            self._finish(job, DeliveryError(
+                f"{job.label}: the worker could not run it: {failed[1]}: {failed[2]}",
+                reason=Reason.INTERNAL_ERROR,
+            ))  # fmt: skip
+            return
+        outcome = cf.result()
+        if type(outcome) is not bytes:
+            self._finish(job, _failure_error(job.label, outcome))
+            return
+        try:
+            result = pickle.loads(outcome)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # whatever rebuilding it raises is this call's failure
+            name, message = _failed("result", exc)[1:3]
+            self._finish(job, DeliveryError(
+                f"{job.label}: returned a result this process cannot unpickle ({name}: "
+                f"{message}); return plain data",
+                reason=Reason.INVALID_RESPONSE,
+            ))  # fmt: skip
+            return
+        self._finish(job, None, result)
 
     def _break(self, *, culprit_known: bool) -> None:
         """The executor is broken (or about to be, by our kill): sort its calls, rebuild."""
@@ -379,6 +520,7 @@ class ProcessPool:
         try:
             self._executor = await anyio.to_thread.run_sync(self._new_executor, old)
         except Exception as exc:  # every waiting caller must hear about it
+            self._start_error = exc
             if self._phase is not _Phase.CLOSED:
                 self._close("worker_crash", f"worker processes cannot start: {exc}")
             return
@@ -393,6 +535,7 @@ class ProcessPool:
         # (the first forkserver start for much longer), which the event loop must not feel.
         if old is not None:
             _stop_executor(old, busy=True)
+        exits: list[str] = []
         for _ in range(3):  # a worker may have been killed while starting
             executor = ProcessPoolExecutor(
                 self._workers,
@@ -401,16 +544,26 @@ class ProcessPool:
                 initargs=(self._start_writer, *self._initargs),
                 max_tasks_per_child=self._max_tasks_per_child,
             )
+            started: dict[int, BaseProcess] = {}
             try:  # every submit spawns a worker while none is idle: do that here
-                warm_up = [executor.submit(os.getpid) for _ in range(self._workers)]
-                while len(executor._processes) < self._workers:
+                warm_up: list[Future[int]] = []
+                while len(warm_up) < self._workers or len(executor._processes) < self._workers:
                     warm_up.append(executor.submit(os.getpid))
+                    started.update(executor._processes)
                 for call in warm_up:
                     call.result()
                 return executor
             except BrokenProcessPool:
                 _stop_executor(executor, busy=True)
-        raise RuntimeError("they died while starting, 3 times in a row; check the initializer")
+            codes = [p.exitcode for p in started.values()]
+            for code in codes:
+                if (error := guard_error("the process pool", code)) is not None:
+                    raise error  # every retry would die the same way
+            exits.append(", ".join(_exit_text(code) for code in codes if code) or "unknown")
+        raise RuntimeError(
+            f"they died while starting, 3 times in a row ({'; '.join(exits)}); check the "
+            "initializer"
+        )
 
     def _expire(self, job: _Job[Any], timeout: float) -> None:
         self._counts["timeouts"] += 1
