@@ -305,10 +305,10 @@ class RedisBackend:
         }
         self._extend = self._scripts["extend"]
         self._prune = self._scripts["prune"]
-        batcher = ScriptBatcher(
+        self._batcher = ScriptBatcher(
             self._client, max_in_flight=min(_PIPELINES_IN_FLIGHT, max_connections)
         )
-        self._call = batcher.call
+        self._call = self._batcher.call
 
     def __repr__(self) -> str:
         return f"RedisBackend({self._url!r}, prefix={self._prefix!r})"
@@ -330,7 +330,12 @@ class RedisBackend:
             raise self._error("open", exc) from exc
 
     async def aclose(self) -> None:
-        """Close every pooled connection; the data stays in Redis."""
+        """Close every pooled connection; the data stays in Redis.
+
+        Calls still waiting for Redis fail at once with `BackendError` (reason
+        ``backend_error``); whether those already sent ran is unknown.
+        """
+        await self._batcher.aclose()
         await self._client.aclose()
 
     # -- the protocol -------------------------------------------------------------------------
