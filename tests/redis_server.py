@@ -2,7 +2,9 @@
 
 Import the fixtures into a conftest (``from tests.redis_server import redis_server, redis_url``):
 ``redis_server`` starts one server per test session; ``redis_url`` flushes it before each
-test. Tests that stop or restart a server start their own `RedisServer` instead.
+test. Tests that stop, pause or restart a server start their own `RedisServer` instead.
+`RedisServer.busy_script` makes a server busy the way a slow client does (a Lua loop), and
+`RedisServer.pause` stops it the way an overloaded or frozen host does (SIGSTOP).
 
 The server runs with ``KEYS`` renamed away, so any code path that uses it fails loudly. A
 missing ``redis-server`` binary fails the test (it never skips): CI installs it.
@@ -10,10 +12,13 @@ missing ``redis-server`` binary fails the test (it never skips): CI installs it.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +29,16 @@ import redis
 __all__ = ["RedisServer", "free_port", "redis_server", "redis_url"]
 
 _START_TIMEOUT = 10.0
+
+# Keeps the server inside one script for ARGV[1] microseconds by its own clock.
+_BUSY_LOOP = """
+local t0 = redis.call('TIME')
+local stop = tonumber(t0[1]) * 1000000 + tonumber(t0[2]) + tonumber(ARGV[1])
+repeat
+  local t = redis.call('TIME')
+until tonumber(t[1]) * 1000000 + tonumber(t[2]) >= stop
+return 1
+"""
 
 
 def free_port() -> int:
@@ -114,6 +129,49 @@ class RedisServer:
         """Stop the server and remove its directory."""
         self.stop()
         self._dir.cleanup()
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections are still accepted, nothing is answered."""
+        assert self._process is not None, "the server is not running"
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server run again (SIGCONT); it answers what it was sent meanwhile."""
+        assert self._process is not None, "the server is not running"
+        self._process.send_signal(signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def busy_script(self, seconds: float) -> Iterator[None]:
+        """Another client runs a Lua busy loop for ``seconds`` while the block runs.
+
+        The server answers nobody meanwhile (or, past its ``busy-reply-threshold``, answers
+        ``BUSY``). On entry the script has been sent; on exit it has ended.
+        """
+        connected = threading.Event()
+        failures: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with redis.Redis(
+                    host="127.0.0.1", port=self.port, socket_timeout=seconds + 10
+                ) as client:
+                    client.ping()
+                    connected.set()
+                    client.eval(_BUSY_LOOP, 0, round(seconds * 1_000_000))
+            except BaseException as exc:
+                failures.append(exc)
+                connected.set()
+
+        thread = threading.Thread(target=run, name="redis-busy-script", daemon=True)
+        thread.start()
+        connected.wait(_START_TIMEOUT)
+        time.sleep(0.05)  # the EVAL leaves right after the PING: let the server start it
+        try:
+            yield
+        finally:
+            thread.join(seconds + 15)
+        if failures:
+            raise RuntimeError(f"the busy script failed: {failures[0]!r}") from failures[0]
 
     def client(self) -> redis.Redis:
         """A synchronous client for the test's own inspection; close it (``with``)."""

@@ -212,6 +212,9 @@ async def test_operations_fail_while_redis_is_down_and_work_after_a_restart() ->
             assert time.monotonic() - started < 15
             assert {failure.reason for failure in failures} == {"backend_unreachable"}
             assert server.url.split("//")[1].split("/")[0] in failures[0].message
+            # A killed server is one where nothing listens: the message says to start one.
+            assert all("nothing listens there" in f.message for f in failures), failures[0]
+            assert all("start redis-server" in f.message for f in failures)
 
             server.start()  # same port, empty (nothing persisted), no scripts loaded
             await backend.put_root(ROOT, "organism")

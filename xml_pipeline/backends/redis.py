@@ -19,13 +19,20 @@ No command lists keys: nothing here needs to enumerate them.
 
 Connections come from a blocking pool (callers wait for a free connection instead of failing),
 and a connection or timeout error is retried with capped exponential backoff with jitter, so
-operations succeed again once a restarted server answers.
+operations succeed again once a restarted server answers. When an operation still fails, its
+`BackendError` says which of these it was, because each calls for something else: nothing
+listens there (start the server, fix the URL), the host name is unknown, the server took the
+connection but did not answer in time (stalled or overloaded: look at its load and slowlog, or
+raise ``socket_timeout``), it is busy in another client's script (BUSY), it dropped the
+connection, or it refused the credentials.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
+import socket
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,18 +40,25 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoPermissionError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..errors import BackendError
-from ._redis_batch import ScriptBatcher
+from ..errors import BackendError, Reason
+from ._redis_batch import BatcherClosedError, ScriptBatcher
 from .base import TOMBSTONE_SECONDS, PruneResult, ThreadRecord
 from .memory import _check_settings, _in_use
 
 __all__ = ["RedisBackend"]
 
 # No command blocks server-side, so a reply slower than this means a dead or stuck link.
+# Both can be changed in the URL (?socket_timeout=10&socket_connect_timeout=5).
 _SOCKET_TIMEOUT = 5.0
 _CONNECT_TIMEOUT = 2.0
 _RETRIES = 3
@@ -54,8 +68,6 @@ _BACKOFF_CAP = 1.0
 _POOL_TIMEOUT = 30.0
 # Pipelines in the air at once; callers beyond that share the next pipeline (see _redis_batch).
 _PIPELINES_IN_FLIGHT = 4
-# A receipt must outlive every retry of the prune that wrote it.
-_RECEIPT_MS = int(((_SOCKET_TIMEOUT + _BACKOFF_CAP) * (_RETRIES + 1) + 1.0) * 1000)
 
 # Every script starts with this prelude. The backend's settings are constants in the source
 # (each backend registers its own copies), so a call carries only thread ids and entries.
@@ -246,17 +258,29 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-def _describe(exc: BaseException) -> str:
-    """The error and, when its text does not say it, the system's word for the root cause."""
-    text = f"{type(exc).__name__}: {exc}"
+def _os_cause(exc: BaseException) -> OSError | None:
+    """The operating system's error behind a redis-py error, if there is one."""
     inner = exc.__cause__ or exc.__context__
     while inner is not None and not isinstance(inner, OSError):
         inner = inner.__cause__ or inner.__context__
-    if isinstance(inner, OSError) and inner.errno:
-        reason = os.strerror(inner.errno)
+    return inner
+
+
+def _describe(exc: BaseException) -> str:
+    """The error and, when its text does not say it, the system's word for the root cause."""
+    text = f"{type(exc).__name__}: {str(exc).rstrip('.')}"
+    inner = _os_cause(exc)
+    if inner is not None and inner.errno:
+        # asyncio puts its own text in strerror; a resolver error has no other words
+        gai = isinstance(inner, socket.gaierror)
+        reason = inner.strerror if gai and inner.strerror else os.strerror(inner.errno)
         if reason.lower() not in text.lower():
             text = f"{text} ({reason})"
     return text
+
+
+def _seconds(value: object, default: float) -> float:
+    return float(value) if isinstance(value, int | float) else default
 
 
 class RedisBackend:
@@ -291,6 +315,7 @@ class RedisBackend:
         # Receipt tokens only need to be unique among this client's in-flight prunes.
         self._token_prefix = os.urandom(6).hex() + ":"
         self._tokens = itertools.count()
+        # Options in the URL's query (?socket_timeout=10) win over these keyword arguments.
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
@@ -303,12 +328,21 @@ class RedisBackend:
             ),
         )
         self._client = aioredis.Redis.from_pool(pool)
+        self._socket_timeout = _seconds(pool.connection_kwargs.get("socket_timeout"), 0.0)
+        self._connect_timeout = _seconds(
+            pool.connection_kwargs.get("socket_connect_timeout"), self._socket_timeout
+        )
+        self._pool_timeout = _seconds(pool.timeout, _POOL_TIMEOUT)
+        self._max_connections = pool.max_connections
+        # A receipt must outlive every retry of the prune that wrote it.
+        attempt = max(self._socket_timeout, _SOCKET_TIMEOUT) + _BACKOFF_CAP
+        receipt_ms = int((attempt * (_RETRIES + 1) + 1.0) * 1000)
         prelude = _LUA_COMMON.format(
             prefix=_lua_string(prefix),
             ttl_ms=max(1, round(thread_ttl_seconds * 1000)),
             max_entries=history_max_entries,
-            receipt_ms=_RECEIPT_MS,
-            tomb_ms=int(max(TOMBSTONE_SECONDS * 1000, _RECEIPT_MS)),
+            receipt_ms=receipt_ms,
+            tomb_ms=int(max(TOMBSTONE_SECONDS * 1000, receipt_ms)),
         )
         self._scripts: dict[str, AsyncScript] = {
             name: self._client.register_script(prelude + body.format())
@@ -316,10 +350,10 @@ class RedisBackend:
         }
         self._extend = self._scripts["extend"]
         self._prune = self._scripts["prune"]
-        batcher = ScriptBatcher(
+        self._batcher = ScriptBatcher(
             self._client, max_in_flight=min(_PIPELINES_IN_FLIGHT, max_connections)
         )
-        self._call = batcher.call
+        self._call = self._batcher.call
 
     def __repr__(self) -> str:
         return f"RedisBackend({self._url!r}, prefix={self._prefix!r})"
@@ -341,7 +375,12 @@ class RedisBackend:
             raise self._error("open", exc) from exc
 
     async def aclose(self) -> None:
-        """Close every pooled connection; the data stays in Redis."""
+        """Close every pooled connection; the data stays in Redis.
+
+        Calls still waiting for Redis fail at once with `BackendError` (reason
+        ``backend_error``); whether those already sent ran is unknown.
+        """
+        await self._batcher.aclose()
         await self._client.aclose()
 
     # -- the protocol -------------------------------------------------------------------------
@@ -479,14 +518,74 @@ class RedisBackend:
             raise self._error(name, exc) from exc
 
     def _error(self, operation: str, exc: RedisError) -> BackendError:
-        cause = _describe(exc)
-        if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        """What failed, where, the cause, and what to do: one message per kind of failure."""
+        where, cause = f"redis at {self._url}", _describe(exc)
+        retried = f"during {operation}, after {_RETRIES} retries"
+        unreachable = Reason.BACKEND_UNREACHABLE
+        if isinstance(exc, BatcherClosedError):
+            ran = "may have run" if exc.sent else "did not run"
             return BackendError(
-                f"redis at {self._url} unreachable during {operation} "
-                f"(after {_RETRIES} retries): {cause}; start redis-server there "
-                "or fix backend.redis_url in organism.yaml",
-                reason="backend_unreachable",
+                f"{where}: the backend was closed during {operation}, which {ran}; "
+                "expected only while the organism stops",
+                reason=Reason.BACKEND_ERROR,
             )
-        return BackendError(
-            f"redis at {self._url} failed {operation}: {cause}", reason="backend_error"
-        )
+        if isinstance(exc, RedisTimeoutError):
+            if "connecting" in str(exc):  # redis-py: "Timeout connecting to server"
+                return BackendError(
+                    f"{where} did not accept a connection within {self._connect_timeout:g} s "
+                    f"({retried}): {cause}; check that the host is up and reachable from "
+                    "here (address, firewall), or raise the connect timeout with "
+                    "?socket_connect_timeout=SECONDS in backend.redis_url",
+                    reason=unreachable,
+                )
+            return BackendError(
+                f"{where} did not answer within {self._socket_timeout:g} s ({retried}): "
+                f"{cause}; the server is stalled or overloaded: check its load "
+                "(redis-cli INFO, SLOWLOG GET) and for long scripts or commands, or raise the "
+                "timeout with ?socket_timeout=SECONDS in backend.redis_url",
+                reason=unreachable,
+            )
+        if isinstance(exc, AuthenticationError | AuthorizationError | NoPermissionError):
+            return BackendError(
+                f"{where} refused this client during {operation}: {cause}; put the right "
+                "user and password in backend.redis_url (redis://user:password@host:port/db) "
+                "and check the user's ACL",
+                reason=Reason.BACKEND_ERROR,
+            )
+        if isinstance(exc, RedisConnectionError) and "No connection available" in str(exc):
+            return BackendError(  # redis-py's BlockingConnectionPool gave up waiting
+                f"{where}: no pooled connection came free within {self._pool_timeout:g} s "
+                f"(during {operation}): all {self._max_connections} were busy; Redis is slow "
+                "to answer (check its load: redis-cli INFO, SLOWLOG GET) or more operations "
+                "run at once than backend.redis_max_connections allows: raise it",
+                reason=unreachable,
+            )
+        if isinstance(exc, RedisConnectionError):
+            os_cause = _os_cause(exc)
+            if isinstance(os_cause, socket.gaierror):
+                return BackendError(
+                    f"{where}: the host name is not known ({retried}): {cause}; fix the host "
+                    "in backend.redis_url in organism.yaml",
+                    reason=unreachable,
+                )
+            if os_cause is not None and os_cause.errno in (errno.ECONNREFUSED, errno.ENOENT):
+                return BackendError(
+                    f"{where} unreachable: nothing listens there ({retried}): {cause}; start "
+                    "redis-server there or fix backend.redis_url in organism.yaml",
+                    reason=unreachable,
+                )
+            return BackendError(
+                f"{where} dropped the connection ({retried}): {cause}; the server restarted, "
+                "crashed or closed this client (CLIENT KILL, maxclients, its idle timeout, a "
+                "proxy in between): check the server's log",
+                reason=unreachable,
+            )
+        if isinstance(exc, ResponseError) and str(exc).startswith("BUSY"):
+            return BackendError(
+                f"{where} is busy running another client's script and refused {operation}: "
+                f"{cause}; a script has run longer than the server's busy-reply-threshold: "
+                "find it (SLOWLOG GET, the server's log), stop it with SCRIPT KILL, and fix "
+                "the client that runs it",
+                reason=unreachable,
+            )
+        return BackendError(f"{where} failed {operation}: {cause}", reason=Reason.BACKEND_ERROR)
