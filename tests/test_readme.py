@@ -349,8 +349,10 @@ def test_the_manager_server_block_serves_the_manager_yaml_block(
     env: dict[str, str], repo_copy: Path, tmp_path: Path
 ) -> None:
     """The server script prints an address; the YAML fragment, given it, runs hello there."""
-    [server] = [b for b in BLOCKS if b.lang == "python" and "start_manager_server" in b.text]
-    [fragment] = [b for b in BLOCKS if b.lang == "yaml" and "type: manager" in b.text]
+    servers = [b for b in BLOCKS if b.lang == "python" and "start_manager_server" in b.text]
+    fragments = [b for b in BLOCKS if b.lang == "yaml" and "type: manager" in b.text]
+    assert len(servers) == len(fragments) == 1, "the README shows one manager server and YAML"
+    server, fragment = servers[0], fragments[0]
     script = tmp_path / "server.py"
     script.write_text(server.text)
     process = subprocess.Popen(
