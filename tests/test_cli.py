@@ -108,3 +108,48 @@ def test_unreachable_backend_is_an_error_line_not_a_traceback(tmp_path: Path) ->
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "error: [backend_unreachable]" in done.stderr and "127.0.0.1:9" in done.stderr
+
+
+def test_log_level_goes_before_or_after_the_subcommand_in_any_case() -> None:
+    send = ["--to", "greeter", "--send", "<Greeting><name>Ada</name></Greeting>"]
+    after = organism("run", HELLO, "--log-level", "warning", *send)
+    assert after.returncode == 0, after.stderr
+    assert "INFO" not in after.stderr and "HELLO, ADA!" in after.stdout
+    before = organism("--log-level", "debug", "run", HELLO, *send)
+    assert before.returncode == 0, before.stderr
+    assert "INFO" in before.stderr
+    both = organism("--log-level", "info", "validate", HELLO, "--log-level", "ERROR")
+    assert both.returncode == 0, both.stderr
+    unknown = organism("validate", HELLO, "--log-level", "loud")
+    assert unknown.returncode == 2 and "invalid choice: 'LOUD'" in unknown.stderr
+
+
+def test_validate_reports_a_payload_class_that_fails_at_import_at_each_listener(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "handlers.py").write_text(
+        "from typing import Any\n"
+        "from xml_pipeline import payload\n"
+        "\n"
+        "\n"
+        "async def handle(msg: Any, meta: Any) -> None:\n"
+        "    pass\n"
+        "\n"
+        "\n"
+        "@payload\n"
+        "class Order:  # not a dataclass\n"
+        "    number: int\n"
+    )
+    (tmp_path / "organism.yaml").write_text(
+        "organism:\n  name: broken\nlisteners:\n"
+        "  - name: a\n    payload_class: handlers.Order\n    handler: handlers.handle\n"
+        "  - name: b\n    payload_class: handlers.Order\n    handler: handlers.handle\n"
+    )
+    done = organism("validate", str(tmp_path / "organism.yaml"))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    for line, listener in ((5, 0), (8, 1)):
+        assert f"organism.yaml:{line}: listeners[{listener}].payload_class" in done.stderr
+    assert done.stderr.count("PayloadTypeError") == 2
+    # the class's own line (PayloadTypeError names it), not the library's
+    assert done.stderr.count(f"{tmp_path / 'handlers.py'}:10") == 2, done.stderr

@@ -609,6 +609,12 @@ def test_listener_fields_are_checked_where_they_enter() -> None:
     with pytest.raises(UsageError, match="cpu_bound"):
         Listener("front", Msg, h, cpu_bound="yes")  # type: ignore[arg-type]
 
+    async def one_arg(msg: Msg) -> None:
+        return None
+
+    with pytest.raises(UsageError, match=r"handler\(payload, metadata\)"):
+        Organism([Listener("front", Msg, one_arg)])
+
 
 HELLO = str(Path(__file__).resolve().parents[1] / "organisms" / "hello" / "organism.yaml")
 

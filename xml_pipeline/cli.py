@@ -29,25 +29,37 @@ log = logging.getLogger("xml_pipeline.cli")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="organism", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="what to log on stderr (default INFO)",
-    )
+    # accepted before or after the subcommand, in any case; the subcommand's copy leaves the
+    # value alone unless given there (SUPPRESS), so `organism --log-level debug run` works too
+    log_level: dict[str, Any] = {
+        "type": str.upper,
+        "choices": _LOG_LEVELS,
+        "metavar": "{debug,info,warning,error}",
+        "help": "what to log on stderr (default info)",
+    }
+    parser.add_argument("--log-level", default="INFO", **log_level)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, **log_level)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="boot an organism and send it messages")
+    run = sub.add_parser("run", parents=[common], help="boot an organism and send it messages")
     run.add_argument("file", help="path of organism.yaml")
     run.add_argument("--to", help="target listener for --send")
     run.add_argument("--send", metavar="PAYLOAD_XML", help="one payload to send to --to")
     run.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for each answer (30)"
     )
-    validate = sub.add_parser("validate", help="check an organism file and what it names")
+    validate = sub.add_parser(
+        "validate", parents=[common], help="check an organism file and what it names"
+    )
     validate.add_argument("file")
-    schema = sub.add_parser("schema", help="print the XSD and description of listeners")
+    schema = sub.add_parser(
+        "schema", parents=[common], help="print the XSD and description of listeners"
+    )
     schema.add_argument("file")
     schema.add_argument("listener", nargs="?")
     return parser

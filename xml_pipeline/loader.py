@@ -1,19 +1,21 @@
-"""Import the payload classes and handlers an organism file names.
+"""Import the payload classes and handlers an organism file names, and check them.
 
-Modules are imported the ordinary way (`importlib.import_module`), with the organism file's
-folder first on ``sys.path``, so a user's own tests that ``import handlers`` get the very same
-classes the pump uses. Every problem is collected and reported at once, pointing at the key path
-and line of the organism file, like `xml_pipeline.config` does for the file itself.
+Modules of the organism's folder are imported by `xml_pipeline.imports`: the ordinary way
+(folder first on ``sys.path``) when their names are free, so a user's own tests that
+``import handlers`` get the very same classes the pump uses; under a package named after the
+folder when another organism's folder already took a name, so that two organisms with a
+``handlers.py`` each run side by side. Every problem is collected and reported at once,
+pointing at the key path and line of the organism file, like `xml_pipeline.config` does for the
+file itself; a module that fails to import is reported at every listener that uses it.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
-import importlib.machinery
+import inspect
 import os
 import pkgutil
-import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,9 +25,25 @@ from typing import Any
 
 from xml_pipeline.config import ListenerConfig, OrganismConfig, load_config
 from xml_pipeline.errors import ConfigError, ConfigProblem
+from xml_pipeline.imports import (
+    ModuleClash,
+    folder_package,
+    import_from_folder,
+    import_path,
+    provides,
+    resolve_path,
+)
 from xml_pipeline.payloads import is_payload
 
-__all__ = ["ResolvedListener", "load_organism", "validate_organism"]
+__all__ = [
+    "ResolvedListener",
+    "handler_signature_problem",
+    "load_organism",
+    "validate_organism",
+    "worker_import_problem",
+]
+
+_PACKAGE_DIR = Path(__file__).resolve().parent  # frames in here are the library's, not the user's
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,20 +63,19 @@ class ResolvedListener:
 def load_organism(config: OrganismConfig) -> tuple[ResolvedListener, ...]:
     """Import every listener's payload class and handler.
 
-    The organism's folder is put first on ``sys.path`` (unless it is already there).
+    Modules found in the organism's folder are imported from it (see `xml_pipeline.imports`);
+    the folder goes first on ``sys.path`` (unless it is there already) when its module names
+    are free in this process.
 
     Raises:
-        ConfigError: a module cannot be found or fails to import, a name is missing, a
-            payload class is not a ``@payload`` class, a handler is not callable or (for
-            ``cpu_bound`` listeners) cannot be imported by a worker process, or a module name
-            clashes with a module of the same name already imported from another folder.
-            Every problem is listed with its key path and line.
+        ConfigError: a module cannot be found or fails to import (reported at every listener
+            that uses it), a name is missing, a payload class is not a ``@payload`` class, a
+            handler is not callable, cannot be called as ``handler(payload, metadata)`` or (for
+            ``cpu_bound`` listeners) cannot be imported by a worker process. Every problem is
+            listed with its key path and line.
     """
-    folder = str(config.folder)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
     importlib.invalidate_caches()  # the folder's files may be newer than the finders' caches
-    importer = _Importer(str(config.file), folder)
+    importer = _Importer(str(config.file), str(config.folder))
     resolved = [
         importer.listener(listener, index) for index, listener in enumerate(config.listeners)
     ]
@@ -84,13 +101,13 @@ _MISSING = object()  # a name that could not be resolved (a problem was reported
 
 
 class _Importer:
-    """Imports modules for one organism, remembering failures so each is reported once."""
+    """Imports modules for one organism, remembering failures so each listener reports them."""
 
     def __init__(self, file: str, folder: str) -> None:
         self.file = file
         self.folder = folder
         self.problems: list[ConfigProblem] = []
-        self._modules: dict[str, ModuleType | None] = {}
+        self._modules: dict[str, ModuleType | str] = {}  # a module, or why it failed
 
     def report(self, key_path: str, line: int | None, message: str) -> None:
         self.problems.append(ConfigProblem(self.file, key_path, line, message))
@@ -98,31 +115,41 @@ class _Importer:
     def listener(self, listener: ListenerConfig, index: int) -> ResolvedListener | None:
         """Import one listener's payload class and handler, reporting what is wrong."""
         base = listener.key_path or f"listeners[{index}]"
+        failed: set[str] = set()  # modules whose failure this listener reported already
         where = f"{base}.payload_class", listener.payload_class_line
-        payload_class = self.resolve(listener.payload_class, *where)
+        payload_class = self.resolve(listener.payload_class, *where, failed)
         if payload_class is not _MISSING and (problem := _payload_class_problem(payload_class)):
-            self.report(*where, f"{listener.payload_class} {problem}")
+            self.report(*where, f"{listener.payload_class}{_defined_at(payload_class)} {problem}")
         where = f"{base}.handler", listener.handler_line
-        handler = self.resolve(listener.handler, *where)
+        handler = self.resolve(listener.handler, *where, failed)
         if handler is _MISSING:
             pass
         elif not callable(handler):
             kind = type(handler).__name__
             message = f"{listener.handler} is not callable (it is of type {kind}); name a function"
             self.report(*where, message)
+        elif problem := handler_signature_problem(handler, listener.handler):
+            self.report(*where, problem)
         elif listener.cpu_bound and (problem := worker_import_problem(handler)):
             self.report(*where, f"{listener.handler}: {problem}")
         if isinstance(payload_class, type) and callable(handler):
             return ResolvedListener(listener, payload_class, handler)
         return None
 
-    def resolve(self, dotted: str, key_path: str, line: int | None) -> object:
-        """The object a ``module.name`` path names, or `_MISSING` after a report."""
+    def resolve(self, dotted: str, key_path: str, line: int | None, failed: set[str]) -> object:
+        """The object a ``module.name`` path names, or `_MISSING` after a report.
+
+        A module that failed is reported once per listener (``failed`` holds the modules this
+        listener has reported), so that every listener using it is pointed at.
+        """
         module_name, _, attr = dotted.rpartition(".")
         if module_name not in self._modules:
-            self._modules[module_name] = self._import(module_name, key_path, line)
+            self._modules[module_name] = self._import(module_name)
         module = self._modules[module_name]
-        if module is None:
+        if isinstance(module, str):
+            if module_name not in failed:
+                failed.add(module_name)
+                self.report(key_path, line, module)
             return _MISSING
         try:
             return getattr(module, attr)
@@ -135,26 +162,22 @@ class _Importer:
         self.report(key_path, line, f"module {module_name!r} ({where}) has no {attr!r}; {hint}")
         return _MISSING
 
-    def _import(self, module_name: str, key_path: str, line: int | None) -> ModuleType | None:
-        top = module_name.partition(".")[0]
-        if clash := self._clash(top):
-            self.report(key_path, line, clash)
-            return None
+    def _import(self, module_name: str) -> ModuleType | str:
+        """The module, or what to report about it."""
         try:
-            module = importlib.import_module(module_name)
+            if provides(self.folder, module_name.partition(".")[0]):
+                return import_from_folder(module_name, self.folder)
+            return importlib.import_module(module_name)
+        except ModuleClash as exc:
+            return str(exc)
         except ModuleNotFoundError as exc:
-            if exc.name is None or not _is_prefix(exc.name, module_name):
-                self.report(key_path, line, _import_failure(module_name, exc))
-            else:
-                self.report(key_path, line, self._not_found(module_name, exc.name))
-            return None
+            # inside the folder's own package the names carry its prefix: show them as written
+            missing = (exc.name or "").removeprefix(folder_package(self.folder) + ".")
+            if not missing or not _is_prefix(missing, module_name):
+                return _import_failure(module_name, exc)
+            return self._not_found(module_name, missing)
         except Exception as exc:  # the module's own code failed; say how
-            self.report(key_path, line, _import_failure(module_name, exc))
-            return None
-        if clash := self._clash(top):  # an earlier sys.path entry provided that name
-            self.report(key_path, line, clash)
-            return None
-        return module
+            return _import_failure(module_name, exc)
 
     def _not_found(self, module_name: str, missing: str) -> str:
         message = (
@@ -167,49 +190,107 @@ class _Importer:
         path = module_name.replace(".", "/")
         return f"{message}; put {path}.py in that folder or fix the dotted path"
 
-    def _clash(self, top: str) -> str | None:
-        """Why ``sys.modules[top]`` is not the module this organism's folder provides, if so."""
-        loaded = sys.modules.get(top)
-        if loaded is None:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(top, [self.folder])
-        if spec is None:
-            return None  # the folder has no such module: whatever is installed is meant
-        if spec.has_location and spec.origin is not None:
-            ours = spec.origin
-            same = _same_file(getattr(loaded, "__file__", None), ours)
-        else:  # a namespace package: a directory without __init__.py
-            ours = os.path.join(self.folder, top)
-            same = any(_same_file(p, ours) for p in getattr(loaded, "__path__", ()))
-        if same:
-            return None
-        theirs = getattr(loaded, "__file__", None) or list(getattr(loaded, "__path__", ()))
-        return (
-            f"module name clash: {top!r} is already imported in this process from "
-            f"{theirs or 'Python itself'}, but this organism's folder has its own {ours}; Python "
-            f"keeps one module per name, so rename one of them or move it into a package with a "
-            f"unique name"
-        )
-
 
 def _is_prefix(name: str, module_name: str) -> bool:
     return module_name == name or module_name.startswith(name + ".")
 
 
-def _same_file(a: str | None, b: str) -> bool:
-    return a is not None and os.path.realpath(a) == os.path.realpath(b)
-
-
 def _import_failure(module_name: str, exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
-    user = [
-        f for f in frames if f.filename[:1] != "<" and "importlib" not in Path(f.filename).parts
-    ]
-    at = f" at {user[-1].filename}:{user[-1].lineno}" if user else ""
+    user = [f for f in frames if _is_user_frame(f.filename)]
+    text = f"{type(exc).__name__}: {exc}"
+    at = ""
+    if user and user[-1].filename not in text:  # a message that names the place already is kept
+        at = f" at {user[-1].filename}:{user[-1].lineno}"
     return (
-        f"importing module {module_name!r} raised {type(exc).__name__}: {exc}{at}; "
-        f"fix that error (try `python -c 'import {module_name}'` in the organism's folder)"
+        f"importing module {module_name!r} raised {text}{at}; fix that error (try "
+        f"`python -c 'import {module_name}'` in the organism's folder)"
     )
+
+
+def _is_user_frame(filename: str) -> bool:
+    """Whether a traceback frame is the user's code, not Python's import system or ours."""
+    if filename[:1] == "<":
+        return False
+    path = Path(filename)
+    return "importlib" not in path.parts and not path.resolve().is_relative_to(_PACKAGE_DIR)
+
+
+def _defined_at(obj: object) -> str:
+    """`` (file:line)`` where a class or function is defined, when Python can tell."""
+    try:
+        target = inspect.unwrap(obj) if callable(obj) else obj
+        file = inspect.getsourcefile(target)  # type: ignore[arg-type]
+        line = inspect.getsourcelines(target)[1]  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return ""
+    return f" ({file}:{line})" if file else ""
+
+
+def handler_signature_problem(handler: object, name: str | None = None) -> str | None:
+    """Why ``handler`` cannot be called as ``handler(payload, metadata)``, if it cannot.
+
+    Sync and async handlers are both fine. ``name`` is how to call the handler in the message
+    (the dotted path of the organism file); ``module.qualname`` by default. Used when an
+    organism file is loaded and when `Organism` is built from `Listener` objects.
+
+    Returns:
+        None when the call works; else one sentence: what is wrong, where the handler is
+        defined, and what to change (too few or too many required positional parameters,
+        required keyword-only parameters, a generator function).
+    """
+    problem = _signature_problem(handler)
+    if problem is None:
+        return None
+    label = (name or _qualified_name(handler)) + _defined_at(handler)
+    return f"{label} {problem}"
+
+
+def _signature_problem(handler: object) -> str | None:
+    call = "a handler is called as handler(payload, metadata)"
+    if inspect.isgeneratorfunction(handler) or inspect.isasyncgenfunction(handler):
+        return (
+            f"is a generator function (it yields); {call} and returns None, a "
+            f"HandlerResponse or a list of them: return them instead of yielding"
+        )
+    try:
+        signature = inspect.signature(handler)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None  # some builtins have none: the call will tell
+    params = list(signature.parameters.values())
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    positional = [p.name for p in params if p.kind in kinds]
+    required = [p.name for p in params if p.kind in kinds and p.default is p.empty]
+    varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
+    keyword_only = [
+        p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is p.empty
+    ]
+    if len(positional) < 2 and not varargs:
+        takes = {0: "no positional arguments", 1: "1 positional argument"}[len(positional)]
+        return (
+            f"takes {takes}; {call}: give it two parameters, such as (msg, meta: HandlerMetadata)"
+        )
+    if len(required) > 2:
+        return (
+            f"requires {len(required)} positional arguments ({', '.join(required)}); "
+            f"{call}: give those after the second a default, or remove them"
+        )
+    if keyword_only:
+        listed = ", ".join(repr(n) for n in keyword_only)
+        if len(keyword_only) == 1:
+            what, fix = "argument", "give it a default, or remove it"
+        else:
+            what, fix = "arguments", "give them defaults, or remove them"
+        return f"requires keyword-only {what} {listed}; {call}: {fix}"
+    return None
+
+
+def _qualified_name(obj: object) -> str:
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if isinstance(module, str) and isinstance(qualname, str):
+        return f"{module}.{qualname}"
+    return f"handler {obj!r}"
 
 
 def _payload_class_problem(obj: object) -> str | None:
@@ -233,10 +314,8 @@ def worker_import_problem(handler: object) -> str | None:
     elif "<locals>" in qualname:
         why = f"it is a nested function or closure ({qualname}) made inside another function"
     else:
-        try:
-            found: object = importlib.import_module(module_name)
-            for part in qualname.split("."):
-                found = getattr(found, part)
+        try:  # exactly what a worker will do (by file, for a module of an organism folder)
+            found = resolve_path(import_path(handler))
         except Exception:
             found = _MISSING
         if found is handler:

@@ -31,7 +31,7 @@ from xml_pipeline.config import (
 )
 from xml_pipeline.errors import ConfigError, UsageError
 from xml_pipeline.handlers import Listener
-from xml_pipeline.loader import load_organism, worker_import_problem
+from xml_pipeline.loader import handler_signature_problem, load_organism, worker_import_problem
 from xml_pipeline.parsing import ParseLimits
 from xml_pipeline.pool import ProcessPool
 from xml_pipeline.pump import DeadLetter, PumpStats, StreamPump
@@ -366,7 +366,9 @@ def _check_listener(listener: Listener, names: list[str]) -> None:
     unknown = [peer for peer in listener.peers if peer not in names]
     if unknown:
         raise UsageError(f"{where}: peers {unknown} are not listeners of this organism")
-    problem = listener.cpu_bound and worker_import_problem(listener.handler)
+    problem = handler_signature_problem(listener.handler) or (
+        listener.cpu_bound and worker_import_problem(listener.handler)
+    )
     if problem:
         raise UsageError(f"{where}: {problem}")
 

@@ -18,7 +18,6 @@ process (no new loop per task).
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import sys
 import threading
@@ -30,6 +29,7 @@ from lxml import etree
 from xml_pipeline.errors import DeliveryError, Reason, SchemaViolation, XmlInputError
 from xml_pipeline.handlers import HandlerMetadata, HandlerResponse, HistoryEntry, Listener
 from xml_pipeline.history import decode_entry
+from xml_pipeline.imports import import_path, resolve_path
 from xml_pipeline.parsing import _syntax
 from xml_pipeline.payloads import from_element, is_payload, to_xml
 from xml_pipeline.pool import ProcessPool, WorkerFailure, _failed
@@ -58,20 +58,12 @@ def extend_sys_path(paths: tuple[str, ...]) -> None:
             sys.path.insert(0, path)
 
 
-def import_path(obj: object) -> str:
-    """``module:qualname`` of a module-level class or function."""
-    return f"{obj.__module__}:{obj.__qualname__}"  # type: ignore[attr-defined]
-
-
 def resolve(path: str) -> Any:
-    """The object named by an `import_path`, imported once per process."""
+    """The object named by an `import_path`, imported once per process (by its file when it
+    comes from an organism folder: see `xml_pipeline.imports`)."""
     found = _imported.get(path)
     if found is None:
-        module, _, qualname = path.partition(":")
-        found = importlib.import_module(module)
-        for part in qualname.split("."):
-            found = getattr(found, part)
-        _imported[path] = found
+        found = _imported[path] = resolve_path(path)
     return found
 
 

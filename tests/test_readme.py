@@ -1,0 +1,390 @@
+"""Every fenced block of README.md works as written.
+
+Blocks are found by their fences, never by line number, so the README can change around them:
+
+- ``python``: run as a script, with a fresh copy of the repository as the working directory
+  (relative paths such as ``organisms/hello/organism.yaml`` work, and nothing is written into
+  the checkout). A block that defines ``test_`` functions is run by pytest with the project's
+  settings. A block that serves "until Ctrl-C" must print a line and keep running; it is then
+  interrupted and must exit cleanly.
+- ``sh``: each command line runs in that copy with this interpreter's ``python``, ``organism``,
+  ``mypy`` and ``ruff`` first on ``PATH``. Not run: ``pip install ...`` (CI's ``.ci/run`` runs
+  the README's install and test commands word for word in a fresh venv) and the suite itself
+  (``python -m pytest ...``, which would run this test again): the suite's command line is
+  checked by collecting the tests with its arguments (``--collect-only``). Whatever a command
+  leaves running is killed when it exits.
+- ``yaml``: accepted by ``organism validate`` (the config reader, then the imports) in the hello
+  organism's folder: a whole organism file (with ``listeners:``) as it is, a fragment
+  (``backend:`` alone) merged into the hello organism's file.
+- ``xml``: an envelope, parsed as one.
+- A block right after a line that names a repository file (`` `organisms/hello/handlers.py`: ``)
+  is that file, word for word.
+
+Blocks that read ``REDIS_URL`` get the test's private redis-server there. Examples never use a
+fixed port of their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.redis_server import redis_server, redis_url  # noqa: F401 - fixtures
+from xml_pipeline.envelope import Envelope
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+HELLO = Path("organisms/hello/organism.yaml")
+_FENCE = re.compile(r"^```(\w*)\s*$")
+_FILE_LINE = re.compile(r"^`([\w./-]+)`:\s*$")
+_TIMEOUT = 100  # seconds for one block or command; the slowest (a benchmark's quick run) ~10
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced block of the README."""
+
+    lang: str
+    text: str
+    line: int  # of the opening fence
+    names_file: str | None  # the repository file named on the line before, if any
+
+    def __str__(self) -> str:
+        return f"README.md:{self.line} ({self.lang})"
+
+
+def readme_blocks() -> list[Block]:
+    """Every fenced block, in order."""
+    blocks: list[Block] = []
+    lines = README.read_text(encoding="utf-8").splitlines()
+    i = 0
+    while i < len(lines):
+        opening = _FENCE.match(lines[i])
+        if opening is None:
+            i += 1
+            continue
+        start = i
+        i += 1
+        body: list[str] = []
+        while i < len(lines) and lines[i].rstrip() != "```":
+            body.append(lines[i])
+            i += 1
+        assert i < len(lines), f"README.md:{start + 1}: a fenced block is never closed"
+        before = [line for line in lines[:start] if line.strip()]
+        named = _FILE_LINE.match(before[-1]) if before else None
+        blocks.append(
+            Block(opening[1], "\n".join(body) + "\n", start + 1, named[1] if named else None)
+        )
+        i += 1
+    return blocks
+
+
+BLOCKS = readme_blocks()
+
+
+def params(*langs: str) -> list[object]:
+    """The blocks of these languages as pytest params, marked by what they need."""
+    chosen: list[object] = []
+    for block in BLOCKS:
+        if block.lang not in langs:
+            continue
+        marks: list[pytest.MarkDecorator] = []
+        if "REDIS_URL" in block.text or "benchmarks/bench_backends" in block.text:
+            marks.append(pytest.mark.redis)
+        if any(slow in block.text for slow in ("benchmarks/", "mypy", "python -m pytest")):
+            marks.append(pytest.mark.slow)  # tens of seconds: benchmarks, type check, collection
+        chosen.append(pytest.param(block, id=f"line{block.line}", marks=marks))
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the repository to run the README in: its commands may write files."""
+    copy = tmp_path_factory.mktemp("readme") / "repo"
+    ignore = shutil.ignore_patterns(
+        ".git",
+        ".venv",
+        ".ci-venv",
+        "*_cache",
+        "__pycache__",
+        "*.egg-info",
+        ".hypothesis",
+        "results",
+    )
+    shutil.copytree(ROOT, copy, ignore=ignore)
+    return copy
+
+
+@pytest.fixture
+def env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The environment of a block: this venv first on PATH, REDIS_URL when the block uses it."""
+    environ = dict(os.environ)
+    environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), environ["PATH"]])
+    environ.pop("PYTHONPATH", None)
+    callspec = getattr(request.node, "callspec", None)
+    block = callspec.params.get("block") if callspec is not None else None
+    if isinstance(block, Block) and "REDIS_URL" in block.text:
+        environ["REDIS_URL"] = request.getfixturevalue("redis_url")
+    return environ
+
+
+def completed(done: subprocess.CompletedProcess[str], what: str) -> str:
+    return f"{what} exited {done.returncode}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+
+
+def test_the_readme_has_blocks_of_every_kind_this_test_runs() -> None:
+    """Guards the extraction itself: a broken fence pattern would silently test nothing."""
+    langs = {block.lang for block in BLOCKS}
+    assert {"python", "sh", "yaml"} <= langs, langs
+    assert all(block.lang for block in BLOCKS), "every fenced block names its language"
+
+
+# -- python ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", params("python"))
+def test_python_block_runs(
+    block: Block, env: dict[str, str], repo_copy: Path, tmp_path: Path
+) -> None:
+    if re.search(r"^(async )?def test_", block.text, re.MULTILINE):
+        script = tmp_path / f"test_readme_line{block.line}.py"
+        script.write_text(block.text)
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        command += ["-c", str(repo_copy / "pyproject.toml"), "--rootdir", str(tmp_path)]
+        done = run([*command, str(script)], repo_copy, env)
+        assert done.returncode == 0, completed(done, str(block))
+        assert re.search(r"\b\d+ passed\b", done.stdout) and "skipped" not in done.stdout
+        return
+    script = tmp_path / f"readme_line{block.line}.py"
+    script.write_text(block.text)
+    if "until Ctrl-C" in block.text:
+        first_line, done = serve_then_interrupt([sys.executable, str(script)], repo_copy, env)
+        assert first_line.strip(), f"{block} printed nothing before serving"
+        assert done.returncode == 0, completed(done, f"{block} after Ctrl-C")
+        return
+    done = run([sys.executable, str(script)], repo_copy, env)
+    assert done.returncode == 0, completed(done, str(block))
+
+
+def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=_TIMEOUT,
+        check=False,
+    )
+
+
+def serve_then_interrupt(
+    command: list[str], cwd: Path, env: dict[str, str]
+) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """Start a serving script, wait for its first line, check it still runs, press Ctrl-C."""
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first_line = read_line(process, timeout=60)
+        assert process.poll() is None, "the server stopped on its own instead of serving"
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return first_line, subprocess.CompletedProcess(
+        command, process.returncode, first_line + stdout, stderr
+    )
+
+
+def read_line(process: subprocess.Popen[str], timeout: float) -> str:
+    """The first line the process prints, waiting at most ``timeout`` seconds."""
+    stdout = process.stdout
+    assert stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not lines:
+        process.kill()
+        reader.join()
+        stderr = process.stderr.read() if process.stderr else ""
+        pytest.fail(f"no line from {process.args!r} in {timeout} s; stderr:\n{stderr}")
+    return lines[0]
+
+
+# -- sh -------------------------------------------------------------------------------------
+
+
+def commands(block: Block) -> Iterator[str]:
+    """The command lines of a shell block (comments and blank lines left out)."""
+    for line in block.text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            yield line
+
+
+def run_shell(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run one command line with /bin/sh in a process group of its own; whatever it leaves
+    running (``server &``) is killed when it exits, so no test leaves a process behind."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            returncode = process.wait(timeout=_TIMEOUT)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(command, returncode, out.read(), err.read())
+
+
+@pytest.mark.timeout(900)  # several commands; the benchmarks' quick runs take ~20 s together
+@pytest.mark.parametrize("block", params("sh"))
+def test_shell_block_runs(block: Block, env: dict[str, str], repo_copy: Path) -> None:
+    ran = 0
+    for line in commands(block):
+        for part in line.split(" && "):
+            words = shlex.split(part, comments=True)
+            if words[:2] == ["pip", "install"]:
+                continue  # CI installs (see the module docstring)
+            if words[:3] == ["python", "-m", "pytest"]:
+                done = run(
+                    [*words, "--collect-only", "-q", "-p", "no:cacheprovider"], repo_copy, env
+                )
+                assert done.returncode == 0, completed(done, f"{block}: {part} (collecting)")
+                assert re.search(r"\b\d+ tests? collected\b", done.stdout), done.stdout[-2000:]
+            else:
+                done = run_shell(part, repo_copy, env)
+                assert done.returncode == 0, completed(done, f"{block}: {part}")
+            ran += 1
+    assert ran, f"{block} has no command that runs"
+
+
+# -- yaml and xml ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", params("yaml"))
+def test_yaml_block_is_read_by_the_config_reader(
+    block: Block, env: dict[str, str], repo_copy: Path
+) -> None:
+    """`organism validate` (the config reader, then the imports) accepts it in hello's folder.
+
+    In a subprocess: loading hello's handlers here would give this test process a `handlers`
+    module from the copy, which other tests expect from the checkout.
+    """
+    document = yaml.safe_load(block.text)
+    assert isinstance(document, dict), f"{block} is not a mapping"
+    hello = repo_copy / HELLO
+    if "listeners" in document:
+        text = block.text
+    else:  # a fragment: its sections replace the hello organism's
+        organism = yaml.safe_load(hello.read_text())
+        organism.update(document)
+        text = yaml.safe_dump(organism, sort_keys=False)
+    file = hello.parent / f"readme-line{block.line}.yaml"
+    file.write_text(text)
+    done = run(["organism", "validate", str(file)], repo_copy, env)
+    assert done.returncode == 0, completed(done, str(block))
+    assert ": ok (" in done.stdout
+
+
+@pytest.mark.parametrize("block", params("xml"))
+def test_xml_block_is_an_envelope(block: Block) -> None:
+    envelope = Envelope.from_bytes(block.text.encode())
+    assert envelope.to
+
+
+# -- file listings --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "block", [pytest.param(b, id=f"line{b.line}") for b in BLOCKS if b.names_file]
+)
+def test_a_listing_of_a_repository_file_is_that_file(block: Block) -> None:
+    assert block.names_file is not None
+    file = ROOT / block.names_file
+    assert file.is_file(), f"{block} lists {block.names_file}, which does not exist"
+    assert block.text == file.read_text(encoding="utf-8"), (
+        f"{block} differs from {block.names_file}: make them the same"
+    )
+
+
+# -- blocks that work together ----------------------------------------------------------------
+
+
+def test_the_manager_server_block_serves_the_manager_yaml_block(
+    env: dict[str, str], repo_copy: Path, tmp_path: Path
+) -> None:
+    """The server script prints an address; the YAML fragment, given it, runs hello there."""
+    servers = [b for b in BLOCKS if b.lang == "python" and "start_manager_server" in b.text]
+    fragments = [b for b in BLOCKS if b.lang == "yaml" and "type: manager" in b.text]
+    assert len(servers) == len(fragments) == 1, "the README shows one manager server and YAML"
+    server, fragment = servers[0], fragments[0]
+    script = tmp_path / "server.py"
+    script.write_text(server.text)
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=repo_copy,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        printed = read_line(process, timeout=60)
+        match = re.search(r"manager_address: (\S+:\d+)", printed)
+        assert match, f"{server} printed {printed!r}, not its manager_address"
+        backend = yaml.safe_load(fragment.text)
+        backend["backend"]["manager_address"] = match[1]
+        organism = yaml.safe_load((repo_copy / HELLO).read_text())
+        organism.update(backend)
+        file = repo_copy / HELLO.parent / "organism-manager.yaml"
+        file.write_text(yaml.safe_dump(organism, sort_keys=False))
+        greeting = "<Greeting><name>Ada</name></Greeting>"
+        done = run(
+            ["organism", "run", str(file), "--to", "greeter", "--send", greeting], repo_copy, env
+        )
+        assert done.returncode == 0, completed(done, f"hello on {fragment}'s backend")
+        assert done.stdout.strip() == "<Reply><message>HELLO, ADA!</message></Reply>"
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
