@@ -237,6 +237,29 @@ async def test_the_next_hop_of_a_task_that_ran_a_swallowing_handler_is_not_taken
         assert "CancelledError" in info.value.message
 
 
+async def test_cancellation_is_level_triggered_a_handler_swallowing_once_still_stops() -> None:
+    """Swallow one cancel, then await again: the next cancel stops it, well before the grace
+    ends, so it is not abandoned and its task does not outlive the conversation."""
+    stopped = anyio.Event()
+
+    async def swallow_then_wait(msg: Msg, meta: HandlerMetadata) -> None:
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(10)
+            await asyncio.sleep(10)
+        finally:
+            stopped.set()
+
+    async with Organism([Listener("s", Msg, swallow_then_wait, timeout_seconds=0.2)]) as org:
+        with pytest.raises(DeliveryError):
+            await org.request("s", Msg(), timeout=30)
+        with anyio.fail_after(5):
+            await stopped.wait()
+        assert org.stats.abandoned == 0
+        await anyio.sleep(0.05)
+        assert [t for t in pump_tasks() if "_chain" in t.get_coro().__qualname__] == []  # type: ignore[union-attr]
+
+
 async def test_a_handler_that_ignores_cancellation_is_abandoned_and_its_slot_given_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -18,12 +18,14 @@ Who decides a hop's outcome. Normally the task running the hop. Two events take 
 over (*settle* it) from outside: its handler's deadline passing (the watchdog reports the
 ``timeout`` to the caller at once) and its conversation ending for any reason (answer,
 failure, request timeout, requester cancelled, ``hop_limit``, lost, shutdown: nothing is left
-to report). Either way the handler's task is cancelled once, and that cancel is balanced with
+to report). Either way the handler's task is cancelled, and again at every watchdog tick
+while the handler runs (cancellation is level-triggered, as in trio: a handler that swallows one
+cancel and awaits again gets another); every one of those cancels is balanced with
 ``Task.uncancel`` however the handler ends (raising, swallowing the cancel, answering late), so
 the next hop the same task runs never mistakes its own ``CancelledError`` for a shutdown. What a
 settled handler returns is dropped. A handler still running ``_CANCEL_GRACE`` seconds after
-its cancel ignores cancellation: it is *abandoned* (logged, counted in ``stats.abandoned``) and
-its concurrency slot given back.
+its first cancel ignores cancellation: it is *abandoned* (logged, counted in
+``stats.abandoned``) and its concurrency slot given back.
 
 Every call is a `_Frame` that counts what may still happen on its thread (hops queued or
 running there, calls it made that are unanswered). A frame whose count drops to zero before it
@@ -201,7 +203,9 @@ class _Hop:
     (``"timeout"`` or ``"ended"``); ``abandoned`` when its handler ignored that cancel.
     """
 
-    __slots__ = ("abandoned", "conv", "frame", "payload", "route", "sender", "settled", "task")
+    __slots__ = (
+        "abandoned", "cancels", "conv", "frame", "payload", "route", "sender", "settled", "task"
+    )  # fmt: skip
 
     def __init__(
         self, route: _Route, frame: _Frame, sender: str, payload: object, conv: _Conversation
@@ -213,6 +217,7 @@ class _Hop:
         self.conv = conv
         self.task: asyncio.Task[Any] | None = None
         self.settled: str | None = None
+        self.cancels = 0  # task.cancel() calls the pump made for this hop, to balance
         self.abandoned = False
 
 
@@ -280,6 +285,7 @@ class StreamPump:
         self._max_hops = max_hops
         self._convs: dict[str, _Conversation] = {}
         self._running: dict[_Hop, float] = {}  # in-process handler runs -> deadline
+        self._abandoned: set[_Hop] = set()  # handlers that ignored cancellation, still running
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retiring: set[asyncio.Task[Any]] = set()  # background retirements
         self._closing = False
@@ -313,12 +319,15 @@ class StreamPump:
             now = loop.time()
             for hop, deadline in list(self._running.items()):
                 if now < deadline:
-                    continue
-                if hop.settled is None:
+                    if hop.settled is not None:
+                        self._cancel(hop)  # level-triggered, as in trio: until it stops
+                elif hop.settled is None:
                     self._settle(hop, "timeout")
                     self._spawn_call(self._report_timeout(hop))
                 else:
                     self._abandon(hop)
+            for hop in self._abandoned:
+                self._cancel(hop)
 
     async def wait_idle(self) -> None:
         """Wait until no conversation is open."""
@@ -740,10 +749,14 @@ class StreamPump:
             result = None
         finally:
             self._running.pop(hop, None)
+            self._abandoned.discard(hop)
             conv.running.discard(hop)
         if hop.settled is not None:
-            # the one cancel the pump made, balanced however the handler ended
-            if task is not None and task.uncancel() > 0:
+            # the cancels the pump made, balanced however the handler ended
+            pending = 0
+            for _ in range(hop.cancels):
+                pending = task.uncancel() if task is not None else 0
+            if pending > 0:
                 raise asyncio.CancelledError  # a shutdown cancel landed too
             raise _Settled
         if caught is None:
@@ -880,7 +893,11 @@ class StreamPump:
         hop.settled = reason
         loop = self._loop or asyncio.get_running_loop()
         self._running[hop] = loop.time() + _CANCEL_GRACE  # watched for abandonment
-        if hop.task is not None:
+        self._cancel(hop)
+
+    def _cancel(self, hop: _Hop) -> None:
+        if hop.task is not None and not hop.task.done():
+            hop.cancels += 1
             hop.task.cancel()
 
     def _abandon(self, hop: _Hop) -> None:
@@ -888,6 +905,7 @@ class StreamPump:
         del self._running[hop]
         hop.conv.running.discard(hop)
         hop.abandoned = True
+        self._abandoned.add(hop)  # cancelled again at every tick while it runs
         self.stats.abandoned += 1
         route = hop.route
         log.warning(
