@@ -31,3 +31,10 @@ def sleepy(msg: Work, meta: HandlerMetadata) -> HandlerResponse:
     if msg.marker:
         Path(msg.marker + ".finished").write_text(str(os.getpid()))
     return HandlerResponse.respond(Done(pid=os.getpid()))
+
+
+def fails(msg: Work, meta: HandlerMetadata) -> None:
+    """Raises from a library call, as handlers do (the line that called it is the user's)."""
+    import json
+
+    json.loads(msg.marker or "{")  # the line the error names

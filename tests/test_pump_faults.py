@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -37,7 +38,8 @@ from xml_pipeline.backends.memory import MemoryBackend
 from xml_pipeline.config import BackendConfig
 from xml_pipeline.testing import drain
 
-from .fault_handlers import Done, Work, sleepy
+from . import fault_handlers
+from .fault_handlers import Done, Work, fails, sleepy
 
 pytestmark = pytest.mark.anyio
 
@@ -684,3 +686,64 @@ async def test_error_report_takes_reason_text_and_refuses_unknown_codes(
     assert await org_with_echo.request("e", Msg(text="still fine"), timeout=5) == Msg(
         text="still fine"
     )
+
+
+async def test_a_handler_error_names_the_users_line_in_process_and_in_a_worker() -> None:
+    import json
+
+    async def inline(msg: Work, meta: HandlerMetadata) -> None:
+        json.loads("{")  # this line
+
+    line = inline.__code__.co_firstlineno + 1
+    source = inspect.getsourcefile(fault_handlers)
+    assert source is not None
+    worker_line = next(
+        i
+        for i, text in enumerate(Path(source).read_text().splitlines(), 1)
+        if "the line the" in text
+    )
+    listeners = [
+        Listener("inline", Work, inline),
+        Listener("pooled", Work, fails, cpu_bound=True),
+    ]
+    async with Organism(listeners, process_pool={"workers": 1}) as org:
+        with pytest.raises(DeliveryError) as info:
+            await org.request("inline", Work(), timeout=10)
+        assert f"test_pump_faults.py:{line}, in inline)" in info.value.message
+        with pytest.raises(DeliveryError) as info:
+            await org.request("pooled", Work(), timeout=10)
+        assert f"fault_handlers.py:{worker_line}, in fails)" in info.value.message
+
+
+async def test_a_payload_of_another_class_with_the_same_tag_is_named_as_such() -> None:
+    @payload(tag="Msg")
+    @dataclass
+    class Lookalike:
+        text: str = ""
+        n: int = 0
+
+    async def echo(msg: Msg, meta: HandlerMetadata) -> HandlerResponse:
+        return HandlerResponse.respond(msg)
+
+    async with Organism([Listener("e", Msg, echo)]) as org:
+        with pytest.raises(DeliveryError, match="another class of that name") as info:
+            await org.request("e", Lookalike(), timeout=5)
+    assert "test_pump_faults.Msg" in info.value.message
+    assert "Lookalike" in info.value.message
+
+
+async def test_a_sync_handler_that_blocks_past_its_timeout_is_a_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A plain function cannot be interrupted on the event loop; an answer it gives after its
+    deadline is a timeout all the same, and the log says why it could not be stopped."""
+
+    def blocking(msg: Msg, meta: HandlerMetadata) -> HandlerResponse:
+        time.sleep(0.3)
+        return HandlerResponse.respond(msg)
+
+    async with Organism([Listener("b", Msg, blocking, timeout_seconds=0.1)]) as org:
+        with pytest.raises(DeliveryError) as info:
+            await org.request("b", Msg(), timeout=5)
+    assert (info.value.reason, info.value.listener) == ("timeout", "b")
+    assert "blocked the event loop" in caplog.text

@@ -115,6 +115,14 @@ def params(*langs: str) -> list[object]:
 def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the repository to run the README in: its commands may write files."""
     copy = tmp_path_factory.mktemp("readme") / "repo"
+    tracked = _tracked_files()
+    if tracked is not None:  # the project as committed: files a user left around stay out
+        for name in tracked:
+            source = ROOT / name
+            if source.is_file():
+                (copy / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, copy / name)
+        return copy
     ignore = shutil.ignore_patterns(
         ".git",
         ".venv",
@@ -127,6 +135,17 @@ def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     shutil.copytree(ROOT, copy, ignore=ignore)
     return copy
+
+
+def _tracked_files() -> list[str] | None:
+    """The repository's tracked files, or None outside a git checkout."""
+    try:
+        done = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [name for name in done.stdout.decode().split("\0") if name]
 
 
 @pytest.fixture

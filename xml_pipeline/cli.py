@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 
 from xml_pipeline.envelope import Envelope
-from xml_pipeline.errors import ConfigError, DeliveryError, XmlPipelineError
+from xml_pipeline.errors import ConfigError, DeliveryError, Reason, XmlPipelineError
 from xml_pipeline.loader import validate_organism
 from xml_pipeline.organism import Organism
 from xml_pipeline.payloads import from_element, from_xml, payload_spec, to_xml
@@ -182,7 +182,10 @@ async def _answer(org: Organism, to: str | None, xml: str, timeout: float, where
             payload = from_xml(_listener_class(org, to), xml, limits=limits)
         answer = await org.request(to, payload, timeout=timeout)
     except XmlPipelineError as exc:
-        print(f"error ({where}): {exc}", file=sys.stderr)
+        hint = ""
+        if to is None and exc.reason in (Reason.MALFORMED, Reason.NOT_AN_ENVELOPE):
+            hint = " (a line is a v1 envelope, or '@listener <payload-xml>')"
+        print(f"error ({where}): {exc}{hint}", file=sys.stderr)
         return EXIT_FAILED
     print(to_xml(answer).decode(), flush=True)
     return EXIT_OK

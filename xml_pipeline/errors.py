@@ -33,6 +33,11 @@ error can cross a process boundary; the process pool still sends failures as pla
 
 from __future__ import annotations
 
+import os
+import re
+import sysconfig
+import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -48,6 +53,7 @@ __all__ = [
     "UsageError",
     "XmlInputError",
     "XmlPipelineError",
+    "raised_at",
 ]
 
 
@@ -277,3 +283,43 @@ class UsageError(XmlPipelineError, ValueError):
 
     reason = Reason.USAGE
     reasons = frozenset({Reason.USAGE})
+
+
+# where code that is not the user's lives: this package, the standard library, installed packages
+_OURS = os.path.dirname(__file__) + os.sep
+_LIBRARIES = tuple(
+    {os.path.join(sysconfig.get_paths()[key], "") for key in ("stdlib", "purelib", "platlib")}
+)
+_FRAME_LINE = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<name>.+)$', re.M)
+
+
+def raised_at(where: BaseException | str) -> str:
+    """Where user code raised, as ``" (at handlers.py:80, in audit)"``, or ``""``.
+
+    ``where`` is an exception (its traceback is read) or a formatted traceback (the text a
+    worker process sends back). The user's frame is the innermost one outside xml-pipeline,
+    the standard library and installed packages (a handler's own line, also when a library it
+    called raised); failing that, the innermost one outside xml-pipeline.
+    """
+    frames: Iterable[tuple[str, str, str]]
+    if isinstance(where, BaseException):
+        frames = (
+            (f.filename, str(f.lineno), f.name) for f in traceback.extract_tb(where.__traceback__)
+        )
+    else:
+        frames = ((m["file"], m["line"], m["name"]) for m in _FRAME_LINE.finditer(where))
+    user = library = None
+    for frame in frames:
+        file = frame[0]
+        if file.startswith(_OURS) or file.startswith("<"):
+            continue
+        if file.startswith(_LIBRARIES):
+            library = frame
+        else:
+            user = frame
+    chosen = user or library
+    if chosen is None:
+        return ""
+    file, line, name = chosen
+    shown = os.path.relpath(file) if file.startswith(os.getcwd() + os.sep) else file
+    return f" (at {shown}:{line}, in {name})"

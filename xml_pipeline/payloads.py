@@ -340,6 +340,13 @@ def _field(
     except PayloadTypeError as exc:  # an enum whose values cannot travel
         raise _Refused(f"{where}: {exc.message}", cls, name) from None
     if codec is None:
+        if isinstance(inner, type) and inspect.get_annotations(inner):
+            raise _Refused(  # a class meant as a nested payload, missing its decorator
+                f"{where}: type {text} is not a dataclass; decorate {inner.__qualname__} with "
+                "@dataclass to nest it",
+                cls,
+                name,
+            )
         raise _Refused(
             f"{where}: type {text} is not supported (supported: {_SUPPORTED}); change the "
             "annotation to one of these",
@@ -559,7 +566,7 @@ def from_element(cls: type[T], element: etree._Element, *, validate: bool = True
     if validate:
         schema = spec._schema or spec.schema
         if not schema.validate(element):
-            raise _invalid(spec, schema)
+            raise _invalid(spec, schema, element)
     elif element.tag != spec.tag:
         raise SchemaViolation(
             f"expected root element <{spec.tag}>, got <{element.tag}>",
@@ -573,14 +580,37 @@ def from_element(cls: type[T], element: etree._Element, *, validate: bool = True
         return _bind(spec, element, "/" + spec.tag)  # type: ignore[return-value]
 
 
-def _invalid(spec: PayloadSpec, schema: etree.XMLSchema) -> SchemaViolation:
-    """The rejection of an element ``schema`` just failed: its first error, line and path."""
+def _invalid(
+    spec: PayloadSpec, schema: etree.XMLSchema, element: etree._Element
+) -> SchemaViolation:
+    """The rejection of an element ``schema`` just failed: its first error, line and path,
+    said in the payload's terms where libxml2's words would mislead."""
+    if element.tag != spec.tag:
+        return SchemaViolation(
+            f"expected the payload <{spec.tag}>, got <{element.tag}>",
+            line=element.sourceline,
+            path="/",
+        )
     err = schema.error_log[0]  # the first error: later ones often follow from it
-    return SchemaViolation(
-        f"<{spec.tag}> does not conform to its schema: {err.message}",
-        line=err.line or None,
-        path=err.path or None,
-    )
+    message = f"<{spec.tag}> does not conform to its schema: {err.message}"
+    if "This element is not expected" in err.message:
+        holder = _spec_at(spec, (err.path or "").split("/")[2:-1])
+        if holder is not None:
+            order = ", ".join(f.name for f in holder.fields)
+            message += (
+                f" (child elements of <{holder.tag}> come in the order of its fields: {order})"
+            )
+    return SchemaViolation(message, line=err.line or None, path=err.path or None)
+
+
+def _spec_at(spec: PayloadSpec, names: list[str]) -> PayloadSpec | None:
+    """The nested spec at an element path below the root (``["ship_to"]``), if there is one."""
+    for name in names:
+        field = spec.by_tag.get(name.partition("[")[0])
+        if field is None or field.nested is None:
+            return None
+        spec = field.nested
+    return spec
 
 
 def _bind(spec: PayloadSpec, el: etree._Element, path: str) -> object:

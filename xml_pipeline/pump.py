@@ -59,6 +59,7 @@ from xml_pipeline.errors import (
     SchemaViolation,
     UsageError,
     XmlPipelineError,
+    raised_at,
 )
 from xml_pipeline.handlers import (
     ErrorReport,
@@ -360,12 +361,20 @@ class StreamPump:
                 stop_by = loop.time() + _CANCEL_GRACE
                 if tasks:
                     _, stuck = await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
+                    hops = {hop.task: hop for hop in [*self._running, *self._abandoned]}
                     for task in stuck:
                         self.stats.abandoned += 1
+                        hop = hops.get(task)
+                        what = (
+                            f"the handler of {hop.route.name!r} on thread {hop.frame.thread}"
+                            if hop is not None
+                            else f"a task of the organism ({task.get_name()})"
+                        )
                         log.warning(
-                            "a handler did not stop when the organism closed (it ignores "
-                            "cancellation); abandoned, it may still be running: %r",
-                            task,
+                            "%s did not stop when cancelled as the organism closed (it ignores "
+                            "cancellation); abandoned, it may still be running. Let "
+                            "CancelledError propagate from handlers.",
+                            what,
                         )
                 retire = [self._retire(conv.id) for conv in convs]
                 if retire:
@@ -477,7 +486,7 @@ class StreamPump:
                 raise self._no_route(to)
             if type(payload) is not route.def_.payload_class:
                 raise DeliveryError(
-                    f"{to!r} accepts <{route.spec.tag}>, not <{payload_spec(payload).tag}>",
+                    _wrong_class(to, route.def_.payload_class, payload, "the request"),
                     reason="no_route",
                     listener=to,
                 )
@@ -744,6 +753,8 @@ class StreamPump:
                 result = route.def_.handler(hop.payload, meta)
                 if inspect.isawaitable(result):  # an async callable object, a wrapped coroutine
                     result = await result
+                else:
+                    self._blocked(hop)
         except BaseException as exc:  # sorted below, once the hop's state is known
             caught = exc
             result = None
@@ -773,8 +784,27 @@ class StreamPump:
         log.debug("handler of %r raised", route.name, exc_info=caught)
         raise _Failure(
             Reason.HANDLER_ERROR,
-            f"{route.name!r} raised {type(caught).__name__}: {_describe(caught)}",
+            f"{route.name!r} raised {type(caught).__name__}: {_describe(caught)}"
+            f"{raised_at(caught)}",
         ) from None
+
+    def _blocked(self, hop: _Hop) -> None:
+        """A plain function returned: nothing could interrupt it on the event loop, so an
+        answer after its deadline is settled as a timeout here."""
+        deadline = self._running.get(hop)
+        if deadline is None or hop.settled is not None:
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        if loop.time() < deadline:
+            return
+        route = hop.route
+        log.warning(
+            "the plain (sync) handler of %r blocked the event loop past its %ss timeout; "
+            "nothing could stop it there: make it async, or mark the listener cpu_bound",
+            route.name, route.timeout,
+        )  # fmt: skip
+        hop.settled = "timeout"
+        self._spawn_call(self._report_timeout(hop))
 
     def _check_outputs(
         self, route: _Route, result: object
@@ -814,9 +844,10 @@ class StreamPump:
                     f"{sorted(route.peers)}; add it to peers in organism.yaml",
                 )
             if type(out.payload) is not target.def_.payload_class:
-                got = type(out.payload).__name__
+                sent = f"{route.name!r} called it"
                 raise _Failure(
-                    Reason.NO_ROUTE, f"{out.to!r} accepts <{target.spec.tag}>, not {got} objects"
+                    Reason.NO_ROUTE,
+                    _wrong_class(out.to, target.def_.payload_class, out.payload, sent),
                 )
         elif not is_payload(out.payload):
             raise _Failure(
@@ -1024,6 +1055,23 @@ def _describe(exc: BaseException) -> str:
     return text if text else "(no message)"
 
 
+def _wrong_class(to: str, accepted: type, payload: object, sent: str) -> str:
+    """Why ``payload`` cannot go to ``to``; for two classes of one tag, which is which."""
+    got = type(payload)
+    tag, wanted = payload_spec(got).tag, payload_spec(accepted).tag
+    if tag != wanted:
+        return f"{to!r} accepts <{wanted}>, not <{tag}> ({sent} with <{tag}>)"
+    return (
+        f"{to!r} accepts <{wanted}> of class {_where(accepted)}, and {sent} with another class "
+        f"of that name, {_where(got)}; build the payload from the listener's own class "
+        f"(Organism.listeners gives each listener's payload_class)"
+    )
+
+
+def _where(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def _no_answer(frame: _Frame) -> str:
     caller = frame.parent
     if caller is None or caller.parent is None:
@@ -1043,8 +1091,8 @@ def _request_timeout(
 ) -> DeliveryError:
     phase = f" ({when})" if when else ""
     return DeliveryError(
-        f"no answer from {to!r} within the request timeout of {timeout:g}s{phase}; raise "
-        "timeout= or look at what the conversation is waiting for",
+        f"no answer from {to!r} within the request timeout of {timeout:g}s{phase}; raise the "
+        "request's timeout, or look at what the conversation is waiting for",
         reason="timeout", listener=to, thread=thread,
     )  # fmt: skip
 

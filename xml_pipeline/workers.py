@@ -26,7 +26,7 @@ from typing import Any
 
 from lxml import etree
 
-from xml_pipeline.errors import DeliveryError, Reason, SchemaViolation, XmlInputError
+from xml_pipeline.errors import DeliveryError, Reason, SchemaViolation, XmlInputError, raised_at
 from xml_pipeline.handlers import HandlerMetadata, HandlerResponse, HistoryEntry, Listener
 from xml_pipeline.history import decode_entry
 from xml_pipeline.imports import import_path, resolve_path
@@ -198,8 +198,9 @@ def _refused(listener: str, thread: str, result: Refusal | Raised) -> DeliveryEr
     _, name, text, code, trace = result
     log.debug("handler of %r raised in a worker process:\n%s", listener, trace)
     short = name.rpartition(".")[2]  # the class's own name, as for an inline handler
+    said = f"{listener!r} raised {short}: {text}" if text else f"{listener!r} raised {short}"
     error = DeliveryError(
-        f"{listener!r} raised {short}: {text}" if text else f"{listener!r} raised {short}",
+        said + raised_at(trace),
         reason=Reason.HANDLER_ERROR,
         listener=listener,
         thread=thread,
