@@ -35,7 +35,7 @@ from pathlib import Path
 
 import anyio
 
-from xml_pipeline.pool import ProcessPool
+from xml_pipeline._runtime.pool import ProcessPool
 
 RESULTS = Path(__file__).parent / "results" / "bench_pool.json"
 TARGET = 1.5

@@ -33,7 +33,7 @@ from multiprocessing.connection import Connection
 import uvloop
 from _results import write_results
 
-from xml_pipeline.pool import ProcessPool
+from xml_pipeline._runtime.pool import ProcessPool
 
 CONTEXT = multiprocessing.get_context("forkserver")
 

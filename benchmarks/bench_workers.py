@@ -28,7 +28,7 @@ import uvloop
 from _results import write_results
 
 from xml_pipeline import Organism
-from xml_pipeline.config import ProcessPoolConfig, load_config
+from xml_pipeline._config import ProcessPoolConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

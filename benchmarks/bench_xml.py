@@ -25,10 +25,10 @@ from pathlib import Path
 
 from lxml import etree
 
-from xml_pipeline.envelope import Envelope
-from xml_pipeline.errors import XmlInputError
-from xml_pipeline.parsing import ParseLimits, parse_guarded
-from xml_pipeline.payloads import (
+from xml_pipeline._errors import XmlInputError
+from xml_pipeline._wire.envelope import Envelope
+from xml_pipeline._wire.parsing import ParseLimits, parse_guarded
+from xml_pipeline._wire.payloads import (
     check_payload,
     from_element,
     from_xml,

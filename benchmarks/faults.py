@@ -35,7 +35,7 @@ from _results import write_results
 from tests.fault_handlers import Work, sleepy
 from tests.redis_server import RedisServer
 from xml_pipeline import HandlerMetadata, HandlerResponse, Listener, Organism, payload
-from xml_pipeline.config import BackendConfig
+from xml_pipeline._config import BackendConfig
 
 
 @payload
@@ -252,7 +252,7 @@ async def item3() -> list[Row]:
 
 
 def _one_worker() -> Any:
-    from xml_pipeline.config import ProcessPoolConfig
+    from xml_pipeline._config import ProcessPoolConfig
 
     return ProcessPoolConfig(workers=1)
 

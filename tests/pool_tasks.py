@@ -149,7 +149,7 @@ class Abort(BaseException):
 
 def _bad_xml() -> None:
     from xml_pipeline import from_xml
-    from xml_pipeline.handlers import ErrorReport
+    from xml_pipeline._handlers import ErrorReport
 
     from_xml(ErrorReport, "<ErrorReport><unclosed></ErrorReport>")
 

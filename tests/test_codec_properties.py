@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from xml_pipeline.errors import SchemaViolation
-from xml_pipeline.payloads import (
+from xml_pipeline._errors import SchemaViolation
+from xml_pipeline._wire.payloads import (
     _bind,
     _Unusual,
     check_payload,

@@ -9,7 +9,7 @@ from textwrap import dedent, indent
 
 import pytest
 
-from xml_pipeline.config import (
+from xml_pipeline._config import (
     BackendConfig,
     ListenerConfig,
     OrganismConfig,
@@ -17,7 +17,7 @@ from xml_pipeline.config import (
     load_config,
     parse_config,
 )
-from xml_pipeline.errors import ConfigError, ConfigProblem
+from xml_pipeline._errors import ConfigError, ConfigProblem
 
 FIXTURES = Path(__file__).parent / "fixtures" / "config"
 

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from lxml import etree
 
 from tests.test_payloads import XML_TEXT, Address, Everything, Order, sample_everything
-from xml_pipeline.envelope import ENVELOPE_NS, Envelope
-from xml_pipeline.errors import SchemaViolation, XmlInputError
-from xml_pipeline.parsing import ParseLimits
-from xml_pipeline.payloads import from_element, payload, to_xml
+from xml_pipeline._errors import SchemaViolation, XmlInputError
+from xml_pipeline._wire.envelope import ENVELOPE_NS, Envelope
+from xml_pipeline._wire.parsing import ParseLimits
+from xml_pipeline._wire.payloads import from_element, payload, to_xml
 
 ORDER = Order(id=7, tags=["a", "b"], ship_to=Address(city="Oslo"))
 HEAD = b'<message xmlns="https://xml-pipeline.org/ns/envelope/v1">'

@@ -8,8 +8,8 @@ import re
 import pytest
 
 import xml_pipeline
-from xml_pipeline import errors
-from xml_pipeline.errors import (
+from xml_pipeline import _errors as errors
+from xml_pipeline._errors import (
     BackendError,
     ConfigError,
     ConfigProblem,

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 import xml_pipeline
 from xml_pipeline import Organism
-from xml_pipeline.config import OrganismConfig, load_config, parse_config
-from xml_pipeline.errors import ConfigError, ConfigProblem
-from xml_pipeline.imports import folder_package, import_path
-from xml_pipeline.loader import (
+from xml_pipeline._config import OrganismConfig, load_config, parse_config
+from xml_pipeline._errors import ConfigError, ConfigProblem
+from xml_pipeline._imports import folder_package, import_path
+from xml_pipeline._loader import (
     ResolvedListener,
     handler_signature_problem,
     load_organism,
@@ -254,7 +254,7 @@ PING_MODULE = """\
 from dataclasses import dataclass
 from typing import Any
 
-from xml_pipeline.payloads import payload
+from xml_pipeline._wire.payloads import payload
 
 
 @payload
@@ -429,7 +429,7 @@ def test_loading_the_same_folder_again_gives_the_same_classes(tmp_path: Path) ->
 
 RESOLVE_IN_A_FRESH_PROCESS = """
 import sys
-from xml_pipeline.imports import resolve_path
+from xml_pipeline._imports import resolve_path
 handler = resolve_path(sys.argv[1])
 job = resolve_path(sys.argv[2])
 assert job is sys.modules[handler.__module__].Job, "the class the handler module sees"

@@ -50,7 +50,7 @@ BODIES = {
     """,
     "process pool": """
         import asyncio
-        from xml_pipeline.pool import ProcessPool
+        from xml_pipeline._runtime.pool import ProcessPool
 
         async def main():
             async with ProcessPool(2) as pool:
@@ -69,7 +69,7 @@ BODIES = {
     "organism on its own state server": """
         import asyncio
         from xml_pipeline import Listener, Organism
-        from xml_pipeline.config import BackendConfig
+        from xml_pipeline._config import BackendConfig
         from jobs import Job, echo
 
         async def main():
@@ -106,7 +106,7 @@ def _assert_one_clear_error(done: subprocess.CompletedProcess[str], *words: str)
     err = done.stderr
     assert done.returncode != 0, err
     assert err.count("Traceback (most recent call last)") == 1, err
-    assert "xml_pipeline.errors.UsageError" in err.splitlines()[-1], err
+    assert "xml_pipeline._errors.UsageError" in err.splitlines()[-1], err
     for word in words:
         assert word in err, err
     for noise in ("leaked semaphore", "resource_tracker", "bootstrapping", "initializer"):

@@ -19,8 +19,8 @@ from xml_pipeline import (
     Organism,
     payload,
 )
+from xml_pipeline._config import BackendConfig
 from xml_pipeline.backends.manager import ManagerBackend
-from xml_pipeline.config import BackendConfig
 
 pytestmark = pytest.mark.anyio
 

@@ -43,9 +43,9 @@ from xml_pipeline import (
     payload_spec,
     to_xml,
 )
-from xml_pipeline.config import ProcessPoolConfig
-from xml_pipeline.history import decode_entry, encode_entry
-from xml_pipeline.parsing import parse_guarded
+from xml_pipeline._config import ProcessPoolConfig
+from xml_pipeline._wire.history import decode_entry, encode_entry
+from xml_pipeline._wire.parsing import parse_guarded
 
 LIBRARY = Path(xml_pipeline.__file__).parent
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from xml_pipeline.errors import XmlInputError, XmlPipelineError
-from xml_pipeline.parsing import DEFAULT_MAX_BYTES, ParseLimits, parse_guarded
+from xml_pipeline._errors import XmlInputError, XmlPipelineError
+from xml_pipeline._wire.parsing import DEFAULT_MAX_BYTES, ParseLimits, parse_guarded
 
 
 def _laughs() -> str:

@@ -22,8 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from xml_pipeline.errors import PayloadTypeError, SchemaViolation, XmlInputError
-from xml_pipeline.payloads import (
+from xml_pipeline._errors import PayloadTypeError, SchemaViolation, XmlInputError
+from xml_pipeline._wire.payloads import (
     _bind,
     _check,
     _write,

@@ -14,8 +14,8 @@ import anyio
 import pytest
 
 from tests import pool_tasks
-from xml_pipeline.errors import DeliveryError
-from xml_pipeline.pool import PoolStats, ProcessPool, WorkerFailure
+from xml_pipeline._errors import DeliveryError
+from xml_pipeline._runtime.pool import PoolStats, ProcessPool, WorkerFailure
 
 pytestmark = pytest.mark.anyio
 
@@ -136,7 +136,7 @@ async def test_our_own_errors_keep_their_reason_in_the_failure(pool: ProcessPool
         await pool.run(pool_tasks.raise_kind, "xml-input-error")
     cause = caught.value.__cause__
     assert isinstance(cause, WorkerFailure)
-    assert cause.type_name == "xml_pipeline.errors.XmlInputError"
+    assert cause.type_name == "xml_pipeline._errors.XmlInputError"
     assert cause.reason == "malformed" and type(cause.reason) is str
 
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import pytest
 
 from xml_pipeline import HandlerMetadata, HandlerResponse, HistoryEntry, Listener, Organism, payload
+from xml_pipeline._config import BackendConfig
+from xml_pipeline._runtime.registry import ThreadRegistry
 from xml_pipeline.backends.manager import ManagerServer, start_manager_server
-from xml_pipeline.config import BackendConfig
-from xml_pipeline.registry import ThreadRegistry
 
 from .redis_server import redis_server, redis_url  # noqa: F401 - fixtures
 
@@ -102,7 +102,7 @@ async def test_history_is_deleted_when_the_conversation_ends(backend: BackendCon
 
 def test_history_entries_are_plain_xml() -> None:
     from xml_pipeline import to_xml
-    from xml_pipeline.history import decode_entry, encode_entry
+    from xml_pipeline._wire.history import decode_entry, encode_entry
 
     data = encode_entry("a", "b", to_xml(Question(text="x & y")))
     assert data.startswith(b'<message xmlns="https://xml-pipeline.org/ns/envelope/v1">')

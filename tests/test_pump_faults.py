@@ -33,9 +33,9 @@ from xml_pipeline import (
     payload,
     payload_spec,
 )
+from xml_pipeline._config import BackendConfig
 from xml_pipeline.backends.base import PruneResult, ThreadRecord
 from xml_pipeline.backends.memory import MemoryBackend
-from xml_pipeline.config import BackendConfig
 from xml_pipeline.testing import drain
 
 from . import fault_handlers

@@ -44,7 +44,7 @@ import pytest
 import yaml
 
 from tests.redis_server import redis_server, redis_url  # noqa: F401 - fixtures
-from xml_pipeline.envelope import Envelope
+from xml_pipeline._wire.envelope import Envelope
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

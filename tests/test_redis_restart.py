@@ -17,7 +17,7 @@ from xml_pipeline import (
     Organism,
     payload,
 )
-from xml_pipeline.config import BackendConfig
+from xml_pipeline._config import BackendConfig
 
 from .redis_server import RedisServer
 

@@ -1,4 +1,4 @@
-"""Tests for xml_pipeline.repair: opt-in repair of XML written by LLMs."""
+"""Tests for xml_pipeline._wire.repair: opt-in repair of XML written by LLMs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from xml_pipeline.errors import XmlInputError
-from xml_pipeline.parsing import ParseLimits, parse_guarded
-from xml_pipeline.repair import Repair, RepairResult, repair
+from xml_pipeline._errors import XmlInputError
+from xml_pipeline._wire.parsing import ParseLimits, parse_guarded
+from xml_pipeline._wire.repair import Repair, RepairResult, repair
 
 
 def kinds(result: RepairResult) -> list[str]:

@@ -26,8 +26,8 @@ from tests.test_payloads import (
     Order,
     sample_everything,
 )
-from xml_pipeline.errors import SchemaViolation
-from xml_pipeline.payloads import (
+from xml_pipeline._errors import SchemaViolation
+from xml_pipeline._wire.payloads import (
     check_payload,
     from_element,
     from_xml,

@@ -4,8 +4,7 @@ Listeners exchange typed XML payloads; an async pump validates and routes every 
 opaque call chains so that answers find their caller. Import everything from here.
 """
 
-from xml_pipeline.envelope import ENVELOPE_NS, Envelope
-from xml_pipeline.errors import (
+from xml_pipeline._errors import (
     BackendError,
     ConfigError,
     ConfigProblem,
@@ -17,16 +16,19 @@ from xml_pipeline.errors import (
     XmlInputError,
     XmlPipelineError,
 )
-from xml_pipeline.handlers import (
+from xml_pipeline._handlers import (
     ErrorReport,
     HandlerMetadata,
     HandlerResponse,
     HistoryEntry,
     Listener,
 )
-from xml_pipeline.organism import Organism
-from xml_pipeline.parsing import ParseLimits, parse_guarded
-from xml_pipeline.payloads import (
+from xml_pipeline._organism import Organism
+from xml_pipeline._runtime.pump import DeadLetter, PumpStats
+from xml_pipeline._runtime.registry import ThreadRegistry
+from xml_pipeline._wire.envelope import ENVELOPE_NS, Envelope
+from xml_pipeline._wire.parsing import ParseLimits, parse_guarded
+from xml_pipeline._wire.payloads import (
     PayloadSpec,
     check_payload,
     from_element,
@@ -37,9 +39,7 @@ from xml_pipeline.payloads import (
     to_element,
     to_xml,
 )
-from xml_pipeline.pump import DeadLetter, PumpStats
-from xml_pipeline.registry import ThreadRegistry
-from xml_pipeline.repair import Repair, RepairResult, repair
+from xml_pipeline._wire.repair import Repair, RepairResult, repair
 
 __all__ = [
     "ENVELOPE_NS",

@@ -20,7 +20,7 @@ import os
 import sys
 from multiprocessing import process
 
-from xml_pipeline.errors import UsageError
+from xml_pipeline._errors import UsageError
 
 __all__ = ["MAIN_REIMPORTED", "guard_error", "leave_if_importing_main", "unimportable_main"]
 

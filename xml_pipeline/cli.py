@@ -16,11 +16,11 @@ from typing import Any
 
 import anyio
 
-from xml_pipeline.envelope import Envelope
-from xml_pipeline.errors import ConfigError, DeliveryError, Reason, XmlPipelineError
-from xml_pipeline.loader import validate_organism
-from xml_pipeline.organism import Organism
-from xml_pipeline.payloads import from_element, from_xml, payload_spec, to_xml
+from xml_pipeline._errors import ConfigError, DeliveryError, Reason, XmlPipelineError
+from xml_pipeline._loader import validate_organism
+from xml_pipeline._organism import Organism
+from xml_pipeline._wire.envelope import Envelope
+from xml_pipeline._wire.payloads import from_element, from_xml, payload_spec, to_xml
 
 __all__ = ["main"]
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, replace
 
 import anyio
 
-from xml_pipeline.config import load_config
-from xml_pipeline.envelope import Envelope
-from xml_pipeline.organism import Organism
+from xml_pipeline._config import load_config
+from xml_pipeline._organism import Organism
+from xml_pipeline._wire.envelope import Envelope
 
 __all__ = ["Capture", "capture", "drain", "run_organism"]
 

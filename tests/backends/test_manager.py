@@ -14,8 +14,8 @@ import anyio
 import pytest
 
 from tests.redis_server import free_port
+from xml_pipeline._errors import BackendError
 from xml_pipeline.backends import ManagerBackend, ManagerServer, start_manager_server
-from xml_pipeline.errors import BackendError
 
 pytestmark = pytest.mark.anyio
 

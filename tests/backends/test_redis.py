@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from tests.redis_server import RedisServer, free_port
+from xml_pipeline._errors import BackendError
 from xml_pipeline.backends import PruneResult, RedisBackend
-from xml_pipeline.errors import BackendError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 

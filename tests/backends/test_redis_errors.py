@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.redis_server import RedisServer, free_port
+from xml_pipeline._errors import BackendError
 from xml_pipeline.backends import RedisBackend, ThreadRecord
-from xml_pipeline.errors import BackendError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 

@@ -1,9 +1,9 @@
 """Shared-state backends behind one protocol: memory (default), multiprocessing manager, Redis."""
 
-from .base import Backend, PruneResult, ThreadRecord
-from .manager import ManagerBackend, ManagerServer, start_manager_server
-from .memory import MemoryBackend
-from .redis import RedisBackend
+from xml_pipeline.backends.base import Backend, PruneResult, ThreadRecord
+from xml_pipeline.backends.manager import ManagerBackend, ManagerServer, start_manager_server
+from xml_pipeline.backends.memory import MemoryBackend
+from xml_pipeline.backends.redis import RedisBackend
 
 __all__ = [
     "Backend",

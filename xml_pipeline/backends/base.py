@@ -7,7 +7,7 @@ record below that first call belongs to the conversation named by that first cal
 
 Every method is one atomic step against the shared state (a Lua script in Redis, a lock in the
 manager server), so that several processes can extend and prune the same chains concurrently.
-The registry (`xml_pipeline.registry`) builds the seed's vocabulary on top of this protocol.
+The registry (`xml_pipeline._runtime.registry`) builds its vocabulary on this protocol.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 `start_manager_server` runs a `multiprocessing.managers.BaseManager` server in a child process
 (started with "spawn" or "forkserver", never a plain fork). The server holds one
-`_SharedState`: a `_MemoryState` per namespace (the same synchronous core as `MemoryBackend`,
+`_SharedState`: a `StateCore` per namespace (the same synchronous core as `MemoryBackend`,
 so the rules are written once) behind one lock, so every operation is atomic across processes.
 
 `ManagerBackend` is the client. It speaks the manager's own request protocol over a small pool
@@ -39,10 +39,10 @@ from typing import Any, Literal
 import anyio
 import anyio.to_thread
 
-from .._main_guard import guard_error, leave_if_importing_main, unimportable_main
-from ..errors import BackendError
-from .base import PruneResult, ThreadRecord
-from .memory import _check_settings, _MemoryState
+from xml_pipeline._errors import BackendError
+from xml_pipeline._main_guard import guard_error, leave_if_importing_main, unimportable_main
+from xml_pipeline.backends.base import PruneResult, ThreadRecord
+from xml_pipeline.backends.rules import StateCore, check_settings
 
 __all__ = ["ManagerBackend", "ManagerServer", "start_manager_server"]
 
@@ -52,7 +52,7 @@ _TYPEID = "xml_pipeline_state"
 _CONNECT_TIMEOUT = 5.0
 _RECONNECT = 5.0  # how long a client keeps trying to connect before it gives up
 _REPLY_TIMEOUT = 10.0  # one operation is a dict update under a lock: far below this
-# The _MemoryState methods a client may call; anything else is refused by the server.
+# The StateCore methods a client may call; anything else is refused by the server.
 _METHODS = frozenset(
     {
         "put_root",
@@ -71,11 +71,11 @@ _METHODS = frozenset(
 
 
 class _SharedState:
-    """The server-side object: one `_MemoryState` per namespace, one lock around every call."""
+    """The server-side object: one `StateCore` per namespace, one lock around every call."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._spaces: dict[str, _MemoryState] = {}
+        self._spaces: dict[str, StateCore] = {}
 
     def call(self, namespace: str, method: str, args: tuple[Any, ...]) -> Any:
         if method not in _METHODS:
@@ -83,7 +83,7 @@ class _SharedState:
         with self._lock:
             state = self._spaces.get(namespace)
             if state is None:
-                state = self._spaces[namespace] = _MemoryState()
+                state = self._spaces[namespace] = StateCore()
             return getattr(state, method)(*args)
 
 
@@ -353,7 +353,7 @@ class ManagerBackend:
         reconnect_seconds: float = _RECONNECT,
         server: ManagerServer | None = None,
     ) -> None:
-        _check_settings(thread_ttl_seconds, history_max_entries)
+        check_settings(thread_ttl_seconds, history_max_entries)
         self._reply_timeout = reply_timeout_seconds
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections!r}")

@@ -50,10 +50,10 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..errors import BackendError, Reason
-from ._redis_batch import BatcherClosedError, ScriptBatcher
-from .base import TOMBSTONE_SECONDS, PruneResult, ThreadRecord
-from .memory import _check_settings, _in_use
+from xml_pipeline._errors import BackendError, Reason
+from xml_pipeline.backends._redis_batch import BatcherClosedError, ScriptBatcher
+from xml_pipeline.backends.base import TOMBSTONE_SECONDS, PruneResult, ThreadRecord
+from xml_pipeline.backends.rules import check_settings, id_in_use
 
 __all__ = ["RedisBackend"]
 
@@ -306,7 +306,7 @@ class RedisBackend:
         history_max_entries: int = 100,
         max_connections: int = 64,
     ) -> None:
-        _check_settings(thread_ttl_seconds, history_max_entries)
+        check_settings(thread_ttl_seconds, history_max_entries)
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections!r}")
         self._url = _redact(url)
@@ -417,7 +417,7 @@ class RedisBackend:
             return ThreadRecord(child_id, parent_id, listener, reply.decode())
         if isinstance(reply, list):  # a retried call that already succeeded
             return ThreadRecord(child_id, parent_id, reply[1].decode(), reply[0].decode())
-        raise _in_use(child_id)
+        raise id_in_use(child_id)
 
     async def prune(self, thread_id: str, history_entry: bytes | None = None) -> PruneResult | None:
         """Retire ``thread_id`` and tell where its response goes (see `Backend.prune`).

@@ -11,9 +11,9 @@ from typing import Any
 
 from lxml import etree
 
-from xml_pipeline.envelope import Envelope, envelope_bytes
-from xml_pipeline.handlers import HistoryEntry
-from xml_pipeline.parsing import ParseLimits
+from xml_pipeline._handlers import HistoryEntry
+from xml_pipeline._wire.envelope import Envelope, envelope_bytes
+from xml_pipeline._wire.parsing import ParseLimits
 
 __all__ = ["decode_entry", "encode_entry"]
 

@@ -26,18 +26,18 @@ from typing import Any
 
 from lxml import etree
 
-from xml_pipeline.errors import DeliveryError, Reason, SchemaViolation, XmlInputError, raised_at
-from xml_pipeline.handlers import HandlerMetadata, HandlerResponse, HistoryEntry, Listener
-from xml_pipeline.history import decode_entry
-from xml_pipeline.imports import import_path, resolve_path
-from xml_pipeline.parsing import _syntax
-from xml_pipeline.payloads import from_element, is_payload, to_xml
-from xml_pipeline.pool import ProcessPool, WorkerFailure, _failed
-from xml_pipeline.pump import BoundOutputs
+from xml_pipeline._errors import DeliveryError, Reason, SchemaViolation, XmlInputError, raised_at
+from xml_pipeline._handlers import HandlerMetadata, HandlerResponse, HistoryEntry, Listener
+from xml_pipeline._imports import import_path, resolve_path
+from xml_pipeline._runtime.pool import ProcessPool, WorkerFailure, _failed
+from xml_pipeline._runtime.pump import BoundOutputs
+from xml_pipeline._wire.history import decode_entry
+from xml_pipeline._wire.parsing import _syntax
+from xml_pipeline._wire.payloads import from_element, is_payload, to_xml
 
 __all__ = ["PoolInvoker", "extend_sys_path", "import_path", "parse_internal", "run_handler"]
 
-log = logging.getLogger("xml_pipeline.workers")
+log = logging.getLogger("xml_pipeline._runtime.worker")
 
 # (target listener or None for an answer, payload class path, payload XML)
 Output = tuple[str | None, str, bytes]
@@ -60,7 +60,7 @@ def extend_sys_path(paths: tuple[str, ...]) -> None:
 
 def resolve(path: str) -> Any:
     """The object named by an `import_path`, imported once per process (by its file when it
-    comes from an organism folder: see `xml_pipeline.imports`)."""
+    comes from an organism folder: see `xml_pipeline._imports`)."""
     found = _imported.get(path)
     if found is None:
         found = _imported[path] = resolve_path(path)

@@ -6,7 +6,7 @@ a child element named exactly as the field. Lists repeat the field's element onc
 the field holding the nested class's fields.
 
 Three views of one *field specification* (`FieldSpec`) keep each other honest: `to_xml` writes
-it, the XSD (`xml_pipeline.schema`) checks bytes from outside against it, and `check_payload`
+it, the XSD (`xml_pipeline._wire.xsd`) checks bytes from outside against it, and `check_payload`
 checks objects handed between handlers inside one process without building a tree.
 """
 
@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from lxml import etree
 
-from xml_pipeline.codecs import (
+from xml_pipeline._errors import PayloadTypeError, SchemaViolation
+from xml_pipeline._wire.codecs import (
     CODECS,
     Codec,
     enum_codec,
@@ -37,10 +38,9 @@ from xml_pipeline.codecs import (
     invalid_xml_char,
     xml_name_problem,
 )
-from xml_pipeline.errors import PayloadTypeError, SchemaViolation
 
 if TYPE_CHECKING:
-    from xml_pipeline.parsing import ParseLimits
+    from xml_pipeline._wire.parsing import ParseLimits
 
 __all__ = [
     "FieldSpec",
@@ -139,7 +139,7 @@ class PayloadSpec:
     def xsd(self) -> str:
         """The XSD text that accepts exactly what `to_xml` writes for this class."""
         if self._xsd is None:
-            from xml_pipeline.schema import xsd_text
+            from xml_pipeline._wire.xsd import xsd_text
 
             self._xsd = xsd_text(self)
         return self._xsd
@@ -153,13 +153,13 @@ class PayloadSpec:
 
     def example(self) -> bytes:
         """An example instance document (valid against `schema`)."""
-        from xml_pipeline.schema import example_xml
+        from xml_pipeline._wire.xsd import example_xml
 
         return example_xml(self)
 
     def describe(self) -> str:
         """A short description of the fields, with the real element names, for LLM prompts."""
-        from xml_pipeline.schema import describe
+        from xml_pipeline._wire.xsd import describe
 
         return describe(self)
 
@@ -548,7 +548,7 @@ def from_xml(cls: type[T], data: bytes | str, *, limits: ParseLimits | None = No
             malformed...), with its reason code.
         SchemaViolation: the document does not conform to the class's XSD.
     """
-    from xml_pipeline.parsing import parse_guarded
+    from xml_pipeline._wire.parsing import parse_guarded
 
     return from_element(cls, parse_guarded(data, limits))
 

@@ -3,7 +3,7 @@
 Repair is opt-in: the pipeline never applies it to envelopes by itself. A caller that receives
 XML from a model calls :func:`repair`, logs ``result.changes`` and parses ``result.text``.
 
-What comes out is well-formed for the guarded parser (`xml_pipeline.parsing.parse_guarded`):
+What comes out is well-formed for the guarded parser (`xml_pipeline._wire.parsing.parse_guarded`):
 besides the structure, repair knows what that parser refuses in text a model may write —
 characters and character references XML cannot carry, ``]]>`` in text, ``--`` in comments,
 a DOCTYPE, an XML declaration anywhere but at the start, names that are not XML names,
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from xml_pipeline.errors import XmlInputError
+from xml_pipeline._errors import XmlInputError
 
 __all__ = ["Repair", "RepairResult", "repair"]
 

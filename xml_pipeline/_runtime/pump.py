@@ -49,9 +49,7 @@ from typing import Any
 
 import anyio
 
-from xml_pipeline.codecs import xml_safe
-from xml_pipeline.envelope import Envelope
-from xml_pipeline.errors import (
+from xml_pipeline._errors import (
     BackendError,
     DeliveryError,
     PayloadTypeError,
@@ -61,21 +59,29 @@ from xml_pipeline.errors import (
     XmlPipelineError,
     raised_at,
 )
-from xml_pipeline.handlers import (
+from xml_pipeline._handlers import (
     ErrorReport,
     HandlerMetadata,
     HandlerResponse,
     HistoryEntry,
     Listener,
 )
-from xml_pipeline.history import decode_entry, encode_entry
-from xml_pipeline.parsing import ParseLimits
-from xml_pipeline.payloads import check_payload, from_element, is_payload, payload_spec, to_xml
-from xml_pipeline.registry import ThreadRegistry, new_thread_id
+from xml_pipeline._runtime.registry import ThreadRegistry, new_thread_id
+from xml_pipeline._wire.codecs import xml_safe
+from xml_pipeline._wire.envelope import Envelope
+from xml_pipeline._wire.history import decode_entry, encode_entry
+from xml_pipeline._wire.parsing import ParseLimits
+from xml_pipeline._wire.payloads import (
+    check_payload,
+    from_element,
+    is_payload,
+    payload_spec,
+    to_xml,
+)
 
 __all__ = ["DeadLetter", "PumpStats", "StreamPump"]
 
-log = logging.getLogger("xml_pipeline.pump")
+log = logging.getLogger("xml_pipeline._runtime.pump")
 EXTERNAL = "_external"
 _YIELD_EVERY = 64  # hops one task runs back to back before it lets the loop run others
 # How long a cancelled handler may take to stop before it is abandoned. Cooperative handlers

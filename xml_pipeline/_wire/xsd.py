@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 if TYPE_CHECKING:
-    from xml_pipeline.payloads import FieldSpec, PayloadSpec
+    from xml_pipeline._wire.payloads import FieldSpec, PayloadSpec
 
 __all__ = ["describe", "example_xml", "xsd_text"]
 

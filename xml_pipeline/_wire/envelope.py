@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from xml_pipeline.codecs import escape_text
-from xml_pipeline.errors import SchemaViolation, XmlInputError
-from xml_pipeline.parsing import ParseLimits, parse_guarded
-from xml_pipeline.payloads import is_payload, payload_spec, to_xml
+from xml_pipeline._errors import SchemaViolation, XmlInputError
+from xml_pipeline._wire.codecs import escape_text
+from xml_pipeline._wire.parsing import ParseLimits, parse_guarded
+from xml_pipeline._wire.payloads import is_payload, payload_spec, to_xml
 
 __all__ = ["ENVELOPE_NS", "Envelope", "envelope_bytes"]
 

@@ -1,11 +1,11 @@
 """Import the payload classes and handlers an organism file names, and check them.
 
-Modules of the organism's folder are imported by `xml_pipeline.imports`: the ordinary way
+Modules of the organism's folder are imported by `xml_pipeline._imports`: the ordinary way
 (folder first on ``sys.path``) when their names are free, so a user's own tests that
 ``import handlers`` get the very same classes the pump uses; under a package named after the
 folder when another organism's folder already took a name, so that two organisms with a
 ``handlers.py`` each run side by side. Every problem is collected and reported at once,
-pointing at the key path and line of the organism file, like `xml_pipeline.config` does for the
+pointing at the key path and line of the organism file, like `xml_pipeline._config` does for the
 file itself; a module that fails to import is reported at every listener that uses it.
 """
 
@@ -23,9 +23,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from xml_pipeline.config import ListenerConfig, OrganismConfig, load_config
-from xml_pipeline.errors import ConfigError, ConfigProblem
-from xml_pipeline.imports import (
+from xml_pipeline._config import ListenerConfig, OrganismConfig, load_config
+from xml_pipeline._errors import ConfigError, ConfigProblem
+from xml_pipeline._imports import (
     ModuleClash,
     folder_package,
     import_from_folder,
@@ -33,7 +33,7 @@ from xml_pipeline.imports import (
     provides,
     resolve_path,
 )
-from xml_pipeline.payloads import is_payload
+from xml_pipeline._wire.payloads import is_payload
 
 __all__ = [
     "ResolvedListener",
@@ -63,7 +63,7 @@ class ResolvedListener:
 def load_organism(config: OrganismConfig) -> tuple[ResolvedListener, ...]:
     """Import every listener's payload class and handler.
 
-    Modules found in the organism's folder are imported from it (see `xml_pipeline.imports`);
+    Modules found in the organism's folder are imported from it (see `xml_pipeline._imports`);
     the folder goes first on ``sys.path`` (unless it is there already) when its module names
     are free in this process.
 

@@ -3,7 +3,7 @@
 The file is parsed once, here, into frozen dataclasses; the rest of the library never sees a
 dict. Parsing walks the YAML node tree so that every problem can name its key path
 (``listeners[1].peers[0]``) and line, and collects every problem before raising one
-`ConfigError`. Importing the classes and handlers the file names is `xml_pipeline.loader`'s job.
+`ConfigError`. Importing the classes and handlers the file names is `xml_pipeline._loader`'s job.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Literal
 
 import yaml
 
-from xml_pipeline.errors import ConfigError, ConfigProblem
+from xml_pipeline._errors import ConfigError, ConfigProblem
 
 __all__ = [
     "BackendConfig",

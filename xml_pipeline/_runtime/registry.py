@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import os
 
+from xml_pipeline._errors import BackendError
 from xml_pipeline.backends.base import Backend, PruneResult, ThreadRecord
-from xml_pipeline.errors import BackendError
 
 __all__ = ["ThreadRegistry", "new_thread_id"]
 
-log = logging.getLogger("xml_pipeline.registry")
+log = logging.getLogger("xml_pipeline._runtime.registry")
 
 
 def new_thread_id() -> str:

@@ -48,8 +48,8 @@ from typing import Any, Generic, Self, TypeVar
 
 import anyio
 
+from xml_pipeline._errors import DeliveryError, Reason, UsageError
 from xml_pipeline._main_guard import guard_error, leave_if_importing_main, unimportable_main
-from xml_pipeline.errors import DeliveryError, Reason, UsageError
 
 __all__ = ["PoolStats", "ProcessPool", "WorkerFailure"]
 

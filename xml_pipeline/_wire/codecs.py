@@ -28,7 +28,7 @@ from typing import Any
 
 from lxml import etree
 
-from xml_pipeline.errors import PayloadTypeError, SchemaViolation
+from xml_pipeline._errors import PayloadTypeError, SchemaViolation
 
 __all__ = [
     "CODECS",

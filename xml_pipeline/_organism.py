@@ -21,22 +21,22 @@ from typing import Any, Self
 
 import yaml
 
-from xml_pipeline.backends.base import Backend
-from xml_pipeline.config import (
+from xml_pipeline._config import (
     BackendConfig,
     OrganismConfig,
     ProcessPoolConfig,
     load_config,
     parse_config,
 )
-from xml_pipeline.errors import ConfigError, UsageError
-from xml_pipeline.handlers import Listener
-from xml_pipeline.loader import handler_signature_problem, load_organism, worker_import_problem
-from xml_pipeline.parsing import ParseLimits
-from xml_pipeline.pool import ProcessPool
-from xml_pipeline.pump import DeadLetter, PumpStats, StreamPump
-from xml_pipeline.registry import ThreadRegistry
-from xml_pipeline.workers import PoolInvoker, extend_sys_path
+from xml_pipeline._errors import ConfigError, UsageError
+from xml_pipeline._handlers import Listener
+from xml_pipeline._loader import handler_signature_problem, load_organism, worker_import_problem
+from xml_pipeline._runtime.pool import ProcessPool
+from xml_pipeline._runtime.pump import DeadLetter, PumpStats, StreamPump
+from xml_pipeline._runtime.registry import ThreadRegistry
+from xml_pipeline._runtime.worker import PoolInvoker, extend_sys_path
+from xml_pipeline._wire.parsing import ParseLimits
+from xml_pipeline.backends.base import Backend
 
 __all__ = ["Organism"]
 

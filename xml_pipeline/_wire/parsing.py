@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from xml_pipeline.errors import XmlInputError
+from xml_pipeline._errors import XmlInputError
 
 __all__ = ["DEFAULT_MAX_BYTES", "ParseLimits", "parse_guarded"]
 

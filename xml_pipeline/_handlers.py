@@ -11,8 +11,8 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from xml_pipeline.errors import Reason, UsageError
-from xml_pipeline.payloads import is_payload, payload
+from xml_pipeline._errors import Reason, UsageError
+from xml_pipeline._wire.payloads import is_payload, payload
 
 __all__ = ["ErrorReport", "HandlerMetadata", "HandlerResponse", "HistoryEntry", "Listener"]
 

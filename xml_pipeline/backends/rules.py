@@ -1,0 +1,266 @@
+"""The rules of the `Backend` protocol, written once: a synchronous state core and checks.
+
+`StateCore` holds the semantics of the protocol as plain synchronous methods with no I/O:
+`MemoryBackend` calls it directly from the event loop (each call runs to completion without an
+``await``, so it is atomic), and the manager server calls it under a lock
+(`xml_pipeline.backends.manager`). The Redis scripts implement the same rules in Lua; the
+contract suite (tests/backends/test_contract.py) holds all three to them.
+
+Expiry is lazy. Records and conversations sit in insertion-ordered dicts that are re-ordered on
+every touch, so with one TTL the expired entries gather at the front: an expired entry counts as
+unknown wherever it is looked up, and a few front entries are evicted on every ``extend`` (so
+nothing accumulates without a sweeper); ``sweep()`` evicts every expired entry at once.
+Every touch of a record also touches its conversation, so a conversation never expires before
+its records do, and evicting an expired conversation evicts its records with it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+
+from xml_pipeline.backends.base import TOMBSTONE_SECONDS, PruneResult, ThreadRecord
+
+__all__ = ["StateCore", "check_settings", "id_in_use"]
+
+# Entries evicted from the front on each extend: more than the one entry an extend adds, so the
+# expired backlog shrinks under any load.
+_EVICT_PER_EXTEND = 2
+
+
+class _Record:
+    __slots__ = ("conversation", "deadline", "listener", "parent")
+
+    def __init__(self, parent: str, listener: str, conversation: str, deadline: float) -> None:
+        self.parent = parent
+        self.listener = listener
+        self.conversation = conversation
+        self.deadline = deadline
+
+
+class _Conversation:
+    __slots__ = ("deadline", "history", "threads")
+
+    def __init__(self, deadline: float) -> None:
+        self.threads: set[str] = set()
+        self.history: deque[bytes] = deque()
+        self.deadline = deadline
+
+
+class StateCore:
+    """Thread records and histories in dicts; the single written form of the backend rules.
+
+    Settings (``ttl`` in seconds, ``max_entries``) are passed per call, as the Redis scripts
+    receive them, so that clients of one shared state each apply their own configuration.
+    Methods raise `ValueError` for a thread id that is already in use under another parent.
+    """
+
+    def __init__(self) -> None:
+        self._roots: dict[str, str] = {}
+        self._records: OrderedDict[str, _Record] = OrderedDict()
+        self._conversations: OrderedDict[str, _Conversation] = OrderedDict()
+        self._tombstones: OrderedDict[str, float] = OrderedDict()  # abandoned id -> until
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    def put_root(self, thread_id: str, name: str) -> None:
+        self._roots.setdefault(thread_id, name)
+
+    def extend(
+        self,
+        parent_id: str,
+        child_id: str,
+        listener: str,
+        history_entry: bytes | None,
+        ttl: float,
+        max_entries: int,
+    ) -> ThreadRecord | None:
+        now = time.monotonic()
+        self._evict_front(now, _EVICT_PER_EXTEND)
+        parent: _Record | None = None
+        if parent_id in self._roots:
+            if child_id in self._tombstones:
+                if self._tombstones[child_id] >= now:
+                    return None  # abandoned while this call was on its way: create nothing
+                del self._tombstones[child_id]
+            conversation = child_id
+        else:
+            parent = self._live_record(parent_id, now)
+            if parent is None:
+                return None
+            conversation = parent.conversation
+        existing = self._live_record(child_id, now)
+        if existing is not None or child_id in self._roots:
+            if existing is not None and existing.parent == parent_id:
+                # A retried call that already succeeded: same answer, no second history entry.
+                return ThreadRecord(child_id, parent_id, existing.listener, existing.conversation)
+            raise id_in_use(child_id)
+        deadline = now + ttl
+        if parent is not None:
+            self._touch_record(parent_id, parent, deadline)
+        self._records[child_id] = _Record(parent_id, listener, conversation, deadline)
+        conv = self._touch_conversation(conversation, deadline)
+        conv.threads.add(child_id)
+        if history_entry is not None:
+            _append(conv.history, history_entry, max_entries)
+        return ThreadRecord(child_id, parent_id, listener, conversation)
+
+    def prune(
+        self, thread_id: str, history_entry: bytes | None, ttl: float, max_entries: int
+    ) -> PruneResult | None:
+        now = time.monotonic()
+        record = self._live_record(thread_id, now)
+        if record is None:
+            return None
+        conversation = record.conversation
+        self._remove_record(thread_id, record)
+        caller = self._roots.get(record.parent)
+        if caller is not None:
+            self.retire_conversation(conversation)
+            return PruneResult(caller, record.parent, conversation, True)
+        parent = self._live_record(record.parent, now)
+        if parent is None:
+            return None
+        deadline = now + ttl
+        self._touch_record(record.parent, parent, deadline)
+        conv = self._touch_conversation(conversation, deadline)
+        if history_entry is not None:
+            _append(conv.history, history_entry, max_entries)
+        return PruneResult(parent.listener, record.parent, conversation, False)
+
+    def get(self, thread_id: str, ttl: float) -> ThreadRecord | None:
+        name = self._roots.get(thread_id)
+        if name is not None:
+            return ThreadRecord(thread_id, None, name, None)
+        now = time.monotonic()
+        record = self._live_record(thread_id, now)
+        if record is None:
+            return None
+        deadline = now + ttl
+        self._touch_record(thread_id, record, deadline)
+        self._touch_conversation(record.conversation, deadline)
+        return ThreadRecord(thread_id, record.parent, record.listener, record.conversation)
+
+    def chain(self, thread_id: str) -> list[str] | None:
+        now = time.monotonic()
+        names: list[str] = []
+        current = thread_id
+        while (root_name := self._roots.get(current)) is None:
+            record = self._records.get(current)
+            if record is None or record.deadline < now:
+                return None
+            names.append(record.listener)
+            current = record.parent
+        names.append(root_name)
+        names.reverse()
+        return names
+
+    def retire_conversation(self, conversation: str) -> int:
+        conv = self._conversations.pop(conversation, None)
+        if conv is None:
+            return 0
+        removed = 0
+        for thread_id in conv.threads:
+            if self._records.pop(thread_id, None) is not None:
+                removed += 1
+        return removed
+
+    def abandon(self, conversation: str) -> int:
+        self._tombstones[conversation] = time.monotonic() + TOMBSTONE_SECONDS
+        self._tombstones.move_to_end(conversation)
+        return self.retire_conversation(conversation)
+
+    def count(self) -> int:
+        self.sweep()
+        return len(self._roots) + len(self._records)
+
+    def history_append(self, conversation: str, entry: bytes, ttl: float, max_entries: int) -> None:
+        conv = self._touch_conversation(conversation, time.monotonic() + ttl)
+        _append(conv.history, entry, max_entries)
+
+    def history(self, conversation: str) -> list[bytes]:
+        conv = self._conversations.get(conversation)
+        if conv is None:
+            return []
+        if conv.deadline < time.monotonic():
+            self.retire_conversation(conversation)
+            return []
+        return list(conv.history)
+
+    def sweep(self) -> int:
+        """Evict every expired record and conversation; returns the records evicted."""
+        return self._evict_front(time.monotonic(), None)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _live_record(self, thread_id: str, now: float) -> _Record | None:
+        record = self._records.get(thread_id)
+        if record is not None and record.deadline < now:
+            self._remove_record(thread_id, record)
+            return None
+        return record
+
+    def _remove_record(self, thread_id: str, record: _Record) -> None:
+        del self._records[thread_id]
+        conv = self._conversations.get(record.conversation)
+        if conv is not None:
+            conv.threads.discard(thread_id)
+
+    def _touch_record(self, thread_id: str, record: _Record, deadline: float) -> None:
+        record.deadline = deadline
+        self._records.move_to_end(thread_id)
+
+    def _touch_conversation(self, conversation: str, deadline: float) -> _Conversation:
+        """The conversation, created if new, with its deadline pushed to at least ``deadline``."""
+        conv = self._conversations.get(conversation)
+        if conv is None:
+            conv = self._conversations[conversation] = _Conversation(deadline)
+            return conv
+        # max(): a client with a shorter TTL must not cut short its records' conversation.
+        conv.deadline = max(conv.deadline, deadline)
+        self._conversations.move_to_end(conversation)
+        return conv
+
+    def _evict_front(self, now: float, limit: int | None) -> int:
+        """Evict expired entries from the front of both orders; ``None`` means all of them."""
+        evicted = 0
+        records = self._records
+        while records and (limit is None or evicted < limit):
+            thread_id, record = next(iter(records.items()))
+            if record.deadline >= now:
+                break
+            self._remove_record(thread_id, record)
+            evicted += 1
+        tombstones = self._tombstones
+        while tombstones and next(iter(tombstones.values())) < now:
+            tombstones.popitem(last=False)  # one TTL: the expired gather at the front
+        conversations = self._conversations
+        budget = limit
+        while conversations and (budget is None or budget > 0):
+            conversation, conv = next(iter(conversations.items()))
+            if conv.deadline >= now:
+                break
+            evicted += self.retire_conversation(conversation)
+            if budget is not None:
+                budget -= 1
+        return evicted
+
+
+def id_in_use(thread_id: str) -> ValueError:
+    return ValueError(
+        f"thread id {thread_id!r} is already in use; every call needs a fresh thread id"
+    )
+
+
+def _append(history: deque[bytes], entry: bytes, max_entries: int) -> None:
+    history.append(entry)
+    while len(history) > max_entries:
+        history.popleft()
+
+
+def check_settings(thread_ttl_seconds: float, history_max_entries: int) -> None:
+    """Reject settings no backend can honour (shared by every backend's constructor)."""
+    if not thread_ttl_seconds > 0:
+        raise ValueError(f"thread_ttl_seconds must be > 0, got {thread_ttl_seconds!r}")
+    if history_max_entries < 1:
+        raise ValueError(f"history_max_entries must be >= 1, got {history_max_entries!r}")
