@@ -204,7 +204,7 @@ async def test_a_cpu_bound_handler_that_raises_fails_at_once_and_alone(
     be unpickled, BaseException subclasses) is handler_error at once, naming listener, type and
     message, its worker traceback logged; nothing is taken for a crash, and the calls in
     flight beside it run once."""
-    caplog.set_level(logging.DEBUG, logger="xml_pipeline._runtime.worker")
+    caplog.set_level(logging.DEBUG, logger="xml_pipeline.workers")
     runs = tmp_path / "runs"
     errors: dict[str, DeliveryError] = {}
     async with crunch_organism(workers=3) as org:
@@ -231,7 +231,7 @@ async def test_a_cpu_bound_handler_that_raises_fails_at_once_and_alone(
         assert (error.reason, error.listener) == ("handler_error", "crunch"), kind
         assert error.message.startswith(f"'crunch' raised {type_name}"), error.message
         assert message in error.message, kind
-    traces = [r.getMessage() for r in caplog.records if r.name == "xml_pipeline._runtime.worker"]
+    traces = [r.getMessage() for r in caplog.records if r.name == "xml_pipeline.workers"]
     assert len(traces) == len(pool_tasks.RAISERS)
     assert all("handler of 'crunch' raised" in t and "in raise_kind" in t for t in traces)
 

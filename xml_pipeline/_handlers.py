@@ -12,22 +12,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from xml_pipeline._errors import Reason, UsageError
+from xml_pipeline._wire.history import HistoryEntry
 from xml_pipeline._wire.payloads import is_payload, payload
 
 __all__ = ["ErrorReport", "HandlerMetadata", "HandlerResponse", "HistoryEntry", "Listener"]
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    """One recorded hop of a conversation: who sent what to whom.
-
-    ``payload`` is the payload's XML (bytes), as stored by the backend.
-    """
-
-    sender: str
-    to: str
-    payload_tag: str
-    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)

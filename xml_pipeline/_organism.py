@@ -31,10 +31,11 @@ from xml_pipeline._config import (
 from xml_pipeline._errors import ConfigError, UsageError
 from xml_pipeline._handlers import Listener
 from xml_pipeline._loader import handler_signature_problem, load_organism, worker_import_problem
+from xml_pipeline._runtime.invoker import PoolInvoker
 from xml_pipeline._runtime.pool import ProcessPool
 from xml_pipeline._runtime.pump import DeadLetter, PumpStats, StreamPump
 from xml_pipeline._runtime.registry import ThreadRegistry
-from xml_pipeline._runtime.worker import PoolInvoker, extend_sys_path
+from xml_pipeline._runtime.worker import extend_sys_path
 from xml_pipeline._wire.parsing import ParseLimits
 from xml_pipeline.backends.base import Backend
 

@@ -41,7 +41,7 @@ import logging
 import math
 import unicodedata
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from functools import partial
@@ -66,6 +66,7 @@ from xml_pipeline._handlers import (
     HistoryEntry,
     Listener,
 )
+from xml_pipeline._runtime.invoker import BoundOutputs, Invoker
 from xml_pipeline._runtime.registry import ThreadRegistry, new_thread_id
 from xml_pipeline._wire.codecs import xml_safe
 from xml_pipeline._wire.envelope import Envelope
@@ -81,7 +82,7 @@ from xml_pipeline._wire.payloads import (
 
 __all__ = ["DeadLetter", "PumpStats", "StreamPump"]
 
-log = logging.getLogger("xml_pipeline._runtime.pump")
+log = logging.getLogger("xml_pipeline.pump")
 EXTERNAL = "_external"
 _YIELD_EVERY = 64  # hops one task runs back to back before it lets the loop run others
 # How long a cancelled handler may take to stop before it is abandoned. Cooperative handlers
@@ -239,20 +240,6 @@ class _Failure(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class BoundOutputs:
-    """What an invoker returns for a handler that ran elsewhere: each output with the XML its
-    payload was bound from after XSD validation, so the pump need not check or write it again.
-    """
-
-    items: list[tuple[HandlerResponse, bytes]]
-
-
-# (listener, payload, metadata, timeout, stored history) -> what the handler returned, or
-# BoundOutputs
-Invoker = Callable[[Listener, object, HandlerMetadata, float, list[bytes]], Awaitable[object]]
 
 
 @dataclass

@@ -15,7 +15,7 @@ from xml_pipeline.backends.base import Backend, PruneResult, ThreadRecord
 
 __all__ = ["ThreadRegistry", "new_thread_id"]
 
-log = logging.getLogger("xml_pipeline._runtime.registry")
+log = logging.getLogger("xml_pipeline.registry")
 
 
 def new_thread_id() -> str:

@@ -1,4 +1,4 @@
-"""Running ``cpu_bound`` listeners' handlers in the organism's process pool.
+"""The worker side of ``cpu_bound`` listeners: what runs in a process of the organism's pool.
 
 Only bytes, names and strings cross the process boundary: the handler and payload classes
 travel as import paths, the payload as XML bytes, the metadata as plain strings with a
@@ -18,26 +18,19 @@ process (no new loop per task).
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
-from lxml import etree
-
-from xml_pipeline._errors import DeliveryError, Reason, SchemaViolation, XmlInputError, raised_at
-from xml_pipeline._handlers import HandlerMetadata, HandlerResponse, HistoryEntry, Listener
+from xml_pipeline._errors import SchemaViolation
+from xml_pipeline._handlers import HandlerMetadata, HandlerResponse
 from xml_pipeline._imports import import_path, resolve_path
-from xml_pipeline._runtime.pool import ProcessPool, WorkerFailure, _failed
-from xml_pipeline._runtime.pump import BoundOutputs
-from xml_pipeline._wire.history import decode_entry
-from xml_pipeline._wire.parsing import _syntax
+from xml_pipeline._runtime.pool import _failed
+from xml_pipeline._wire.history import HistoryEntry, decode_entry
+from xml_pipeline._wire.parsing import parse_internal
 from xml_pipeline._wire.payloads import from_element, is_payload, to_xml
 
-__all__ = ["PoolInvoker", "extend_sys_path", "import_path", "parse_internal", "run_handler"]
-
-log = logging.getLogger("xml_pipeline._runtime.worker")
+__all__ = ["Output", "Raised", "Refusal", "extend_sys_path", "resolve", "run_handler"]
 
 # (target listener or None for an answer, payload class path, payload XML)
 Output = tuple[str | None, str, bytes]
@@ -65,35 +58,6 @@ def resolve(path: str) -> Any:
     if found is None:
         found = _imported[path] = resolve_path(path)
     return found
-
-
-_local = threading.local()
-
-
-def parse_internal(data: bytes) -> etree._Element:
-    """Parse XML this organism wrote itself with `to_xml` (never XML from outside).
-
-    No caps for outside input apply (an inline handler's objects have none either), and the
-    parser allows what libxml2 calls huge documents (text nodes over 10 MB, nesting past 256);
-    it still resolves no entities and loads nothing.
-
-    Raises:
-        XmlInputError: ``malformed``, the bytes are not XML.
-    """
-    parser: etree.XMLParser | None = getattr(_local, "parser", None)
-    if parser is None:  # lxml parsers may not be shared between threads
-        parser = _local.parser = etree.XMLParser(
-            resolve_entities=False,
-            no_network=True,
-            load_dtd=False,
-            huge_tree=True,
-            recover=False,
-            collect_ids=False,
-        )
-    try:
-        return etree.fromstring(data, parser)
-    except etree.XMLSyntaxError as exc:
-        raise _syntax(exc) from None
 
 
 def run_handler(
@@ -147,82 +111,3 @@ def _outputs(own_name: str, result: object) -> list[Output] | Refusal:
         except SchemaViolation as exc:
             return "schema_violation", f"{own_name!r} sent {exc.message}"
     return outputs
-
-
-class PoolInvoker:
-    """The pump's way into the pool: ``await invoker(listener, payload, metadata)``."""
-
-    def __init__(self, pool: ProcessPool) -> None:
-        self.pool = pool
-
-    async def __call__(
-        self,
-        listener: Listener,
-        payload: object,
-        meta: HandlerMetadata,
-        timeout: float,
-        history: list[bytes],
-    ) -> object:
-        plain = {
-            "thread_id": meta.thread_id,
-            "from_id": meta.from_id,
-            "own_name": meta.own_name,
-            "history": history,
-        }
-        result = await self.pool.run(
-            run_handler,
-            import_path(listener.handler),
-            import_path(type(payload)),
-            to_xml(payload),
-            plain,
-            timeout=timeout,
-            label=f"listener {listener.name!r} on thread {meta.thread_id}",
-        )
-        if isinstance(result, tuple):
-            raise _refused(listener.name, meta.thread_id, result)
-        outputs = []
-        for to, path, xml in result:
-            answer = _bind_answer(listener.name, path, xml)
-            if to is None:
-                outputs.append((HandlerResponse.respond(answer), xml))
-            else:
-                outputs.append((HandlerResponse(answer, to=to), xml))
-        return BoundOutputs(outputs)
-
-
-def _refused(listener: str, thread: str, result: Refusal | Raised) -> DeliveryError:
-    """The error for a handler that raised, or whose result the worker refused."""
-    if len(result) == 2:
-        reason, message = result
-        return DeliveryError(message, reason=reason, listener=listener, thread=thread)
-    _, name, text, code, trace = result
-    log.debug("handler of %r raised in a worker process:\n%s", listener, trace)
-    short = name.rpartition(".")[2]  # the class's own name, as for an inline handler
-    said = f"{listener!r} raised {short}: {text}" if text else f"{listener!r} raised {short}"
-    error = DeliveryError(
-        said + raised_at(trace),
-        reason=Reason.HANDLER_ERROR,
-        listener=listener,
-        thread=thread,
-    )
-    error.__cause__ = WorkerFailure(name, text, code, trace)
-    return error
-
-
-def _bind_answer(listener: str, path: str, xml: bytes) -> object:
-    """Bind an output the worker wrote, checked with its class's XSD: every payload a
-    listener receives conforms to its schema, whatever process it was made in."""
-    cls = resolve(path)
-    if not (isinstance(cls, type) and is_payload(cls)):
-        raise DeliveryError(
-            f"{listener!r} answered with {path}, which is not a @payload class",
-            reason=Reason.INVALID_RESPONSE,
-            listener=listener,
-        )
-    try:
-        return from_element(cls, parse_internal(xml))
-    except XmlInputError as exc:  # SchemaViolation included
-        reason = exc.reason if type(exc) is SchemaViolation else Reason.INVALID_RESPONSE
-        raise DeliveryError(
-            f"{listener!r} sent {exc.message}", reason=reason, listener=listener
-        ) from None

@@ -7,19 +7,32 @@ the guarded parser like any other bytes that left the process.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from lxml import etree
 
-from xml_pipeline._handlers import HistoryEntry
 from xml_pipeline._wire.envelope import Envelope, envelope_bytes
 from xml_pipeline._wire.parsing import ParseLimits
 
-__all__ = ["decode_entry", "encode_entry"]
+__all__ = ["HistoryEntry", "decode_entry", "encode_entry"]
 
 # Entries were written by a pump from checked payloads: the caps for input from outside (an
 # organism may raise max_message_bytes) do not apply; libxml2's own depth limit still does.
 _STORED = ParseLimits(max_bytes=1 << 31, max_depth=255, max_elements=1 << 31)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One recorded hop of a conversation: who sent what to whom.
+
+    ``payload`` is the payload's XML (bytes), as stored by the backend.
+    """
+
+    sender: str
+    to: str
+    payload_tag: str
+    payload: bytes
 
 
 def encode_entry(sender: str, to: str, payload_xml: bytes) -> bytes:

@@ -24,7 +24,7 @@ from lxml import etree
 
 from xml_pipeline._errors import XmlInputError
 
-__all__ = ["DEFAULT_MAX_BYTES", "ParseLimits", "parse_guarded"]
+__all__ = ["DEFAULT_MAX_BYTES", "ParseLimits", "parse_guarded", "parse_internal"]
 
 DEFAULT_MAX_BYTES = 256 * 1024
 
@@ -209,3 +209,29 @@ def _syntax(exc: etree.XMLSyntaxError) -> XmlInputError:
     if "too long" in msg or "huge" in msg.lower():
         return XmlInputError(f"a text node is too large ({msg})", reason="too_large", line=line)
     return XmlInputError(f"not well-formed XML: {msg}", reason="malformed", line=line)
+
+
+def parse_internal(data: bytes) -> etree._Element:
+    """Parse XML this organism wrote itself with `to_xml` (never XML from outside).
+
+    No caps for outside input apply (an inline handler's objects have none either), and the
+    parser allows what libxml2 calls huge documents (text nodes over 10 MB, nesting past 256);
+    it still resolves no entities and loads nothing.
+
+    Raises:
+        XmlInputError: ``malformed``, the bytes are not XML.
+    """
+    parser: etree.XMLParser | None = getattr(_local, "internal_parser", None)
+    if parser is None:  # lxml parsers may not be shared between threads
+        parser = _local.internal_parser = etree.XMLParser(
+            resolve_entities=False,
+            no_network=True,
+            load_dtd=False,
+            huge_tree=True,
+            recover=False,
+            collect_ids=False,
+        )
+    try:
+        return etree.fromstring(data, parser)
+    except etree.XMLSyntaxError as exc:
+        raise _syntax(exc) from None

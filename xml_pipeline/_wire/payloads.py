@@ -23,8 +23,6 @@ import textwrap
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from lxml import etree
@@ -38,12 +36,14 @@ from xml_pipeline._wire.codecs import (
     invalid_xml_char,
     xml_name_problem,
 )
+from xml_pipeline._wire.codegen import Unusual, compile_binder, compile_writer
+from xml_pipeline._wire.shape import FieldSpec, PayloadShape
+from xml_pipeline._wire.xsd import describe, example_xml, xsd_text
 
 if TYPE_CHECKING:
     from xml_pipeline._wire.parsing import ParseLimits
 
 __all__ = [
-    "FieldSpec",
     "PayloadSpec",
     "check_payload",
     "from_element",
@@ -56,91 +56,19 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-# what `_check` and `_write` need per field, unpacked in one step: (name, optional, repeated,
-# nested spec, scalar check, scalar writer, field)
-_Walker = tuple[
-    str,
-    bool,
-    bool,
-    "PayloadSpec | None",
-    "Callable[[Any], bool] | None",
-    "Callable[[Any], str] | None",
-    "FieldSpec",
-]
-# what `_bind` needs per element, in one lookup: (field name, nested spec, scalar loader (None
-# for nested and str fields), repeated, field)
-_Binder = tuple[str, "PayloadSpec | None", "Callable[[str], Any] | None", bool, "FieldSpec"]
 _SPEC_ATTR = "__xml_payload__"
 _SUPPORTED = "str, int, float, bool, Decimal, datetime, date, Enum, Optional, list, dataclass"
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class FieldSpec:
-    """How one dataclass field travels as XML.
-
-    Exactly one of ``codec`` (a scalar) and ``nested`` (a dataclass) is set.
+class PayloadSpec(PayloadShape):
+    """Everything xml-pipeline knows about one payload (or nested) dataclass: its shape, and
+    the documents derived from it (XSD, example, description), each made once when asked for.
     """
-
-    name: str
-    codec: Codec | None
-    nested: PayloadSpec | None
-    optional: bool
-    repeated: bool
-    has_default: bool
-    type_text: str
-
-
-@dataclass(eq=False)
-class PayloadSpec:
-    """Everything xml-pipeline knows about one payload (or nested) dataclass."""
-
-    cls: type
-    tag: str
-    fields: tuple[FieldSpec, ...]
-    doc: str
-    by_tag: dict[str, FieldSpec] = dataclasses.field(default_factory=dict)
-    _schema: etree.XMLSchema | None = None
-    _xsd: str | None = None
-    _binders: dict[str, _Binder] = dataclasses.field(default_factory=dict, repr=False)
-    _walkers: tuple[_Walker, ...] = dataclasses.field(default=(), repr=False)
-    _fast_bind: Callable[[etree._Element], object] = dataclasses.field(init=False, repr=False)
-    _fast_write: Callable[[object], str] = dataclasses.field(init=False, repr=False)
-    _fast_check: Callable[[object], None] = dataclasses.field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.by_tag = {f.name: f for f in self.fields}
-        self._walkers = tuple(
-            (
-                f.name,
-                f.optional,
-                f.repeated,
-                f.nested,
-                None if f.codec is None else f.codec.accepts,
-                None if f.codec is None else f.codec.dump,
-                f,
-            )
-            for f in self.fields
-        )
-        self._binders = {
-            f.name: (
-                f.name,
-                f.nested,
-                None if f.codec is None or f.codec.load is str else f.codec.load,
-                f.repeated,
-                f,
-            )
-            for f in self.fields
-        }
-        self._fast_bind = _compile_fast_binder(self)
-        self._fast_write = _compile_fast_writer(self)
-        self._fast_check = _compile_fast_writer(self, write=False)
 
     @property
     def xsd(self) -> str:
         """The XSD text that accepts exactly what `to_xml` writes for this class."""
         if self._xsd is None:
-            from xml_pipeline._wire.xsd import xsd_text
-
             self._xsd = xsd_text(self)
         return self._xsd
 
@@ -153,14 +81,10 @@ class PayloadSpec:
 
     def example(self) -> bytes:
         """An example instance document (valid against `schema`)."""
-        from xml_pipeline._wire.xsd import example_xml
-
         return example_xml(self)
 
     def describe(self) -> str:
         """A short description of the fields, with the real element names, for LLM prompts."""
-        from xml_pipeline._wire.xsd import describe
-
         return describe(self)
 
 
@@ -258,7 +182,11 @@ def _compile(cls: type, tag: str, *, stack: tuple[type, ...]) -> PayloadSpec:
     doc = (cls.__doc__ or "").strip()
     if doc.startswith(f"{cls.__name__}("):
         doc = ""  # the signature @dataclass writes when the class has no docstring
-    return PayloadSpec(cls=cls, tag=tag, fields=tuple(specs), doc=doc)
+    spec = PayloadSpec(cls=cls, tag=tag, fields=tuple(specs), doc=doc)
+    spec._fast_bind = compile_binder(spec)
+    spec._fast_write = compile_writer(spec)
+    spec._fast_check = compile_writer(spec, write=False)
+    return spec
 
 
 def _unresolved(cls: type, exc: NameError) -> _Refused:
@@ -432,13 +360,13 @@ def to_xml(obj: object) -> bytes:
     spec = payload_spec(obj)
     try:
         return f"<{spec.tag}>{spec._fast_write(obj)}</{spec.tag}>".encode()
-    except _Unusual:  # a value that does not fit: the general writer says which, and where
+    except Unusual:  # a value that does not fit: the general writer says which, and where
         parts: list[str] = []
         _write(spec, spec.tag, obj, parts, "/" + spec.tag)
         return "".join(parts).encode()
 
 
-def _write(spec: PayloadSpec, tag: str, obj: object, out: list[str], path: str) -> None:
+def _write(spec: PayloadShape, tag: str, obj: object, out: list[str], path: str) -> None:
     # paths are built only for nested elements and errors: this runs for every field sent
     if type(obj) is not spec.cls:
         raise SchemaViolation(
@@ -506,11 +434,11 @@ def check_payload(obj: object) -> None:
     spec = payload_spec(obj)
     try:
         spec._fast_check(obj)
-    except _Unusual:  # a value that does not fit: the general check says which, and where
+    except Unusual:  # a value that does not fit: the general check says which, and where
         _check(spec, obj, "/" + spec.tag)
 
 
-def _check(spec: PayloadSpec, obj: object, path: str) -> None:
+def _check(spec: PayloadShape, obj: object, path: str) -> None:
     if type(obj) is not spec.cls:
         raise SchemaViolation(
             f"expected {spec.cls.__qualname__}, got {type(obj).__qualname__}", path=path
@@ -574,14 +502,14 @@ def from_element(cls: type[T], element: etree._Element, *, validate: bool = True
         )
     try:
         return spec._fast_bind(element)  # type: ignore[return-value]
-    except (_Unusual, ValueError, ArithmeticError, LookupError):
+    except (Unusual, ValueError, ArithmeticError, LookupError):
         # not in the shape to_xml writes, or a value that does not load: the general binder
         # reads what it can and names what is wrong
         return _bind(spec, element, "/" + spec.tag)  # type: ignore[return-value]
 
 
 def _invalid(
-    spec: PayloadSpec, schema: etree.XMLSchema, element: etree._Element
+    spec: PayloadShape, schema: etree.XMLSchema, element: etree._Element
 ) -> SchemaViolation:
     """The rejection of an element ``schema`` just failed: its first error, line and path,
     said in the payload's terms where libxml2's words would mislead."""
@@ -603,7 +531,7 @@ def _invalid(
     return SchemaViolation(message, line=err.line or None, path=err.path or None)
 
 
-def _spec_at(spec: PayloadSpec, names: list[str]) -> PayloadSpec | None:
+def _spec_at(spec: PayloadShape, names: list[str]) -> PayloadShape | None:
     """The nested spec at an element path below the root (``["ship_to"]``), if there is one."""
     for name in names:
         field = spec.by_tag.get(name.partition("[")[0])
@@ -613,7 +541,7 @@ def _spec_at(spec: PayloadSpec, names: list[str]) -> PayloadSpec | None:
     return spec
 
 
-def _bind(spec: PayloadSpec, el: etree._Element, path: str) -> object:
+def _bind(spec: PayloadShape, el: etree._Element, path: str) -> object:
     # the general binder, for elements `_fast_bind` leaves to it: one lookup per element,
     # element paths built only for nested elements and errors
     values: dict[str, Any] = {}
@@ -683,152 +611,3 @@ def _scalar_text(el: etree._Element, path: str) -> str:
             )
         parts.append(sub.tail or "")
     return "".join(parts)
-
-
-# -- the fast binder -----------------------------------------------------------------------------
-
-
-class _Unusual(Exception):
-    """The element is not in the shape `to_xml` writes; `_bind` takes over."""
-
-
-def _compile_fast_binder(spec: PayloadSpec) -> Callable[[etree._Element], object]:
-    """Straight-line code that binds an element in exactly the shape `to_xml` writes.
-
-    Fields in order, each scalar holding text only, absent only where `to_xml` omits it
-    (``None``, an empty list). It raises `_Unusual` on anything else (another order, comments,
-    an absent field with a default...) and lets a loader's ValueError or LookupError through
-    (it uses `Codec.load_exact` where there is one): `_bind`, which
-    reads every shape, then binds the element or says what is wrong. The two agree wherever
-    this one returns (a test pins it), and this one costs about 30% less: no lookups per
-    element, no dict of values. Generated like the dataclass ``__init__`` it calls.
-    """
-    env: dict[str, Any] = {"_Unusual": _Unusual, "_cls": spec.cls}
-    positional = _positional_fields(spec)
-    # getnext() walks siblings a quarter faster than an iterator's next()
-    lines = ["def _fast_bind(el):", "    e = el[0] if len(el) else None"]
-    args = []
-    for i, f in enumerate(spec.fields):
-        var, tag = f"v{i}", repr(f.name)
-        if f.nested is not None:
-            env[f"_b{i}"] = f.nested._fast_bind
-            read, scalar = f"_b{i}(e)", False
-        else:
-            assert f.codec is not None
-            scalar = True
-            if f.codec.load is str:
-                read = "e.text or ''"
-            else:
-                env[f"_l{i}"] = f.codec.load_exact or f.codec.load
-                read = f"_l{i}(e.text or '')"
-        check = "    if len(e):\n        raise _Unusual" if scalar else ""
-        if f.repeated:
-            lines += [f"    {var} = []", f"    while e is not None and e.tag == {tag}:"]
-            lines += [f"    {line}" for line in check.splitlines()]
-            lines += [f"        {var}.append({read})", "        e = e.getnext()"]
-        elif f.optional:
-            lines += [f"    if e is not None and e.tag == {tag}:"]
-            lines += [f"    {line}" for line in check.splitlines()]
-            lines += [f"        {var} = {read}", "        e = e.getnext()", "    else:"]
-            lines += [f"        {var} = None"]
-        else:  # required; or defaulted, which to_xml always writes
-            length = " or len(e)" if scalar else ""
-            lines += [f"    if e is None or e.tag != {tag}{length}:", "        raise _Unusual"]
-            lines += [f"    {var} = {read}", "    e = e.getnext()"]
-        args.append(var if i < positional else f"{f.name}={var}")
-    lines += ["    if e is not None:", "        raise _Unusual"]
-    lines += [f"    return _cls({', '.join(args)})"]
-    exec("\n".join(lines), env)  # names are checked identifiers, tags are repr() literals
-    binder: Callable[[etree._Element], object] = env["_fast_bind"]
-    return binder
-
-
-def _positional_fields(spec: PayloadSpec) -> int:
-    """How many leading fields the class's constructor takes by position, in field order.
-
-    Positional arguments cost a third of keywords; an ``InitVar``, a ``kw_only`` field or a
-    hand-written ``__init__`` ends the run, and the rest go by keyword.
-    """
-    try:
-        params = list(inspect.signature(spec.cls).parameters.values())
-    except (TypeError, ValueError):  # no signature to read: keywords are always right
-        return 0
-    count = 0
-    for param, f in zip(params, spec.fields, strict=False):
-        if param.name != f.name or param.kind is not param.POSITIONAL_OR_KEYWORD:
-            break
-        count += 1
-    return count
-
-
-def _compile_fast_writer(spec: PayloadSpec, *, write: bool = True) -> Callable[[object], Any]:
-    """Straight-line code checking an object as `_check` does and, with ``write``, returning
-    the text of its element's children as `_write` writes them.
-
-    Each value is checked with its codec's ``accepts`` as `_check` and `_write` check it;
-    where a check fails it raises `_Unusual`, and the caller runs the general code, which
-    raises the error naming the field path. A test pins that both write the same bytes.
-    Required values go straight into one f-string; only text that can hold markup is escaped.
-    """
-    fn = "_fast_write" if write else "_fast_check"
-    env: dict[str, Any] = {"_Unusual": _Unusual, "_cls": spec.cls, "_esc": escape_markup}
-    lines = [f"def {fn}(obj):", "    if type(obj) is not _cls:", "        raise _Unusual"]
-    pieces = []
-    for i, f in enumerate(spec.fields):
-        name = f.name
-        if f.nested is not None:  # the nested class's own function checks its type
-            env[f"_n{i}"] = getattr(f.nested, fn)
-            nested = f"_n{i}"
-            check: Callable[[str], str] | None = None
-        else:
-            assert f.codec is not None
-            env[f"_a{i}"], env[f"_d{i}"] = f.codec.accepts, f.codec.dump
-            nested = ""
-            check = partial(str.format, f"_a{i}({{}})")
-        element = partial(_element_text, f, i)
-        if f.repeated:
-            lines += [f"    v{i} = obj.{name}", f"    if type(v{i}) is not list:"]
-            lines += ["        raise _Unusual"]
-            if check:
-                lines += [f"    for x in v{i}:", f"        if not {check('x')}:"]
-                lines += ["            raise _Unusual"]
-            if write:
-                lines.append(f"    p{i} = ''.join([f'{element('x')}' for x in v{i}])")
-                pieces.append(f"{{p{i}}}")
-            elif nested:
-                lines += [f"    for x in v{i}:", f"        {nested}(x)"]
-        elif f.optional:
-            lines += [f"    x = obj.{name}"]
-            if write:
-                lines += ["    if x is None:", f"        p{i} = ''"]
-                if check:
-                    lines += [f"    elif not {check('x')}:", "        raise _Unusual"]
-                lines += ["    else:", f"        p{i} = f'{element('x')}'"]
-                pieces.append(f"{{p{i}}}")
-            elif check:
-                lines += [f"    if x is not None and not {check('x')}:", "        raise _Unusual"]
-            else:
-                lines += ["    if x is not None:", f"        {nested}(x)"]
-        else:
-            lines.append(f"    v{i} = obj.{name}")
-            if check:
-                lines += [f"    if not {check(f'v{i}')}:", "        raise _Unusual"]
-            if write:
-                pieces.append(element(f"v{i}"))
-            elif nested:
-                lines.append(f"    {nested}(v{i})")
-    lines.append(f"    return f'{''.join(pieces)}'" if write else "    return None")
-    exec("\n".join(lines), env)  # names are checked identifiers, tags XML names
-    compiled: Callable[[object], Any] = env[fn]
-    return compiled
-
-
-def _element_text(f: FieldSpec, i: int, var: str) -> str:
-    """For `_compile_fast_writer`: the f-string text of field ``f``'s element holding ``var``."""
-    if f.nested is not None:
-        value = f"_n{i}({var})"
-    else:
-        assert f.codec is not None
-        dumped = var if f.codec.load is str else f"_d{i}({var})"  # a str field is its text
-        value = dumped if f.codec.markup_free else f"_esc({dumped})"
-    return f"<{f.name}>{{{value}}}</{f.name}>"

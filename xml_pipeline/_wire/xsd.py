@@ -1,7 +1,7 @@
 """Generated documents for a payload class: its XSD, an example instance, a prompt description.
 
-All three are derived from the same `PayloadSpec` that `to_xml` writes from, so they cannot
-drift apart. Reach them through `PayloadSpec.xsd`, `.schema`, `.example()` and `.describe()`.
+All three are derived from the same `PayloadShape` that `to_xml` writes from, so they cannot
+drift apart. Reach them through `PayloadShape.xsd`, `.schema`, `.example()` and `.describe()`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 if TYPE_CHECKING:
-    from xml_pipeline._wire.payloads import FieldSpec, PayloadSpec
+    from xml_pipeline._wire.shape import FieldSpec, PayloadShape
 
 __all__ = ["describe", "example_xml", "xsd_text"]
 
@@ -27,7 +27,7 @@ def _xs(parent: etree._Element, kind: str, **attrs: str) -> etree._Element:
     return etree.SubElement(parent, f"{{{_XS}}}{kind}", attrs)
 
 
-def xsd_text(spec: PayloadSpec) -> str:
+def xsd_text(spec: PayloadShape) -> str:
     """The XSD (as text) that accepts exactly the documents `to_xml` writes for ``spec``."""
     root = etree.Element(f"{{{_XS}}}schema", nsmap={"xs": _XS})
     root.set("elementFormDefault", "unqualified")
@@ -37,7 +37,7 @@ def xsd_text(spec: PayloadSpec) -> str:
     return text
 
 
-def _complex_type(parent: etree._Element, spec: PayloadSpec) -> None:
+def _complex_type(parent: etree._Element, spec: PayloadShape) -> None:
     sequence = _xs(_xs(parent, "complexType"), "sequence")
     for f in spec.fields:
         attrs = {"name": f.name}
@@ -63,7 +63,7 @@ def _complex_type(parent: etree._Element, spec: PayloadSpec) -> None:
             _xs(sequence, "element", type=f.codec.xsd_type, **attrs)
 
 
-def example_xml(spec: PayloadSpec) -> bytes:
+def example_xml(spec: PayloadShape) -> bytes:
     """An example instance document: every field present once, with a typical value."""
     root = etree.Element(spec.tag)
     _example_fields(root, spec)
@@ -71,7 +71,7 @@ def example_xml(spec: PayloadSpec) -> bytes:
     return data
 
 
-def _example_fields(parent: etree._Element, spec: PayloadSpec) -> None:
+def _example_fields(parent: etree._Element, spec: PayloadShape) -> None:
     for f in spec.fields:
         child = etree.SubElement(parent, f.name)
         if f.nested is not None:
@@ -81,21 +81,21 @@ def _example_fields(parent: etree._Element, spec: PayloadSpec) -> None:
             child.text = _default_text(spec, f) or f.codec.example
 
 
-def _default_text(spec: PayloadSpec, f: FieldSpec) -> str | None:
+def _default_text(spec: PayloadShape, f: FieldSpec) -> str | None:
     default = _default_value(spec, f)
     if default is None or f.codec is None or f.repeated or not f.codec.accepts(default):
         return None
     return f.codec.dump(default)
 
 
-def _default_value(spec: PayloadSpec, f: FieldSpec) -> object:
+def _default_value(spec: PayloadShape, f: FieldSpec) -> object:
     for field in dataclasses.fields(spec.cls):
         if field.name == f.name:
             return None if field.default is dataclasses.MISSING else field.default
     return None
 
 
-def describe(spec: PayloadSpec) -> str:
+def describe(spec: PayloadShape) -> str:
     """A short, prompt-ready description of the payload's elements, one line per field."""
     head = f"<{spec.tag}>" + (f": {spec.doc.splitlines()[0]}" if spec.doc else "")
     lines = [head]
@@ -103,7 +103,7 @@ def describe(spec: PayloadSpec) -> str:
     return "\n".join(lines)
 
 
-def _describe_fields(spec: PayloadSpec, lines: list[str], indent: str) -> None:
+def _describe_fields(spec: PayloadShape, lines: list[str], indent: str) -> None:
     for f in spec.fields:
         if f.repeated:
             count = "repeated, zero or more times"
