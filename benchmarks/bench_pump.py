@@ -1,32 +1,34 @@
-"""Pump throughput and latency, against a bare asyncio.Queue ping-pong floor in the same run.
+"""Pump throughput, CPU per hop and latency, against a bare asyncio.Queue ping-pong floor.
 
 The organism: request -> A -> B -> answer to A -> answer out, i.e. 4 hops per conversation
 (three handler runs plus the answer delivered to the requester), every payload checked at
-every hop, each hop recorded in the conversation history (and once with history off).
-Prints a table and writes benchmarks/results/bench_pump.json.
+every hop, each hop recorded in the conversation history (and a row with history off).
 
-    python benchmarks/bench_pump.py [--runs 5] [--conversations 50000] [--concurrency 10000]
+Rows take turns within every run (the machine is shared and noisy), and each figure is the
+median over runs; ratios are taken per run against the floor measured in that run. CPU per hop
+is the process's CPU time (``time.process_time``) over the hops made: steadier than wall time on
+a shared machine. Prints a table and writes benchmarks/results/bench_pump.json.
+
+    python benchmarks/bench_pump.py [--runs 5] [--loop uvloop|asyncio]
+        [--conversations 40000] [--inflight 1000,30000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import gc
 import statistics
-import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import uvloop
+from _results import write_results
 
 from xml_pipeline import HandlerMetadata, HandlerResponse, Listener, Organism, payload
 
 HOPS_PER_CONVERSATION = 4
-RESULTS = Path(__file__).parent / "results"
 
 
 @payload
@@ -67,18 +69,26 @@ def organism(**options: Any) -> Organism:
     return Organism(listeners, **options)
 
 
-async def load(org: Organism, conversations: int, concurrency: int) -> float:
-    """Hops per second with ``concurrency`` conversations in flight."""
-    per_worker = conversations // concurrency
+@dataclass
+class Measure:
+    hops_per_s: float
+    cpu_us_per_hop: float
+
+
+async def load(org: Organism, conversations: int, inflight: int) -> Measure:
+    """Hops per second and CPU per hop with ``inflight`` conversations in flight."""
+    per_worker = max(1, conversations // inflight)
 
     async def worker() -> None:
         for _ in range(per_worker):
-            await org.request("a", Task(text="hello"), timeout=60)
+            await org.request("a", Task(text="hello"), timeout=120)
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
-    return per_worker * concurrency * HOPS_PER_CONVERSATION / elapsed
+    gc.collect()
+    cpu, wall = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(inflight)))
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    hops = per_worker * inflight * HOPS_PER_CONVERSATION
+    return Measure(hops / wall, cpu / hops * 1e6)
 
 
 async def latency(org: Organism, n: int) -> tuple[float, float]:
@@ -92,8 +102,8 @@ async def latency(org: Organism, n: int) -> tuple[float, float]:
     return samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
 
 
-async def queue_floor(n: int) -> float:
-    """Hops per second of a bare asyncio.Queue ping-pong between two tasks."""
+async def queue_floor(n: int) -> Measure:
+    """A bare asyncio.Queue ping-pong between two tasks: the cheapest hop the loop allows."""
     there: asyncio.Queue[int] = asyncio.Queue()
     back: asyncio.Queue[int] = asyncio.Queue()
 
@@ -102,76 +112,105 @@ async def queue_floor(n: int) -> float:
             back.put_nowait(await there.get())
 
     task = asyncio.get_running_loop().create_task(echo())
-    start = time.perf_counter()
+    cpu, wall = time.process_time(), time.perf_counter()
     for i in range(n):
         there.put_nowait(i)
         await back.get()
-    elapsed = time.perf_counter() - start
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     await task
-    return 2 * n / elapsed
+    return Measure(2 * n / wall, cpu / (2 * n) * 1e6)
 
 
-async def one_run(args: argparse.Namespace, history: bool) -> dict[str, float]:
-    floor = await queue_floor(100_000)
-    org = organism(ingress_limit=args.concurrency, history=history)
-    async with org:
-        await load(org, 2000, 100)  # warm up
-        hops = await load(org, args.conversations, args.concurrency)
-        p50, p99 = await latency(org, 5000)
-    return {"hops_per_s": hops, "p50_us": p50, "p99_us": p99, "queue_floor_hops_per_s": floor}
+Row = Callable[[], Awaitable[dict[str, float]]]
 
 
-def run(
-    loop_name: str, factory: Callable[[], asyncio.AbstractEventLoop], args: Any, history: bool
-) -> dict:
-    runs = []
-    for _ in range(args.runs):
-        with asyncio.Runner(loop_factory=factory) as runner:
-            runs.append(runner.run(_coro(one_run, args, history)))
-    medians = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-    medians["ratio_to_floor"] = statistics.median(
-        r["hops_per_s"] / r["queue_floor_hops_per_s"] for r in runs
+def rows(options: argparse.Namespace) -> dict[str, Row]:
+    def pump(inflight: int, history: bool = True) -> Row:
+        async def measure() -> dict[str, float]:
+            org = organism(ingress_limit=inflight, history=history)
+            async with org:
+                await load(org, 2000, 100)  # warm up
+                m = await load(org, max(options.conversations, 2 * inflight), inflight)
+            return {"hops_per_s": m.hops_per_s, "cpu_us_per_hop": m.cpu_us_per_hop}
+
+        return measure
+
+    async def floor() -> dict[str, float]:
+        m = await queue_floor(100_000)
+        return {"hops_per_s": m.hops_per_s, "cpu_us_per_hop": m.cpu_us_per_hop}
+
+    async def round_trip() -> dict[str, float]:
+        async with organism() as org:
+            await load(org, 500, 1)
+            p50, p99 = await latency(org, 3000)
+        return {"p50_us": p50, "p99_us": p99}
+
+    table: dict[str, Row] = {"floor: asyncio.Queue ping-pong": floor}
+    for inflight in options.inflight:
+        table[f"pump, {inflight:,} in flight"] = pump(inflight)
+    table[f"pump, {options.inflight[0]:,} in flight, history off"] = pump(
+        options.inflight[0], history=False
     )
-    name = loop_name + ("" if history else ", no history")
-    return {"loop": name, "history": history, "runs": runs, "median": medians}
-
-
-def _coro(fn: Callable[..., Coroutine[Any, Any, Any]], *a: Any) -> Coroutine[Any, Any, Any]:
-    return fn(*a)
+    table["round trip, 1 in flight"] = round_trip
+    return table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--conversations", type=int, default=50_000)
-    parser.add_argument("--concurrency", type=int, default=10_000)
-    args = parser.parse_args()
-    results = [
-        run("uvloop", uvloop.new_event_loop, args, history=True),
-        run("uvloop", uvloop.new_event_loop, args, history=False),
-        run("asyncio", asyncio.new_event_loop, args, history=True),
-    ]
-    header = (
-        f"{'loop':20} {'hops/s':>10} {'p50 us':>8} {'p99 us':>8} {'floor hops/s':>13} {'ratio':>6}"
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument("--conversations", type=int, default=40_000)
+    parser.add_argument(
+        "--inflight",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=[1000, 30_000],
+        help="comma-separated conversations in flight, one row each (1000,30000)",
     )
+    options = parser.parse_args()
+    factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+    if options.loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    table = rows(options)
+    names = list(table)
+    runs: list[dict[str, dict[str, float]]] = []
+    for run in range(options.runs):
+        order = names[run % len(names) :] + names[: run % len(names)]  # rows take turns
+        results: dict[str, dict[str, float]] = {}
+        for name in order:
+            with asyncio.Runner(loop_factory=factory) as runner:
+                results[name] = runner.run(table[name]())
+        runs.append(results)
+    floor_name, first = names[0], names[1]
+    medians = {
+        name: {key: statistics.median(r[name][key] for r in runs) for key in runs[0][name]}
+        for name in names
+    }
+    for name in names[1:]:
+        if "hops_per_s" in medians[name]:
+            medians[name]["ratio_to_floor"] = statistics.median(
+                r[name]["hops_per_s"] / r[floor_name]["hops_per_s"] for r in runs
+            )
+            medians[name]["cpu_vs_first_row"] = statistics.median(
+                r[name]["cpu_us_per_hop"] / r[first]["cpu_us_per_hop"] for r in runs
+            )
+    header = f"{'row':42} {'hops/s':>10} {'CPU us/hop':>10} {'/floor':>7} {'CPU vs 1st':>10}"
     print(header)
     print("-" * len(header))
-    for r in results:
-        m = r["median"]
-        print(
-            f"{r['loop']:20} {m['hops_per_s']:>10,.0f} {m['p50_us']:>8.1f} {m['p99_us']:>8.1f} "
-            f"{m['queue_floor_hops_per_s']:>13,.0f} {m['ratio_to_floor']:>6.2f}"
-        )
+    for name in names:
+        m = medians[name]
+        if "p50_us" in m:
+            print(f"{name:42} p50 {m['p50_us']:.1f} us, p99 {m['p99_us']:.1f} us")
+            continue
+        ratio = f"{m['ratio_to_floor']:>7.3f}" if "ratio_to_floor" in m else f"{'':>7}"
+        vs = f"{m['cpu_vs_first_row']:>10.2f}" if "cpu_vs_first_row" in m else f"{'':>10}"
+        print(f"{name:42} {m['hops_per_s']:>10,.0f} {m['cpu_us_per_hop']:>10.2f} {ratio} {vs}")
     print(
-        f"(medians of {args.runs} runs; {args.conversations:,} conversations, "
-        f"{args.concurrency:,} in flight; {HOPS_PER_CONVERSATION} hops each)"
+        f"(medians of {options.runs} runs, {options.loop}; {HOPS_PER_CONVERSATION} hops per "
+        "conversation; rows took turns)"
     )
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "bench_pump.json"
-    out.write_text(
-        json.dumps({"python": sys.version, "args": vars(args), "results": results}, indent=2)
-    )
-    print(f"wrote {out}")
+    write_results("bench_pump", options, runs=runs, medians=medians)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from xml_pipeline._config import (
 from xml_pipeline._errors import ConfigError, UsageError
 from xml_pipeline._handlers import Listener
 from xml_pipeline._loader import handler_signature_problem, load_organism, worker_import_problem
+from xml_pipeline._runtime.hooks import Hooks
 from xml_pipeline._runtime.invoker import PoolInvoker
 from xml_pipeline._runtime.pool import ProcessPool
 from xml_pipeline._runtime.pump import DeadLetter, PumpStats, StreamPump
@@ -92,6 +93,7 @@ class Organism:
         self._registry: ThreadRegistry | None = None
         self._pool: ProcessPool | None = None
         self._stopped: StreamPump | None = None  # the last pump, for stats after it stopped
+        self.hooks = Hooks()  # every hop and conversation event, for observers (see Hooks)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> Organism:
@@ -158,7 +160,7 @@ class Organism:
             backend = self._open_backend(stack)
             await backend.open()
             stack.push_async_callback(backend.aclose)
-            registry = ThreadRegistry(backend, self.name)
+            registry = ThreadRegistry(backend, self.name, history=self._history)
             await registry.initialize_root()
             invoker = None
             if any(listener.cpu_bound for listener in self.listeners):
@@ -179,9 +181,9 @@ class Organism:
                 ingress_wait_seconds=self._ingress[1],
                 pool_invoker=invoker,
                 pool_workers=self._pool_config.workers,
-                history=self._history,
                 max_hops=self._max_hops,
             )
+            pump.hooks = self.hooks
             pump.start()
         except BaseException:
             await stack.aclose()
@@ -347,14 +349,14 @@ class Organism:
         """A copy of the counters of the running organism, or of its last run once it
         stopped (all zero before it first started)."""
         pump = self._pump or self._stopped
-        return PumpStats() if pump is None else replace(pump.stats)
+        return PumpStats() if pump is None else pump.stats
 
     @property
     def dead_letters(self) -> list[DeadLetter]:
         """Failures of ``send``/``inject`` conversations that nobody was waiting for (of the
         running organism, or of its last run once it stopped)."""
         pump = self._pump or self._stopped
-        return [] if pump is None else list(pump.dead_letters)
+        return [] if pump is None else pump.dead_letters
 
 
 def _check_listener(listener: Listener, names: list[str]) -> None:

@@ -20,6 +20,7 @@ import anyio
 
 from xml_pipeline._config import load_config
 from xml_pipeline._organism import Organism
+from xml_pipeline._runtime.hooks import Event, HopEvent
 from xml_pipeline._wire.envelope import Envelope
 
 __all__ = ["Capture", "capture", "drain", "run_organism"]
@@ -49,20 +50,19 @@ class Capture:
 @contextmanager
 def capture(org: Organism) -> Iterator[Capture]:
     """Record every hop delivered to a handler while the block runs (nests with others)."""
-    pump = org.pump
-    previous = pump.observer
     seen = Capture()
 
-    def observe(envelope: Envelope) -> None:
-        seen.envelopes.append(envelope)
-        if previous is not None:
-            previous(envelope)
+    def observe(event: Event) -> None:
+        if type(event) is HopEvent and event.kind == "started":
+            seen.envelopes.append(
+                Envelope(event.sender, event.listener, event.thread, event.payload)
+            )
 
-    pump.observer = observe
+    unsubscribe = org.hooks.subscribe(observe)
     try:
         yield seen
     finally:
-        pump.observer = previous
+        unsubscribe()
 
 
 @asynccontextmanager

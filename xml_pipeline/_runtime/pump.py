@@ -4,46 +4,29 @@ One hop: the target's handler runs under the listener's concurrency limit; what 
 checked (peers, payload class, field spec) and routed: a call extends the chain, an answer
 prunes it and goes to the caller, a failure travels up the chain as an `ErrorReport`.
 
-Hot-path choices, each measured on the 2-core reference machine (see benchmarks/bench_pump.py):
-- *Continuation*: the task that ran a handler runs the next hop itself when the target has a
-  free slot; a new task is made only for fan-out or a backlogged hop. ``asyncio.create_task``
-  is used for these hop tasks (about 7 us) rather than ``TaskGroup.start_soon`` (about 35 us);
-  the pump tracks them and cancels them on close, so none outlives the organism.
-- *One watchdog* checks handler deadlines a few times a second; a cancel scope per hop costs
-  about 10 us. A request's deadline is one loop timer (``call_at``, about 1 us).
-- Hops between listeners never wait: a busy listener's backlog is a deque, so cycles such as
-  planner <-> adder cannot deadlock; backpressure applies only at ingress.
-
-Who decides a hop's outcome. Normally the task running the hop. Two events take a running hop
-over (*settle* it) from outside: its handler's deadline passing (the watchdog reports the
-``timeout`` to the caller at once) and its conversation ending for any reason (answer,
-failure, request timeout, requester cancelled, ``hop_limit``, lost, shutdown: nothing is left
-to report). Either way the handler's task is cancelled, and again at every watchdog tick
-while the handler runs (cancellation is level-triggered, as in trio: a handler that swallows one
-cancel and awaits again gets another); every one of those cancels is balanced with
-``Task.uncancel`` however the handler ends (raising, swallowing the cancel, answering late), so
-the next hop the same task runs never mistakes its own ``CancelledError`` for a shutdown. What a
-settled handler returns is dropped. A handler still running ``_CANCEL_GRACE`` seconds after
-its first cancel ignores cancellation: it is *abandoned* (logged, counted in
-``stats.abandoned``) and its concurrency slot given back.
-
-Every call is a `_Frame` that counts what may still happen on its thread (hops queued or
-running there, calls it made that are unanswered). A frame whose count drops to zero before it
-answered can never answer: the pump fails that call with ``no_answer`` at once, naming the
-callee, instead of letting its caller wait for the conversation's deadline.
+The pump composes one module per job: the ingress gate (`ingress`), how conversations end
+(`outcomes`), handler runs and deadlines (`invocation`), output checks (`outputs`), the
+transport that carries hops to listeners (`transport`), events for observers (`hooks`) and the
+registry, the one door to shared state (`registry`). What stays here is routing: a hop's step
+and the *continuation* loop, kept together because that is where a hop's time goes:
+- the task that ran a handler runs the next hop itself when the target has a free slot, and
+  takes over the next backlogged hop of the listener whose slot it frees; a new task is made
+  only for fan-out. ``asyncio.create_task`` makes these (about 7 us) rather than
+  ``TaskGroup.start_soon`` (about 35 us); the pump tracks them and cancels them on close.
+- every call is a `Frame` that counts what may still happen on its thread (hops queued or
+  running there, calls it made that are unanswered). A frame whose count drops to zero before
+  it answered can never answer: the pump fails that call with ``no_answer`` at once, naming the
+  callee, instead of letting its caller wait for the conversation's deadline.
+- a request's deadline is one loop timer (``call_at``, about 1 us) covering the whole call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import math
 import unicodedata
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from difflib import get_close_matches
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -54,312 +37,146 @@ from xml_pipeline._errors import (
     DeliveryError,
     PayloadTypeError,
     Reason,
-    SchemaViolation,
     UsageError,
     XmlPipelineError,
-    raised_at,
 )
-from xml_pipeline._handlers import (
-    ErrorReport,
-    HandlerMetadata,
-    HandlerResponse,
-    HistoryEntry,
-    Listener,
-)
-from xml_pipeline._runtime.invoker import BoundOutputs, Invoker
+from xml_pipeline._handlers import ErrorReport, HandlerMetadata, Listener
+from xml_pipeline._runtime.hooks import ConversationEvent, Hooks, HopEvent
+from xml_pipeline._runtime.hops import Conversation, Frame, Hop, ListenerState
+from xml_pipeline._runtime.ingress import IngressGate
+from xml_pipeline._runtime.invocation import CANCEL_GRACE, Invocation, Settled
+from xml_pipeline._runtime.invoker import Invoker
+from xml_pipeline._runtime.outcomes import Conversations, Counters, DeadLetter, PumpStats
+from xml_pipeline._runtime.outputs import Failure, check_outputs, no_route, wrong_class
 from xml_pipeline._runtime.registry import ThreadRegistry, new_thread_id
+from xml_pipeline._runtime.retry import NoRetry, RetryPolicy
+from xml_pipeline._runtime.transport import LocalTransport, Transport
 from xml_pipeline._wire.codecs import xml_safe
 from xml_pipeline._wire.envelope import Envelope
-from xml_pipeline._wire.history import decode_entry, encode_entry
+from xml_pipeline._wire.history import HistoryEntry
 from xml_pipeline._wire.parsing import ParseLimits
-from xml_pipeline._wire.payloads import (
-    check_payload,
-    from_element,
-    is_payload,
-    payload_spec,
-    to_xml,
-)
+from xml_pipeline._wire.payloads import check_payload, from_element, is_payload
 
 __all__ = ["DeadLetter", "PumpStats", "StreamPump"]
 
 log = logging.getLogger("xml_pipeline.pump")
 EXTERNAL = "_external"
 _YIELD_EVERY = 64  # hops one task runs back to back before it lets the loop run others
-# How long a cancelled handler may take to stop before it is abandoned. Cooperative handlers
-# stop at their next await, within microseconds; cleanup in a `finally` gets this long.
-_CANCEL_GRACE = 0.25
 # Retrying the retirement of a conversation whose opening outcome is unknown: capped backoff.
 _RETIRE_ATTEMPTS = 6
 _RETIRE_BACKOFF = (0.05, 2.0)
-# Conversations ending with these reasons were lost to the backend or to the pump itself.
-_LOST = frozenset({Reason.BACKEND_ERROR, Reason.BACKEND_UNREACHABLE, Reason.INTERNAL_ERROR})
-
-
-@dataclass
-class PumpStats:
-    """Counters since the organism started (read a copy with `Organism.stats`).
-
-    Attributes:
-        conversations: conversations started (requests, sends and injects that got in).
-        answered: conversations that ended with an answer.
-        failed: conversations that ended with a failure (every reason, ``no_answer`` included).
-        no_answer: of those, the ones that ended because nothing could answer any more.
-        hops: handler runs started.
-        handler_errors: handler runs that raised (in process or in a worker).
-        timeouts: handler runs over their ``timeout_seconds``, and requests over their
-            ``timeout``.
-        late_replies: answers and calls on a thread that was already retired, dropped.
-        overloaded: ingress calls refused because the organism stayed full.
-        lost: conversations ended by a backend or internal failure (each one logged).
-        cancelled: requests whose requester stopped waiting (cancelled), before or after the
-            conversation started.
-        rejected: ingress calls refused for their input before a conversation started (no
-            route, forged sender, not a payload, schema violation, bad XML); each logged.
-        abandoned: handlers that went on running after the pump cancelled them; each logged,
-            its concurrency slot given back.
-    """
-
-    conversations: int = 0
-    answered: int = 0
-    failed: int = 0
-    no_answer: int = 0
-    hops: int = 0
-    handler_errors: int = 0
-    timeouts: int = 0
-    late_replies: int = 0
-    overloaded: int = 0
-    lost: int = 0
-    cancelled: int = 0
-    rejected: int = 0
-    abandoned: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A failure that reached the outside world with nobody waiting for it (``send``/``inject``).
-
-    Kept in `Organism.dead_letters` (bounded) and logged at WARNING.
-    """
-
-    conversation: str
-    reason: str
-    message: str
-    listener: str
-
-
-class _Route:
-    """A listener's runtime state: its definition, free slots and backlog."""
-
-    __slots__ = (
-        "backlog", "busy", "def_", "is_async", "limit", "name", "peers", "spec", "timeout"
-    )  # fmt: skip
-
-    def __init__(self, listener: Listener, pool_workers: int) -> None:
-        self.def_ = listener
-        self.name = listener.name
-        self.spec = payload_spec(listener.payload_class)
-        self.peers = frozenset(listener.peers)
-        self.timeout = listener.timeout_seconds
-        self.is_async = inspect.iscoroutinefunction(listener.handler)
-        # a cpu_bound listener runs no more hops than the pool has workers: the rest wait in
-        # its backlog, where no timeout runs, rather than queued inside the pool, where it does
-        self.limit = listener.max_concurrency
-        if listener.cpu_bound:
-            self.limit = min(self.limit, pool_workers)
-        self.busy = 0
-        self.backlog: deque[_Hop] = deque()
-
-
-class _Conversation:
-    __slots__ = (
-        "done", "expired", "future", "hops", "id", "opening", "running", "started_by", "timer"
-    )  # fmt: skip
-
-    def __init__(self, future: asyncio.Future[Any] | None, to: str) -> None:
-        self.id = ""  # set when its opening call is made
-        self.future = future
-        self.timer: asyncio.TimerHandle | None = None  # the request's deadline
-        self.hops = 0
-        self.done = False
-        self.opening = True
-        self.expired = False  # the deadline passed while the conversation was opening
-        self.started_by = to
-        self.running: set[_Hop] = set()  # hops whose handlers run now (in process or pool)
-
-
-class _Frame:
-    """One call: the listener handling it, its opaque thread id and its caller's frame.
-
-    ``live`` counts what may still run on this thread: hops queued or running on it, and calls
-    made from it that are not answered yet. The root frame (the outside sender) has no parent.
-    """
-
-    __slots__ = ("answered", "listener", "live", "parent", "thread")
-
-    def __init__(self, listener: str, thread: str, parent: _Frame | None) -> None:
-        self.listener = listener
-        self.thread = thread
-        self.parent = parent
-        self.live = 1  # the hop that delivers the call
-        self.answered = False
-
-
-class _Hop:
-    """One delivery to a handler, on the thread of ``frame``.
-
-    ``settled`` is set when the watchdog or the conversation's end takes the hop over
-    (``"timeout"`` or ``"ended"``); ``abandoned`` when its handler ignored that cancel.
-    """
-
-    __slots__ = (
-        "abandoned", "cancels", "conv", "frame", "payload", "route", "sender", "settled", "task"
-    )  # fmt: skip
-
-    def __init__(
-        self, route: _Route, frame: _Frame, sender: str, payload: object, conv: _Conversation
-    ) -> None:
-        self.route = route
-        self.frame = frame
-        self.sender = sender
-        self.payload = payload
-        self.conv = conv
-        self.task: asyncio.Task[Any] | None = None
-        self.settled: str | None = None
-        self.cancels = 0  # task.cancel() calls the pump made for this hop, to balance
-        self.abandoned = False
-
-
-class _Settled(Exception):
-    """The hop was taken over while its handler ran; what the handler did is dropped."""
-
-
-class _Failure(Exception):
-    """The hop failed (its handler raised, or its output was refused) with this reason."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-@dataclass
-class _Ingress:
-    limit: int
-    wait_seconds: float
-    open: int = 0
-    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
-    dead: int = 0  # waiters in the deque that gave up
 
 
 class StreamPump:
-    """Routes payloads between listeners; owned by an `Organism`, one per organism."""
+    """Routes payloads between listeners; owned by an `Organism`, one per organism.
+
+    Raises:
+        UsageError: a listener is ``cpu_bound`` but no ``pool_invoker`` is given.
+    """
 
     def __init__(
         self,
         listeners: Sequence[Listener],
         registry: ThreadRegistry,
         *,
-        limits: ParseLimits | None = None,
-        ingress_limit: int = 1024,
-        ingress_wait_seconds: float = 5.0,
+        limits: ParseLimits,
+        ingress_limit: int,
+        ingress_wait_seconds: float,
+        max_hops: int,
         pool_invoker: Invoker | None = None,
         pool_workers: int = 1,
-        history: bool = True,
-        max_hops: int = 10_000,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        self._routes = {listener.name: _Route(listener, pool_workers) for listener in listeners}
+        policy = retry if retry is not None else NoRetry()
+        self._states = {
+            listener.name: ListenerState(listener, pool_workers, policy) for listener in listeners
+        }
+        needing_pool = [s.name for s in self._states.values() if s.listener.cpu_bound]
+        if needing_pool and pool_invoker is None:
+            raise UsageError(f"cpu_bound listeners {needing_pool} need a process pool invoker")
         # sender names an envelope from outside may not claim: listener names as people and
         # terminals compare them (case, surrounding spaces, compatibility forms)
-        self._reserved = {_normal_name(name) for name in self._routes}
+        self._reserved = {_normal_name(name) for name in self._states}
         self._registry = registry
-        self._limits = limits or ParseLimits()
-        self._ingress = _Ingress(ingress_limit, ingress_wait_seconds)
-        self._pool_invoker = pool_invoker
-        self._history = history
+        self._limits = limits
         self._max_hops = max_hops
-        self._convs: dict[str, _Conversation] = {}
-        self._running: dict[_Hop, float] = {}  # in-process handler runs -> deadline
-        self._abandoned: set[_Hop] = set()  # handlers that ignored cancellation, still running
+        self._counters = Counters()
+        self._ingress = IngressGate(ingress_limit, ingress_wait_seconds)
+        self._invocation = Invocation(
+            pool=pool_invoker,
+            registry=registry,
+            counters=self._counters,
+            tick=min([0.05, *(s.timeout / 4 for s in self._states.values())]),
+            on_timeout=self._timed_out,
+            on_abandon=self._free_slot,
+        )
+        self._conversations = Conversations(self._ingress, self._counters, self._invocation.settle)
+        self._conversations.ended = self._conversation_ended
+        self._transport: Transport = LocalTransport(self._states.values(), self._spawn)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retiring: set[asyncio.Task[Any]] = set()  # background retirements
         self._closing = False
-        self._cancelling = False
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._tick = min([0.05, *(r.timeout / 4 for r in self._routes.values())])
-        self.stats = PumpStats()
-        self.dead_letters: deque[DeadLetter] = deque(maxlen=1000)
-        self.observer: Callable[[Envelope], None] | None = None
+        self.hooks = Hooks()
         self._watchdog: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners = {name: state.listener for name, state in self._states.items()}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     @property
     def listeners(self) -> dict[str, Listener]:
-        """The listeners by name."""
-        return {name: r.def_ for name, r in self._routes.items()}
+        """The listeners by name (do not change the dict)."""
+        return self._listeners
+
+    @property
+    def stats(self) -> PumpStats:
+        """A snapshot of the counters."""
+        return self._counters.snapshot(self._ingress.overloaded)
+
+    @property
+    def dead_letters(self) -> list[DeadLetter]:
+        """Failures of conversations nobody waited for, the newest last (at most 1,000)."""
+        return list(self._conversations.dead_letters)
 
     def start(self) -> None:
         """Start the watchdog (a task the pump owns, so the organism may be left from any
         task or cancel scope, unlike a task group entered in ``__aenter__``)."""
         self._loop = asyncio.get_running_loop()
-        self._watchdog = self._loop.create_task(self._watch())
-
-    async def _watch(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await anyio.sleep(self._tick)
-            now = loop.time()
-            for hop, deadline in list(self._running.items()):
-                if now < deadline:
-                    if hop.settled is not None:
-                        self._cancel(hop)  # level-triggered, as in trio: until it stops
-                elif hop.settled is None:
-                    self._settle(hop, "timeout")
-                    self._spawn_call(self._report_timeout(hop))
-                else:
-                    self._abandon(hop)
-            for hop in self._abandoned:
-                self._cancel(hop)
+        self._invocation.start(self._loop)
+        self._watchdog = self._loop.create_task(self._invocation.watch())
 
     async def wait_idle(self) -> None:
         """Wait until no conversation is open."""
-        await self._idle.wait()
+        await self._conversations.idle.wait()
 
     async def aclose(self, drain_timeout: float) -> None:
         """Refuse new work, let open conversations finish for ``drain_timeout`` seconds, then
-        end the rest with ``shutdown``, cancel their handlers and wait at most
-        ``_CANCEL_GRACE`` seconds more. A handler that ignores cancellation is abandoned
-        (logged), never waited for."""
+        end the rest with ``shutdown``, cancel their handlers and wait at most ``CANCEL_GRACE``
+        seconds more. A handler that ignores cancellation is abandoned (logged), never waited
+        for."""
         self._closing = True
-        for waiter in self._ingress.waiters:
-            if not waiter.done():
-                waiter.set_exception(_shutdown())
+        self._ingress.close(_shutdown())
         loop = asyncio.get_running_loop()
         # shielded: leaving `async with` from a cancelled scope must still stop everything
         with anyio.CancelScope(shield=True):
             try:
                 with anyio.move_on_after(drain_timeout):
-                    await self._idle.wait()
-                self._cancelling = True  # freed slots no longer start backlogged hops
-                for route in self._routes.values():
-                    route.backlog.clear()
-                convs = list(self._convs.values())
-                for conv in convs:  # settles (and so cancels) their running hops
-                    self._finish(conv, _shutdown(conv.started_by, conv.id))
+                    await self._conversations.idle.wait()
+                self._transport.close()  # freed slots no longer start backlogged hops
+                convs = self._conversations.all()
+                for conv in convs:  # stops their running hops
+                    self._conversations.finish(conv, _shutdown(conv.started_by, conv.id))
                 tasks = [t for t in self._tasks if not t.done()]
                 for task in tasks:
                     task.cancel()
-                stop_by = loop.time() + _CANCEL_GRACE
+                stop_by = loop.time() + CANCEL_GRACE
                 if tasks:
-                    _, stuck = await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
-                    hops = {hop.task: hop for hop in [*self._running, *self._abandoned]}
+                    _, stuck = await asyncio.wait(tasks, timeout=CANCEL_GRACE)
                     for task in stuck:
-                        self.stats.abandoned += 1
-                        hop = hops.get(task)
+                        self._counters.abandoned += 1
+                        hop = self._invocation.hop_of(task)
                         what = (
-                            f"the handler of {hop.route.name!r} on thread {hop.frame.thread}"
+                            f"the handler of {hop.state.name!r} on thread {hop.frame.thread}"
                             if hop is not None
                             else f"a task of the organism ({task.get_name()})"
                         )
@@ -393,28 +210,31 @@ class StreamPump:
         ``timeout`` covers the whole call: waiting at ingress, the opening write, the answer.
         """
         _check_timeout(timeout)
-        route = self._route_for(to, payload)
+        state = self._state_for(to, payload)
         loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        conv = _Conversation(future, to)
+        conv = Conversation(future, to)
         task = asyncio.current_task()
         conv.timer = loop.call_at(loop.time() + timeout, self._expire, conv, task, timeout)
         try:
-            await self._open(conv, route, payload, EXTERNAL)
+            first = await self._open(conv, state, payload, EXTERNAL)
         except asyncio.CancelledError:
             conv.timer.cancel()
             if conv.expired and task is not None and task.uncancel() == 0:
                 raise _request_timeout(to, timeout, "before it could start") from None
-            self.stats.cancelled += 1
+            self._counters.cancelled += 1
             raise
         except BaseException:
             conv.timer.cancel()
             raise
+        # Not run in the requester's own task, though it waits anyway: a handler that ignores
+        # cancellation would then hold the requester, who must get its failure at once.
+        self._transport.deliver(first)
         try:
             return await future
         finally:
             if not conv.done:  # the caller gave up (cancelled): end it, stop its work
-                self.stats.cancelled += 1
+                self._counters.cancelled += 1
                 self._spawn_call(self._end(conv, DeliveryError(
                     "the requester stopped waiting (cancelled)", reason="cancelled",
                     listener=to, thread=conv.id,
@@ -422,9 +242,9 @@ class StreamPump:
 
     async def send(self, to: str, payload: object) -> str:
         """Start a conversation without waiting; returns its first thread id."""
-        route = self._route_for(to, payload)
-        conv = _Conversation(None, to)
-        await self._open(conv, route, payload, EXTERNAL)
+        state = self._state_for(to, payload)
+        conv = Conversation(None, to)
+        self._transport.deliver(await self._open(conv, state, payload, EXTERNAL))
         return conv.id
 
     async def inject(self, data: bytes | str) -> str:
@@ -435,12 +255,12 @@ class StreamPump:
             )
         try:
             env = Envelope.from_bytes(data, self._limits)
-            route = self._routes.get(env.to)
-            if route is None:
-                raise self._no_route(env.to)
-            if env.payload_tag != route.spec.tag:
+            state = self._states.get(env.to)
+            if state is None:
+                raise no_route(env.to, self._states)
+            if env.payload_tag != state.spec.tag:
                 raise DeliveryError(
-                    f"{env.to!r} accepts <{route.spec.tag}>, not <{env.payload_tag}>",
+                    f"{env.to!r} accepts <{state.spec.tag}>, not <{env.payload_tag}>",
                     reason="no_route", listener=env.to,
                 )  # fmt: skip
             sender = env.sender
@@ -451,20 +271,20 @@ class StreamPump:
                     "leading '_'); leave <from> empty or name the outside sender",
                     reason="forged_sender", listener=env.to,
                 )  # fmt: skip
-            obj: object = from_element(route.def_.payload_class, env.payload)
+            obj: object = from_element(state.listener.payload_class, env.payload)
         except XmlPipelineError as exc:
-            self.stats.rejected += 1
+            self._counters.rejected += 1
             log.warning("inject refused: %s", exc)
             raise
-        conv = _Conversation(None, route.name)
-        await self._open(conv, route, obj, sender or EXTERNAL)
+        conv = Conversation(None, state.name)
+        self._transport.deliver(await self._open(conv, state, obj, sender or EXTERNAL))
         return conv.id
 
     def _is_reserved(self, sender: str) -> bool:
         name = _normal_name(sender)
         return name in self._reserved or name.startswith("_") or not name
 
-    def _route_for(self, to: str, payload: object) -> _Route:
+    def _state_for(self, to: str, payload: object) -> ListenerState:
         try:
             if not isinstance(to, str):
                 raise UsageError(f"the target must be a listener name (str), not {to!r}")
@@ -474,56 +294,57 @@ class StreamPump:
                     f"the payload sent to {to!r} must be a @payload object, not {what} "
                     f"({_short(payload)}); build one of the listener's payload class"
                 )
-            route = self._routes.get(to)
-            if route is None:
-                raise self._no_route(to)
-            if type(payload) is not route.def_.payload_class:
+            state = self._states.get(to)
+            if state is None:
+                raise no_route(to, self._states)
+            if type(payload) is not state.listener.payload_class:
                 raise DeliveryError(
-                    _wrong_class(to, route.def_.payload_class, payload, "the request"),
+                    wrong_class(to, state.listener.payload_class, payload, "the request"),
                     reason="no_route",
                     listener=to,
                 )
             check_payload(payload)
         except XmlPipelineError:
-            self.stats.rejected += 1
+            self._counters.rejected += 1
             raise
-        return route
+        return state
 
-    def _no_route(self, to: str) -> DeliveryError:
-        close = get_close_matches(to, list(self._routes), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; listeners: {sorted(self._routes)}"
-        return DeliveryError(f"no listener named {to!r}{hint}", reason="no_route", listener=to)
+    async def _open(
+        self, conv: Conversation, state: ListenerState, payload: object, sender: str
+    ) -> Hop:
+        """Admit ``conv`` and make its opening call; on any failure nothing is left behind.
 
-    async def _open(self, conv: _Conversation, route: _Route, payload: object, sender: str) -> None:
-        """Admit ``conv`` and make its opening call; on any failure nothing is left behind."""
-        await self._admit()
+        Returns:
+            the conversation's first hop, for the caller to run or deliver.
+        """
+        await self._ingress.admit()
         conv.id = new_thread_id()
         try:
-            entry = self._entry(sender, route.name, payload)
-            rec = await self._registry.open_conversation(conv.id, route.name, entry)
+            rec = await self._registry.open(conv.id, state.name, sender, payload)
         except BaseException as exc:
-            self._release()
+            self._ingress.release()
             # the opening write may have happened (cancelled or failed mid-call): undo it
             self._retire_soon(conv.id)
             if isinstance(exc, BackendError):
                 raise DeliveryError(
-                    f"the conversation to {route.name!r} could not start: {exc.message}",
-                    reason=exc.reason, listener=route.name, thread=conv.id,
+                    f"the conversation to {state.name!r} could not start: {exc.message}",
+                    reason=exc.reason, listener=state.name, thread=conv.id,
                 ) from exc  # fmt: skip
             raise
         conv.opening = False
-        self._convs[conv.id] = conv
-        self._idle.clear()
-        self.stats.conversations += 1
-        root = _Frame(sender, self._registry.root_id, None)
-        first = _Frame(route.name, rec.thread_id, root)
-        self._dispatch(_Hop(route, first, sender, payload, conv))
+        self._conversations.opened(conv)
+        if self.hooks:
+            loop = self._loop or asyncio.get_running_loop()
+            self.hooks.emit(ConversationEvent("opened", conv.id, state.name, loop.time()))
+        root = Frame(sender, self._registry.root_id, None)
+        first = Frame(state.name, rec.thread_id, root)
+        return Hop(state, first, sender, payload, conv)
 
-    def _expire(self, conv: _Conversation, task: asyncio.Task[Any] | None, timeout: float) -> None:
+    def _expire(self, conv: Conversation, task: asyncio.Task[Any] | None, timeout: float) -> None:
         """A request's deadline: fail it, whichever phase it is in."""
         if conv.done:
             return
-        self.stats.timeouts += 1
+        self._counters.timeouts += 1
         if conv.opening:
             if not conv.expired and task is not None:
                 conv.expired = True
@@ -531,79 +352,35 @@ class StreamPump:
             return
         self._spawn_call(self._end(conv, _request_timeout(conv.started_by, timeout, "", conv.id)))
 
-    async def _admit(self) -> None:
-        ing = self._ingress
-        if self._closing:
-            raise _shutdown()
-        if ing.open < ing.limit:
-            ing.open += 1
-            return
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        ing.waiters.append(waiter)  # done waiters are skipped by _release: no O(n) removal
-        timer = loop.call_later(ing.wait_seconds, self._overloaded, waiter)
-        try:
-            await waiter  # a finishing conversation hands its slot over (see _release)
-        except BaseException:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._release()  # we were handed a slot but are leaving: pass it on
-            else:
-                self._forget_waiter()
-            raise
-        finally:
-            timer.cancel()
-
-    def _forget_waiter(self) -> None:
-        """A waiter gave up: drop the dead ones once they are half the queue (amortized O(1))."""
-        ing = self._ingress
-        ing.dead += 1
-        if ing.dead * 2 > len(ing.waiters):
-            ing.waiters = deque(w for w in ing.waiters if not w.done())
-            ing.dead = 0
-
-    def _overloaded(self, waiter: asyncio.Future[None]) -> None:
-        if waiter.done():
-            return
-        self.stats.overloaded += 1
-        ing = self._ingress
-        waiter.set_exception(DeliveryError(
-            f"the organism is full ({ing.limit} conversations open) and none finished within "
-            f"{ing.wait_seconds}s; retry later or raise organism.ingress_limit",
-            reason="overloaded",
-        ))  # fmt: skip
-
-    def _release(self) -> None:
-        ing = self._ingress
-        while ing.waiters:
-            waiter = ing.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # hand the slot over
-                return
-            ing.dead = max(0, ing.dead - 1)
-        ing.open -= 1
+    def _conversation_ended(self, conv: Conversation, error: DeliveryError | None) -> None:
+        if self.hooks:
+            loop = self._loop or asyncio.get_running_loop()
+            outcome = None if error is None else str(error.reason)
+            self.hooks.emit(
+                ConversationEvent("ended", conv.id, conv.started_by, loop.time(), outcome)
+            )
 
     # -- hops -----------------------------------------------------------------------------------
 
-    def _dispatch(self, hop: _Hop) -> None:
-        route = hop.route
-        if route.busy < route.limit:
-            route.busy += 1
-            self._spawn(hop)
-        else:
-            route.backlog.append(hop)
+    def _spawn(self, hop: Hop) -> None:
+        """Start a task that runs ``hop`` (which holds its slot), then what follows it."""
+        hop.task = self._spawn_call(self._chain(hop))
 
-    def _spawn(self, hop: _Hop) -> None:
-        self._spawn_call(self._chain(hop))
-
-    def _spawn_call(self, coro: Any) -> None:
+    def _spawn_call(self, coro: Any) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the pump tracks (and cancels on close)."""
-        task = asyncio.get_running_loop().create_task(coro)
+        loop = self._loop or asyncio.get_running_loop()
+        task = loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    async def _chain(self, first: _Hop) -> None:
-        task = asyncio.current_task()
-        hop: _Hop | None = first
+    async def _chain(self, first: Hop) -> None:
+        """Run ``first`` (which holds its slot), then what follows it in this task: one of the
+        hops it produced, whose slot is free, and the next backlogged hop of the listener whose
+        slot it freed."""
+        task = first.task
+        transport = self._transport
+        hop: Hop | None = first
         ran = 0
         while hop is not None:
             hop.task = task
@@ -611,24 +388,24 @@ class StreamPump:
                 nexts = await self._step(hop)
             except asyncio.CancelledError:  # shutdown: give the slot back, then go
                 if not hop.abandoned:
-                    self._free_slot(hop.route)
+                    self._free_slot(hop)
                 raise
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # the backend or the pump failed under this hop
                 nexts = []
                 log.error(
-                    "hop to %r on thread %s failed", hop.route.name, hop.frame.thread,
+                    "hop to %r on thread %s failed", hop.state.name, hop.frame.thread,
                     exc_info=exc,
                 )  # fmt: skip
                 reason = exc.reason if isinstance(exc, BackendError) else Reason.INTERNAL_ERROR
                 await self._end(hop.conv, DeliveryError(
-                    f"delivery to {hop.route.name!r} failed: {type(exc).__name__}: {exc}",
-                    reason=reason, listener=hop.route.name, thread=hop.frame.thread,
+                    f"delivery to {hop.state.name!r} failed: {type(exc).__name__}: {exc}",
+                    reason=reason, listener=hop.state.name, thread=hop.frame.thread,
                 ))  # fmt: skip
             if hop.abandoned:
                 return  # its slot was given back when it was abandoned
-            self._free_slot(hop.route)
+            waiting = transport.release(hop.state)
             ran += 1
             if ran % _YIELD_EVERY == 0:
                 # a chain of handlers that never suspend must not starve the loop (the
@@ -636,311 +413,166 @@ class StreamPump:
                 await asyncio.sleep(0)
             hop = None
             for nxt in nexts:
-                r = nxt.route
-                if hop is None and r.busy < r.limit:
-                    r.busy += 1
+                if hop is None and transport.claim(nxt):
                     hop = nxt
                 else:
-                    self._dispatch(nxt)
+                    transport.deliver(nxt)
+            if waiting is not None:  # the freed slot's next hop: run it here when idle
+                if hop is None:
+                    hop = waiting
+                else:
+                    transport.start(waiting)
 
-    def _free_slot(self, route: _Route) -> None:
-        backlog = route.backlog
-        while backlog and not self._cancelling:
-            hop = backlog.popleft()
-            if not hop.conv.done:  # hops of conversations that ended are dropped here
-                self._spawn(hop)  # the slot passes to the waiting hop
-                return
-        route.busy -= 1
+    def _free_slot(self, hop: Hop) -> None:
+        """Give ``hop``'s slot back, starting the next waiting hop of its listener."""
+        waiting = self._transport.release(hop.state)
+        if waiting is not None:
+            self._transport.start(waiting)
 
-    async def _step(self, hop: _Hop) -> list[_Hop]:
-        route, conv, frame = hop.route, hop.conv, hop.frame
+    async def _step(self, hop: Hop) -> list[Hop]:
+        state, conv, frame = hop.state, hop.conv, hop.frame
         if conv.done:  # ended while this hop waited: do not run it
             return []
         conv.hops += 1
         if conv.hops > self._max_hops:
             await self._end(conv, DeliveryError(
                 f"the conversation made more than {self._max_hops} hops (a call cycle?); it "
-                f"was stopped at {route.name!r}; raise organism.max_hops if that is intended",
-                reason="hop_limit", listener=route.name, thread=frame.thread,
+                f"was stopped at {state.name!r}; raise organism.max_hops if that is intended",
+                reason="hop_limit", listener=state.name, thread=frame.thread,
             ))  # fmt: skip
             return []
-        self.stats.hops += 1
-        if self.observer is not None:
-            try:
-                self.observer(Envelope(hop.sender, route.name, frame.thread, hop.payload))
-            except Exception:
-                log.exception("the hop observer raised; the hop goes on")
-        history = partial(self.read_history, conv.id) if self._history else None
-        meta = HandlerMetadata(frame.thread, hop.sender, route.name, history)
+        counters = self._counters
+        counters.hops += 1
+        hooks = self.hooks
+        started = self._emit_started(hop) if hooks else 0.0
+        registry = self._registry
+        history = partial(registry.history, conv.id) if registry.history_on else None
+        meta = HandlerMetadata(frame.thread, hop.sender, state.name, history)
         try:
-            result = await self._invoke(hop, meta)
-            outputs = self._check_outputs(route, result)
-        except _Settled:
+            result = await self._invocation.run(hop, meta)
+            outputs = check_outputs(state, result, self._states, registry.history_on)
+        except Settled:
+            if hooks:
+                self._emit_finished(hop, started, "ended" if hop.settled == "ended" else "timeout")
             return []  # the watchdog or the conversation's end decided this hop's outcome
-        except _Failure as exc:
+        except Failure as exc:
             if exc.reason == Reason.HANDLER_ERROR:
-                self.stats.handler_errors += 1
+                counters.handler_errors += 1
             elif exc.reason == Reason.TIMEOUT:
-                self.stats.timeouts += 1
-            return await self._fail(conv, frame, exc.reason, exc.message, route.name)
-        nexts: list[_Hop] = []
+                counters.timeouts += 1
+            if hooks:
+                self._emit_finished(hop, started, str(exc.reason))
+            return await self._failed_run(hop, exc.reason, exc.message)
+        nexts: list[Hop] = []
         for out, xml in outputs:
             if out.to is None:
-                nexts.extend(await self._respond(conv, frame, route.name, out.payload, xml))
+                nexts.extend(await self._respond(conv, frame, state.name, out.payload, xml))
                 continue
-            entry = self._entry(route.name, out.to, out.payload, xml)
-            rec = await self._registry.extend_chain(frame.thread, out.to, entry)
+            rec = await registry.call(frame.thread, out.to, state.name, out.payload, xml)
             if rec is None:  # this thread was retired meanwhile (answered, timed out, lost)
-                self.stats.late_replies += 1
-                if not conv.done and not await self._registry.exists(conv.id):
-                    await self._lost(conv, route.name)
+                counters.late_replies += 1
+                if not conv.done and not await registry.exists(conv.id):
+                    await self._lost(conv, state.name)
                 continue
             frame.live += 1
-            callee = _Frame(out.to, rec.thread_id, frame)
-            nexts.append(_Hop(self._routes[out.to], callee, route.name, out.payload, conv))
+            callee = Frame(out.to, rec.thread_id, frame)
+            nexts.append(Hop(self._states[out.to], callee, state.name, out.payload, conv))
+        if hooks:
+            self._emit_finished(hop, started, None)
         frame.live -= 1
         if frame.live == 0 and not frame.answered and not conv.done:
-            failed = await self._fail(conv, frame, Reason.NO_ANSWER, _no_answer(frame), route.name)
+            failed = await self._fail(conv, frame, Reason.NO_ANSWER, _no_answer(frame), state.name)
             nexts.extend(failed)
         return nexts
 
-    def _entry(
-        self, sender: str, to: str, payload: object, xml: bytes | None = None
-    ) -> bytes | None:
-        """The history entry of one hop (``xml``: the payload already serialized, if it was)."""
-        if not self._history:
-            return None
-        return encode_entry(sender, to, to_xml(payload) if xml is None else xml)
+    def _emit_started(self, hop: Hop) -> float:
+        loop = self._loop or asyncio.get_running_loop()
+        now = loop.time()
+        self.hooks.emit(HopEvent(
+            "started", hop.conv.id, hop.frame.thread, hop.sender, hop.state.name, hop.payload,
+            hop.attempt, now,
+        ))  # fmt: skip
+        return now
+
+    def _emit_finished(self, hop: Hop, started: float, outcome: str | None) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        now = loop.time()
+        self.hooks.emit(HopEvent(
+            "finished", hop.conv.id, hop.frame.thread, hop.sender, hop.state.name, hop.payload,
+            hop.attempt, now, now - started, outcome,
+        ))  # fmt: skip
 
     async def read_history(self, conversation: str) -> list[HistoryEntry]:
         """The recorded hops of a conversation, oldest first."""
-        return [decode_entry(e) for e in await self._registry.history(conversation)]
+        return await self._registry.history(conversation)
 
-    async def _invoke(self, hop: _Hop, meta: HandlerMetadata) -> object:
-        """Run the handler; return what it returned. Anything user code raises (any
-        BaseException but a cancel of the pump's or KeyboardInterrupt) becomes `_Failure`.
-
-        Raises:
-            _Settled: the hop was taken over meanwhile; its result is dropped.
-            _Failure: the handler failed.
-            asyncio.CancelledError: the pump is shutting down.
-        """
-        route, conv = hop.route, hop.conv
-        task = hop.task
-        if route.def_.cpu_bound and self._pool_invoker is not None:
-            stored = await self._registry.history(conv.id) if self._history else []
-            if conv.done:
-                raise _Settled  # it ended while the history was read: do not start the work
-            call: Any = self._pool_invoker(route.def_, hop.payload, meta, route.timeout, stored)
-        else:
-            self._running[hop] = asyncio.get_running_loop().time() + route.timeout
-            call = None
-        conv.running.add(hop)
-        caught: BaseException | None = None
-        try:
-            if call is not None:
-                result = await call
-            elif route.is_async:
-                result = await route.def_.handler(hop.payload, meta)  # type: ignore[misc]
-            else:
-                result = route.def_.handler(hop.payload, meta)
-                if inspect.isawaitable(result):  # an async callable object, a wrapped coroutine
-                    result = await result
-                else:
-                    self._blocked(hop)
-        except BaseException as exc:  # sorted below, once the hop's state is known
-            caught = exc
-            result = None
-        finally:
-            self._running.pop(hop, None)
-            self._abandoned.discard(hop)
-            conv.running.discard(hop)
-        if hop.settled is not None:
-            # the cancels the pump made, balanced however the handler ended
-            pending = 0
-            for _ in range(hop.cancels):
-                pending = task.uncancel() if task is not None else 0
-            if pending > 0:
-                raise asyncio.CancelledError  # a shutdown cancel landed too
-            raise _Settled
-        if caught is None:
-            return result
-        if isinstance(caught, asyncio.CancelledError):
-            if task is not None and task.cancelling():
-                raise caught  # the pump is shutting down
-            caught = RuntimeError("CancelledError, yet nobody cancelled the handler")
-        elif isinstance(caught, KeyboardInterrupt):
-            raise caught
-        if isinstance(caught, DeliveryError) and call is not None:
-            # the pool's verdict: worker_crash, timeout, invalid_response, handler_error...
-            raise _Failure(caught.reason, caught.message) from None
-        log.debug("handler of %r raised", route.name, exc_info=caught)
-        raise _Failure(
-            Reason.HANDLER_ERROR,
-            f"{route.name!r} raised {type(caught).__name__}: {_describe(caught)}"
-            f"{raised_at(caught)}",
-        ) from None
-
-    def _blocked(self, hop: _Hop) -> None:
-        """A plain function returned: nothing could interrupt it on the event loop, so an
-        answer after its deadline is settled as a timeout here."""
-        deadline = self._running.get(hop)
-        if deadline is None or hop.settled is not None:
-            return
-        loop = self._loop or asyncio.get_running_loop()
-        if loop.time() < deadline:
-            return
-        route = hop.route
-        log.warning(
-            "the plain (sync) handler of %r blocked the event loop past its %ss timeout; "
-            "nothing could stop it there: make it async, or mark the listener cpu_bound",
-            route.name, route.timeout,
-        )  # fmt: skip
-        hop.settled = "timeout"
-        self._spawn_call(self._report_timeout(hop))
-
-    def _check_outputs(
-        self, route: _Route, result: object
-    ) -> list[tuple[HandlerResponse, bytes | None]]:
-        """The handler's outputs, each checked, with its payload XML when history needs it."""
-        if result is None:
+    async def _failed_run(self, hop: Hop, reason: str, message: str) -> list[Hop]:
+        """A run of ``hop`` failed: run it again if its listener's retry policy says so, else
+        answer its caller with the failure."""
+        delay = hop.state.retry.next_delay(hop.attempt, reason)
+        if delay is not None and not hop.conv.done:
+            self._counters.retries += 1
+            again = Hop(hop.state, hop.frame, hop.sender, hop.payload, hop.conv)
+            again.attempt = hop.attempt + 1
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_later(max(0.0, delay), self._transport.deliver, again)
             return []
-        if type(result) is BoundOutputs:
-            return [(out, self._check_output(route, out, xml)) for out, xml in result.items]
-        if type(result) is HandlerResponse:
-            outputs: Sequence[HandlerResponse] = (result,)
-        elif isinstance(result, list | tuple) and all(type(r) is HandlerResponse for r in result):
-            outputs = result
-        else:
-            raise _Failure(
-                Reason.INVALID_RESPONSE,
-                f"{route.name!r} returned {type(result).__name__}; return None, a "
-                "HandlerResponse or a list of them (never an envelope)",
-            )
-        return [(out, self._check_output(route, out)) for out in outputs]
-
-    def _check_output(
-        self, route: _Route, out: HandlerResponse, xml: bytes | None = None
-    ) -> bytes | None:
-        """Check one output: route, peers, payload. ``xml``: what the payload was bound from
-        after XSD validation (`BoundOutputs`), so it is valid and already written."""
-        if out.to is not None:
-            target = self._routes.get(out.to)
-            if target is None:
-                raise _Failure(
-                    Reason.NO_ROUTE, f"{route.name!r} called {self._no_route(out.to).message}"
-                )
-            if out.to not in route.peers:
-                raise _Failure(
-                    Reason.PEER_DENIED,
-                    f"{route.name!r} may not call {out.to!r}: it is not among its peers "
-                    f"{sorted(route.peers)}; add it to peers in organism.yaml",
-                )
-            if type(out.payload) is not target.def_.payload_class:
-                sent = f"{route.name!r} called it"
-                raise _Failure(
-                    Reason.NO_ROUTE,
-                    _wrong_class(out.to, target.def_.payload_class, out.payload, sent),
-                )
-        elif not is_payload(out.payload):
-            raise _Failure(
-                Reason.INVALID_RESPONSE,
-                f"{route.name!r} answered with a {type(out.payload).__name__}, not a @payload "
-                "object",
-            )
-        if xml is not None:
-            return xml if self._history else None
-        try:
-            if self._history:  # to_xml checks each value as check_payload does: one pass
-                return to_xml(out.payload)
-            check_payload(out.payload)
-            return None
-        except SchemaViolation as exc:
-            raise _Failure(Reason.SCHEMA_VIOLATION, f"{route.name!r} sent {exc.message}") from None
+        return await self._fail(hop.conv, hop.frame, reason, message, hop.state.name)
 
     async def _respond(
         self,
-        conv: _Conversation,
-        frame: _Frame,
+        conv: Conversation,
+        frame: Frame,
         responder: str,
         payload: object,
         xml: bytes | None = None,
-    ) -> list[_Hop]:
+    ) -> list[Hop]:
         """Answer the call of ``frame``: prune its thread and deliver to the caller's frame."""
         if frame.answered:  # answered (or failed) already: a second answer has nowhere to go
-            self.stats.late_replies += 1
+            self._counters.late_replies += 1
             return []
         frame.answered = True
         caller = frame.parent
         assert caller is not None, "the root frame is never answered"
-        # an answer leaving the organism ends the conversation, history and all: no entry
-        leaves = caller.parent is None
-        entry = None if leaves else self._entry(responder, caller.listener, payload, xml)
-        res = await self._registry.prune_for_response(frame.thread, entry)
+        res = await self._registry.answer(
+            frame.thread, responder, caller.listener, payload, xml, leaves=caller.parent is None
+        )
         if res is None:
-            self.stats.late_replies += 1
+            self._counters.late_replies += 1
             if not conv.done and not await self._registry.exists(conv.id):
                 await self._lost(conv, responder)
             return []
         if res.conversation_ended:
             await self._end(conv, payload, retired=True)
             return []
-        return [_Hop(self._routes[res.caller], caller, responder, payload, conv)]
+        return [Hop(self._states[res.caller], caller, responder, payload, conv)]
 
     async def _fail(
-        self, conv: _Conversation, frame: _Frame, reason: str, message: str, listener: str
-    ) -> list[_Hop]:
+        self, conv: Conversation, frame: Frame, reason: str, message: str, listener: str
+    ) -> list[Hop]:
         """The call of ``frame`` failed: answer its caller with an ErrorReport, travelling up
         through callers that do not handle errors."""
         report = ErrorReport(reason=Reason(reason), message=xml_safe(message), listener=listener)
         while True:
             nexts = await self._respond(conv, frame, frame.listener, report)
-            if not nexts or nexts[0].route.def_.handles_errors:
+            if not nexts or nexts[0].state.handles_errors:
                 return nexts
             frame = nexts[0].frame  # the caller does not handle errors: its call fails too
 
-    async def _report_timeout(self, hop: _Hop) -> None:
-        """The watchdog settled ``hop`` at its deadline: answer its caller with ``timeout``."""
-        self.stats.timeouts += 1
-        route = hop.route
+    def _timed_out(self, hop: Hop) -> None:
+        """The invocation settled ``hop`` at its deadline: report it, in a task of its own."""
+        self._spawn_call(self._report_timeout(hop))
+
+    async def _report_timeout(self, hop: Hop) -> None:
+        self._counters.timeouts += 1
         if hop.conv.done:
             return
-        message = f"{route.name!r} took longer than {route.timeout}s"
-        nexts = await self._fail(hop.conv, hop.frame, Reason.TIMEOUT, message, route.name)
-        for nxt in nexts:
-            self._dispatch(nxt)
+        state = hop.state
+        message = f"{state.name!r} took longer than {state.timeout}s"
+        for nxt in await self._failed_run(hop, Reason.TIMEOUT, message):
+            self._transport.deliver(nxt)
 
-    def _settle(self, hop: _Hop, reason: str) -> None:
-        """Take a running hop over: its outcome is decided here; cancel its handler once."""
-        if hop.settled is not None:
-            return
-        hop.settled = reason
-        loop = self._loop or asyncio.get_running_loop()
-        self._running[hop] = loop.time() + _CANCEL_GRACE  # watched for abandonment
-        self._cancel(hop)
-
-    def _cancel(self, hop: _Hop) -> None:
-        if hop.task is not None and not hop.task.done():
-            hop.cancels += 1
-            hop.task.cancel()
-
-    def _abandon(self, hop: _Hop) -> None:
-        """A settled handler ignored its cancel: stop waiting for it, give its slot back."""
-        del self._running[hop]
-        hop.conv.running.discard(hop)
-        hop.abandoned = True
-        self._abandoned.add(hop)  # cancelled again at every tick while it runs
-        self.stats.abandoned += 1
-        route = hop.route
-        log.warning(
-            "the handler of %r on thread %s did not stop within %ss of being cancelled "
-            "(%s); it is abandoned and its slot given back, so %r may run over its "
-            "max_concurrency while the handler goes on. Let CancelledError propagate.",
-            route.name, hop.frame.thread, _CANCEL_GRACE, hop.settled, route.name,
-        )  # fmt: skip
-        self._free_slot(route)
-
-    async def _lost(self, conv: _Conversation, responder: str) -> None:
+    async def _lost(self, conv: Conversation, responder: str) -> None:
         """The backend no longer knows an open conversation: say so instead of waiting."""
         log.warning("conversation %s was lost by the backend", conv.id)
         await self._end(conv, DeliveryError(
@@ -950,50 +582,14 @@ class StreamPump:
             reason="backend_error", listener=responder, thread=conv.id,
         ), retired=True)  # fmt: skip
 
-    async def _end(self, conv: _Conversation, outcome: object, *, retired: bool = False) -> None:
+    async def _end(self, conv: Conversation, outcome: object, *, retired: bool = False) -> None:
         """Finish a conversation once; then retire its records unless that happened already."""
-        if self._finish(conv, outcome) and not retired:
+        if self._conversations.finish(conv, outcome) and not retired:
             await self._retire(conv.id)
-
-    def _finish(self, conv: _Conversation, outcome: object) -> bool:
-        """Deliver a conversation's outcome, stop its running work, free its ingress slot.
-
-        Returns:
-            False when it had finished already.
-        """
-        if conv.done:
-            return False
-        conv.done = True
-        if conv.timer is not None:
-            conv.timer.cancel()
-        del self._convs[conv.id]
-        self._release()
-        if not self._convs:
-            self._idle.set()
-        for hop in list(conv.running):
-            self._settle(hop, "ended")
-        error = _as_error(outcome, conv)
-        if error is None:
-            self.stats.answered += 1
-        else:
-            self.stats.no_answer += error.reason == Reason.NO_ANSWER
-            self.stats.lost += error.reason in _LOST
-            self.stats.failed += 1
-        future = conv.future
-        if future is not None and not future.done():
-            if error is None:
-                future.set_result(outcome)
-            else:
-                future.set_exception(error)
-        elif error is not None and future is None:
-            letter = DeadLetter(conv.id, error.reason, error.message, error.listener or "")
-            self.dead_letters.append(letter)
-            log.warning("conversation %s failed: %s", conv.id, error)
-        return True
 
     async def _retire(self, conversation: str) -> None:
         try:
-            await self._registry.cleanup(conversation)
+            await self._registry.retire(conversation)
         except Exception:  # the thread TTL is the backstop
             log.warning(
                 "could not retire conversation %s now; its records expire after thread_ttl_seconds",
@@ -1012,7 +608,7 @@ class StreamPump:
         delay = _RETIRE_BACKOFF[0]
         for attempt in range(1, _RETIRE_ATTEMPTS + 1):
             try:
-                await self._registry.abandon_conversation(conversation)
+                await self._registry.abandon(conversation)
                 return
             except Exception as exc:
                 if attempt == _RETIRE_ATTEMPTS:
@@ -1043,29 +639,7 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return text if text else "(no message)"
-
-
-def _wrong_class(to: str, accepted: type, payload: object, sent: str) -> str:
-    """Why ``payload`` cannot go to ``to``; for two classes of one tag, which is which."""
-    got = type(payload)
-    tag, wanted = payload_spec(got).tag, payload_spec(accepted).tag
-    if tag != wanted:
-        return f"{to!r} accepts <{wanted}>, not <{tag}> ({sent} with <{tag}>)"
-    return (
-        f"{to!r} accepts <{wanted}> of class {_where(accepted)}, and {sent} with another class "
-        f"of that name, {_where(got)}; build the payload from the listener's own class "
-        f"(Organism.listeners gives each listener's payload_class)"
-    )
-
-
-def _where(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _no_answer(frame: _Frame) -> str:
+def _no_answer(frame: Frame) -> str:
     caller = frame.parent
     if caller is None or caller.parent is None:
         return (
@@ -1088,15 +662,6 @@ def _request_timeout(
         "request's timeout, or look at what the conversation is waiting for",
         reason="timeout", listener=to, thread=thread,
     )  # fmt: skip
-
-
-def _as_error(outcome: object, conv: _Conversation) -> DeliveryError | None:
-    if isinstance(outcome, DeliveryError):
-        return outcome
-    if isinstance(outcome, ErrorReport):
-        return DeliveryError(outcome.message, reason=outcome.reason, listener=outcome.listener,
-                             thread=conv.id)  # fmt: skip
-    return None
 
 
 def _shutdown(listener: str | None = None, thread: str | None = None) -> DeliveryError:

@@ -1,8 +1,11 @@
-"""ThreadRegistry: opaque call chains over a backend.
+"""ThreadRegistry: opaque call chains and conversation history, over a backend.
 
+The registry is the one door of the runtime to shared state: the pump never calls the backend.
 Every call gets a fresh opaque id (never "one id per chain string"), so two conversations that
-follow the same path never share an id. The registry stores each id's parent and listener;
-a chain is read by walking parents, so listener names may contain dots.
+follow the same path never share an id. The backend stores each id's parent and listener; a
+chain is read by walking parents, so listener names may contain dots. Each hop is recorded in
+the conversation's history (when the organism keeps history) in the same backend step that
+extends or prunes the chain: one round trip per hop.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import logging
 import os
 
 from xml_pipeline._errors import BackendError
+from xml_pipeline._wire.history import HistoryEntry, decode_entry, encode_entry
+from xml_pipeline._wire.payloads import to_xml
 from xml_pipeline.backends.base import Backend, PruneResult, ThreadRecord
 
 __all__ = ["ThreadRegistry", "new_thread_id"]
@@ -24,22 +29,21 @@ def new_thread_id() -> str:
 
 
 class ThreadRegistry:
-    """The organism's call chains, kept in its backend.
+    """The organism's call chains and histories, kept in its backend.
 
-    Use `initialize_root` once; conversations then start with ``extend_chain(root_id, ...)``.
-    Late replies (a response on an id that was already retired) are dropped and counted in
-    `late_replies`.
+    ``history`` says whether hops are recorded (``organism.history`` in organism.yaml). A
+    payload's XML may be given when it was already written (``xml``), so it is not written twice.
     """
 
-    def __init__(self, backend: Backend, organism_name: str) -> None:
+    def __init__(self, backend: Backend, organism_name: str, *, history: bool = True) -> None:
         self._backend = backend
         self._name = organism_name
         self.root_id = f"root:{organism_name}"
-        self.late_replies = 0
+        self.history_on = history
 
     @property
     def backend(self) -> Backend:
-        """The backend the chains live in."""
+        """The backend the chains live in (for inspection; the runtime goes through here)."""
         return self._backend
 
     async def initialize_root(self) -> str:
@@ -47,23 +51,34 @@ class ThreadRegistry:
         await self._backend.put_root(self.root_id, self._name)
         return self.root_id
 
-    async def open_conversation(
-        self, conversation: str, listener: str, history_entry: bytes | None = None
+    def _entry(self, sender: str, to: str, payload: object, xml: bytes | None) -> bytes | None:
+        if not self.history_on:
+            return None
+        return encode_entry(sender, to, to_xml(payload) if xml is None else xml)
+
+    async def open(
+        self,
+        conversation: str,
+        listener: str,
+        sender: str,
+        payload: object,
+        xml: bytes | None = None,
     ) -> ThreadRecord:
-        """Start a conversation: a call from the root to ``listener`` under the fresh id
-        ``conversation`` (chosen by the caller, so that it can be retired when the outcome of
-        this call is unknown: see `abandon_conversation`).
+        """Start a conversation: a call from ``sender`` outside to ``listener`` under the fresh
+        id ``conversation`` (chosen by the caller, so that it can be undone with `abandon` when
+        the outcome of this call is unknown).
 
         A root record that a shared backend lost (e.g. Redis restarted empty) is recreated.
 
         Raises:
             BackendError: the backend failed, or does not keep the root record.
         """
-        rec = await self._backend.extend(self.root_id, conversation, listener, history_entry)
+        entry = self._entry(sender, listener, payload, xml)
+        rec = await self._backend.extend(self.root_id, conversation, listener, entry)
         if rec is None:  # a shared backend lost its data (e.g. Redis restarted empty)
             log.warning("the root record %s was missing; recreating it", self.root_id)
             await self.initialize_root()
-            rec = await self._backend.extend(self.root_id, conversation, listener, history_entry)
+            rec = await self._backend.extend(self.root_id, conversation, listener, entry)
         if rec is None:
             raise BackendError(
                 f"the backend did not keep the root record {self.root_id!r}; check that nothing "
@@ -72,7 +87,51 @@ class ThreadRegistry:
             )
         return rec
 
-    async def abandon_conversation(self, conversation: str) -> int:
+    async def call(
+        self,
+        parent: str,
+        listener: str,
+        sender: str,
+        payload: object,
+        xml: bytes | None = None,
+    ) -> ThreadRecord | None:
+        """Record a call from the thread ``parent`` (run by ``sender``) to ``listener`` under
+        a fresh thread id.
+
+        Returns:
+            the new record, or ``None`` when ``parent`` was retired (the call is dropped).
+
+        Raises:
+            BackendError: the backend failed.
+        """
+        entry = self._entry(sender, listener, payload, xml)
+        return await self._backend.extend(parent, new_thread_id(), listener, entry)
+
+    async def answer(
+        self,
+        thread: str,
+        responder: str,
+        receiver: str,
+        payload: object,
+        xml: bytes | None = None,
+        *,
+        leaves: bool = False,
+    ) -> PruneResult | None:
+        """Retire the responder's thread and say where its answer goes.
+
+        ``leaves``: the answer leaves the organism, which ends the conversation, history and
+        all (nothing is recorded).
+
+        Returns:
+            the caller and the caller's thread id, or ``None`` for a late reply.
+
+        Raises:
+            BackendError: the backend failed.
+        """
+        entry = None if leaves else self._entry(responder, receiver, payload, xml)
+        return await self._backend.prune(thread, entry)
+
+    async def abandon(self, conversation: str) -> int:
         """Retire a conversation whose opening call may or may not have happened (the caller
         was cancelled or the backend failed mid-call); returns records removed.
 
@@ -81,44 +140,32 @@ class ThreadRegistry:
         """
         return await self._backend.abandon(conversation)
 
+    async def retire(self, conversation: str) -> int:
+        """Retire a whole conversation (ended without its answer leaving); returns records
+        removed.
+
+        Raises:
+            BackendError: the backend failed; the thread TTL remains the backstop.
+        """
+        return await self._backend.retire_conversation(conversation)
+
     async def exists(self, thread_id: str) -> bool:
         """Whether the backend still knows ``thread_id`` (refreshing its TTL)."""
         return await self._backend.get(thread_id) is not None
 
-    async def history(self, conversation: str) -> list[bytes]:
-        """The stored history entries of a conversation, oldest first."""
+    async def history(self, conversation: str) -> list[HistoryEntry]:
+        """The recorded hops of a conversation, oldest first (empty when history is off)."""
+        return [decode_entry(entry) for entry in await self.stored_history(conversation)]
+
+    async def stored_history(self, conversation: str) -> list[bytes]:
+        """The stored entries of a conversation as they are kept (empty when history is off)."""
+        if not self.history_on:
+            return []
         return await self._backend.history(conversation)
-
-    async def extend_chain(
-        self, parent_id: str, listener: str, history_entry: bytes | None = None
-    ) -> ThreadRecord | None:
-        """Open a call from the thread ``parent_id`` to ``listener`` under a fresh id.
-
-        Returns:
-            the new record, or ``None`` when ``parent_id`` was retired (the call is dropped).
-        """
-        return await self._backend.extend(parent_id, new_thread_id(), listener, history_entry)
-
-    async def prune_for_response(
-        self, thread_id: str, history_entry: bytes | None = None
-    ) -> PruneResult | None:
-        """Retire the responder's entry and say where its response goes.
-
-        Returns:
-            the caller and the caller's thread id, or ``None`` for a late reply (counted).
-        """
-        result = await self._backend.prune(thread_id, history_entry)
-        if result is None:
-            self.late_replies += 1
-        return result
 
     async def lookup(self, thread_id: str) -> list[str] | None:
         """The chain of listener names from the root to ``thread_id``, or ``None``."""
         return await self._backend.chain(thread_id)
-
-    async def cleanup(self, conversation: str) -> int:
-        """Retire a whole conversation (timed out or abandoned); returns records removed."""
-        return await self._backend.retire_conversation(conversation)
 
     async def size(self) -> int:
         """Live records, the root included."""

@@ -26,7 +26,7 @@ from xml_pipeline._wire.codecs import escape_text
 from xml_pipeline._wire.parsing import ParseLimits, parse_guarded
 from xml_pipeline._wire.payloads import is_payload, payload_spec, to_xml
 
-__all__ = ["ENVELOPE_NS", "Envelope", "envelope_bytes"]
+__all__ = ["ENVELOPE_NS", "Envelope", "envelope_bytes", "envelope_head"]
 
 ENVELOPE_NS = "https://xml-pipeline.org/ns/envelope/v1"
 _N = f"{{{ENVELOPE_NS}}}"
@@ -230,13 +230,22 @@ def envelope_bytes(sender: str, to: str, thread: str, payload_xml: bytes) -> byt
     return _wrap(sender, to, thread, b"".join((payload_xml[:end], b' xmlns=""', payload_xml[end:])))
 
 
-def _wrap(sender: str, to: str, thread: str, body: bytes) -> bytes:
+def envelope_head(sender: str, to: str, thread: str) -> bytes:
+    """The envelope's bytes up to its payload: ``<message ...><meta>...</meta>``.
+
+    Raises:
+        SchemaViolation: ``sender``, ``to`` or ``thread`` holds a character XML cannot carry.
+    """
     return b"".join(
         (
             _HEAD,
             b"<from>", escape_text(sender, "/message/meta/from").encode(), b"</from>",
             b"<to>", escape_text(to, "/message/meta/to").encode(), b"</to>",
             b"<thread>", escape_text(thread, "/message/meta/thread").encode(),
-            b"</thread></meta>", body, b"</message>",
+            b"</thread></meta>",
         )
     )  # fmt: skip
+
+
+def _wrap(sender: str, to: str, thread: str, body: bytes) -> bytes:
+    return b"".join((envelope_head(sender, to, thread), body, b"</message>"))

@@ -12,7 +12,7 @@ from typing import Any
 
 from lxml import etree
 
-from xml_pipeline._wire.envelope import Envelope, envelope_bytes
+from xml_pipeline._wire.envelope import Envelope, envelope_head
 from xml_pipeline._wire.parsing import ParseLimits
 
 __all__ = ["HistoryEntry", "decode_entry", "encode_entry"]
@@ -35,9 +35,24 @@ class HistoryEntry:
     payload: bytes
 
 
+# An entry's head depends only on (sender, to), a handful of listener pairs: each is escaped once.
+_HEADS: dict[tuple[str, str], bytes] = {}
+_MOST_HEADS = 4096  # outside senders vary: past this many, heads are built each time
+
+
 def encode_entry(sender: str, to: str, payload_xml: bytes) -> bytes:
-    """The stored form of one hop, around its payload as `to_xml` wrote it."""
-    return envelope_bytes(sender, to, "", payload_xml)
+    """The stored form of one hop, around its payload as `to_xml` wrote it.
+
+    Raises:
+        SchemaViolation: ``sender`` or ``to`` holds a character XML cannot carry.
+    """
+    head = _HEADS.get((sender, to))
+    if head is None:
+        head = envelope_head(sender, to, "")
+        if len(_HEADS) < _MOST_HEADS:
+            _HEADS[sender, to] = head
+    end = payload_xml.index(b">")  # to_xml writes the root start tag bare: xmlns="" goes in it
+    return b"".join((head, payload_xml[:end], b' xmlns=""', payload_xml[end:], b"</message>"))
 
 
 def decode_entry(data: bytes) -> HistoryEntry:

@@ -1,0 +1,114 @@
+"""The records a running organism keeps per listener, conversation, call and hop.
+
+Plain ``__slots__`` classes, not dataclasses: one of each is made per hop or per call, and a
+slots class costs about a quarter of a frozen dataclass to build (measured on the hop path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import deque
+from typing import Any
+
+from xml_pipeline._handlers import Listener
+from xml_pipeline._runtime.retry import RetryPolicy
+from xml_pipeline._wire.payloads import PayloadSpec, payload_spec
+
+__all__ = ["Conversation", "Frame", "Hop", "ListenerState"]
+
+
+class ListenerState:
+    """A listener's runtime state: its definition, free slots and backlog.
+
+    ``limit`` is ``max_concurrency``, and for a ``cpu_bound`` listener at most the pool's
+    workers: the rest wait in its backlog, where no timeout runs, rather than queued inside
+    the pool, where it would.
+    """
+
+    __slots__ = (
+        "backlog", "busy", "handles_errors", "is_async", "limit", "listener", "name", "peers",
+        "retry", "spec", "timeout",
+    )  # fmt: skip
+
+    def __init__(self, listener: Listener, pool_workers: int, retry: RetryPolicy) -> None:
+        self.listener = listener
+        self.name = listener.name
+        self.spec: PayloadSpec = payload_spec(listener.payload_class)
+        self.peers = frozenset(listener.peers)
+        self.timeout = listener.timeout_seconds
+        self.handles_errors = listener.handles_errors
+        self.is_async = inspect.iscoroutinefunction(listener.handler)
+        self.limit = listener.max_concurrency
+        if listener.cpu_bound:
+            self.limit = min(self.limit, pool_workers)
+        self.retry = retry
+        self.busy = 0
+        self.backlog: deque[Hop] = deque()
+
+
+class Conversation:
+    """One conversation: its outcome's future (``None`` for ``send``/``inject``), its request
+    deadline timer, and the hops whose handlers run for it now (stopped when it ends)."""
+
+    __slots__ = (
+        "done", "expired", "future", "hops", "id", "opening", "running", "started_by", "timer"
+    )  # fmt: skip
+
+    def __init__(self, future: asyncio.Future[Any] | None, to: str) -> None:
+        self.id = ""  # set when its opening call is made
+        self.future = future
+        self.timer: asyncio.TimerHandle | None = None  # the request's deadline
+        self.hops = 0
+        self.done = False
+        self.opening = True
+        self.expired = False  # the deadline passed while the conversation was opening
+        self.started_by = to
+        self.running: set[Hop] = set()
+
+
+class Frame:
+    """One call: the listener handling it, its opaque thread id and its caller's frame.
+
+    ``live`` counts what may still run on this thread: hops queued or running on it, and calls
+    made from it that are not answered yet. When it drops to 0 before the call was answered,
+    nothing can answer the call any more. The root frame (the outside sender) has no parent.
+    """
+
+    __slots__ = ("answered", "listener", "live", "parent", "thread")
+
+    def __init__(self, listener: str, thread: str, parent: Frame | None) -> None:
+        self.listener = listener
+        self.thread = thread
+        self.parent = parent
+        self.live = 1  # the hop that delivers the call
+        self.answered = False
+
+
+class Hop:
+    """One delivery to a handler, on the thread of ``frame``.
+
+    ``settled`` is set when the watchdog or the conversation's end takes the hop over
+    (``"timeout"`` or ``"ended"``); ``cancels`` counts the ``task.cancel()`` calls made for it
+    (each balanced when its handler ends); ``abandoned`` is set when its handler ignored them.
+    ``attempt`` counts runs of this hop (a retry policy may run it again).
+    """
+
+    __slots__ = (
+        "abandoned", "attempt", "cancels", "conv", "frame", "payload", "sender", "settled",
+        "state", "task",
+    )  # fmt: skip
+
+    def __init__(
+        self, state: ListenerState, frame: Frame, sender: str, payload: object, conv: Conversation
+    ) -> None:
+        self.state = state
+        self.frame = frame
+        self.sender = sender
+        self.payload = payload
+        self.conv = conv
+        self.task: asyncio.Task[Any] | None = None
+        self.settled: str | None = None
+        self.cancels = 0
+        self.abandoned = False
+        self.attempt = 1
