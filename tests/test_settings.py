@@ -119,7 +119,7 @@ def test_listener_takes_its_defaults_from_the_settings(f: dataclasses.Field[Any]
 def test_organism_takes_its_defaults_from_the_settings(f: dataclasses.Field[Any]) -> None:
     parameter = inspect.signature(Organism).parameters[f.name]
     assert same(parameter.default, default_of(f))
-    assert same(getattr(Organism([Listener("front", Msg, echo)]).settings, f.name), default_of(f))
+    assert same(getattr(Organism([Listener("front", Msg, echo)])._settings, f.name), default_of(f))
 
 
 def test_organism_reads_its_defaults_rather_than_spelling_them() -> None:

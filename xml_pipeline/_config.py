@@ -28,6 +28,7 @@ from xml_pipeline._settings import (
     ListenerSettings,
     OrganismSettings,
     ProcessPoolConfig,
+    Rule,
     Spec,
     default_of,
     defaults,
@@ -53,7 +54,9 @@ _DOCUMENT = "(document)"  # key path of problems that concern the whole file
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-def _dotted_path(example: str) -> Any:
+def _dotted_path(example: str) -> Rule:
+    """The rule of a dotted path setting: organism.yaml's form of an `ImportPath`."""
+
     def rule(value: str, values: Mapping[str, Any]) -> str | None:
         try:
             ImportPath.from_dotted(value)

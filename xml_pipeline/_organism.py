@@ -42,6 +42,7 @@ from xml_pipeline.backends.base import Backend
 __all__ = ["Organism"]
 
 _DEFAULT = OrganismSettings()  # the defaults of Organism()'s settings, as organism.yaml's
+_SETTING_NAMES = frozenset(values_of(OrganismSettings, _DEFAULT))
 
 
 class Organism:
@@ -78,17 +79,10 @@ class Organism:
             backend = _section("backend", backend)
         if process_pool is not None and not isinstance(process_pool, ProcessPoolConfig):
             process_pool = _section("process_pool", process_pool)
-        settings = build(
-            OrganismSettings,
-            "Organism()",
-            max_message_bytes=max_message_bytes,
-            ingress_limit=ingress_limit,
-            ingress_wait_seconds=ingress_wait_seconds,
-            drain_timeout_seconds=drain_timeout_seconds,
-            history=history,
-            max_hops=max_hops,
-        )
-        self.settings = settings
+        # the keyword arguments named after settings, checked by their specs
+        given = {name: value for name, value in locals().items() if name in _SETTING_NAMES}
+        settings = build(OrganismSettings, "Organism()", **given)
+        self._settings = settings
         self._history = settings.history
         self._max_hops = settings.max_hops
         self.name = name

@@ -44,6 +44,7 @@ __all__ = [
     "ListenerSettings",
     "OrganismSettings",
     "ProcessPoolConfig",
+    "Rule",
     "Spec",
     "build",
     "check_fields",
