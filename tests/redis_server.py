@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.processes import freeze
+
 __all__ = ["RedisServer", "free_port", "redis_server", "redis_url"]
 
 _START_TIMEOUT = 10.0
@@ -133,7 +135,7 @@ class RedisServer:
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections are still accepted, nothing is answered."""
         assert self._process is not None, "the server is not running"
-        self._process.send_signal(signal.SIGSTOP)
+        freeze(self._process.pid)  # returns once it is really stopped
 
     def resume(self) -> None:
         """Let a paused server run again (SIGCONT); it answers what it was sent meanwhile."""

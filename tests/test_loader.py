@@ -17,12 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import xml_pipeline
-from xml_pipeline import Organism
+from xml_pipeline import Listener, Organism
 from xml_pipeline._config import OrganismConfig, load_config, parse_config
 from xml_pipeline._errors import ConfigError, ConfigProblem
-from xml_pipeline._imports import folder_package, import_path
+from xml_pipeline._imports import ImportPath, folder_package, import_path, in_folder, resolve
 from xml_pipeline._loader import (
-    ResolvedListener,
     handler_signature_problem,
     load_organism,
     validate_organism,
@@ -90,12 +89,12 @@ NUMBERS = f"{HANDLERS}.Numbers"
 
 
 def test_resolves_payload_classes_and_handlers_in_order() -> None:
-    config, resolved = validate_organism(LOADER / "organism.yaml")
+    """The loader turns each listener of the file into the `Listener` the runtime takes."""
+    _, resolved = validate_organism(LOADER / "organism.yaml")
     module = sys.modules[HANDLERS]
     assert [r.name for r in resolved] == ["greeter", "cruncher"]
-    assert resolved[0] == ResolvedListener(config.listeners[0], module.Greeting, module.greet)
-    assert resolved[1].payload_class is module.Numbers
-    assert resolved[1].handler is module.crunch
+    assert resolved[0] == Listener("greeter", module.Greeting, module.greet, peers=("cruncher",))
+    assert resolved[1] == Listener("cruncher", module.Numbers, module.crunch, cpu_bound=True)
 
 
 def test_users_own_imports_get_the_very_same_classes() -> None:
@@ -425,6 +424,33 @@ def test_loading_the_same_folder_again_gives_the_same_classes(tmp_path: Path) ->
     for before, after in zip(first, again, strict=True):
         assert [r.payload_class for r in before] == [r.payload_class for r in after]
         assert [r.handler for r in before] == [r.handler for r in after]
+
+
+@pytest.mark.parametrize("side", ["a", "b"])
+def test_a_dotted_path_of_the_file_and_a_workers_import_path_are_one_form(
+    tmp_path: Path, side: str
+) -> None:
+    """organism.yaml's ``module.name``, placed in its folder, is the very `ImportPath` a worker
+    gets for the handler it names (a: short names; b: the folder's own package), and the one
+    resolver gives back what the file names (here a class handlers.py imports from models.py)."""
+    folders = {s: two_side_folder(tmp_path, s) for s in ("a", "b")}
+    loaded = {s: validate_organism(folders[s] / "organism.yaml") for s in ("a", "b")}
+    config, listeners = loaded[side]
+    for written, listener in zip(config.listeners, listeners, strict=True):
+        path = in_folder(ImportPath.from_dotted(written.handler), str(config.folder))
+        assert path == ImportPath.of(listener.handler)
+        assert path == ImportPath.parse(import_path(listener.handler))
+        assert path.folder == str(folders[side])
+        assert resolve(path) is listener.handler
+        path = in_folder(ImportPath.from_dotted(written.payload_class), str(config.folder))
+        assert path.folder == str(folders[side])
+        assert resolve(path) is listener.payload_class
+
+
+@pytest.mark.parametrize("text", ["Greeting", "handlers.", ".greet", "handlers.class", "1h.x", ""])
+def test_a_dotted_path_that_is_not_module_dot_name_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="not a dotted path"):
+        ImportPath.from_dotted(text)
 
 
 RESOLVE_IN_A_FRESH_PROCESS = """

@@ -3,24 +3,42 @@
 The file is parsed once, here, into frozen dataclasses; the rest of the library never sees a
 dict. Parsing walks the YAML node tree so that every problem can name its key path
 (``listeners[1].peers[0]``) and line, and collects every problem before raising one
-`ConfigError`. Importing the classes and handlers the file names is `xml_pipeline._loader`'s job.
+`ConfigError`. Each section is read key by key from the specs of its settings
+(`xml_pipeline._settings`, the one home of every default and range); what is only in the file
+(dotted paths, source lines) is added here. Importing the classes and handlers the file names
+is `xml_pipeline._loader`'s job.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import keyword
-import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import yaml
 
 from xml_pipeline._errors import ConfigError, ConfigProblem
+from xml_pipeline._imports import ImportPath
+from xml_pipeline._settings import (
+    LISTENER_NAME,
+    BackendConfig,
+    ListenerSettings,
+    OrganismSettings,
+    ProcessPoolConfig,
+    Rule,
+    Spec,
+    default_of,
+    defaults,
+    did_you_mean,
+    listener_set_problems,
+    problems,
+    setting,
+    settings_fields,
+    spec_of,
+)
 
 __all__ = [
     "BackendConfig",
@@ -29,70 +47,45 @@ __all__ = [
     "ProcessPoolConfig",
     "load_config",
     "parse_config",
+    "parse_section",
 ]
 
-BackendType = Literal["memory", "manager", "redis"]
-_BACKEND_TYPES: tuple[BackendType, ...] = ("memory", "manager", "redis")
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _DOCUMENT = "(document)"  # key path of problems that concern the whole file
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-def _default_workers() -> int:
-    return os.cpu_count() or 1
+def _dotted_path(example: str) -> Rule:
+    """The rule of a dotted path setting: organism.yaml's form of an `ImportPath`."""
+
+    def rule(value: str, values: Mapping[str, Any]) -> str | None:
+        try:
+            ImportPath.from_dotted(value)
+        except ValueError:
+            return f"must be a dotted path like {example!r} (module.name), found {value!r}"
+        return None
+
+    return rule
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class BackendConfig:
-    """Where shared state (thread registry, conversation history) lives.
-
-    Redis- and manager-only settings are kept whatever the type; only the chosen type's are used.
-    """
-
-    type: BackendType = "memory"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_prefix: str = "xp:"
-    redis_max_connections: int = 64
-    thread_ttl_seconds: float = 3600.0
-    history_max_entries: int = 100
-    manager_address: str | None = None  # host:port of a running manager; None = start our own
-    manager_authkey: str | None = field(default=None, repr=False)
-
-    @property
-    def manager_host_port(self) -> tuple[str, int] | None:
-        """``manager_address`` split into ``(host, port)``, or None when it is not set."""
-        if self.manager_address is None:
-            return None
-        host, _, port = self.manager_address.rpartition(":")
-        return host.removeprefix("[").removesuffix("]"), int(port)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProcessPoolConfig:
-    """The worker processes that run ``cpu_bound`` listeners."""
-
-    workers: int = field(default_factory=_default_workers)
-    max_tasks_per_child: int | None = None
-    max_crashes: int = 2  # crashes before a message fails with ``worker_crash``
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ListenerConfig:
+class ListenerConfig(ListenerSettings):
     """One listener as declared; ``payload_class`` and ``handler`` are still dotted paths.
 
     ``line`` and ``key_path`` locate the listener's entry (and ``payload_class_line`` and
     ``handler_line`` those two values) so that later import errors can point at the file.
     """
 
-    name: str
-    payload_class: str
-    handler: str
-    description: str = ""
-    peers: tuple[str, ...] = ()
-    max_concurrency: int = 16
-    timeout_seconds: float = 30.0
-    cpu_bound: bool = False
-    handles_errors: bool = False
+    name: str = field(metadata=LISTENER_NAME)
+    payload_class: str = field(
+        metadata=setting(
+            "text", "its @payload class, module.Class", rule=_dotted_path("handlers.Greeting")
+        )
+    )
+    handler: str = field(
+        metadata=setting(
+            "text", "its handler, module.function", rule=_dotted_path("handlers.greet")
+        )
+    )
     line: int | None = None
     key_path: str = ""
     payload_class_line: int | None = None
@@ -100,18 +93,14 @@ class ListenerConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class OrganismConfig:
+class OrganismConfig(OrganismSettings):
     """A whole organism file, validated. ``file`` is absolute."""
 
     file: Path
-    name: str
-    description: str = ""
-    drain_timeout_seconds: float = 10.0
-    max_message_bytes: int = 262144
-    ingress_limit: int = 1024
-    ingress_wait_seconds: float = 5.0
-    history: bool = True  # record each hop in the conversation history (metadata.history())
-    max_hops: int = 10_000  # hops one conversation may make before it fails with hop_limit
+    name: str = field(
+        metadata=setting("text", "the organism's name", non_empty="name the organism")
+    )
+    description: str = field(default="", metadata=setting("text", "what it does, for people"))
     listeners: tuple[ListenerConfig, ...]
     backend: BackendConfig = field(default_factory=BackendConfig)
     process_pool: ProcessPoolConfig = field(default_factory=ProcessPoolConfig)
@@ -131,7 +120,7 @@ class OrganismConfig:
             if listener.name == name:
                 return listener
         names = [listener.name for listener in self.listeners]
-        hint = _did_you_mean(name, names) or f"; declared listeners: {', '.join(names)}"
+        hint = did_you_mean(name, names) or f"; declared listeners: {', '.join(names)}"
         raise KeyError(f"organism {self.name!r} has no listener named {name!r}{hint}")
 
 
@@ -176,35 +165,58 @@ def parse_config(text: str, *, file: str) -> OrganismConfig:
         raise ConfigError(ConfigProblem(file, _DOCUMENT, None, message))
     reader = _Reader(file)
     config = reader.organism(root, Path(file).absolute())
-    if reader.problems:
+    if reader.problems or config is None:
         reader.problems.sort(key=lambda p: (p.line is None, p.line or 0))
         raise ConfigError(reader.problems)
     return config
 
 
-def _keys(cls: type, *, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in skip)
+def parse_section(name: str, values: Mapping[str, object], *, file: str) -> Any:
+    """The ``backend`` or ``process_pool`` section given as a mapping (an override in code),
+    read by the rules of organism.yaml; ``file`` names it in messages.
+
+    Returns:
+        a `BackendConfig` or a `ProcessPoolConfig`.
+
+    Raises:
+        ConfigError: every problem, by key path (no line: the mapping has none).
+    """
+    cls = _SECTION_CLASSES[name]
+    reader = _Reader(file)
+    try:
+        node = yaml.representer.SafeRepresenter().represent_data(dict(values))
+    except yaml.YAMLError as exc:
+        reader.report(name, None, f"holds a value organism.yaml cannot hold: {exc}")
+        raise ConfigError(reader.problems) from None
+    found = reader.settings(reader.section(node, name, name), cls)
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return cls(**found)
 
 
-_SECTIONS: dict[str, tuple[str, ...]] = {  # the keys allowed in each section
-    "": ("organism", "listeners", "backend", "process_pool"),
-    "organism": _keys(OrganismConfig, skip=("file", "listeners", "backend", "process_pool")),
-    "listeners": _keys(
-        ListenerConfig, skip=("line", "key_path", "payload_class_line", "handler_line")
-    ),
-    "backend": _keys(BackendConfig),
-    "process_pool": _keys(ProcessPoolConfig),
+_SECTION_CLASSES: dict[str, type] = {
+    "organism": OrganismConfig,
+    "listeners": ListenerConfig,
+    "backend": BackendConfig,
+    "process_pool": ProcessPoolConfig,
 }
-
-
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+_SECTIONS: dict[str, tuple[str, ...]] = {  # the keys allowed in each section
+    "": tuple(_SECTION_CLASSES),
+    **{name: tuple(f.name for f in settings_fields(cls)) for name, cls in _SECTION_CLASSES.items()},
+}
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "": ("organism", "listeners"),
+    **{
+        name: tuple(f.name for f in settings_fields(cls) if default_of(f) is dataclasses.MISSING)
+        for name, cls in _SECTION_CLASSES.items()
+    },
+}
+_PEER = Spec("text", "a listener this one may call")  # one item of `peers:`
 
 
 def _unknown_key(key: str, section: str) -> str:
     homes = [s for s, keys in _SECTIONS.items() if key in keys and s not in ("", section)]
-    if hint := _did_you_mean(key, _SECTIONS[section]):
+    if hint := did_you_mean(key, _SECTIONS[section]):
         return f"unknown key{hint}"
     if homes == ["listeners"]:
         return f"unknown key here; '{key}' belongs in a listener entry under 'listeners:'"
@@ -229,33 +241,9 @@ def _describe(node: yaml.Node) -> str:
 
 
 def _line(node: yaml.Node | None) -> int | None:
-    return None if node is None else node.start_mark.line + 1
-
-
-def _is_str(value: object) -> bool:
-    return isinstance(value, str)
-
-
-def _is_bool(value: object) -> bool:
-    return isinstance(value, bool)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return _is_int(value) or isinstance(value, float)
-
-
-def _is_dotted_path(value: str) -> bool:
-    parts = value.split(".")
-    return len(parts) >= 2 and all(p.isidentifier() and not keyword.iskeyword(p) for p in parts)
-
-
-def _is_host_port(address: str) -> bool:
-    host, sep, port = address.rpartition(":")
-    return bool(sep and host.strip("[]") and port.isdigit() and 0 < int(port) < 65536)
+    if node is None or node.start_mark is None:  # a mapping given in code has no marks
+        return None
+    return int(node.start_mark.line) + 1
 
 
 class _Reader:
@@ -276,10 +264,9 @@ class _Reader:
         except (yaml.YAMLError, ValueError, TypeError):  # e.g. an impossible date
             return node.value
 
-    def section(
-        self, node: yaml.Node | None, path: str, kind: str, required: Sequence[str] = ()
-    ) -> _Section:
+    def section(self, node: yaml.Node | None, path: str, kind: str) -> _Section:
         """A mapping's keys; unknown, duplicate and missing keys are reported."""
+        required = _REQUIRED[kind]
         section = _Section(self, path, node, required)
         if node is None:
             return section
@@ -314,147 +301,76 @@ class _Reader:
                 self.report(section.where(key), node, message)
         return section
 
+    def settings(self, section: _Section, cls: type) -> dict[str, Any]:
+        """The values the section gives for the settings of ``cls``, read and checked by their
+        specs; every problem is reported at its key. Keys not given are left out."""
+        found: dict[str, Any] = {}
+        for f in settings_fields(cls):
+            value = section.value(f.name, spec_of(f))
+            if value is not _ABSENT and value is not _WRONG:
+                found[f.name] = value
+        # rules see the whole section: what is given, and the defaults of the rest
+        for key, message in problems(cls, {**defaults(cls), **found}):
+            section.report(key, message)
+        return found
+
     # -- the schema -----------------------------------------------------------------------------
 
-    def organism(self, root: yaml.Node, file: Path) -> OrganismConfig:
-        top = self.section(root, "", "", required=("organism", "listeners"))
-        org = self.section(top.fields.get("organism"), "organism", "organism", ("name",))
+    def organism(self, root: yaml.Node, file: Path) -> OrganismConfig | None:
+        """The whole file; None when a problem was reported."""
+        top = self.section(root, "", "")
+        org = self.settings(
+            self.section(top.fields.get("organism"), "organism", "organism"), OrganismConfig
+        )
         listeners = self.listeners(top.fields.get("listeners"))
+        backend = self.settings(
+            self.optional_section(top.fields.get("backend"), "backend"), BackendConfig
+        )
+        pool = self.optional_section(top.fields.get("process_pool"), "process_pool")
+        process_pool = self.settings(pool, ProcessPoolConfig)
+        if self.problems:
+            return None  # the values read are incomplete: never build from them
         return OrganismConfig(
             file=file,
-            name=org.text("name", empty="name the organism"),
-            description=org.text("description"),
-            drain_timeout_seconds=org.number("drain_timeout_seconds", 10.0),
-            max_message_bytes=org.integer("max_message_bytes", 262144),
-            ingress_limit=org.integer("ingress_limit", 1024),
-            ingress_wait_seconds=org.number("ingress_wait_seconds", 5.0, zero_ok=True),
-            history=org.flag("history", True),
-            max_hops=org.integer("max_hops", 10_000),
-            listeners=tuple(listener for listener, _ in listeners),
-            backend=self.backend(top.fields.get("backend")),
-            process_pool=self.process_pool(top.fields.get("process_pool")),
+            listeners=tuple(ListenerConfig(**values) for values in listeners),
+            backend=BackendConfig(**backend),
+            process_pool=ProcessPoolConfig(**process_pool),
+            **org,
         )
 
-    def listeners(self, node: yaml.Node | None) -> list[tuple[ListenerConfig, _Section]]:
+    def listeners(self, node: yaml.Node | None) -> list[dict[str, Any]]:
+        """Each listener's values, its key path and lines included."""
         if node is None:
             return []
         if not isinstance(node, yaml.SequenceNode):
             message = f"expected a list of listeners (- name: ...), found {_describe(node)}"
             self.report("listeners", node, message)
             return []
-        if not node.value:
-            self.report("listeners", node, "the list is empty; declare at least one listener")
-        listeners = [self.listener(item, f"listeners[{i}]") for i, item in enumerate(node.value)]
-        self.check_names(listeners)
-        for listener, section in listeners:
-            self.check_peers(listener, section, {config.name for config, _ in listeners})
+        sections = [
+            self.section(item, f"listeners[{i}]", "listeners") for i, item in enumerate(node.value)
+        ]
+        listeners = []
+        for section in sections:
+            values = self.settings(section, ListenerConfig)
+            values.update(
+                line=_line(section.node),
+                key_path=section.path,
+                payload_class_line=_line(section.fields.get("payload_class")),
+                handler_line=_line(section.fields.get("handler")),
+            )
+            listeners.append(values)
+        written = [(s.written("name"), s.written_list("peers")) for s in sections]
+
+        def where(i: int) -> str:
+            return f"{sections[i].path} (line {_line(sections[i].node)})"
+
+        for problem in listener_set_problems(written, where):
+            if problem.listener is None:
+                self.report("listeners", node, problem.message)
+            else:
+                key = "name" if problem.peer is None else f"peers[{problem.peer}]"
+                sections[problem.listener].report(key, problem.message)
         return listeners
-
-    def listener(self, node: yaml.Node, path: str) -> tuple[ListenerConfig, _Section]:
-        section = self.section(node, path, "listeners", ("name", "payload_class", "handler"))
-        name = section.text("name", empty="name the listener")
-        if name.strip() and any(c.isspace() for c in name):
-            section.report("name", "listener names cannot contain spaces; use dots or dashes")
-        elif name.startswith("_"):
-            section.report("name", "names starting with '_' are reserved; rename the listener")
-        paths = {"payload_class": "handlers.Greeting", "handler": "handlers.greet"}
-        for key, example in paths.items():
-            paths[key] = value = section.text(key)
-            if value and not _is_dotted_path(value):
-                message = f"expected a dotted path like {example!r} (module.name), found {value!r}"
-                section.report(key, message)
-        peers: list[str] = []
-        peers_node = section.fields.get("peers")
-        if isinstance(peers_node, yaml.SequenceNode):
-            items = _Section(self, path, peers_node)
-            items.fields = {f"peers[{i}]": item for i, item in enumerate(peers_node.value)}
-            peers = [items.text(key) for key in items.fields]
-        elif peers_node is not None:
-            section.report(
-                "peers",
-                f"expected a list of listener names ([a, b]), found {_describe(peers_node)}",
-            )
-        listener = ListenerConfig(
-            name=name,
-            payload_class=paths["payload_class"],
-            handler=paths["handler"],
-            description=section.text("description"),
-            peers=tuple(peers),
-            max_concurrency=section.integer("max_concurrency", 16),
-            timeout_seconds=section.number("timeout_seconds", 30.0),
-            cpu_bound=section.flag("cpu_bound"),
-            handles_errors=section.flag("handles_errors"),
-            line=_line(node),
-            key_path=path,
-            payload_class_line=_line(section.fields.get("payload_class")),
-            handler_line=_line(section.fields.get("handler")),
-        )
-        return listener, section
-
-    def check_names(self, listeners: list[tuple[ListenerConfig, _Section]]) -> None:
-        first: dict[str, ListenerConfig] = {}
-        for listener, section in listeners:
-            other = first.setdefault(listener.name, listener)
-            if other is not listener and listener.name:
-                section.report(
-                    "name",
-                    f"listener name {listener.name!r} is already used by {other.key_path} "
-                    f"(line {other.line}); give each listener a unique name",
-                )
-
-    def check_peers(self, listener: ListenerConfig, section: _Section, names: set[str]) -> None:
-        seen: set[str] = set()
-        for i, peer in enumerate(listener.peers):
-            where, node = f"{section.path}.peers[{i}]", section.fields["peers"].value[i]
-            if not peer:
-                continue  # already reported as not text
-            if peer == listener.name:
-                self.report(where, node, "a listener cannot be its own peer; remove it")
-            elif peer in seen:
-                self.report(where, node, f"{peer!r} is listed twice; remove the duplicate")
-            elif peer and peer not in names:
-                hint = _did_you_mean(peer, names) or "; declare it under listeners or remove it"
-                self.report(where, node, f"no listener named {peer!r} is declared{hint}")
-            seen.add(peer)
-
-    def backend(self, node: yaml.Node | None) -> BackendConfig:
-        section = self.optional_section(node, "backend")
-        kind = section.text("type", "memory")
-        if kind not in _BACKEND_TYPES:
-            hint = _did_you_mean(kind, _BACKEND_TYPES) or "; use memory, manager or redis"
-            section.report("type", f"unknown backend type {kind!r}{hint}")
-        url = section.text("redis_url", "redis://127.0.0.1:6379/0")
-        if not url.startswith(_REDIS_SCHEMES):
-            section.report(
-                "redis_url", f"must start with redis://, rediss:// or unix://, found {url!r}"
-            )
-        address = section.optional_text("manager_address")
-        if address is not None and not _is_host_port(address):
-            section.report(
-                "manager_address", f"expected host:port (like 127.0.0.1:50000), found {address!r}"
-            )
-        authkey = section.optional_text("manager_authkey")
-        if kind == "manager" and address is not None and not authkey:
-            message = "required when manager_address is given; use the manager server's authkey"
-            section.report("manager_authkey", message)
-        return BackendConfig(
-            type=kind if kind in _BACKEND_TYPES else "memory",
-            redis_url=url,
-            redis_prefix=section.text("redis_prefix", "xp:", empty="keys are written under it"),
-            redis_max_connections=section.integer("redis_max_connections", 64),
-            thread_ttl_seconds=section.number("thread_ttl_seconds", 3600.0),
-            history_max_entries=section.integer("history_max_entries", 100),
-            manager_address=address,
-            manager_authkey=authkey,
-        )
-
-    def process_pool(self, node: yaml.Node | None) -> ProcessPoolConfig:
-        section = self.optional_section(node, "process_pool")
-        return ProcessPoolConfig(
-            workers=section.integer("workers", _default_workers()),
-            max_tasks_per_child=section.optional_integer("max_tasks_per_child"),
-            max_crashes=section.integer("max_crashes", 2),
-        )
 
     def optional_section(self, node: yaml.Node | None, name: str) -> _Section:
         """An optional section; absent or empty (``backend:`` alone) means all defaults."""
@@ -463,7 +379,7 @@ class _Reader:
         return self.section(node, name, name)
 
 
-_Check = Callable[[object], bool]
+_ABSENT = object()  # a key that is not given
 _WRONG = object()  # a value that was reported as wrong
 
 
@@ -482,61 +398,60 @@ class _Section:
     def where(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
-    def report(self, key: str, message: str) -> None:
-        self.reader.report(self.where(key), self.fields.get(key, self.node), message)
+    def node_at(self, key: str) -> yaml.Node | None:
+        """The node of ``key`` or of an item ``key[i]``; the section's own when absent."""
+        name, bracket, rest = key.partition("[")
+        node = self.fields.get(name)
+        if bracket and isinstance(node, yaml.SequenceNode):
+            index = int(rest.rstrip("]"))
+            node = node.value[index] if index < len(node.value) else node
+        return self.node if node is None else node
 
-    def get(self, key: str, expected: str, accept: _Check, *, nullable: bool = False) -> object:
-        """The value of ``key``; None when absent (or null and nullable), `_WRONG` if reported."""
+    def report(self, key: str, message: str) -> None:
+        self.reader.report(self.where(key), self.node_at(key), message)
+
+    def value(self, key: str, spec: Spec) -> object:
+        """The value of ``key`` if it is of the setting's type; `_ABSENT` when not given,
+        `_WRONG` after a report."""
         node = self.fields.get(key)
         if node is None:
-            return None
+            return _ABSENT
+        if spec.kind != "names":
+            return self._scalar(key, node, spec)
+        if not isinstance(node, yaml.SequenceNode):
+            self.report(key, f"expected {spec.expected}, found {_describe(node)}")
+            return _WRONG
+        items = [self._scalar(f"{key}[{i}]", item, _PEER) for i, item in enumerate(node.value)]
+        return _WRONG if _WRONG in items else tuple(items)
+
+    def _scalar(self, key: str, node: yaml.Node, spec: Spec) -> object:
         if isinstance(node, yaml.ScalarNode):
             value = self.reader.scalar(node)
-            if accept(value) or (value is None and nullable):
+            if spec.accepts(value) or (value is None and spec.nullable):
                 return value
         hint = ""
         if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
             hint = "; give a value" if key in self.required else "; give a value or remove the key"
-        elif expected == "text" and isinstance(node, yaml.ScalarNode):
+        elif spec.kind == "text" and isinstance(node, yaml.ScalarNode):
             hint = "; put it in quotes to make it text"
-        self.report(key, f"expected {expected}, found {_describe(node)}{hint}")
+        self.reader.report(
+            self.where(key), node, f"expected {spec.expected}, found {_describe(node)}{hint}"
+        )
         return _WRONG
 
-    def text(self, key: str, default: str = "", *, empty: str | None = None) -> str:
-        """Text; ``empty``, when given, is reported for blank text."""
-        value = self.get(key, "text", _is_str)
-        if isinstance(value, str) and empty is not None and not value.strip():
-            self.report(key, f"must not be empty; {empty}")
-        return value if isinstance(value, str) else default
+    def written(self, key: str) -> str:
+        """The text given for ``key`` as written, for checks across listeners ("" if none)."""
+        node = self.fields.get(key)
+        value = self.reader.scalar(node) if isinstance(node, yaml.ScalarNode) else None
+        return value if isinstance(value, str) else ""
 
-    def optional_text(self, key: str) -> str | None:
-        value = self.get(key, "text", _is_str, nullable=True)
-        return value if isinstance(value, str) else None
-
-    def flag(self, key: str, default: bool = False) -> bool:
-        value = self.get(key, "true or false", _is_bool)
-        return default if value is None else value is True
-
-    def integer(self, key: str, default: int) -> int:
-        value = self.optional_integer(key, nullable=False)
-        return default if value is None else value
-
-    def optional_integer(self, key: str, *, nullable: bool = True) -> int | None:
-        value = self.get(key, "an integer", _is_int, nullable=nullable)
-        if not isinstance(value, int):
-            return None
-        if value < 1:
-            self.report(key, f"must be at least 1, found {value}")
-        return value
-
-    def number(self, key: str, default: float, *, zero_ok: bool = False) -> float:
-        value = self.get(key, "a number of seconds", _is_number)
-        if not isinstance(value, int | float):
-            return default
-        if not math.isfinite(value):
-            self.report(key, f"must be a finite number, found {value}")
-        elif value < 0 or (value == 0 and not zero_ok):
-            self.report(
-                key, f"must be {'0 or more' if zero_ok else 'greater than 0'}, found {value}"
-            )
-        return float(value)
+    def written_list(self, key: str) -> list[object]:
+        """The items given for the list ``key``, as written (None for an item that is not
+        plain), for checks across listeners."""
+        node = self.fields.get(key)
+        if not isinstance(node, yaml.SequenceNode):
+            return []
+        return [
+            self.reader.scalar(item) if isinstance(item, yaml.ScalarNode) else None
+            for item in node.value
+        ]

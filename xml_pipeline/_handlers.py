@@ -7,11 +7,17 @@ them. Handlers never build envelopes: the pump writes ``<from>`` and the thread 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from xml_pipeline._errors import Reason, UsageError
+from xml_pipeline._settings import (
+    LISTENER_NAME,
+    ListenerSettings,
+    check_fields,
+    defaults,
+    values_of,
+)
 from xml_pipeline._wire.history import HistoryEntry
 from xml_pipeline._wire.payloads import is_payload, payload
 
@@ -101,18 +107,20 @@ class ErrorReport:
             self.reason = Reason(self.reason)
 
 
-@dataclass(frozen=True, slots=True)
-class Listener:
+@dataclass(frozen=True, slots=True, repr=False)
+class Listener(ListenerSettings):
     """One listener: a name, the payload class it accepts, and its handler.
 
     `Organism.from_yaml` builds these from ``organism.yaml``; embedders may build them
-    directly and pass them to `Organism`.
+    directly and pass them to `Organism`. The settings after ``handler`` are keyword-only;
+    their defaults and ranges are those of organism.yaml (`xml_pipeline._settings`).
 
     Attributes:
         name: unique name; may contain dots; names starting with ``_`` are reserved.
         payload_class: the ``@payload`` class of the requests it accepts (answers from its
             peers may be of any payload class).
         handler: ``async def handler(payload, metadata)`` (sync allowed when ``cpu_bound``).
+        description: what it does, for people.
         peers: the listeners it may call; answering its caller is always allowed.
         max_concurrency: handler runs at once; more wait in the listener's own backlog.
         timeout_seconds: a run longer than this fails to the caller with ``timeout``.
@@ -125,66 +133,27 @@ class Listener:
             listener and the field); ``peers`` may be any iterable of names but a string.
     """
 
-    name: str
+    name: str = field(metadata=LISTENER_NAME)
     payload_class: type
     handler: Callable[..., object]
-    description: str = ""
-    peers: tuple[str, ...] = ()
-    max_concurrency: int = 16
-    timeout_seconds: float = 30.0
-    cpu_bound: bool = False
-    handles_errors: bool = False
 
     def __post_init__(self) -> None:
         where = f"Listener {self.name!r}"
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise UsageError(f"Listener name must be non-empty text, not {self.name!r}")
-        if self.name.startswith("_") or any(c.isspace() for c in self.name):
-            raise UsageError(
-                f"{where}: names cannot start with '_' (reserved) or contain spaces; use dots "
-                "or dashes"
-            )
+        check_fields(self, where)  # the name first, then the settings
         if not isinstance(self.payload_class, type) or not is_payload(self.payload_class):
             raise UsageError(
                 f"{where}: payload_class must be a @payload class, not {self.payload_class!r}"
             )
         if not callable(self.handler):
             raise UsageError(f"{where}: handler must be callable, not {self.handler!r}")
-        peers = self.peers
-        if isinstance(peers, str | bytes) or not _iterable(peers):
-            hint = f"; did you mean ({peers!r},)?" if isinstance(peers, str) else ""
-            raise UsageError(
-                f"{where}: peers must be a list of listener names, not {peers!r}{hint}"
-            )
-        peers = tuple(peers)
-        bad = [p for p in peers if not isinstance(p, str) or not p]
-        if bad:
-            raise UsageError(f"{where}: peers must be listener names (text), found {bad!r}")
-        object.__setattr__(self, "peers", peers)
-        if type(self.max_concurrency) is not int or self.max_concurrency < 1:
-            raise UsageError(
-                f"{where}: max_concurrency must be an integer of at least 1, not "
-                f"{self.max_concurrency!r}"
-            )
-        timeout = self.timeout_seconds
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not (timeout > 0 and math.isfinite(timeout))
-        ):
-            raise UsageError(
-                f"{where}: timeout_seconds must be a finite number above 0, not {timeout!r}"
-            )
-        for flag in ("cpu_bound", "handles_errors"):
-            if type(getattr(self, flag)) is not bool:
-                raise UsageError(
-                    f"{where}: {flag} must be True or False, not {getattr(self, flag)!r}"
-                )
 
-
-def _iterable(value: object) -> bool:
-    try:
-        iter(value)  # type: ignore[call-overload]
-    except TypeError:
-        return False
-    return True
+    def __repr__(self) -> str:
+        # as it would be written: the three positional fields, then the settings not at default
+        usual = defaults(ListenerSettings)
+        changed = [
+            f"{key}={value!r}"
+            for key, value in values_of(ListenerSettings, self).items()
+            if value != usual[key]
+        ]
+        fields = [repr(self.name), self.payload_class.__qualname__, repr(self.handler), *changed]
+        return f"Listener({', '.join(fields)})"

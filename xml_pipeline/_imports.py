@@ -12,10 +12,17 @@ A folder is imported one of two ways, chosen when its first module is imported:
   (``import models``) are redirected into that package, so each folder sees its own siblings
   and never another folder's. Such a folder is not put on ``sys.path``.
 
-An *import path* (`import_path`) names a module-level object for a worker process:
-``module:qualname``, followed by ``@folder`` when the module comes from an organism folder, so
-that a worker imports the very same file under the very same name whatever its ``sys.path``
-holds, and the classes it builds are the ones its handler module defines.
+An `ImportPath` names a module-level object: its module, its qualified name there and, when
+the module comes from an organism folder, that folder; `resolve` is the one way to import what
+it names (the loader, the worker-importability check and the worker all use it). It has two
+written forms, parsed into it:
+
+- ``module.name`` in organism.yaml (`ImportPath.from_dotted`), the module named as the folder
+  holds it; `in_folder` then makes it exact for this process (the folder, and the folder's
+  package prefix when its short names are taken);
+- ``module:qualname@folder`` for a worker process (`import_path`, `ImportPath.parse`), so that a
+  worker imports the very same file under the very same name whatever its ``sys.path`` holds,
+  and the classes it builds are the ones its handler module defines.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import keyword
 import os
 import pkgutil
 import re
@@ -35,16 +43,21 @@ import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 __all__ = [
+    "ImportPath",
     "ModuleClash",
     "folder_package",
-    "import_from_folder",
     "import_in_folder",
     "import_path",
+    "in_folder",
+    "load_module",
+    "lookup",
     "provides",
+    "resolve",
     "resolve_path",
 ]
 
@@ -80,24 +93,104 @@ def provides(folder: str, top: str) -> bool:
     return importlib.machinery.PathFinder.find_spec(top, [folder]) is not None
 
 
-def import_from_folder(module_name: str, folder: str) -> ModuleType:
-    """Import ``module_name`` (as an organism file writes it) from the organism's folder.
+@dataclass(frozen=True, slots=True)
+class ImportPath:
+    """A module-level object named for import: ``module``, the ``qualname`` inside it, and the
+    organism ``folder`` the module comes from (None: found on ``sys.path``).
 
-    The folder's top-level name must be one the folder provides (see `provides`). Short names
-    are used when free (the folder then goes first on ``sys.path``), else the folder's own
-    package (see the module docstring); the choice, made at the folder's first import, is kept.
-
-    Raises:
-        ModuleClash: the folder uses short names and another file took this module's name.
-        Exception: whatever the module's own code raises while it is imported.
+    ``str()`` gives the ``module:qualname@folder`` form that `parse` reads in any process.
     """
+
+    module: str
+    qualname: str
+    folder: str | None = None
+
+    @classmethod
+    def of(cls, obj: object) -> ImportPath:
+        """The path of a module-level class or function, with its folder when its module comes
+        from an organism folder."""
+        module: str = obj.__module__
+        loaded = sys.modules.get(module.partition(".")[0])
+        folder = None if loaded is None else _homes.get(loaded)
+        return cls(module, obj.__qualname__, folder)  # type: ignore[attr-defined]
+
+    @classmethod
+    def parse(cls, text: str) -> ImportPath:
+        """Read the ``module:qualname@folder`` form (``@folder`` optional)."""
+        module, _, rest = text.partition(":")
+        qualname, _, folder = rest.partition("@")
+        return cls(module, qualname, folder or None)
+
+    @classmethod
+    def from_dotted(cls, dotted: str) -> ImportPath:
+        """Read organism.yaml's ``module.name`` form (``pkg.module.name``): the module as the
+        organism's folder or ``sys.path`` holds it; see `in_folder`.
+
+        Raises:
+            ValueError: not two or more identifiers joined by dots.
+        """
+        parts = dotted.split(".")
+        if len(parts) < 2 or not all(p.isidentifier() and not keyword.iskeyword(p) for p in parts):
+            raise ValueError(f"not a dotted path (module.name): {dotted!r}")
+        return cls(".".join(parts[:-1]), parts[-1])
+
+    def __str__(self) -> str:
+        path = f"{self.module}:{self.qualname}"
+        return path if self.folder is None else f"{path}@{self.folder}"
+
+
+def in_folder(path: ImportPath, folder: str) -> ImportPath:
+    """``path`` as an organism file in ``folder`` writes it, made exact for this process.
+
+    A module the folder holds (see `provides`) gets the folder and, when its short names are
+    taken, the folder's package prefix (see the module docstring; the choice, made at the
+    folder's first import, is kept); with short names the folder goes first on ``sys.path``.
+    Any other module is left to ``sys.path``.
+    """
+    if not provides(folder, path.module.partition(".")[0]):
+        return path
     folder = os.path.abspath(folder)
     package = _chosen_package(folder)
     if package is None:
         if folder not in sys.path:
             sys.path.insert(0, folder)
-        return import_in_folder(module_name, folder)
-    return import_in_folder(f"{package}.{module_name}", folder)
+        return ImportPath(path.module, path.qualname, folder)
+    return ImportPath(f"{package}.{path.module}", path.qualname, folder)
+
+
+def load_module(path: ImportPath) -> ModuleType:
+    """The module of ``path``, imported if needed (from its folder, when it has one).
+
+    Raises:
+        ImportError: the module cannot be imported (`ModuleClash`: another file has its name).
+        Exception: whatever the module's own code raises while it is imported.
+    """
+    if path.folder is None:
+        return importlib.import_module(path.module)
+    return import_in_folder(path.module, path.folder)
+
+
+def lookup(module: ModuleType, qualname: str) -> object:
+    """The object ``qualname`` (``Outer.Inner`` allowed) names in ``module``.
+
+    Raises:
+        AttributeError: a part of the name is missing.
+    """
+    found: object = module
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def resolve(path: ImportPath) -> object:
+    """The object ``path`` names, importing its module if needed.
+
+    Raises:
+        ImportError: the module cannot be imported (`ModuleClash`: another file has its name).
+        AttributeError: the module has no such name.
+        Exception: whatever the module's own code raises while it is imported.
+    """
+    return lookup(load_module(path), path.qualname)
 
 
 def import_in_folder(module_name: str, folder: str) -> ModuleType:
@@ -130,11 +223,7 @@ def import_in_folder(module_name: str, folder: str) -> ModuleType:
 def import_path(obj: object) -> str:
     """``module:qualname`` of a module-level class or function, plus ``@folder`` when its
     module comes from an organism folder; `resolve_path` reads it in any process."""
-    module: str = obj.__module__
-    path = f"{module}:{obj.__qualname__}"  # type: ignore[attr-defined]
-    loaded = sys.modules.get(module.partition(".")[0])
-    folder = None if loaded is None else _homes.get(loaded)
-    return path if folder is None else f"{path}@{folder}"
+    return str(ImportPath.of(obj))
 
 
 def resolve_path(path: str) -> object:
@@ -145,14 +234,7 @@ def resolve_path(path: str) -> object:
         AttributeError: the module has no such name.
         Exception: whatever the module's own code raises while it is imported.
     """
-    module_name, _, rest = path.partition(":")
-    qualname, _, folder = rest.partition("@")
-    found: object = (
-        import_in_folder(module_name, folder) if folder else importlib.import_module(module_name)
-    )
-    for part in qualname.split("."):
-        found = getattr(found, part)
-    return found
+    return resolve(ImportPath.parse(path))
 
 
 # -- choosing and loading ---------------------------------------------------------------------

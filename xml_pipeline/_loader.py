@@ -1,6 +1,7 @@
 """Import the payload classes and handlers an organism file names, and check them.
 
-Modules of the organism's folder are imported by `xml_pipeline._imports`: the ordinary way
+Each dotted path is read into an `ImportPath` and resolved by `xml_pipeline._imports`, the one
+resolver, which imports modules of the organism's folder the ordinary way
 (folder first on ``sys.path``) when their names are free, so a user's own tests that
 ``import handlers`` get the very same classes the pump uses; under a package named after the
 folder when another organism's folder already took a name, so that two organisms with a
@@ -17,26 +18,25 @@ import inspect
 import os
 import pkgutil
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 from xml_pipeline._config import ListenerConfig, OrganismConfig, load_config
 from xml_pipeline._errors import ConfigError, ConfigProblem
+from xml_pipeline._handlers import Listener
 from xml_pipeline._imports import (
+    ImportPath,
     ModuleClash,
     folder_package,
-    import_from_folder,
-    import_path,
-    provides,
-    resolve_path,
+    in_folder,
+    load_module,
+    lookup,
+    resolve,
 )
+from xml_pipeline._settings import ListenerSettings, values_of
 from xml_pipeline._wire.payloads import is_payload
 
 __all__ = [
-    "ResolvedListener",
     "handler_signature_problem",
     "load_organism",
     "validate_organism",
@@ -46,22 +46,9 @@ __all__ = [
 _PACKAGE_DIR = Path(__file__).resolve().parent  # frames in here are the library's, not the user's
 
 
-@dataclass(frozen=True, slots=True)
-class ResolvedListener:
-    """A listener's config with its payload class and handler imported."""
-
-    config: ListenerConfig
-    payload_class: type
-    handler: Callable[..., Any]
-
-    @property
-    def name(self) -> str:
-        """The listener's name."""
-        return self.config.name
-
-
-def load_organism(config: OrganismConfig) -> tuple[ResolvedListener, ...]:
-    """Import every listener's payload class and handler.
+def load_organism(config: OrganismConfig) -> tuple[Listener, ...]:
+    """Import every listener's payload class and handler: the organism's `Listener` objects, in
+    the file's order (the config keeps the names' key paths and lines).
 
     Modules found in the organism's folder are imported from it (see `xml_pipeline._imports`);
     the folder goes first on ``sys.path`` (unless it is there already) when its module names
@@ -76,17 +63,17 @@ def load_organism(config: OrganismConfig) -> tuple[ResolvedListener, ...]:
     """
     importlib.invalidate_caches()  # the folder's files may be newer than the finders' caches
     importer = _Importer(str(config.file), str(config.folder))
-    resolved = [
+    listeners = [
         importer.listener(listener, index) for index, listener in enumerate(config.listeners)
     ]
     if importer.problems:
         raise ConfigError(importer.problems)
-    return tuple(r for r in resolved if r is not None)
+    return tuple(listener for listener in listeners if listener is not None)
 
 
 def validate_organism(
     path: str | os.PathLike[str],
-) -> tuple[OrganismConfig, tuple[ResolvedListener, ...]]:
+) -> tuple[OrganismConfig, tuple[Listener, ...]]:
     """Read an organism file and import everything it names: what ``organism validate`` does.
 
     Raises:
@@ -112,9 +99,11 @@ class _Importer:
     def report(self, key_path: str, line: int | None, message: str) -> None:
         self.problems.append(ConfigProblem(self.file, key_path, line, message))
 
-    def listener(self, listener: ListenerConfig, index: int) -> ResolvedListener | None:
-        """Import one listener's payload class and handler, reporting what is wrong."""
+    def listener(self, listener: ListenerConfig, index: int) -> Listener | None:
+        """Import one listener's payload class and handler, reporting what is wrong; the
+        `Listener` when nothing is."""
         base = listener.key_path or f"listeners[{index}]"
+        reported = len(self.problems)
         failed: set[str] = set()  # modules whose failure this listener reported already
         where = f"{base}.payload_class", listener.payload_class_line
         payload_class = self.resolve(listener.payload_class, *where, failed)
@@ -132,9 +121,14 @@ class _Importer:
             self.report(*where, problem)
         elif listener.cpu_bound and (problem := worker_import_problem(handler)):
             self.report(*where, f"{listener.handler}: {problem}")
-        if isinstance(payload_class, type) and callable(handler):
-            return ResolvedListener(listener, payload_class, handler)
-        return None
+        if (
+            len(self.problems) > reported
+            or not isinstance(payload_class, type)
+            or not callable(handler)
+        ):
+            return None
+        settings = values_of(ListenerSettings, listener)
+        return Listener(listener.name, payload_class, handler, **settings)
 
     def resolve(self, dotted: str, key_path: str, line: int | None, failed: set[str]) -> object:
         """The object a ``module.name`` path names, or `_MISSING` after a report.
@@ -142,9 +136,10 @@ class _Importer:
         A module that failed is reported once per listener (``failed`` holds the modules this
         listener has reported), so that every listener using it is pointed at.
         """
-        module_name, _, attr = dotted.rpartition(".")
+        written = ImportPath.from_dotted(dotted)  # the config reader checked the form
+        module_name, attr = written.module, written.qualname
         if module_name not in self._modules:
-            self._modules[module_name] = self._import(module_name)
+            self._modules[module_name] = self._import(written)
         module = self._modules[module_name]
         if isinstance(module, str):
             if module_name not in failed:
@@ -152,7 +147,7 @@ class _Importer:
                 self.report(key_path, line, module)
             return _MISSING
         try:
-            return getattr(module, attr)
+            return lookup(module, attr)
         except AttributeError:
             pass
         names = [name for name in dir(module) if not name.startswith("__")]
@@ -162,12 +157,11 @@ class _Importer:
         self.report(key_path, line, f"module {module_name!r} ({where}) has no {attr!r}; {hint}")
         return _MISSING
 
-    def _import(self, module_name: str) -> ModuleType | str:
-        """The module, or what to report about it."""
+    def _import(self, written: ImportPath) -> ModuleType | str:
+        """The module of a path as the organism file writes it, or what to report about it."""
+        module_name = written.module
         try:
-            if provides(self.folder, module_name.partition(".")[0]):
-                return import_from_folder(module_name, self.folder)
-            return importlib.import_module(module_name)
+            return load_module(in_folder(written, self.folder))
         except ModuleClash as exc:
             return str(exc)
         except ModuleNotFoundError as exc:
@@ -315,7 +309,7 @@ def worker_import_problem(handler: object) -> str | None:
         why = f"it is a nested function or closure ({qualname}) made inside another function"
     else:
         try:  # exactly what a worker will do (by file, for a module of an organism folder)
-            found = resolve_path(import_path(handler))
+            found = resolve(ImportPath.of(handler))
         except Exception:
             found = _MISSING
         if found is handler:

@@ -19,15 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import yaml
-
-from xml_pipeline._config import (
-    BackendConfig,
-    OrganismConfig,
-    ProcessPoolConfig,
-    load_config,
-    parse_config,
-)
+from xml_pipeline._config import OrganismConfig, load_config, parse_section
 from xml_pipeline._errors import ConfigError, UsageError
 from xml_pipeline._handlers import Listener
 from xml_pipeline._loader import handler_signature_problem, load_organism, worker_import_problem
@@ -37,10 +29,22 @@ from xml_pipeline._runtime.pool import ProcessPool
 from xml_pipeline._runtime.pump import DeadLetter, PumpStats, StreamPump
 from xml_pipeline._runtime.registry import ThreadRegistry
 from xml_pipeline._runtime.worker import extend_sys_path
+from xml_pipeline._settings import (
+    BackendConfig,
+    OrganismSettings,
+    ProcessPoolConfig,
+    build,
+    listener_set_problems,
+    value_problem,
+    values_of,
+)
 from xml_pipeline._wire.parsing import ParseLimits
 from xml_pipeline.backends.base import Backend
 
 __all__ = ["Organism"]
+
+_DEFAULT = OrganismSettings()  # the defaults of Organism()'s settings, as organism.yaml's
+_SETTING_NAMES = frozenset(values_of(OrganismSettings, _DEFAULT))
 
 
 class Organism:
@@ -56,12 +60,12 @@ class Organism:
         name: str = "organism",
         backend: BackendConfig | Backend | None = None,
         process_pool: ProcessPoolConfig | None = None,
-        max_message_bytes: int = 256 * 1024,
-        ingress_limit: int = 1024,
-        ingress_wait_seconds: float = 5.0,
-        drain_timeout_seconds: float = 10.0,
-        history: bool = True,
-        max_hops: int = 10_000,
+        max_message_bytes: int = _DEFAULT.max_message_bytes,
+        ingress_limit: int = _DEFAULT.ingress_limit,
+        ingress_wait_seconds: float = _DEFAULT.ingress_wait_seconds,
+        drain_timeout_seconds: float = _DEFAULT.drain_timeout_seconds,
+        history: bool = _DEFAULT.history,
+        max_hops: int = _DEFAULT.max_hops,
     ) -> None:
         if isinstance(listeners, Listener) or not isinstance(listeners, Sequence):
             raise UsageError(
@@ -70,24 +74,26 @@ class Organism:
         strays = [item for item in listeners if not isinstance(item, Listener)]
         if strays:
             raise UsageError(f"Organism() takes Listener objects, found {strays[0]!r}")
-        names = [listener.name for listener in listeners]
-        if not names or len(set(names)) != len(names):
-            raise UsageError(f"an organism needs listeners with distinct names, got {names}")
+        _check_listener_set(listeners)
         for listener in listeners:
-            _check_listener(listener, names)
+            _check_listener(listener)
         if backend is not None and not isinstance(backend, BackendConfig | Backend):
-            backend = _section("backend", backend, BackendConfig)
+            backend = _section("backend", backend)
         if process_pool is not None and not isinstance(process_pool, ProcessPoolConfig):
-            process_pool = _section("process_pool", process_pool, ProcessPoolConfig)
-        self._history = history
-        self._max_hops = max_hops
+            process_pool = _section("process_pool", process_pool)
+        # the keyword arguments named after settings, checked by their specs
+        given = {name: value for name, value in locals().items() if name in _SETTING_NAMES}
+        settings = build(OrganismSettings, "Organism()", **given)
+        self._settings = settings
+        self._history = settings.history
+        self._max_hops = settings.max_hops
         self.name = name
         self.listeners = tuple(listeners)
         self._backend_spec = backend if backend is not None else BackendConfig()
         self._pool_config = process_pool or ProcessPoolConfig()
-        self._limits = ParseLimits(max_bytes=max_message_bytes)
-        self._ingress = (ingress_limit, ingress_wait_seconds)
-        self._drain_timeout = drain_timeout_seconds
+        self._limits = ParseLimits(max_bytes=settings.max_message_bytes)
+        self._ingress = (settings.ingress_limit, settings.ingress_wait_seconds)
+        self._drain_timeout = settings.drain_timeout_seconds
         self._stack: AsyncExitStack | None = None
         self._pump: StreamPump | None = None
         self._registry: ThreadRegistry | None = None
@@ -120,33 +126,13 @@ class Organism:
             UsageError: an override names no setting or has a value of the wrong type.
         """
         if overrides:
-            config = replace(config, **_checked_overrides(config, overrides))
-        resolved = load_organism(config)
-        listeners = [
-            Listener(
-                name=r.config.name,
-                payload_class=r.payload_class,
-                handler=r.handler,
-                description=r.config.description,
-                peers=r.config.peers,
-                max_concurrency=r.config.max_concurrency,
-                timeout_seconds=r.config.timeout_seconds,
-                cpu_bound=r.config.cpu_bound,
-                handles_errors=r.config.handles_errors,
-            )
-            for r in resolved
-        ]
+            config = replace(config, **_checked_overrides(overrides))
         return cls(
-            listeners,
+            load_organism(config),
             name=config.name,
             backend=config.backend,
             process_pool=config.process_pool,
-            max_message_bytes=config.max_message_bytes,
-            ingress_limit=config.ingress_limit,
-            ingress_wait_seconds=config.ingress_wait_seconds,
-            drain_timeout_seconds=config.drain_timeout_seconds,
-            history=config.history,
-            max_hops=config.max_hops,
+            **values_of(OrganismSettings, config),
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -359,21 +345,38 @@ class Organism:
         return [] if pump is None else pump.dead_letters
 
 
-def _check_listener(listener: Listener, names: list[str]) -> None:
-    """What the config loader checks in organism.yaml, for listeners built in code.
+def _check_listener_set(listeners: Sequence[Listener]) -> None:
+    """The checks across listeners that organism.yaml gets, for listeners built in code.
+
+    Raises:
+        UsageError: for the first problem: no listener, a name used twice, a peer that is the
+            listener itself, listed twice or not a listener of the organism.
+    """
+    names = [listener.name for listener in listeners]
+    problems = listener_set_problems(
+        [(listener.name, listener.peers) for listener in listeners], lambda i: f"listeners[{i}]"
+    )
+    for problem in problems:
+        if problem.listener is None:
+            where = "Organism()"
+        elif problem.peer is None:
+            where = f"Organism(): listeners[{problem.listener}]"
+        else:
+            where = f"Organism(): listener {names[problem.listener]!r}: peers[{problem.peer}]"
+        raise UsageError(f"{where}: {problem.message}")
+
+
+def _check_listener(listener: Listener) -> None:
+    """What the loader checks of a handler named in organism.yaml, for listeners built in code.
 
     Raises:
         UsageError: naming the listener, the setting and what to do.
     """
-    where = f"listener {listener.name!r}"
-    unknown = [peer for peer in listener.peers if peer not in names]
-    if unknown:
-        raise UsageError(f"{where}: peers {unknown} are not listeners of this organism")
     problem = handler_signature_problem(listener.handler) or (
         listener.cpu_bound and worker_import_problem(listener.handler)
     )
     if problem:
-        raise UsageError(f"{where}: {problem}")
+        raise UsageError(f"listener {listener.name!r}: {problem}")
 
 
 _OVERRIDABLE = {
@@ -381,11 +384,19 @@ _OVERRIDABLE = {
 }
 
 
-def _checked_overrides(config: OrganismConfig, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``overrides`` for `dataclasses.replace`, each checked against its setting.
+# what a `backend`/`process_pool` setting takes besides a mapping of its settings
+_SECTION_TYPES: dict[str, tuple[type, ...]] = {
+    "backend": (BackendConfig, Backend),
+    "process_pool": (ProcessPoolConfig,),
+}
+
+
+def _checked_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` for `dataclasses.replace`, each checked by its setting's spec.
 
     Raises:
-        UsageError: an unknown setting, or a value of the wrong type, named with what to give.
+        UsageError: an unknown setting, or a value of the wrong type or out of range, named
+            with what to give.
     """
     checked: dict[str, Any] = {}
     for key, value in overrides.items():
@@ -394,30 +405,17 @@ def _checked_overrides(config: OrganismConfig, overrides: Mapping[str, Any]) -> 
             raise UsageError(
                 f"from_yaml(): no setting named {key!r} to override; settings: {known}"
             )
-        current = getattr(config, key)
-        if key == "backend" and not isinstance(value, BackendConfig | Backend):
-            value = _section(key, value, BackendConfig)
-        elif key == "process_pool" and not isinstance(value, ProcessPoolConfig):
-            value = _section(key, value, ProcessPoolConfig)
-        elif key not in ("backend", "process_pool") and not _same_kind(value, current):
-            raise UsageError(
-                f"from_yaml(): {key}= takes {type(current).__name__}, not {value!r} "
-                f"({type(value).__name__})"
-            )
+        if key in _SECTION_TYPES:
+            if not isinstance(value, _SECTION_TYPES[key]):
+                value = _section(key, value)
+        elif problem := value_problem(OrganismConfig, key, value):
+            raise UsageError(f"from_yaml(): {key}= {problem}")
         checked[key] = value
     return checked
 
 
-def _same_kind(value: object, current: object) -> bool:
-    if isinstance(current, bool) or isinstance(value, bool):
-        return type(value) is type(current)
-    if isinstance(current, float):
-        return isinstance(value, int | float)
-    return isinstance(value, type(current))
-
-
-def _section(key: str, value: object, cls: type[Any]) -> Any:
-    """A ``backend``/``process_pool`` override given as a mapping, read by the same rules as
+def _section(key: str, value: object) -> Any:
+    """A ``backend``/``process_pool`` setting given as a mapping, read by the same rules as
     that section of organism.yaml.
 
     Raises:
@@ -425,22 +423,12 @@ def _section(key: str, value: object, cls: type[Any]) -> Any:
             problem listed, by key path, as the file reader reports them).
     """
     if not isinstance(value, Mapping):
+        name = _SECTION_TYPES[key][0].__name__
         raise UsageError(
-            f"{key}= takes a {cls.__name__} or a mapping of its settings, not "
-            f"{type(value).__name__}"
+            f"{key}= takes a {name} or a mapping of its settings, not {type(value).__name__}"
         )
-    document = {
-        "organism": {"name": "override"},
-        "listeners": [{"name": "x", "payload_class": "m.C", "handler": "m.f"}],
-        key: dict(value),
-    }
     try:
-        text = yaml.safe_dump(document)
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{key}= holds a value YAML cannot carry: {exc}") from None
-    try:
-        config = parse_config(text, file=f"{key}=")
+        return parse_section(key, value, file=f"{key}=")
     except ConfigError as exc:
         problems = "; ".join(f"{p.key_path}: {p.message}" for p in exc.problems)
         raise UsageError(f"{key}= override: {problems}") from None
-    return getattr(config, key)

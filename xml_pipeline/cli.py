@@ -108,20 +108,20 @@ def _validate(file: str) -> int:
     config, resolved = validate_organism(file)
     for r in resolved:
         payload_spec(r.payload_class).schema  # noqa: B018 - compiling is the check
-    names = ", ".join(r.config.name for r in resolved)
+    names = ", ".join(r.name for r in resolved)
     print(f"{config.file}: ok ({len(resolved)} listeners: {names})")
     return EXIT_OK
 
 
 def _schema(file: str, listener: str | None) -> int:
     config, resolved = validate_organism(file)
-    chosen = [r for r in resolved if listener is None or r.config.name == listener]
+    chosen = [r for r in resolved if listener is None or r.name == listener]
     if not chosen:
         print(f"error: no listener {listener!r} in {config.file}", file=sys.stderr)
         return EXIT_CONFIG
     for r in chosen:
         spec = payload_spec(r.payload_class)
-        print(f"<!-- listener {r.config.name}: {r.config.description} -->")
+        print(f"<!-- listener {r.name}: {r.description} -->")
         print(spec.xsd)
         print(spec.describe())
         print()

@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from tests.processes import freeze, thaw
 from tests.redis_server import free_port
 from xml_pipeline._errors import BackendError
 from xml_pipeline.backends import ManagerBackend, ManagerServer, start_manager_server
@@ -203,14 +204,14 @@ async def test_a_hung_server_fails_operations_after_the_reply_timeout_instead_of
         await backend.open()
         await backend.put_root(ROOT, "organism")
         pid = server._manager._process.pid  # type: ignore[attr-defined]
-        os.kill(pid, signal.SIGSTOP)
+        freeze(pid)
         try:
             with anyio.fail_after(10), pytest.raises(BackendError) as caught:
                 await backend.extend(ROOT, "a", "alpha")
             assert caught.value.reason == "backend_unreachable"
             assert "no reply within 0.5 s" in caught.value.message
         finally:
-            os.kill(pid, signal.SIGCONT)
+            thaw(pid)
         # the timed-out request may still have run once the server woke: timeouts cannot say
         assert await backend.get(ROOT) is not None, "a fresh connection works again"
         await backend.aclose()
