@@ -294,7 +294,7 @@ class RedisBackend:
     """Shared state in Redis, for pump processes on one or several hosts.
 
     Each operation is one Lua script call (atomic); calls made concurrently share round trips
-    (automatic pipelining). Organisms sharing one Redis stay apart by ``prefix``. Connections
+    and script runs (automatic pipelining, see ``_redis_batch``). Organisms sharing one Redis stay apart by ``prefix``. Connections
     come from a blocking pool of at most ``max_connections``; connection errors and timeouts
     are retried with capped exponential backoff and jitter before an operation gives up with
     `BackendError`. Needs Redis >= 6.2; not for Redis Cluster (scripts derive key names).
@@ -358,7 +358,9 @@ class RedisBackend:
         self._extend = self._scripts["extend"]
         self._prune = self._scripts["prune"]
         self._batcher = ScriptBatcher(
-            self._client, max_in_flight=min(_PIPELINES_IN_FLIGHT, max_connections)
+            self._client,
+            list(self._scripts.values()),
+            max_in_flight=min(_PIPELINES_IN_FLIGHT, max_connections),
         )
         self._call = self._batcher.call
 
@@ -376,8 +378,7 @@ class RedisBackend:
         """
         try:
             await self._client.ping()
-            for script in self._scripts.values():
-                await self._client.script_load(script.script)
+            await self._batcher.load()
         except RedisError as exc:
             raise self._error("open", exc) from exc
 
