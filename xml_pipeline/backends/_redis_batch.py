@@ -220,7 +220,11 @@ class ScriptBatcher:
             head = self._heads[shape] = b"".join(
                 [self._numbers[script], _argument(str(len(keys))), _argument(str(len(args)))]
             )
-        packed = head + b"".join([_argument(value) for value in (*keys, *args)])
+        parts = [head]
+        for value in (*keys, *args):  # inline: half the CPU of a helper call per argument
+            data = value.encode() if isinstance(value, str) else value
+            parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+        packed = b"".join(parts)
         loop = asyncio.get_running_loop()
         call = _Call(packed, 3 + len(keys) + len(args), loop.create_future())
         self._waiting.append(call)
