@@ -294,10 +294,11 @@ class RedisBackend:
     """Shared state in Redis, for pump processes on one or several hosts.
 
     Each operation is one Lua script call (atomic); calls made concurrently share round trips
-    and script runs (automatic pipelining, see ``_redis_batch``). Organisms sharing one Redis stay apart by ``prefix``. Connections
-    come from a blocking pool of at most ``max_connections``; connection errors and timeouts
-    are retried with capped exponential backoff and jitter before an operation gives up with
-    `BackendError`. Needs Redis >= 6.2; not for Redis Cluster (scripts derive key names).
+    and script runs (automatic pipelining). Organisms sharing one Redis stay apart by
+    ``prefix``. Connections come from a blocking pool of at most ``max_connections``;
+    connection errors and timeouts are retried with capped exponential backoff and jitter
+    before an operation gives up with `BackendError`. Needs Redis >= 6.2; not for Redis
+    Cluster (scripts derive key names).
 
     Raises:
         ValueError: ``thread_ttl_seconds`` is not positive, ``history_max_entries`` < 1, or
