@@ -11,14 +11,17 @@ rows are set against redis-py's own PING rate, sequential and pipelined, measure
 run. Prints a table (median of the runs) and writes ``benchmarks/results/bench_backends.json``.
 
 Pump hops/s per backend use the organism of ``bench_pump.py`` (4 hops per conversation, every
-payload checked, history recorded), ``--pump-tasks`` conversations in flight, and give the ratio
-of each backend to the memory backend measured in the same run.
+payload checked, history recorded), ``--pump-tasks`` conversations in flight, runs of the
+backends interleaved, and give the ratio of each backend to the memory backend measured in the
+same run. With them, CPU per hop: this process's (the pump plus the backend's client; on Redis,
+redis-py and our pipelining) and, for Redis, redis-server's (``INFO cpu``, user + system).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -26,9 +29,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
+import redis
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.redis_server
@@ -112,12 +116,38 @@ async def redis_ping(url: str, seconds: float, pipelined: int) -> float:
         await client.aclose()
 
 
-async def pump_hops(backend: Backend, conversations: int, tasks: int) -> float:
-    """Pump hops per second on ``backend`` with ``tasks`` conversations in flight."""
+class PumpRun(NamedTuple):
+    hops_per_second: float
+    process_cpu_us: float  # per hop: the pump and the backend's client
+    server_cpu_us: float  # per hop: the backend's server process (NaN: not measured)
+
+
+async def pump_hops(
+    backend: Backend, conversations: int, tasks: int, server_cpu: Callable[[], float] | None
+) -> PumpRun:
+    """Pump hops per second on ``backend`` with ``tasks`` conversations in flight, and CPU
+    seconds per hop of this process and (``server_cpu``: its CPU seconds so far) the server."""
     org = bench_pump.organism(backend=backend, ingress_limit=tasks)
     async with org:
         await bench_pump.load(org, tasks * 2, tasks)  # warm up: connections, scripts
-        return await bench_pump.load(org, conversations, tasks)
+        server_before = server_cpu() if server_cpu else math.nan
+        before = time.process_time()
+        rate = await bench_pump.load(org, conversations, tasks)
+        process = time.process_time() - before
+        server = server_cpu() - server_before if server_cpu else math.nan
+    hops = conversations // tasks * tasks * bench_pump.HOPS_PER_CONVERSATION
+    return PumpRun(rate, process / hops * 1e6, server / hops * 1e6)
+
+
+def redis_server_cpu(url: str) -> Callable[[], float]:
+    """redis-server's CPU seconds so far (user + system), as its INFO reports them."""
+    client = redis.Redis.from_url(url)
+
+    def cpu() -> float:
+        info = client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    return cpu
 
 
 def _median(runs: int, measure: Callable[[], float]) -> float:
@@ -149,14 +179,16 @@ def main() -> None:
 
         return measure
 
-    def hops(make: Callable[[], Backend]) -> Callable[[], Awaitable[float]]:
-        async def measure() -> float:
-            return await pump_hops(make(), options.conversations, options.pump_tasks)
+    def hops(
+        make: Callable[[], Backend], server_cpu: Callable[[], float] | None
+    ) -> Callable[[], Awaitable[PumpRun]]:
+        async def measure() -> PumpRun:
+            return await pump_hops(make(), options.conversations, options.pump_tasks, server_cpu)
 
         return measure
 
     rows: list[tuple[str, float]] = []
-    pump_rows: dict[str, float] = {}
+    pump_runs: dict[str, list[PumpRun]] = {}
     memory = MemoryBackend()  # one state across runs, as one organism would keep it
     with start_manager_server() as server, RedisServer() as redis_server:
         url = redis_server.url
@@ -167,11 +199,12 @@ def main() -> None:
         def redis_backend() -> Backend:
             return RedisBackend(url, prefix=f"bench{time.perf_counter_ns()}:")
 
-        for name, make in (
-            ("memory", lambda: memory),
-            ("manager", manager),
-            ("redis", redis_backend),
-        ):
+        backends: list[tuple[str, Callable[[], Backend], Callable[[], float] | None]] = [
+            ("memory", lambda: memory, None),
+            ("manager", manager, None),
+            ("redis", redis_backend, redis_server_cpu(url)),
+        ]
+        for name, make, _ in backends:
             rows.append((f"{name}: extend+prune pairs/s, 1 task", run(pairs(make, 1))))
             rows.append(
                 (
@@ -179,9 +212,11 @@ def main() -> None:
                     run(pairs(make, options.tasks)),
                 )
             )
-            pump_rows[name] = run(hops(make))
-            label = f"{name}: pump hops/s, {options.pump_tasks} conversations in flight"
-            rows.append((label, pump_rows[name]))
+        for _ in range(options.runs):  # interleaved: the machine's load weighs on each alike
+            for name, make, server_cpu in backends:
+                measure = hops(make, server_cpu)
+                result = anyio.run(measure, backend_options=backend_options)
+                pump_runs.setdefault(name, []).append(result)
         for depth in (1, 100):
 
             async def ping(depth: int = depth) -> float:
@@ -190,12 +225,31 @@ def main() -> None:
             label = "sequential" if depth == 1 else f"pipelined x{depth}"
             rows.append((f"redis-py PING/s, {label} (floor)", run(ping)))
 
+    pump = {
+        name: PumpRun(*(statistics.median(field) for field in zip(*runs, strict=True)))
+        for name, runs in pump_runs.items()
+    }
     width = max(len(name) for name, _ in rows)
     print(f"{'measurement':<{width}}  {'per second':>12}")
     for name, value in rows:
         print(f"{name:<{width}}  {value:>12,.0f}")
-    ratios = {name: value / pump_rows["memory"] for name, value in pump_rows.items()}
-    print("pump hops/s relative to memory: " + ", ".join(f"{n} {r:.2f}" for n, r in ratios.items()))
+    ratios = {
+        name: run.hops_per_second / pump["memory"].hops_per_second for name, run in pump.items()
+    }
+    print(
+        f"\npump, {options.pump_tasks} conversations in flight (medians of {options.runs} "
+        "interleaved runs; CPU in us per hop)"
+    )
+    print(f"{'backend':<8} {'hops/s':>9} {'vs memory':>9} {'process CPU':>11} {'server CPU':>10}")
+    for name, result in pump.items():
+        server = "" if math.isnan(result.server_cpu_us) else f"{result.server_cpu_us:.1f}"
+        print(
+            f"{name:<8} {result.hops_per_second:>9,.0f} {ratios[name]:>9.2f} "
+            f"{result.process_cpu_us:>11.1f} {server:>10}"
+        )
+    if "redis" in pump:
+        extra = pump["redis"].process_cpu_us - pump["memory"].process_cpu_us
+        print(f"redis client CPU per hop beyond the memory backend's: {extra:.1f} us")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(
@@ -208,8 +262,23 @@ def main() -> None:
                 "runs": options.runs,
                 "seconds": options.seconds,
                 "tasks": options.tasks,
+                "pump_tasks": options.pump_tasks,
+                "conversations": options.conversations,
                 "results": {name: round(value, 1) for name, value in rows},
                 "pump_ratio_to_memory": {name: round(r, 3) for name, r in ratios.items()},
+                "pump": {
+                    name: {
+                        "hops_per_second": round(result.hops_per_second, 1),
+                        "process_cpu_us_per_hop": round(result.process_cpu_us, 2),
+                        "server_cpu_us_per_hop": (
+                            None
+                            if math.isnan(result.server_cpu_us)
+                            else round(result.server_cpu_us, 2)
+                        ),
+                        "runs": [run._asdict() for run in pump_runs[name]],
+                    }
+                    for name, result in pump.items()
+                },
             },
             indent=2,
         )

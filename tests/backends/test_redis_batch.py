@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from tests.redis_server import RedisServer
 from xml_pipeline.backends import PruneResult, RedisBackend, ThreadRecord
@@ -189,8 +190,8 @@ async def test_a_pipeline_whose_connection_is_killed_settles_every_call_with_the
         redis_url, retry=Retry(NoBackoff(), 0), client_name="batch-under-test"
     )
     admin = aioredis.Redis.from_url(redis_url)
-    batcher = ScriptBatcher(client, max_in_flight=1)
     script = client.register_script("return ARGV[1]")
+    batcher = ScriptBatcher(client, [script], max_in_flight=1)
     try:
         assert await batcher.call(script, (), ("warm",)) == b"warm"
         ids = [c["id"] for c in await admin.client_list() if c["name"] == "batch-under-test"]
@@ -226,8 +227,8 @@ async def test_aclose_settles_calls_in_the_air_and_waiting_and_the_batcher_works
     """Closing abandons pipelines in the air and calls not yet sent: each caller gets
     `BatcherClosedError` at once (not after Redis answers), saying whether its script ran."""
     client = aioredis.Redis.from_url(redis_url)
-    batcher = ScriptBatcher(client, max_in_flight=1)
     script = client.register_script("return ARGV[1]")
+    batcher = ScriptBatcher(client, [script], max_in_flight=1)
     try:
         assert await batcher.call(script, (), ("warm",)) == b"warm"
         with redis_server.busy_script(0.3):
@@ -259,8 +260,8 @@ async def test_a_lone_caller_is_one_round_trip_and_concurrent_callers_share_them
     """The point of batching, pinned by the server's count of replies written: one call alone
     is one round trip; 200 concurrent calls travel in a few pipelines, not 200 round trips."""
     client = aioredis.Redis.from_url(redis_url)
-    batcher = ScriptBatcher(client, max_in_flight=4)
     script = client.register_script("return ARGV[1]")
+    batcher = ScriptBatcher(client, [script], max_in_flight=4)
 
     async def round_trips(calls: int) -> int:
         before = (await client.info("stats"))["total_writes_processed"]
@@ -283,8 +284,8 @@ async def test_aclose_before_the_sender_ever_ran_settles_the_queue_and_the_batch
     """A sender cancelled before its first step never runs its ``finally``: its calls still
     fail at once ("did not run") and the next call starts a new sender."""
     client = aioredis.Redis.from_url(redis_url)
-    batcher = ScriptBatcher(client, max_in_flight=1)
     script = client.register_script("return ARGV[1]")
+    batcher = ScriptBatcher(client, [script], max_in_flight=1)
     try:
         tasks = [asyncio.ensure_future(batcher.call(script, (), (str(n),))) for n in range(5)]
         await asyncio.sleep(0)  # the callers queued and started a sender, which has not run
@@ -306,8 +307,8 @@ async def test_a_sender_cancelled_from_outside_settles_its_batch_and_hands_on_th
     """Whatever ends a sender (here a cancel that is not ours, as at loop shutdown), the calls
     it took are settled ("may have run") and the calls still queued are sent by a new one."""
     client = aioredis.Redis.from_url(redis_url)
-    batcher = ScriptBatcher(client, max_in_flight=1)
     script = client.register_script("return ARGV[1]")
+    batcher = ScriptBatcher(client, [script], max_in_flight=1)
     try:
         assert await batcher.call(script, (), ("warm",)) == b"warm"
         with redis_server.busy_script(0.3):
@@ -325,6 +326,54 @@ async def test_a_sender_cancelled_from_outside_settles_its_batch_and_hands_on_th
         errors = [task.exception() for task in in_air]
         assert all(isinstance(e, BatcherClosedError) and e.sent for e in errors), errors
         assert [task.result() for task in queued] == [f"q{n}".encode() for n in range(5)]
+        await settled(batcher)
+    finally:
+        await client.aclose()
+
+
+async def test_each_call_of_a_shared_script_run_gets_its_own_reply_or_error(
+    redis_url: str,
+) -> None:
+    """Calls that travel in one script run (the batcher's dispatcher, 64 calls per run) reply
+    as they would alone: a value, nil, a nested table, the script's error reply, a failed
+    command or a Lua error, each to its own caller, in order, across several runs."""
+    client = aioredis.Redis.from_url(redis_url)
+    scripts = {
+        "echo": client.register_script("return ARGV[1]"),
+        "nothing": client.register_script("local x = ARGV[1]"),
+        "table": client.register_script("return {ARGV[1], false, 3}"),
+        "refuse": client.register_script("return redis.error_reply('NOPE ' .. ARGV[1])"),
+        "command": client.register_script("return redis.call('INCR', KEYS[1])"),
+        "lua": client.register_script("return nil + ARGV[1]"),
+    }
+    batcher = ScriptBatcher(client, list(scripts.values()), max_in_flight=1)
+    await client.set("text", "not a number")
+    names = list(scripts)
+    calls = [(names[n % len(names)], str(n)) for n in range(200)]
+    try:
+        await batcher.call(scripts["echo"], (), ("warm",))  # the next calls share round trips
+        results = await asyncio.gather(
+            *(
+                batcher.call(scripts[name], ("text",) if name == "command" else (), (arg,))
+                for name, arg in calls
+            ),
+            return_exceptions=True,
+        )
+        for (name, arg), result in zip(calls, results, strict=True):
+            if name == "echo":
+                assert result == arg.encode()
+            elif name == "nothing":
+                assert result is None
+            elif name == "table":
+                assert result == [arg.encode(), None, 3]
+            elif name == "refuse":
+                assert isinstance(result, ResponseError) and str(result) == f"NOPE {arg}"
+            elif name == "command":
+                assert isinstance(result, ResponseError) and "not an integer" in str(result)
+            else:
+                assert isinstance(result, ResponseError) and "arithmetic" in str(result)
+        with pytest.raises(KeyError):
+            await batcher.call(client.register_script("return 1"), (), ())
         await settled(batcher)
     finally:
         await client.aclose()

@@ -14,7 +14,7 @@ share the data, and each hop is one round trip. Key layout, all under the ``pref
 
 TTLs are sliding and set by the scripts (PEXPIRE), from the server's clock: touching a record
 refreshes it and its conversation's set and history. A record whose key expired is unknown;
-`live` forgets it lazily (a few expired entries per ``extend``, all of them on ``count()``).
+`live` forgets it lazily (every expired entry when a conversation opens, and on ``count()``).
 No command lists keys: nothing here needs to enumerate them.
 
 Connections come from a blocking pool (callers wait for a free connection instead of failing),
@@ -72,16 +72,21 @@ _PIPELINES_IN_FLIGHT = 4
 # Every script starts with this prelude. The backend's settings are constants in the source
 # (each backend registers its own copies), so a call carries only thread ids and entries.
 _LUA_COMMON = """
-local P, TTL, MAX, RECEIPT, TOMB = {prefix}, {ttl_ms}, {max_entries}, {receipt_ms}, {tomb_ms}
+-- A number handed to redis.call is formatted as a float ('%.14g') and parsed back by the server,
+-- a few percent of a script's time: arguments are strings, times formatted once as integers.
+local P, TTL, TTL_MS, MAX = {prefix}, '{ttl_ms}', {ttl_ms}, {max_entries}
+local TRIM, RECEIPT, TOMB = '-{max_entries}', '{receipt_ms}', '{tomb_ms}'
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+local function expiry(now)
+  return string.format('%d', now + TTL_MS)
+end
 local function touch_history(conv, entry)
   local hk = P .. 'h:' .. conv
-  if entry then
-    redis.call('RPUSH', hk, entry)
-    redis.call('LTRIM', hk, -MAX, -1)
+  if entry and redis.call('RPUSH', hk, entry) > MAX then
+    redis.call('LTRIM', hk, TRIM, -1)
   end
   redis.call('PEXPIRE', hk, TTL)
 end
@@ -113,15 +118,18 @@ if cur[2] then
   return 0
 end
 local now = now_ms()
+local until_ms = expiry(now)
 local live = P .. 'live'
 local conv = par[2]
 if conv then
   redis.call('PEXPIRE', pk, TTL)
-  redis.call('ZADD', live, now + TTL, ARGV[1], now + TTL, ARGV[2])
+  redis.call('ZADD', live, until_ms, ARGV[1], until_ms, ARGV[2])
 else
   if redis.call('EXISTS', P .. 'a:' .. ARGV[2]) == 1 then return false end
   conv = ARGV[2]
-  redis.call('ZADD', live, now + TTL, ARGV[2])
+  redis.call('ZADD', live, until_ms, ARGV[2])
+  -- Expired entries come from abandoned conversations: each new conversation clears them.
+  redis.call('ZREMRANGEBYSCORE', live, '-inf', string.format('(%d', now))
 end
 redis.call('HSET', tk, 'p', ARGV[1], 'l', ARGV[3], 'c', conv)
 redis.call('PEXPIRE', tk, TTL)
@@ -129,7 +137,6 @@ local ck = P .. 'c:' .. conv
 redis.call('SADD', ck, ARGV[2])
 redis.call('PEXPIRE', ck, TTL)
 touch_history(conv, ARGV[4])
-redis.call('ZREMRANGEBYSCORE', live, '-inf', '(' .. now)
 return conv
 """
 
@@ -161,7 +168,7 @@ else
   redis.call('SREM', ck, ARGV[1])
   if not par[1] then return false end
   redis.call('PEXPIRE', pk, TTL)
-  redis.call('ZADD', live, now_ms() + TTL, parent)
+  redis.call('ZADD', live, expiry(now_ms()), parent)
   redis.call('PEXPIRE', ck, TTL)
   touch_history(conv, ARGV[3])
 end
@@ -177,7 +184,7 @@ local rec = redis.call('HMGET', tk, 'p', 'l', 'c')
 if not rec[2] then return false end
 if not rec[3] then return {{rec[2]}} end
 redis.call('PEXPIRE', tk, TTL)
-redis.call('ZADD', P .. 'live', now_ms() + TTL, ARGV[1])
+redis.call('ZADD', P .. 'live', expiry(now_ms()), ARGV[1])
 redis.call('PEXPIRE', P .. 'c:' .. rec[3], TTL)
 redis.call('PEXPIRE', P .. 'h:' .. rec[3], TTL)
 return rec
@@ -211,7 +218,7 @@ return retire(ARGV[1])
 # -> live records
 _COUNT = """
 local live = P .. 'live'
-redis.call('ZREMRANGEBYSCORE', live, '-inf', '(' .. now_ms())
+redis.call('ZREMRANGEBYSCORE', live, '-inf', string.format('(%d', now_ms()))
 return redis.call('ZCARD', live)
 """
 
@@ -287,10 +294,11 @@ class RedisBackend:
     """Shared state in Redis, for pump processes on one or several hosts.
 
     Each operation is one Lua script call (atomic); calls made concurrently share round trips
-    (automatic pipelining). Organisms sharing one Redis stay apart by ``prefix``. Connections
-    come from a blocking pool of at most ``max_connections``; connection errors and timeouts
-    are retried with capped exponential backoff and jitter before an operation gives up with
-    `BackendError`. Needs Redis >= 6.2; not for Redis Cluster (scripts derive key names).
+    and script runs (automatic pipelining). Organisms sharing one Redis stay apart by
+    ``prefix``. Connections come from a blocking pool of at most ``max_connections``;
+    connection errors and timeouts are retried with capped exponential backoff and jitter
+    before an operation gives up with `BackendError`. Needs Redis >= 6.2; not for Redis
+    Cluster (scripts derive key names).
 
     Raises:
         ValueError: ``thread_ttl_seconds`` is not positive, ``history_max_entries`` < 1, or
@@ -351,7 +359,9 @@ class RedisBackend:
         self._extend = self._scripts["extend"]
         self._prune = self._scripts["prune"]
         self._batcher = ScriptBatcher(
-            self._client, max_in_flight=min(_PIPELINES_IN_FLIGHT, max_connections)
+            self._client,
+            list(self._scripts.values()),
+            max_in_flight=min(_PIPELINES_IN_FLIGHT, max_connections),
         )
         self._call = self._batcher.call
 
@@ -369,8 +379,7 @@ class RedisBackend:
         """
         try:
             await self._client.ping()
-            for script in self._scripts.values():
-                await self._client.script_load(script.script)
+            await self._batcher.load()
         except RedisError as exc:
             raise self._error("open", exc) from exc
 
