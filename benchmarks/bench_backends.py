@@ -131,12 +131,10 @@ async def pump_hops(
     async with org:
         await bench_pump.load(org, tasks * 2, tasks)  # warm up: connections, scripts
         server_before = server_cpu() if server_cpu else math.nan
-        before = time.process_time()
-        rate = await bench_pump.load(org, conversations, tasks)
-        process = time.process_time() - before
+        measured = await bench_pump.load(org, conversations, tasks)
         server = server_cpu() - server_before if server_cpu else math.nan
     hops = conversations // tasks * tasks * bench_pump.HOPS_PER_CONVERSATION
-    return PumpRun(rate, process / hops * 1e6, server / hops * 1e6)
+    return PumpRun(measured.hops_per_s, measured.cpu_us_per_hop, server / hops * 1e6)
 
 
 def redis_server_cpu(url: str) -> Callable[[], float]:
