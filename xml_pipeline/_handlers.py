@@ -24,26 +24,90 @@ from xml_pipeline._wire.payloads import is_payload, payload
 __all__ = ["ErrorReport", "HandlerMetadata", "HandlerResponse", "HistoryEntry", "Listener"]
 
 
-@dataclass(frozen=True, slots=True)
 class HandlerMetadata:
-    """Facts about the message a handler is handling.
+    """Facts about the message a handler is handling (read-only).
 
     Attributes:
         thread_id: the opaque id of this call; it says nothing about who called.
         from_id: the listener (or outside sender) that sent this message.
         own_name: the name of the listener running the handler.
+
+    ``history`` is a zero-argument coroutine function returning the conversation's recorded
+    hops (``None``: history is off). A plain ``__slots__`` class rather than a frozen
+    dataclass: the pump makes one per hop, and this costs a third as much to build.
     """
 
-    thread_id: str
-    from_id: str
-    own_name: str
-    _history: Callable[[], Awaitable[list[HistoryEntry]]] | None = field(
-        default=None, repr=False, compare=False
-    )
+    __slots__ = ("_conversation", "_from", "_own", "_reader", "_thread")
+
+    def __init__(
+        self,
+        thread_id: str,
+        from_id: str,
+        own_name: str,
+        history: Callable[[], Awaitable[list[HistoryEntry]]] | None = None,
+    ) -> None:
+        self._thread = thread_id
+        self._from = from_id
+        self._own = own_name
+        self._reader: Callable[..., Awaitable[list[HistoryEntry]]] | None = history
+        self._conversation: str | None = None
+
+    @classmethod
+    def _for_hop(
+        cls,
+        thread_id: str,
+        from_id: str,
+        own_name: str,
+        reader: Callable[[str], Awaitable[list[HistoryEntry]]] | None,
+        conversation: str,
+    ) -> HandlerMetadata:
+        """The pump's constructor: ``reader(conversation)`` reads the history when asked, so
+        no closure is made per hop."""
+        meta = cls.__new__(cls)
+        meta._thread = thread_id
+        meta._from = from_id
+        meta._own = own_name
+        meta._reader = reader
+        meta._conversation = conversation
+        return meta
+
+    @property
+    def thread_id(self) -> str:
+        """The opaque id of this call; it says nothing about who called."""
+        return self._thread
+
+    @property
+    def from_id(self) -> str:
+        """The listener (or outside sender) that sent this message."""
+        return self._from
+
+    @property
+    def own_name(self) -> str:
+        """The name of the listener running the handler."""
+        return self._own
 
     async def history(self) -> list[HistoryEntry]:
         """The conversation's recorded hops so far, oldest first (bounded by the backend)."""
-        return [] if self._history is None else await self._history()
+        reader = self._reader
+        if reader is None:
+            return []
+        if self._conversation is None:
+            return await reader()
+        return await reader(self._conversation)
+
+    def __repr__(self) -> str:
+        return (
+            f"HandlerMetadata(thread_id={self._thread!r}, from_id={self._from!r}, "
+            f"own_name={self._own!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not HandlerMetadata:
+            return NotImplemented
+        return (self._thread, self._from, self._own) == (other._thread, other._from, other._own)
+
+    def __hash__(self) -> int:
+        return hash((self._thread, self._from, self._own))
 
 
 class HandlerResponse:

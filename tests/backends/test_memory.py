@@ -12,12 +12,14 @@ ROOT = "root"
 
 @pytest.mark.anyio
 async def test_sweep_evicts_expired_conversations() -> None:
-    backend = MemoryBackend(thread_ttl_seconds=0.05)
+    # a TTL long enough that no record expires while the 20 are made, even on a loaded
+    # machine (an extend evicts expired entries itself, which the count below would miss)
+    backend = MemoryBackend(thread_ttl_seconds=0.5)
     await backend.put_root(ROOT, "organism")
     for n in range(10):
         await backend.extend(ROOT, f"a{n}", "alpha", b"<ask/>")
         await backend.extend(f"a{n}", f"b{n}", "beta")
-    await anyio.sleep(0.1)
+    await anyio.sleep(0.6)
     assert await backend.sweep() == 20
     assert await backend.sweep() == 0
     assert await backend.count() == 1

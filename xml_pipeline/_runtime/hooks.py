@@ -78,14 +78,15 @@ Subscriber = Callable[[Event], None]
 class Hooks:
     """The subscribers of one organism's events."""
 
-    __slots__ = ("_subscribers",)
+    __slots__ = ("_subscribers", "active")
 
     def __init__(self) -> None:
         self._subscribers: list[Subscriber] = []
+        self.active = False  # whether anybody listens: the pump builds no event otherwise
 
     def __bool__(self) -> bool:
-        """Whether anybody listens (the pump builds no event otherwise)."""
-        return bool(self._subscribers)
+        """Whether anybody listens (as `active`)."""
+        return self.active
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Call ``subscriber(event)`` for every event from now on.
@@ -94,12 +95,17 @@ class Hooks:
             a function that unsubscribes it (calling it twice does nothing).
         """
         self._subscribers.append(subscriber)
+        self.active = True
 
         def unsubscribe() -> None:
-            if subscriber in self._subscribers:
-                self._subscribers.remove(subscriber)
+            self._drop(subscriber)
 
         return unsubscribe
+
+    def _drop(self, subscriber: Subscriber) -> None:
+        if subscriber in self._subscribers:
+            self._subscribers.remove(subscriber)
+        self.active = bool(self._subscribers)
 
     def emit(self, event: Event) -> None:
         """Hand ``event`` to every subscriber; one that raises is logged and dropped."""
@@ -108,5 +114,4 @@ class Hooks:
                 subscriber(event)
             except Exception:
                 log.exception("a hook subscriber raised; it is unsubscribed: %r", subscriber)
-                if subscriber in self._subscribers:
-                    self._subscribers.remove(subscriber)
+                self._drop(subscriber)

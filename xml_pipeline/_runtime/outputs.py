@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from difflib import get_close_matches
 
-from xml_pipeline._errors import DeliveryError, Reason, SchemaViolation
+from xml_pipeline._errors import DeliveryError, PayloadTypeError, Reason, SchemaViolation
 from xml_pipeline._handlers import HandlerResponse
 from xml_pipeline._runtime.hops import ListenerState
 from xml_pipeline._runtime.invoker import BoundOutputs
-from xml_pipeline._wire.payloads import check_payload, is_payload, payload_spec, to_xml
+from xml_pipeline._wire.payloads import check_payload, payload_spec, to_xml
 
 __all__ = ["Failure", "check_outputs", "no_route", "wrong_class"]
 
@@ -86,11 +86,6 @@ def _check(
                 Reason.NO_ROUTE,
                 wrong_class(out.to, target.listener.payload_class, out.payload, sent),
             )
-    elif not is_payload(out.payload):
-        raise Failure(
-            Reason.INVALID_RESPONSE,
-            f"{state.name!r} answered with a {type(out.payload).__name__}, not a @payload object",
-        )
     if xml is not None:
         return xml if history else None
     try:
@@ -100,6 +95,11 @@ def _check(
         return None
     except SchemaViolation as exc:
         raise Failure(Reason.SCHEMA_VIOLATION, f"{state.name!r} sent {exc.message}") from None
+    except PayloadTypeError:  # an answer that is no payload (a call's class was checked)
+        raise Failure(
+            Reason.INVALID_RESPONSE,
+            f"{state.name!r} answered with a {type(out.payload).__name__}, not a @payload object",
+        ) from None
 
 
 def no_route(to: str, states: Mapping[str, ListenerState]) -> DeliveryError:

@@ -27,7 +27,6 @@ import logging
 import math
 import unicodedata
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import anyio
@@ -55,7 +54,7 @@ from xml_pipeline._wire.codecs import xml_safe
 from xml_pipeline._wire.envelope import Envelope
 from xml_pipeline._wire.history import HistoryEntry
 from xml_pipeline._wire.parsing import ParseLimits
-from xml_pipeline._wire.payloads import check_payload, from_element, is_payload
+from xml_pipeline._wire.payloads import check_payload, from_element, is_payload, to_xml
 
 __all__ = ["DeadLetter", "PumpStats", "StreamPump"]
 
@@ -120,6 +119,7 @@ class StreamPump:
         self._watchdog: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners = {name: state.listener for name, state in self._states.items()}
+        self._history_reader = registry.history if registry.history_on else None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -210,14 +210,14 @@ class StreamPump:
         ``timeout`` covers the whole call: waiting at ingress, the opening write, the answer.
         """
         _check_timeout(timeout)
-        state = self._state_for(to, payload)
+        state, xml = self._state_for(to, payload)
         loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         conv = Conversation(future, to)
-        task = asyncio.current_task()
+        task = asyncio.current_task(loop)  # with the loop: no get_running_loop() inside
         conv.timer = loop.call_at(loop.time() + timeout, self._expire, conv, task, timeout)
         try:
-            first = await self._open(conv, state, payload, EXTERNAL)
+            first = await self._open(conv, state, payload, EXTERNAL, xml)
         except asyncio.CancelledError:
             conv.timer.cancel()
             if conv.expired and task is not None and task.uncancel() == 0:
@@ -242,9 +242,9 @@ class StreamPump:
 
     async def send(self, to: str, payload: object) -> str:
         """Start a conversation without waiting; returns its first thread id."""
-        state = self._state_for(to, payload)
+        state, xml = self._state_for(to, payload)
         conv = Conversation(None, to)
-        self._transport.deliver(await self._open(conv, state, payload, EXTERNAL))
+        self._transport.deliver(await self._open(conv, state, payload, EXTERNAL, xml))
         return conv.id
 
     async def inject(self, data: bytes | str) -> str:
@@ -284,7 +284,13 @@ class StreamPump:
         name = _normal_name(sender)
         return name in self._reserved or name.startswith("_") or not name
 
-    def _state_for(self, to: str, payload: object) -> ListenerState:
+    def _state_for(self, to: str, payload: object) -> tuple[ListenerState, bytes | None]:
+        """The listener a request or send goes to, and the payload's XML when history needs
+        it (written and checked in one pass).
+
+        Raises:
+            UsageError, PayloadTypeError, DeliveryError (``no_route``), SchemaViolation.
+        """
         try:
             if not isinstance(to, str):
                 raise UsageError(f"the target must be a listener name (str), not {to!r}")
@@ -303,14 +309,23 @@ class StreamPump:
                     reason="no_route",
                     listener=to,
                 )
-            check_payload(payload)
+            if self._registry.history_on:
+                xml: bytes | None = to_xml(payload)
+            else:
+                check_payload(payload)
+                xml = None
         except XmlPipelineError:
             self._counters.rejected += 1
             raise
-        return state
+        return state, xml
 
     async def _open(
-        self, conv: Conversation, state: ListenerState, payload: object, sender: str
+        self,
+        conv: Conversation,
+        state: ListenerState,
+        payload: object,
+        sender: str,
+        xml: bytes | None = None,
     ) -> Hop:
         """Admit ``conv`` and make its opening call; on any failure nothing is left behind.
 
@@ -320,7 +335,7 @@ class StreamPump:
         await self._ingress.admit()
         conv.id = new_thread_id()
         try:
-            rec = await self._registry.open(conv.id, state.name, sender, payload)
+            rec = await self._registry.open(conv.id, state.name, sender, payload, xml)
         except BaseException as exc:
             self._ingress.release()
             # the opening write may have happened (cancelled or failed mid-call): undo it
@@ -333,7 +348,7 @@ class StreamPump:
             raise
         conv.opening = False
         self._conversations.opened(conv)
-        if self.hooks:
+        if self.hooks.active:
             loop = self._loop or asyncio.get_running_loop()
             self.hooks.emit(ConversationEvent("opened", conv.id, state.name, loop.time()))
         root = Frame(sender, self._registry.root_id, None)
@@ -353,7 +368,7 @@ class StreamPump:
         self._spawn_call(self._end(conv, _request_timeout(conv.started_by, timeout, "", conv.id)))
 
     def _conversation_ended(self, conv: Conversation, error: DeliveryError | None) -> None:
-        if self.hooks:
+        if self.hooks.active:
             loop = self._loop or asyncio.get_running_loop()
             outcome = None if error is None else str(error.reason)
             self.hooks.emit(
@@ -443,11 +458,12 @@ class StreamPump:
             return []
         counters = self._counters
         counters.hops += 1
-        hooks = self.hooks
+        hooks = self.hooks.active
         started = self._emit_started(hop) if hooks else 0.0
         registry = self._registry
-        history = partial(registry.history, conv.id) if registry.history_on else None
-        meta = HandlerMetadata(frame.thread, hop.sender, state.name, history)
+        meta = HandlerMetadata._for_hop(
+            frame.thread, hop.sender, state.name, self._history_reader, conv.id
+        )
         try:
             result = await self._invocation.run(hop, meta)
             outputs = check_outputs(state, result, self._states, registry.history_on)

@@ -357,7 +357,9 @@ def to_xml(obj: object) -> bytes:
         SchemaViolation: a value does not fit its field (wrong type, a character XML cannot
             carry, a non-finite Decimal...); the message names the field path.
     """
-    spec = payload_spec(obj)
+    spec = type(obj).__dict__.get(_SPEC_ATTR)  # payload_spec's lookup, without the call
+    if type(spec) is not PayloadSpec:
+        spec = payload_spec(obj)  # a class, or not a payload (which raises)
     try:
         return f"<{spec.tag}>{spec._fast_write(obj)}</{spec.tag}>".encode()
     except Unusual:  # a value that does not fit: the general writer says which, and where
@@ -431,7 +433,9 @@ def check_payload(obj: object) -> None:
         PayloadTypeError: ``obj`` is not a payload object.
         SchemaViolation: a field does not fit; the message names the field path.
     """
-    spec = payload_spec(obj)
+    spec = type(obj).__dict__.get(_SPEC_ATTR)  # payload_spec's lookup, without the call
+    if type(spec) is not PayloadSpec:
+        spec = payload_spec(obj)  # a class, or not a payload (which raises)
     try:
         spec._fast_check(obj)
     except Unusual:  # a value that does not fit: the general check says which, and where

@@ -23,9 +23,11 @@ from xml_pipeline.backends.base import TOMBSTONE_SECONDS, PruneResult, ThreadRec
 
 __all__ = ["StateCore", "check_settings", "id_in_use"]
 
-# Entries evicted from the front on each extend: more than the one entry an extend adds, so the
-# expired backlog shrinks under any load.
-_EVICT_PER_EXTEND = 2
+# Expired entries are evicted from the front every _EVICT_EVERY extends, up to _EVICT_BATCH at
+# a time: more than the entries those extends add (one each), so the expired backlog shrinks
+# under any load; in batches, because the check itself costs as much as an eviction.
+_EVICT_EVERY = 16
+_EVICT_BATCH = 2 * _EVICT_EVERY
 
 
 class _Record:
@@ -60,6 +62,7 @@ class StateCore:
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._conversations: OrderedDict[str, _Conversation] = OrderedDict()
         self._tombstones: OrderedDict[str, float] = OrderedDict()  # abandoned id -> until
+        self._until_eviction = _EVICT_EVERY
 
     # -- the protocol -------------------------------------------------------------------------
 
@@ -76,7 +79,10 @@ class StateCore:
         max_entries: int,
     ) -> ThreadRecord | None:
         now = time.monotonic()
-        self._evict_front(now, _EVICT_PER_EXTEND)
+        self._until_eviction -= 1
+        if self._until_eviction <= 0:
+            self._until_eviction = _EVICT_EVERY
+            self._evict_front(now, _EVICT_BATCH)
         parent: _Record | None = None
         if parent_id in self._roots:
             if child_id in self._tombstones:
@@ -216,8 +222,9 @@ class StateCore:
         if conv is None:
             conv = self._conversations[conversation] = _Conversation(deadline)
             return conv
-        # max(): a client with a shorter TTL must not cut short its records' conversation.
-        conv.deadline = max(conv.deadline, deadline)
+        # never earlier: a client with a shorter TTL must not cut short its records' conversation
+        if deadline > conv.deadline:
+            conv.deadline = deadline
         self._conversations.move_to_end(conversation)
         return conv
 
