@@ -9,13 +9,14 @@ every run and the table shows medians over the runs:
   information: a hop is about 2-2.7x, the earlier 1.5x target is withdrawn);
 - throughput: ``inflight`` callers (16) each awaiting trivial calls (``os.getpid``) back to
   back on 2 forkserver workers, ``ProcessPool.run`` against
-  ``asyncio.wrap_future(executor.submit(...))`` on a bare executor (target: at least 0.8x);
-  the parent's CPU time per call (all its threads) is shown beside it;
+  ``asyncio.wrap_future(executor.submit(...))`` on a bare executor, the two taking turns in
+  ``chunks`` slices of ``load-calls`` calls (target: at least 0.8x); the parent's CPU time per
+  call (all its threads) is shown beside it;
 - speed-up: 16 heavy jobs in flight through the hasher organism with 1 worker and with 2
   workers (target 1.8x on 2 cores).
 
     python benchmarks/bench_workers.py [--runs 5] [--calls 500] [--load-calls 4000]
-        [--inflight 16] [--rounds 400000]
+        [--inflight 16] [--chunks 8] [--rounds 400000]
 
 Prints a table and writes benchmarks/results/bench_workers.json.
 """
@@ -80,23 +81,21 @@ async def pool_hop_us(calls: int) -> float:
 async def _under_load(
     call: Callable[[], Awaitable[object]], calls: int, inflight: int
 ) -> tuple[float, float]:
-    """(calls per second, parent CPU microseconds per call) with ``inflight`` callers."""
+    """(seconds, parent CPU seconds) for ``calls`` calls made by ``inflight`` callers."""
 
     async def caller() -> None:
         for _ in range(calls // inflight):
             await call()
 
-    for _ in range(inflight):  # warm every path
-        await call()
     wall, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(caller() for _ in range(inflight)))
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    done = calls // inflight * inflight
-    return done / wall, cpu / done * 1e6
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-async def throughput(calls: int, inflight: int, pool_first: bool) -> dict[str, float]:
-    """Trivial calls with ``inflight`` in flight on 2 workers: bare executor and ProcessPool."""
+async def throughput(calls: int, inflight: int, chunks: int) -> dict[str, float]:
+    """Trivial calls with ``inflight`` in flight on 2 workers, bare executor and ProcessPool:
+    calls per second and parent CPU microseconds per call. The two take turns ``chunks``
+    times, so that a burst of load from elsewhere on the machine hits both alike."""
     with ProcessPoolExecutor(2, mp_context=CONTEXT) as executor:
         async with ProcessPool(2) as pool:
 
@@ -106,12 +105,20 @@ async def throughput(calls: int, inflight: int, pool_first: bool) -> dict[str, f
             async def pooled() -> object:
                 return await pool.run(os.getpid)
 
-            found = {}
-            order = [("pool", pooled), ("bare", bare)]
-            for name, call in order if pool_first else reversed(order):
-                found[f"{name}_per_s"], found[f"{name}_cpu_us"] = await _under_load(
-                    call, calls, inflight
-                )
+            rows = {"bare": bare, "pool": pooled}
+            for call in rows.values():  # warm every path
+                await _under_load(call, inflight, inflight)
+            spent = {name: [0.0, 0.0] for name in rows}
+            chunk = calls // chunks // inflight * inflight
+            for i in range(chunks):
+                for name in list(rows)[:: 1 if i % 2 else -1]:
+                    seconds, cpu = await _under_load(rows[name], chunk, inflight)
+                    spent[name][0] += seconds
+                    spent[name][1] += cpu
+    found = {}
+    for name, (seconds, cpu) in spent.items():
+        found[f"{name}_per_s"] = chunk * chunks / seconds
+        found[f"{name}_cpu_us"] = cpu / (chunk * chunks) * 1e6
     return found
 
 
@@ -134,14 +141,15 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--load-calls", type=int, default=4000)
     parser.add_argument("--inflight", type=int, default=16)
+    parser.add_argument("--chunks", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=400_000)
     args = parser.parse_args()
     runs = []
-    for i in range(args.runs):
+    for _ in range(args.runs):
         run = {"bare_us": bare_round_trip_us(args.calls)}
         run["pool_hop_us"] = uvloop.run(pool_hop_us(args.calls))
-        run |= uvloop.run(throughput(args.load_calls, args.inflight, pool_first=i % 2 == 0))
+        run |= uvloop.run(throughput(args.load_calls, args.inflight, args.chunks))
         run["one_worker_s"] = uvloop.run(heavy_seconds(1, args.jobs, args.rounds))
         run["two_workers_s"] = uvloop.run(heavy_seconds(2, args.jobs, args.rounds))
         runs.append(run)

@@ -17,13 +17,14 @@ To kill exactly the worker of a call that timed out or was cancelled, every call
 fixed-size writes below ``PIPE_BUF``, so workers never interleave them and need no lock. Only
 calls that reported a start can be suspects; the others are requeued.
 
-While serving, the executor holds up to four calls per worker, so that a worker that finishes
+While serving, the executor holds up to eight calls per worker, so that a worker that finishes
 one finds the next waiting instead of idling while its result travels to the event loop and
-the next call back (a trivial call is over in a fraction of that trip). A call whose caller
-leaves while it waits in the executor is withdrawn through an array shared with the workers:
-a worker skips a withdrawn call without reporting a start, and the worker of a call that did
-report one is killed, so nothing is killed for a call that never ran. Timeouts count from
-`ProcessPool.run`, waiting included, wherever the call waits.
+the next call back (a trivial call is over in a fraction of that trip); with
+``max_tasks_per_child`` only free workers get calls (gh-115634, see `ProcessPool.__init__`).
+A call whose caller leaves while it waits in the executor is withdrawn through an array shared
+with the workers: a worker skips a withdrawn call without reporting a start, and the worker of
+a call that did report one is killed, so nothing is killed for a call that never ran. Timeouts
+count from `ProcessPool.run`, waiting included, wherever the call waits.
 
 Only plain data comes back from a worker: the pickled result as bytes, or what ``fn`` raised as
 strings (`WorkerFailure`). An exception object that crossed the boundary as itself could fail
@@ -68,19 +69,22 @@ T = TypeVar("T")
 
 _START = struct.Struct("=QI")  # (attempt id, worker pid)
 # Calls queued in the executor per worker beyond the one it runs. A trivial call takes a
-# worker about 20 us; its result's trip to the event loop and the next call's trip back take
-# 100-200 us of threads on a loaded 2-core machine. With 16 trivial calls in flight on 2
-# workers (benchmarks/bench_workers.py) the pool did 0.4-0.6x a bare executor's throughput
-# submitting only to idle workers, about 0.75 with 1 ahead, 0.85-1.0 with 3.
-_AHEAD_PER_WORKER = 3
+# worker some 20-40 us; its result's trip to the event loop and the next call's trip back take
+# several times that on a busy 2-core machine, so a worker needs several calls queued not to
+# wait for the loop. With 16 trivial calls in flight on 2 workers (bench_workers.py) the pool
+# did 0.5-0.75x a bare executor's throughput submitting only to free workers, 0.7-1.07x with 3
+# ahead and 0.8-0.9x with 7. Calls queued deeper cost little: they are withdrawn without a
+# kill, and requeued without suspicion when the executor breaks.
+_AHEAD_PER_WORKER = 7
 # Slots of the shared array through which the parent withdraws calls still queued in the
 # executor. A call's slot is ``attempt % _SLOTS``; two withdrawn calls sharing one is harmless
 # (the one overwritten runs, reports its start, and its worker is killed as before).
 _SLOTS = 1024
 Withdrawn = ctypes.Array[ctypes.c_uint64]
-# Settled calls between two reads of the start pipe, which is read only when a pid is needed:
-# by then at most this many records plus one per call in the executor wait in the pipe, far
-# below the smallest pipe buffer (4 KiB on Linux when a user's pipes are over their quota).
+# Settled calls between two reads of the start pipe, which is otherwise read only when a pid
+# is needed (a break, a call to kill): at most this many records plus one per worker (12 bytes
+# each) wait in the pipe, below the smallest pipe buffer (4 KiB on Linux when a user's pipes
+# are over their quota) for up to 200 workers; a worker that finds it full waits for a read.
 _DRAIN_EVERY = 128
 _worker_start_pipe: Connection | None = None  # set in each worker by _init_worker
 _worker_withdrawn: Withdrawn | None = None  # likewise
@@ -442,7 +446,8 @@ class ProcessPool:
 
         ``timeout`` counts from this call, waiting for a worker included. When the call times
         out or its caller is cancelled while ``fn`` runs, that worker is killed and replaced;
-        other calls are unaffected. An exception raised by ``fn`` (any ``BaseException``,
+        other calls are unaffected. Before ``fn`` starts, the call is withdrawn and nothing is
+        killed. An exception raised by ``fn`` (any ``BaseException``,
         ``SystemExit`` included) fails this call alone: it is neither retried nor counted as a
         crash, and it arrives as ``DeliveryError(reason="handler_error")`` whose message reads
         ``"<label>: raised <type>: <message>"`` and whose ``__cause__`` is a `WorkerFailure`
