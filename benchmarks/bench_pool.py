@@ -13,7 +13,8 @@ median ratio to the baseline timed in the same run:
     b. ``await asyncio.wrap_future(executor.submit(...))``
     c. ``await pool.run(...)``
     d. (for information) b and c with 64 concurrent callers, in calls per second; the pool
-       submits a call only when a worker is free, which costs throughput on trivial calls
+       keeps up to eight calls per worker in the executor (one per worker with
+       ``max_tasks_per_child``); ``bench_workers.py`` has the throughput target
 
 a to c are sequential round trips, on asyncio and on uvloop. Prints a table and writes
 ``benchmarks/results/bench_pool.json``. The target is row c within 1.5x of row a.

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import multiprocessing
 import os
+import pickle
+import platform
 import re
 import signal
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import forkserver
 from pathlib import Path
 
 import anyio
@@ -15,6 +21,7 @@ import pytest
 
 from tests import pool_tasks
 from xml_pipeline._errors import DeliveryError
+from xml_pipeline._runtime import pool as pool_module
 from xml_pipeline._runtime.pool import PoolStats, ProcessPool, WorkerFailure
 
 pytestmark = pytest.mark.anyio
@@ -421,3 +428,146 @@ async def test_system_exit_in_a_task_is_an_error_of_that_call_not_of_the_caller(
     with pytest.raises(DeliveryError, match="raised SystemExit: 3"):
         await pool.run(pool_tasks.exit_now, 3)
     assert await pool.run(pool_tasks.echo, "still serving") == "still serving"
+
+
+# -- calls queued in the executor ahead of free workers ------------------------------------
+
+
+@pytest.mark.parametrize("how", ["timeout", "cancel"])
+async def test_a_call_withdrawn_while_queued_in_the_executor_never_runs(
+    tmp_path: Path, how: str
+) -> None:
+    """A call queued behind a busy worker whose caller leaves (timeout or cancellation) is
+    withdrawn: it never runs, and no worker is killed for it."""
+    runs, pid_file = tmp_path / "runs", tmp_path / "pid"
+    async with ProcessPool(1) as pool:
+        [worker] = pool.worker_pids()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pool.run, pool_tasks.count_and_wait, str(runs), "busy")
+            await _wait_for_lines(runs, 1)  # the only worker is busy now
+            if how == "timeout":
+                with pytest.raises(DeliveryError, match="timeout"):
+                    await pool.run(pool_tasks.nap_and_tell, str(pid_file), 60, timeout=0.2)
+            else:
+                with anyio.move_on_after(0.2):
+                    await pool.run(pool_tasks.nap_and_tell, str(pid_file), 60)
+            (tmp_path / "runs.go").touch()
+        with anyio.fail_after(20):  # served in order: the withdrawn call was reached before
+            assert await pool.run(pool_tasks.pid) == worker
+        stats = pool.stats
+    assert not pid_file.exists(), "the withdrawn call ran"
+    assert (stats.rebuilds, stats.crashes, stats.timeouts) == (0, 0, int(how == "timeout"))
+
+
+async def test_a_call_abandoned_before_its_worker_started_never_runs(tmp_path: Path) -> None:
+    """A call that times out after submission, while its worker is still starting, is
+    withdrawn: the worker skips it instead of being killed when it starts."""
+    pid_file = tmp_path / "pid"
+    slow_start = ProcessPool(1, max_tasks_per_child=1, initializer=time.sleep, initargs=(0.3,))
+    async with slow_start as pool:
+        await pool.run(pool_tasks.echo, 0)  # the worker exits; its successor takes 0.3 s
+        with pytest.raises(DeliveryError, match="timeout"):
+            await pool.run(pool_tasks.nap_and_tell, str(pid_file), 60, timeout=0.05)
+        with anyio.fail_after(20):
+            assert await pool.run(pool_tasks.echo, 1) == 1
+        stats = pool.stats
+    assert not pid_file.exists(), "the abandoned call ran"
+    assert stats.rebuilds == 0, "a worker was killed for a call that never started"
+
+
+def test_a_withdrawn_call_reports_no_start_and_runs_nothing() -> None:
+    """The worker's side of withdrawal: a withdrawn attempt writes no start record (the parent
+    kills the worker of an abandoned call when its start arrives) and does not run."""
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    withdrawn = multiprocessing.RawArray(ctypes.c_uint64, pool_module._SLOTS)
+    pool_module._init_worker(writer, withdrawn, None, ())
+    try:
+        call = pickle.dumps((pool_tasks.echo, ("ran",)))
+        attempt = pool_module._SLOTS + 5  # shares its slot with attempt 5
+        withdrawn[5] = 5
+        assert pickle.loads(pool_module._run_attempt(attempt, call)) == "ran"  # type: ignore[arg-type]
+        assert pool_module._START.unpack(os.read(reader.fileno(), 64)) == (attempt, os.getpid())
+        withdrawn[attempt % pool_module._SLOTS] = attempt
+        assert pool_module._run_attempt(attempt, call) is None
+        assert not reader.poll(0), "a withdrawn call reported a start"
+    finally:
+        pool_module._worker_start_pipe = pool_module._worker_withdrawn = None
+        reader.close()
+        writer.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_max_tasks_per_child_with_many_calls_in_flight_never_stalls(workers: int) -> None:
+    """Recycled workers are replaced while calls wait. CPython 3.11-3.14 skip the replacement
+    when calls are queued in the executor (gh-115634), so the pool must not queue them there."""
+    async with ProcessPool(workers, max_tasks_per_child=2) as pool:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for i in range(24):
+                    tg.start_soon(pool.run, pool_tasks.echo, i)
+        assert pool.stats.completed == 24
+
+
+# -- the CPython internals the pool relies on (issue 10, item 8) ---------------------------
+
+
+def test_executor_processes_internal_is_what_the_pool_expects() -> None:
+    """ProcessPoolExecutor._processes is still a dict of pid -> process: the pool kills
+    exactly the worker of a timed-out call through it (`_worker_processes`)."""
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(1, mp_context=context) as executor:
+        pid = executor.submit(os.getpid).result()
+        processes = pool_module._worker_processes(executor)  # raises if CPython changed it
+        assert list(processes) == [pid]
+        assert processes[pid].pid == pid and processes[pid].exitcode is None
+    assert pool_module._worker_processes(executor) == {}  # None after shutdown
+
+
+@pytest.mark.parametrize("held", ["missing", [], {"1": "not a process"}])
+def test_a_changed_executor_processes_internal_fails_loudly(held: object) -> None:
+    """Should a Python release move or reshape the workers, the pool says so plainly rather
+    than killing the wrong process or failing somewhere deeper."""
+    executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
+    try:
+        if held == "missing":
+            del executor._processes
+        else:
+            executor._processes = held  # type: ignore[assignment]
+        with pytest.raises(RuntimeError, match=r"ProcessPoolExecutor\._processes, a dict of") as e:
+            pool_module._worker_processes(executor)
+        assert "report this as a bug" in str(e.value)
+    finally:
+        executor._processes = {}
+        executor.shutdown()
+
+
+async def test_forkserver_preload_internal_is_what_the_pool_expects() -> None:
+    """multiprocessing keeps the forkserver's preload list where the pool reads it; opening a
+    pool adds its module, keeps other preloads and drops the default "__main__"."""
+    before = pool_module._forkserver_preloads()
+    assert before is not None, (
+        "multiprocessing.forkserver._forkserver._preload_modules is gone or no list of str "
+        f"in Python {platform.python_version()}: update pool._forkserver_preloads"
+    )
+    try:
+        forkserver.set_forkserver_preload(["json", "__main__"])
+        async with ProcessPool(1):
+            pass
+        assert pool_module._forkserver_preloads() == ["json", pool_module.__name__]
+    finally:
+        forkserver.set_forkserver_preload(before)
+
+
+def test_without_the_preload_internal_the_pool_still_preloads_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If the preload list cannot be read, the pool's module is preloaded all the same."""
+    before = pool_module._forkserver_preloads()
+    assert before is not None
+    monkeypatch.setattr(forkserver._forkserver, "_preload_modules", "not a list")
+    assert pool_module._forkserver_preloads() is None
+    try:
+        pool_module._preload_in_forkserver()
+        assert pool_module._forkserver_preloads() == [pool_module.__name__]
+    finally:
+        forkserver.set_forkserver_preload(before)

@@ -14,7 +14,17 @@ machine::
 
 To kill exactly the worker of a call that timed out or was cancelled, every call reports
 ``(attempt id, pid)`` through a pipe owned by the pool before it runs. The records are
-fixed-size writes below ``PIPE_BUF``, so workers never interleave them and need no lock.
+fixed-size writes below ``PIPE_BUF``, so workers never interleave them and need no lock. Only
+calls that reported a start can be suspects; the others are requeued.
+
+While serving, the executor holds up to eight calls per worker, so that a worker that finishes
+one finds the next waiting instead of idling while its result travels to the event loop and
+the next call back (a trivial call is over in a fraction of that trip); with
+``max_tasks_per_child`` only free workers get calls (gh-115634, see `ProcessPool.__init__`).
+A call whose caller leaves while it waits in the executor is withdrawn through an array shared
+with the workers: a worker skips a withdrawn call without reporting a start, and the worker of
+a call that did report one is killed, so nothing is killed for a call that never ran. Timeouts
+count from `ProcessPool.run`, waiting included, wherever the call waits.
 
 Only plain data comes back from a worker: the pickled result as bytes, or what ``fn`` raised as
 strings (`WorkerFailure`). An exception object that crossed the boundary as itself could fail
@@ -27,11 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import enum
 import itertools
 import multiprocessing
 import os
 import pickle
+import platform
 import signal
 import struct
 import traceback
@@ -56,14 +68,36 @@ __all__ = ["PoolStats", "ProcessPool", "WorkerFailure"]
 T = TypeVar("T")
 
 _START = struct.Struct("=QI")  # (attempt id, worker pid)
+# Calls queued in the executor per worker beyond the one it runs. A trivial call takes a
+# worker some 20-40 us; its result's trip to the event loop and the next call's trip back take
+# several times that on a busy 2-core machine, so a worker needs several calls queued not to
+# wait for the loop. With 16 trivial calls in flight on 2 workers (bench_workers.py) the pool
+# did 0.5-0.75x a bare executor's throughput submitting only to free workers, 0.7-1.07x with 3
+# ahead and 0.8-0.9x with 7. Calls queued deeper cost little: they are withdrawn without a
+# kill, and requeued without suspicion when the executor breaks.
+_AHEAD_PER_WORKER = 7
+# Slots of the shared array through which the parent withdraws calls still queued in the
+# executor. A call's slot is ``attempt % _SLOTS``; two withdrawn calls sharing one is harmless
+# (the one overwritten runs, reports its start, and its worker is killed as before).
+_SLOTS = 1024
+Withdrawn = ctypes.Array[ctypes.c_uint64]
+# Settled calls between two reads of the start pipe, which is otherwise read only when a pid
+# is needed (a break, a call to kill): at most this many records plus one per worker (12 bytes
+# each) wait in the pipe, below the smallest pipe buffer (4 KiB on Linux when a user's pipes
+# are over their quota) for up to 200 workers; a worker that finds it full waits for a read.
+_DRAIN_EVERY = 128
 _worker_start_pipe: Connection | None = None  # set in each worker by _init_worker
+_worker_withdrawn: Withdrawn | None = None  # likewise
 
 
 def _init_worker(
-    pipe: Connection, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]
+    pipe: Connection,
+    withdrawn: Withdrawn,
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
 ) -> None:
-    global _worker_start_pipe
-    _worker_start_pipe = pipe
+    global _worker_start_pipe, _worker_withdrawn
+    _worker_start_pipe, _worker_withdrawn = pipe, withdrawn
     if initializer is not None:
         initializer(*initargs)
 
@@ -120,8 +154,13 @@ def _failed(stage: str, exc: BaseException) -> _Failed:
     return stage, name, message, reason, text
 
 
-def _run_attempt(attempt: int, call: bytes) -> bytes | _Failed:
+def _run_attempt(attempt: int, call: bytes) -> bytes | _Failed | None:
     assert _worker_start_pipe is not None, "worker started without ProcessPool's initializer"
+    assert _worker_withdrawn is not None
+    # Checked before the start is reported, never after: a call that reports its start runs,
+    # so the parent may kill the worker of an abandoned call as soon as it sees the start.
+    if _worker_withdrawn[attempt % _SLOTS] == attempt:
+        return None  # its caller left while it was queued: nothing ran, nothing to kill
     os.write(_worker_start_pipe.fileno(), _START.pack(attempt, os.getpid()))
     # Every way this call can fail becomes plain data, BaseException included: SystemExit,
     # GeneratorExit or KeyboardInterrupt from fn must neither end the worker nor be mistaken
@@ -163,10 +202,38 @@ def _failure_error(label: str, failed: _Failed) -> DeliveryError:
     return error
 
 
+def _worker_processes(executor: ProcessPoolExecutor) -> dict[int, BaseProcess]:
+    """The executor's worker processes by pid, copied (the executor's thread changes them).
+
+    The pool's one use of ``ProcessPoolExecutor._processes``: there is no public view of the
+    workers, and the pool needs them to kill exactly the worker of a call that timed out, to
+    list `ProcessPool.worker_pids` and to read why workers died while starting. CPython
+    3.11-3.14 keep a dict of pid -> process there (None after shutdown); the test
+    ``test_executor_processes_internal_is_what_the_pool_expects`` fails if that changes.
+
+    Raises:
+        RuntimeError: this Python keeps its workers elsewhere or in another shape.
+    """
+    held: object = getattr(executor, "_processes", AttributeError)
+    if held is None:
+        return {}
+    if isinstance(held, dict):
+        processes = dict(held)  # one step under the GIL, unlike iterating the original
+        if all(type(pid) is int and isinstance(p, BaseProcess) for pid, p in processes.items()):
+            return processes
+        found = "a dict of " + ", ".join(sorted({type(p).__name__ for p in processes.values()}))
+    else:
+        found = "no such attribute" if held is AttributeError else type(held).__name__
+    raise RuntimeError(
+        "ProcessPool finds its worker processes in ProcessPoolExecutor._processes, a dict of "
+        f"pid -> multiprocessing process, but Python {platform.python_version()} has {found} "
+        "there; run a Python version xml-pipeline supports and report this as a bug"
+    )
+
+
 def _live_processes(executor: ProcessPoolExecutor) -> list[BaseProcess]:
-    # CPython keeps the workers in `_processes` (typed in typeshed); there is no public view.
     # `exitcode` polls the process sentinel, so a reaped pid is never signalled.
-    return [p for p in dict(executor._processes or {}).values() if p.exitcode is None]
+    return [p for p in _worker_processes(executor).values() if p.exitcode is None]
 
 
 def _stop_executor(executor: ProcessPoolExecutor, busy: bool) -> None:
@@ -177,6 +244,21 @@ def _stop_executor(executor: ProcessPoolExecutor, busy: bool) -> None:
     executor.shutdown(wait=True, cancel_futures=True)
 
 
+def _forkserver_preloads() -> list[str] | None:
+    """The modules the forkserver will preload, or None when this Python hides them elsewhere.
+
+    The pool's one use of ``multiprocessing.forkserver._forkserver._preload_modules``: the
+    list has a public setter but no getter, and the pool adds its module to it rather than
+    drop what others set. The test ``test_forkserver_preload_internal_is_what_the_pool_expects``
+    fails if it changes; the pool then still preloads its own module.
+    """
+    server = getattr(forkserver, "_forkserver", None)
+    modules = getattr(server, "_preload_modules", None)
+    if isinstance(modules, list) and all(isinstance(module, str) for module in modules):
+        return list(modules)
+    return None
+
+
 def _preload_in_forkserver() -> None:
     # Every worker imports this package (hundreds of ms with lxml and friends). A forkserver
     # that preloads it forks ready workers instead, so starts and rebuilds take milliseconds.
@@ -184,11 +266,10 @@ def _preload_in_forkserver() -> None:
     # "__main__": Python 3.11-3.13 never act on it (they look for the wrong key), and where it
     # works it runs the main script in the forkserver, where a script without a main guard
     # dies with nothing the pool could report. Each worker imports the main script itself.
-    server = forkserver._forkserver
-    modules = [m for m in getattr(server, "_preload_modules", ()) if m != "__main__"]
+    modules = [m for m in _forkserver_preloads() or () if m != "__main__"]
     if __name__ not in modules:
         modules.append(__name__)
-    server.set_forkserver_preload(modules)
+    forkserver.set_forkserver_preload(modules)
 
 
 def _exit_text(code: int) -> str:
@@ -285,7 +366,13 @@ class ProcessPool:
             raise ValueError("ProcessPool: mp_context 'fork' is unsafe; use 'forkserver'")
         self._context = multiprocessing.get_context(mp_context)
         self._max_tasks_per_child = max_tasks_per_child
-        self._initargs = (initializer, initargs)  # what _init_worker needs besides the pipe
+        # Calls in the executor at once. With max_tasks_per_child, CPython 3.11-3.14 do not
+        # replace a worker that exits while calls wait in the executor's queue (gh-115634:
+        # the replacement is skipped on a stale "idle worker" token), so then the pool
+        # submits a call only when a worker is free, as the executor's users are advised to.
+        ahead = _AHEAD_PER_WORKER if max_tasks_per_child is None else 0
+        self._capacity = self._workers * (1 + ahead)
+        self._initargs = (initializer, initargs)  # what _init_worker needs besides ours
         self._max_crashes = max_crashes
         self._phase = _Phase.NEW
         self._closed: tuple[str, str] | None = None  # (reason, why) once closed
@@ -297,6 +384,7 @@ class ProcessPool:
         self._counts: Counter[str] = Counter()
         self._rebuild: asyncio.Task[None] | None = None
         self._partial = b""
+        self._settled = 0  # calls settled, for draining the start pipe now and then
         self._watching = False  # the loop watches the start pipe (see _reap_abandoned)
         self._start_error: Exception | None = None  # why the workers could not start
 
@@ -312,6 +400,7 @@ class ProcessPool:
             _preload_in_forkserver()
         self._start_reader, self._start_writer = self._context.Pipe(duplex=False)
         os.set_blocking(self._start_reader.fileno(), False)
+        self._withdrawn = self._context.RawArray(ctypes.c_uint64, _SLOTS)
         self._phase = _Phase.REBUILDING
         self._rebuild = self._loop.create_task(self._replace_executor(None))
         try:
@@ -357,7 +446,8 @@ class ProcessPool:
 
         ``timeout`` counts from this call, waiting for a worker included. When the call times
         out or its caller is cancelled while ``fn`` runs, that worker is killed and replaced;
-        other calls are unaffected. An exception raised by ``fn`` (any ``BaseException``,
+        other calls are unaffected. Before ``fn`` starts, the call is withdrawn and nothing is
+        killed. An exception raised by ``fn`` (any ``BaseException``,
         ``SystemExit`` included) fails this call alone: it is neither retried nor counted as a
         crash, and it arrives as ``DeliveryError(reason="handler_error")`` whose message reads
         ``"<label>: raised <type>: <message>"`` and whose ``__cause__`` is a `WorkerFailure`
@@ -412,8 +502,8 @@ class ProcessPool:
             elif self._submit(self._suspects[0]):
                 return
         while self._phase is _Phase.SERVING and self._waiting:
-            if len(self._running) >= self._workers:
-                return  # a call submitted only when a worker is free starts at once
+            if len(self._running) >= self._capacity:
+                return
             job = self._waiting.popleft()
             if not self._submit(job):
                 self._waiting.appendleft(job)
@@ -442,13 +532,18 @@ class ProcessPool:
     def _settle(self, job: _Job[Any], attempt: int, cf: Future[Any]) -> None:
         if self._running.get(attempt) is not job:
             return  # superseded: requeued after a break, abandoned, or the pool closed
-        self._drain_starts()  # keeps the start pipe from filling up
+        self._settled += 1
+        if not self._settled % _DRAIN_EVERY:
+            self._drain_starts()  # keeps the start pipe from filling up
         if isinstance(cf.exception(), BrokenProcessPool):
             self._break(culprit_known=False)
         else:
             del self._running[attempt]
             self._complete(job, cf)
-            self._dispatch()
+            if job.abandoned and self._watching:  # withdrawn before it started
+                self._reap_abandoned()  # perhaps the last one watched for
+            else:
+                self._dispatch()
 
     def _complete(self, job: _Job[Any], cf: Future[Any]) -> None:
         if self._suspects and self._suspects[0] is job:
@@ -541,15 +636,15 @@ class ProcessPool:
                 self._workers,
                 mp_context=self._context,
                 initializer=_init_worker,
-                initargs=(self._start_writer, *self._initargs),
+                initargs=(self._start_writer, self._withdrawn, *self._initargs),
                 max_tasks_per_child=self._max_tasks_per_child,
             )
             started: dict[int, BaseProcess] = {}
             try:  # every submit spawns a worker while none is idle: do that here
                 warm_up: list[Future[int]] = []
-                while len(warm_up) < self._workers or len(executor._processes) < self._workers:
+                while len(warm_up) < self._workers or len(started) < self._workers:
                     warm_up.append(executor.submit(os.getpid))
-                    started.update(executor._processes)
+                    started.update(_worker_processes(executor))
                 for call in warm_up:
                     call.result()
                 return executor
@@ -583,7 +678,8 @@ class ProcessPool:
                 self._suspects.popleft()
             if job.cf.cancel() or job.cf.done():  # still queued, or finished meanwhile
                 del self._running[job.attempt]  # either way no worker runs it: kill nothing
-            else:
+            else:  # in the executor's call queue, or running: see _run_attempt
+                self._withdrawn[job.attempt % _SLOTS] = job.attempt
                 self._reap_abandoned()
         elif job in self._waiting:
             self._waiting.remove(job)
@@ -601,9 +697,10 @@ class ProcessPool:
                 return
 
     def _reap_abandoned(self) -> None:
-        # Kills the workers of abandoned calls. While one has not reported its pid yet (it was
-        # submitted but has not started), the start pipe is watched; otherwise it is only
-        # drained when a call completes, which saves a loop wake-up per call.
+        # Kills the workers of abandoned calls. While one has not reported its pid yet (it is
+        # queued in the executor: it will either withdraw itself, see _run_attempt, or report
+        # its start), the start pipe is watched; otherwise it is only drained when a call
+        # completes, which saves a loop wake-up per call.
         self._drain_starts()
         for job in [job for job in self._running.values() if job.abandoned]:
             if job.pid is not None and self._running.get(job.attempt) is job:
