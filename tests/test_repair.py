@@ -6,7 +6,7 @@ import dataclasses
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
@@ -324,8 +324,17 @@ def elements(
 @given(elements())
 def test_any_well_formed_document_comes_back_unchanged(element: etree._Element) -> None:
     document = etree.tostring(element, encoding="unicode")
+    # the guarded parser refuses the bytes <!DOCTYPE anywhere, even inside CDATA, so repair
+    # must change such a document to make it parse (pinned by the test below)
+    assume("<!DOCTYPE" not in document)
     assert repair(document) == RepairResult(document, ())
     assert repair(document, root=element.tag) == RepairResult(document, ())
+
+
+def test_a_doctype_inside_cdata_is_rewritten_so_that_the_guarded_parser_takes_it() -> None:
+    result = repair("<A><![CDATA[<!DOCTYPE]]></A>")
+    parse_guarded(result.text)
+    assert result.changes, "the change is listed"
 
 
 PROSE = st.text(st.characters(exclude_characters="<`"), max_size=30).map(str.strip)
