@@ -271,7 +271,7 @@ class BackendContract:
         await backend.extend(ROOT, "a", "alpha", b"<ask/>")
         await backend.extend("a", "b", "beta", UNICODE_ENTRY)
         await backend.extend("a", "c", "gamma")  # a hop without an entry
-        await backend.history_append("a", BINARY_ENTRY)
+        await backend.extend("a", "d", "delta", BINARY_ENTRY)
         await backend.prune("b", b"<reply/>")
         assert await backend.history("a") == [b"<ask/>", UNICODE_ENTRY, BINARY_ENTRY, b"<reply/>"]
 
@@ -279,7 +279,7 @@ class BackendContract:
         async with opened(make_backend(history_max_entries=3)) as backend:
             await backend.extend(ROOT, "a", "alpha", b"<e0/>")
             for n in range(1, 5):
-                await backend.history_append("a", f"<e{n}/>".encode())
+                await backend.extend("a", f"c{n}", "gamma", f"<e{n}/>".encode())
             await backend.extend("a", "b", "beta", b"<e5/>")
             assert await backend.history("a") == [b"<e3/>", b"<e4/>", b"<e5/>"]
 

@@ -27,13 +27,17 @@ class ListenerState:
     """
 
     __slots__ = (
-        "backlog", "busy", "handles_errors", "is_async", "limit", "listener", "name", "peers",
-        "retry", "spec", "timeout",
+        "backlog", "busy", "cpu_bound", "handler", "handles_errors", "is_async", "limit",
+        "listener", "name", "payload_class", "peers", "retry", "spec", "timeout",
     )  # fmt: skip
 
     def __init__(self, listener: Listener, pool_workers: int, retry: RetryPolicy) -> None:
         self.listener = listener
         self.name = listener.name
+        # the listener's fields the hop path reads, one attribute lookup away
+        self.handler = listener.handler
+        self.payload_class = listener.payload_class
+        self.cpu_bound = listener.cpu_bound
         self.spec: PayloadSpec = payload_spec(listener.payload_class)
         self.peers = frozenset(listener.peers)
         self.timeout = listener.timeout_seconds

@@ -97,17 +97,17 @@ class Invocation:
         """
         state, conv = hop.state, hop.conv
         task = hop.task
-        loop = self._loop or asyncio.get_running_loop()
-        listener = state.listener
-        if listener.cpu_bound:
+        running = self._running
+        if state.cpu_bound:
             if self._pool is None:
                 raise RuntimeError(f"{state.name!r} is cpu_bound but the organism has no pool")
             stored = await self._registry.stored_history(conv.id)
             if conv.done:
                 raise Settled  # it ended while the history was read: do not start the work
-            call: Any = self._pool(listener, hop.payload, meta, state.timeout, stored)
+            call: Any = self._pool(state.listener, hop.payload, meta, state.timeout, stored)
         else:
-            self._running[hop] = loop.time() + state.timeout
+            loop = self._loop or asyncio.get_running_loop()
+            running[hop] = loop.time() + state.timeout
             call = None
         conv.running.add(hop)
         caught: BaseException | None = None
@@ -115,19 +115,20 @@ class Invocation:
             if call is not None:
                 result = await call
             elif state.is_async:
-                result = await listener.handler(hop.payload, meta)  # type: ignore[misc]
+                result = await state.handler(hop.payload, meta)  # type: ignore[misc]
             else:
-                result = listener.handler(hop.payload, meta)
+                result = state.handler(hop.payload, meta)
                 if inspect.isawaitable(result):  # an async callable object, a wrapped coroutine
                     result = await result
                 else:
-                    self._blocked(hop, loop)
+                    self._blocked(hop)
         except BaseException as exc:  # sorted below, once the hop's state is known
             caught = exc
             result = None
         finally:
-            self._running.pop(hop, None)
-            self._abandoned.discard(hop)
+            running.pop(hop, None)
+            if hop.abandoned:
+                self._abandoned.discard(hop)
             conv.running.discard(hop)
         if hop.settled is not None:
             # the cancels the pump made, balanced however the handler ended
@@ -182,10 +183,11 @@ class Invocation:
             for hop in self._abandoned:
                 _cancel(hop)
 
-    def _blocked(self, hop: Hop, loop: asyncio.AbstractEventLoop) -> None:
+    def _blocked(self, hop: Hop) -> None:
         """A plain function returned: nothing could interrupt it on the event loop, so an
         answer after its deadline is settled as a timeout here."""
         deadline = self._running.get(hop)
+        loop = self._loop or asyncio.get_running_loop()
         if deadline is None or hop.settled is not None or loop.time() < deadline:
             return
         state = hop.state

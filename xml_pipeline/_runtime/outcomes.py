@@ -152,8 +152,9 @@ class Conversations:
         self._ingress.release()
         if not self._open:
             self.idle.set()
-        for hop in list(conv.running):
-            self._stop(hop, "ended")
+        if conv.running:
+            for hop in list(conv.running):
+                self._stop(hop, "ended")
         error = as_error(outcome, conv.id)
         counters = self._counters
         if error is None:

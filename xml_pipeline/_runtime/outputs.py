@@ -42,14 +42,14 @@ def check_outputs(
     Raises:
         Failure: ``invalid_response``, ``no_route``, ``peer_denied`` or ``schema_violation``.
     """
+    if type(result) is HandlerResponse:  # the usual case: one call or one answer
+        return [(result, _check(state, result, states, history))]
     if result is None:
         return []
     if type(result) is BoundOutputs:
         return [(out, _check(state, out, states, history, xml)) for out, xml in result.items]
-    if type(result) is HandlerResponse:
-        outputs: Sequence[HandlerResponse] = (result,)
-    elif isinstance(result, list | tuple) and all(type(r) is HandlerResponse for r in result):
-        outputs = result
+    if isinstance(result, (list, tuple)) and all(type(r) is HandlerResponse for r in result):
+        outputs: Sequence[HandlerResponse] = result
     else:
         raise Failure(
             Reason.INVALID_RESPONSE,

@@ -291,6 +291,16 @@ class StreamPump:
         Raises:
             UsageError, PayloadTypeError, DeliveryError (``no_route``), SchemaViolation.
         """
+        state = self._states.get(to) if type(to) is str else None
+        if state is not None and type(payload) is state.payload_class:  # the usual case
+            try:
+                if self._registry.history_on:
+                    return state, to_xml(payload)
+                check_payload(payload)
+                return state, None
+            except XmlPipelineError:
+                self._counters.rejected += 1
+                raise
         try:
             if not isinstance(to, str):
                 raise UsageError(f"the target must be a listener name (str), not {to!r}")
@@ -379,7 +389,9 @@ class StreamPump:
 
     def _spawn(self, hop: Hop) -> None:
         """Start a task that runs ``hop`` (which holds its slot), then what follows it."""
-        hop.task = self._spawn_call(self._chain(hop))
+        loop = self._loop or asyncio.get_running_loop()
+        task = hop.task = loop.create_task(self._chain(hop))
+        self._tasks.add(task)  # the chain removes its own task when it ends (no callback)
 
     def _spawn_call(self, coro: Any) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the pump tracks (and cancels on close)."""
@@ -394,49 +406,53 @@ class StreamPump:
         hops it produced, whose slot is free, and the next backlogged hop of the listener whose
         slot it freed."""
         task = first.task
-        transport = self._transport
-        hop: Hop | None = first
-        ran = 0
-        while hop is not None:
-            hop.task = task
-            try:
-                nexts = await self._step(hop)
-            except asyncio.CancelledError:  # shutdown: give the slot back, then go
-                if not hop.abandoned:
-                    self._free_slot(hop)
-                raise
-            except KeyboardInterrupt:
-                raise
-            except BaseException as exc:  # the backend or the pump failed under this hop
-                nexts = []
-                log.error(
-                    "hop to %r on thread %s failed", hop.state.name, hop.frame.thread,
-                    exc_info=exc,
-                )  # fmt: skip
-                reason = exc.reason if isinstance(exc, BackendError) else Reason.INTERNAL_ERROR
-                await self._end(hop.conv, DeliveryError(
-                    f"delivery to {hop.state.name!r} failed: {type(exc).__name__}: {exc}",
-                    reason=reason, listener=hop.state.name, thread=hop.frame.thread,
-                ))  # fmt: skip
-            if hop.abandoned:
-                return  # its slot was given back when it was abandoned
-            waiting = transport.release(hop.state)
-            ran += 1
-            if ran % _YIELD_EVERY == 0:
-                # a chain of handlers that never suspend must not starve the loop (the
-                # watchdog, timers, other conversations)
-                await asyncio.sleep(0)
-            hop = None
-            for nxt in nexts:
-                if hop is None and transport.claim(nxt):
-                    hop = nxt
-                else:
-                    transport.deliver(nxt)
-            if waiting is not None:  # the freed slot's next hop: run it here when idle
-                if hop is None:
-                    hop = waiting
-                else:
-                    transport.start(waiting)
+        try:
+            transport = self._transport
+            hop: Hop | None = first
+            ran = 0
+            while hop is not None:
+                hop.task = task
+                try:
+                    nexts = await self._step(hop)
+                except asyncio.CancelledError:  # shutdown: give the slot back, then go
+                    if not hop.abandoned:
+                        self._free_slot(hop)
+                    raise
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # the backend or the pump failed under this hop
+                    nexts = []
+                    log.error(
+                        "hop to %r on thread %s failed", hop.state.name, hop.frame.thread,
+                        exc_info=exc,
+                    )  # fmt: skip
+                    reason = exc.reason if isinstance(exc, BackendError) else Reason.INTERNAL_ERROR
+                    await self._end(hop.conv, DeliveryError(
+                        f"delivery to {hop.state.name!r} failed: {type(exc).__name__}: {exc}",
+                        reason=reason, listener=hop.state.name, thread=hop.frame.thread,
+                    ))  # fmt: skip
+                if hop.abandoned:
+                    return  # its slot was given back when it was abandoned
+                waiting = transport.release(hop.state)
+                ran += 1
+                if ran % _YIELD_EVERY == 0:
+                    # a chain of handlers that never suspend must not starve the loop (the
+                    # watchdog, timers, other conversations)
+                    await asyncio.sleep(0)
+                hop = None
+                for nxt in nexts:
+                    if hop is None and transport.claim(nxt):
+                        hop = nxt
+                    else:
+                        transport.deliver(nxt)
+                if waiting is not None:  # the freed slot's next hop: run it here when idle
+                    if hop is None:
+                        hop = waiting
+                    else:
+                        transport.start(waiting)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)  # the task ends: no done-callback needed
 
     def _free_slot(self, hop: Hop) -> None:
         """Give ``hop``'s slot back, starting the next waiting hop of its listener."""
@@ -644,10 +660,15 @@ def _normal_name(name: str) -> str:
 
 
 def _check_timeout(timeout: float) -> None:
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+    kind = type(timeout)  # float and int first: the usual case, with no isinstance calls
+    if kind is not float and kind is not int and not _seconds(timeout):
         raise UsageError(f"timeout must be a number of seconds, not {timeout!r}")
     if not (timeout > 0 and math.isfinite(timeout)):
         raise UsageError(f"timeout must be a finite number of seconds above 0, not {timeout!r}")
+
+
+def _seconds(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _short(value: object) -> str:

@@ -23,9 +23,32 @@ __all__ = ["ThreadRegistry", "new_thread_id"]
 log = logging.getLogger("xml_pipeline.registry")
 
 
+_ID_BYTES = 12  # 96 random bits: no two ids of any organism ever meet
+_IDS_PER_READ = 256
+_random = b""  # random bytes read from the OS in bulk; the unused part starts at _next
+_next = 0
+
+
 def new_thread_id() -> str:
-    """A fresh opaque thread id (96 random bits; about 4x cheaper than ``uuid4()``)."""
-    return os.urandom(12).hex()
+    """A fresh opaque thread id: 96 bits from the OS's cryptographic random source.
+
+    The bytes are read 256 ids at a time (a third of the cost of ``os.urandom(12)`` per id,
+    which is itself about 4x cheaper than ``uuid4()``); a forked child reads its own.
+    """
+    global _random, _next
+    at = _next
+    if at >= len(_random):
+        _random, at = os.urandom(_ID_BYTES * _IDS_PER_READ), 0
+    _next = at + _ID_BYTES
+    return _random[at : at + _ID_BYTES].hex()
+
+
+def _forget_random() -> None:
+    global _random, _next
+    _random, _next = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_random)  # never hand the parent's ids out twice
 
 
 class ThreadRegistry:

@@ -12,8 +12,7 @@ The registry (`xml_pipeline._runtime.registry`) builds its vocabulary on this pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 __all__ = ["TOMBSTONE_SECONDS", "Backend", "PruneResult", "ThreadRecord"]
 
@@ -22,9 +21,8 @@ __all__ = ["TOMBSTONE_SECONDS", "Backend", "PruneResult", "ThreadRecord"]
 TOMBSTONE_SECONDS = 120.0
 
 
-@dataclass(frozen=True, slots=True)
-class ThreadRecord:
-    """One live call.
+class ThreadRecord(NamedTuple):
+    """One live call (a named tuple: backends make one per hop, and it is built in C).
 
     Attributes:
         thread_id: the opaque id of this call.
@@ -39,9 +37,8 @@ class ThreadRecord:
     conversation: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class PruneResult:
-    """Where a response on a pruned thread goes.
+class PruneResult(NamedTuple):
+    """Where a response on a pruned thread goes (a named tuple, like `ThreadRecord`).
 
     Attributes:
         caller: the listener of the parent thread (the root's name when the answer leaves).
@@ -129,9 +126,6 @@ class Backend(Protocol):
 
     async def count(self) -> int:
         """Number of live thread records, the root included."""
-
-    async def history_append(self, conversation: str, entry: bytes) -> None:
-        """Append one entry, keep the newest ``history_max_entries``, refresh the TTL."""
 
     async def history(self, conversation: str) -> list[bytes]:
         """The conversation's history, oldest first (empty when none)."""

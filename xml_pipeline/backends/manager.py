@@ -63,7 +63,6 @@ _METHODS = frozenset(
         "retire_conversation",
         "abandon",
         "count",
-        "history_append",
         "history",
         "sweep",
     }
@@ -497,14 +496,6 @@ class ManagerBackend:
         """
         result: int = await self._call("count")
         return result
-
-    async def history_append(self, conversation: str, entry: bytes) -> None:
-        """Append one entry, keep the newest ``history_max_entries``, refresh the TTL.
-
-        Raises:
-            BackendError: the server is unreachable.
-        """
-        await self._call("history_append", conversation, entry, self._ttl, self._max_entries)
 
     async def history(self, conversation: str) -> list[bytes]:
         """The conversation's history, oldest first (empty when none).

@@ -80,10 +80,6 @@ class MemoryBackend:
         """Number of live thread records, the root included."""
         return self._state.count()
 
-    async def history_append(self, conversation: str, entry: bytes) -> None:
-        """Append one entry, keep the newest ``history_max_entries``, refresh the TTL."""
-        self._state.history_append(conversation, entry, self._ttl, self._max_entries)
-
     async def history(self, conversation: str) -> list[bytes]:
         """The conversation's history, oldest first (empty when none)."""
         return self._state.history(conversation)

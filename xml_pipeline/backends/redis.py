@@ -230,13 +230,6 @@ end
 return 1
 """
 
-# ARGV: conversation, entry
-_HISTORY_APPEND = """
-touch_history(ARGV[1], ARGV[2])
-redis.call('PEXPIRE', P .. 'c:' .. ARGV[1], TTL)
-return 1
-"""
-
 _SCRIPTS = {
     "extend": _EXTEND,
     "prune": _PRUNE,
@@ -246,7 +239,6 @@ _SCRIPTS = {
     "abandon": _ABANDON,
     "count": _COUNT,
     "put_root": _PUT_ROOT,
-    "history_append": _HISTORY_APPEND,
 }
 
 
@@ -496,14 +488,6 @@ class RedisBackend:
         """
         live: int = await self._run("count")
         return live
-
-    async def history_append(self, conversation: str, entry: bytes) -> None:
-        """Append one entry, keep the newest ``history_max_entries``, refresh the TTL.
-
-        Raises:
-            BackendError: Redis is unreachable or failed.
-        """
-        await self._run("history_append", conversation, entry)
 
     async def history(self, conversation: str) -> list[bytes]:
         """The conversation's history, oldest first (empty when none).

@@ -78,24 +78,33 @@ class StateCore:
         ttl: float,
         max_entries: int,
     ) -> ThreadRecord | None:
+        # one call per hop: the helpers' work is written out here (a method call costs as much
+        # as the dict operation it wraps)
         now = time.monotonic()
         self._until_eviction -= 1
         if self._until_eviction <= 0:
             self._until_eviction = _EVICT_EVERY
             self._evict_front(now, _EVICT_BATCH)
-        parent: _Record | None = None
-        if parent_id in self._roots:
-            if child_id in self._tombstones:
-                if self._tombstones[child_id] >= now:
+        records = self._records
+        parent = records.get(parent_id)
+        if parent is not None:
+            if parent.deadline < now:  # expired: unknown
+                self._remove_record(parent_id, parent)
+                return None
+            conversation = parent.conversation
+        elif parent_id in self._roots:
+            tombstone = self._tombstones.get(child_id)
+            if tombstone is not None:
+                if tombstone >= now:
                     return None  # abandoned while this call was on its way: create nothing
                 del self._tombstones[child_id]
             conversation = child_id
         else:
-            parent = self._live_record(parent_id, now)
-            if parent is None:
-                return None
-            conversation = parent.conversation
-        existing = self._live_record(child_id, now)
+            return None
+        existing = records.get(child_id)
+        if existing is not None and existing.deadline < now:
+            self._remove_record(child_id, existing)
+            existing = None
         if existing is not None or child_id in self._roots:
             if existing is not None and existing.parent == parent_id:
                 # A retried call that already succeeded: same answer, no second history entry.
@@ -103,36 +112,54 @@ class StateCore:
             raise id_in_use(child_id)
         deadline = now + ttl
         if parent is not None:
-            self._touch_record(parent_id, parent, deadline)
-        self._records[child_id] = _Record(parent_id, listener, conversation, deadline)
+            parent.deadline = deadline
+            records.move_to_end(parent_id)
+        records[child_id] = _Record(parent_id, listener, conversation, deadline)
         conv = self._touch_conversation(conversation, deadline)
         conv.threads.add(child_id)
         if history_entry is not None:
-            _append(conv.history, history_entry, max_entries)
+            history = conv.history
+            history.append(history_entry)
+            while len(history) > max_entries:  # once, unless clients' limits differ
+                history.popleft()
         return ThreadRecord(child_id, parent_id, listener, conversation)
 
     def prune(
         self, thread_id: str, history_entry: bytes | None, ttl: float, max_entries: int
     ) -> PruneResult | None:
         now = time.monotonic()
-        record = self._live_record(thread_id, now)
+        records = self._records
+        record = records.get(thread_id)
         if record is None:
             return None
+        del records[thread_id]
         conversation = record.conversation
-        self._remove_record(thread_id, record)
-        caller = self._roots.get(record.parent)
+        conv = self._conversations.get(conversation)
+        if conv is not None:
+            conv.threads.discard(thread_id)
+        if record.deadline < now:  # it had expired: unknown
+            return None
+        parent_id = record.parent
+        caller = self._roots.get(parent_id)
         if caller is not None:
             self.retire_conversation(conversation)
-            return PruneResult(caller, record.parent, conversation, True)
-        parent = self._live_record(record.parent, now)
+            return PruneResult(caller, parent_id, conversation, True)
+        parent = records.get(parent_id)
         if parent is None:
             return None
+        if parent.deadline < now:
+            self._remove_record(parent_id, parent)
+            return None
         deadline = now + ttl
-        self._touch_record(record.parent, parent, deadline)
+        parent.deadline = deadline
+        records.move_to_end(parent_id)
         conv = self._touch_conversation(conversation, deadline)
         if history_entry is not None:
-            _append(conv.history, history_entry, max_entries)
-        return PruneResult(parent.listener, record.parent, conversation, False)
+            history = conv.history
+            history.append(history_entry)
+            while len(history) > max_entries:  # once, unless clients' limits differ
+                history.popleft()
+        return PruneResult(parent.listener, parent_id, conversation, False)
 
     def get(self, thread_id: str, ttl: float) -> ThreadRecord | None:
         name = self._roots.get(thread_id)
@@ -179,10 +206,6 @@ class StateCore:
     def count(self) -> int:
         self.sweep()
         return len(self._roots) + len(self._records)
-
-    def history_append(self, conversation: str, entry: bytes, ttl: float, max_entries: int) -> None:
-        conv = self._touch_conversation(conversation, time.monotonic() + ttl)
-        _append(conv.history, entry, max_entries)
 
     def history(self, conversation: str) -> list[bytes]:
         conv = self._conversations.get(conversation)
@@ -257,12 +280,6 @@ def id_in_use(thread_id: str) -> ValueError:
     return ValueError(
         f"thread id {thread_id!r} is already in use; every call needs a fresh thread id"
     )
-
-
-def _append(history: deque[bytes], entry: bytes, max_entries: int) -> None:
-    history.append(entry)
-    while len(history) > max_entries:
-        history.popleft()
 
 
 def check_settings(thread_ttl_seconds: float, history_max_entries: int) -> None:
