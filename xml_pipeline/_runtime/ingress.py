@@ -35,6 +35,19 @@ class IngressGate:
         """Callers waiting for a slot (those that gave up included until they are dropped)."""
         return len(self._waiters)
 
+    def try_admit(self) -> bool:
+        """Take a slot if one is free now (no await: the usual case costs no coroutine).
+
+        Raises:
+            DeliveryError: the close error (``shutdown``) once the gate is closed.
+        """
+        if self._closed is not None:
+            raise self._closed
+        if self.open < self.limit:
+            self.open += 1
+            return True
+        return False
+
     async def admit(self) -> None:
         """Take a slot, waiting for one up to ``wait_seconds``.
 

@@ -342,7 +342,8 @@ class StreamPump:
         Returns:
             the conversation's first hop, for the caller to run or deliver.
         """
-        await self._ingress.admit()
+        if not self._ingress.try_admit():
+            await self._ingress.admit()
         conv.id = new_thread_id()
         try:
             rec = await self._registry.open(conv.id, state.name, sender, payload, xml)
@@ -574,8 +575,8 @@ class StreamPump:
             if not conv.done and not await self._registry.exists(conv.id):
                 await self._lost(conv, responder)
             return []
-        if res.conversation_ended:
-            await self._end(conv, payload, retired=True)
+        if res.conversation_ended:  # answered: its records went with the answer's step
+            self._conversations.finish(conv, payload)
             return []
         return [Hop(self._states[res.caller], caller, responder, payload, conv)]
 

@@ -60,6 +60,9 @@ class ThreadRegistry:
 
     def __init__(self, backend: Backend, organism_name: str, *, history: bool = True) -> None:
         self._backend = backend
+        # an in-process backend's extend/prune, called without a coroutine (ImmediateBackend)
+        self._extend_now = getattr(backend, "extend_now", None)
+        self._prune_now = getattr(backend, "prune_now", None)
         self._name = organism_name
         self.root_id = f"root:{organism_name}"
         self.history_on = history
@@ -128,6 +131,8 @@ class ThreadRegistry:
             BackendError: the backend failed.
         """
         entry = self._entry(sender, listener, payload, xml)
+        if self._extend_now is not None:
+            return self._extend_now(parent, new_thread_id(), listener, entry)  # type: ignore[no-any-return]
         return await self._backend.extend(parent, new_thread_id(), listener, entry)
 
     async def answer(
@@ -152,6 +157,8 @@ class ThreadRegistry:
             BackendError: the backend failed.
         """
         entry = None if leaves else self._entry(responder, receiver, payload, xml)
+        if self._prune_now is not None:
+            return self._prune_now(thread, entry)  # type: ignore[no-any-return]
         return await self._backend.prune(thread, entry)
 
     async def abandon(self, conversation: str) -> int:

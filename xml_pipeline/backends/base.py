@@ -12,9 +12,10 @@ The registry (`xml_pipeline._runtime.registry`) builds its vocabulary on this pr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["TOMBSTONE_SECONDS", "Backend", "PruneResult", "ThreadRecord"]
+__all__ = ["TOMBSTONE_SECONDS", "Backend", "ImmediateBackend", "PruneResult", "ThreadRecord"]
 
 # How long `Backend.abandon` refuses a late opening call: longer than a call can take to reach
 # the shared state with every retry (Redis: about 25 s at most; manager: its reply timeout).
@@ -52,6 +53,19 @@ class PruneResult(NamedTuple):
     caller_thread: str
     conversation: str
     conversation_ended: bool
+
+
+@runtime_checkable
+class ImmediateBackend(Protocol):
+    """A backend whose ``extend`` and ``prune`` complete at once, with no I/O (the memory
+    backend): the registry calls these twins instead of awaiting a coroutine per hop.
+
+    ``extend_now``/``prune_now`` are ``None`` on a class that overrides ``extend`` or
+    ``prune`` without its twin, so that a subclass's own ``extend`` is never bypassed.
+    """
+
+    extend_now: Callable[[str, str, str, bytes | None], ThreadRecord | None] | None
+    prune_now: Callable[[str, bytes | None], PruneResult | None] | None
 
 
 @runtime_checkable

@@ -44,6 +44,15 @@ class MemoryBackend:
         """Create (or keep, if present) the root record; the root has no TTL."""
         self._state.put_root(thread_id, name)
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # a subclass that changes extend or prune (a test double, a wrapper) must be called
+        # through them: the registry then awaits them instead of calling the twins below
+        super().__init_subclass__(**kwargs)
+        if "extend" in cls.__dict__ and "extend_now" not in cls.__dict__:
+            cls.extend_now = None  # type: ignore[assignment]
+        if "prune" in cls.__dict__ and "prune_now" not in cls.__dict__:
+            cls.prune_now = None  # type: ignore[assignment]
+
     async def extend(
         self, parent_id: str, child_id: str, listener: str, history_entry: bytes | None = None
     ) -> ThreadRecord | None:
@@ -56,8 +65,22 @@ class MemoryBackend:
             parent_id, child_id, listener, history_entry, self._ttl, self._max_entries
         )
 
+    def extend_now(
+        self, parent_id: str, child_id: str, listener: str, history_entry: bytes | None = None
+    ) -> ThreadRecord | None:
+        """`extend` without a coroutine (see `ImmediateBackend`)."""
+        return self._state.extend(
+            parent_id, child_id, listener, history_entry, self._ttl, self._max_entries
+        )
+
     async def prune(self, thread_id: str, history_entry: bytes | None = None) -> PruneResult | None:
         """Retire ``thread_id`` and tell where its response goes (see `Backend.prune`)."""
+        return self._state.prune(thread_id, history_entry, self._ttl, self._max_entries)
+
+    def prune_now(
+        self, thread_id: str, history_entry: bytes | None = None
+    ) -> PruneResult | None:
+        """`prune` without a coroutine (see `ImmediateBackend`)."""
         return self._state.prune(thread_id, history_entry, self._ttl, self._max_entries)
 
     async def get(self, thread_id: str) -> ThreadRecord | None:
