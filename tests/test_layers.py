@@ -1,0 +1,162 @@
+"""The floors of the package and the allowed import directions, read from the source (ast).
+
+    _errors, _settings           imported by everyone; _settings imports nothing of ours but _errors
+    _wire/                       the XML layer: no I/O, never imports _runtime/ or backends/
+    backends/                    shared state: never imports _wire/ or _runtime/
+    _runtime/                    the moving parts: never reads organism.yaml (_config, _loader, yaml)
+    _handlers, _imports, ...     the handler contract and the organism's glue, above them
+    cli, testing                 thin layers over the public API; the library never imports them
+
+Every import counts, those under ``if TYPE_CHECKING:`` included, and no two modules may import
+each other even indirectly.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "xml_pipeline"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """The modules ``path`` imports (absolute names; ``from x import y`` counts x and x.y)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path.parent)
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+MODULES = {_module_name(path): _imports(path) for path in ROOT.rglob("*.py")}
+
+
+def _ours(name: str) -> str | None:
+    """The module of ours that ``name`` is (or is in), if any."""
+    while name:
+        if name in MODULES:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+GRAPH = {
+    module: {m for name in names if (m := _ours(name)) is not None and m != module}
+    for module, names in MODULES.items()
+}
+
+
+def _in(module: str, floor: str) -> bool:
+    return module == floor or module.startswith(floor + ".")
+
+
+RULES: list[tuple[str, tuple[str, ...], str]] = [
+    ("xml_pipeline._wire", ("xml_pipeline._runtime", "xml_pipeline.backends"), "the XML layer"),
+    ("xml_pipeline.backends", ("xml_pipeline._wire", "xml_pipeline._runtime"), "the backends"),
+    (
+        "xml_pipeline._runtime",
+        ("xml_pipeline._config", "xml_pipeline._loader", "xml_pipeline._organism"),
+        "the runtime",
+    ),
+]
+
+
+@pytest.mark.parametrize(("floor", "forbidden", "what"), RULES, ids=[r[2] for r in RULES])
+def test_a_floor_never_imports_what_sits_above_or_beside_it(
+    floor: str, forbidden: tuple[str, ...], what: str
+) -> None:
+    wrong = sorted(
+        f"{module} imports {target}"
+        for module, targets in GRAPH.items()
+        if _in(module, floor)
+        for target in targets
+        if any(_in(target, f) for f in forbidden)
+    )
+    assert wrong == [], f"{what} must not import {forbidden}"
+
+
+def test_the_runtime_never_reads_yaml() -> None:
+    wrong = sorted(
+        module for module, names in MODULES.items() if _in(module, "xml_pipeline._runtime")
+        and any(name == "yaml" or name.startswith("yaml.") for name in names)
+    )  # fmt: skip
+    assert wrong == []
+
+
+def test_settings_and_errors_import_nothing_of_ours_but_errors() -> None:
+    assert GRAPH["xml_pipeline._errors"] == set()
+    assert GRAPH["xml_pipeline._settings"] <= {"xml_pipeline._errors"}
+
+
+def test_the_library_never_imports_its_cli_or_testing_helpers() -> None:
+    top = {"xml_pipeline.cli", "xml_pipeline.testing", "xml_pipeline.__main__"}
+    wrong = sorted(
+        f"{module} imports {target}"
+        for module, targets in GRAPH.items()
+        if module not in top
+        for target in targets & top
+    )
+    assert wrong == []
+
+
+def test_no_import_cycles() -> None:
+    """Depth-first search over the whole graph; a back edge is a cycle (package __init__ files,
+    which only re-export, are left out: importing a submodule runs them first by design)."""
+    graph = {
+        m: {t for t in targets if not _is_package(t)}
+        for m, targets in GRAPH.items()
+        if not _is_package(m)
+    }
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == 1:
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
+
+
+def _is_package(module: str) -> bool:
+    return (ROOT.parent / module.replace(".", "/") / "__init__.py").exists()
+
+
+def test_the_rules_see_every_floor() -> None:
+    """A guard for this test itself: the floors it names exist and hold modules."""
+    for floor in ("xml_pipeline._wire", "xml_pipeline._runtime", "xml_pipeline.backends"):
+        assert any(_in(module, floor) and module != floor for module in MODULES), floor
+
+
+def test_every_folder_of_modules_is_a_package() -> None:
+    """setuptools' package finder sees only folders with an __init__.py: a folder without one
+    works from a source checkout (an implicit namespace package) and is missing from every
+    installed wheel."""
+    folders = {path.parent for path in ROOT.rglob("*.py") if "__pycache__" not in path.parts}
+    assert sorted(str(f) for f in folders if not (f / "__init__.py").exists()) == []
