@@ -3,7 +3,7 @@
     _errors, _settings           imported by everyone; _settings imports nothing of ours but _errors
     _wire/                       the XML layer: no I/O, never imports _runtime/ or backends/
     backends/                    shared state: never imports _wire/ or _runtime/
-    _runtime/                    the moving parts: never reads organism.yaml (_config, _loader, yaml)
+    _runtime/                    the moving parts: never reads organism.yaml (_config, yaml)
     _handlers, _imports, ...     the handler contract and the organism's glue, above them
     cli, testing                 thin layers over the public API; the library never imports them
 
