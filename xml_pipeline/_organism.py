@@ -40,6 +40,7 @@ from xml_pipeline._settings import (
 )
 from xml_pipeline._wire.parsing import ParseLimits
 from xml_pipeline.backends.base import Backend
+from xml_pipeline.backends.factory import open_backend
 
 __all__ = ["Organism"]
 
@@ -143,9 +144,9 @@ class Organism:
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
-            backend = self._open_backend(stack)
-            await backend.open()
-            stack.push_async_callback(backend.aclose)
+            backend = await stack.enter_async_context(
+                open_backend(self._backend_spec, namespace=self.name)
+            )
             registry = ThreadRegistry(backend, self.name, history=self._history)
             await registry.initialize_root()
             invoker = None
@@ -197,44 +198,6 @@ class Organism:
             await pump.aclose(self._drain_timeout)
         finally:
             await stack.aclose()
-
-    def _open_backend(self, stack: AsyncExitStack) -> Backend:
-        spec = self._backend_spec
-        if not isinstance(spec, BackendConfig):
-            return spec
-        ttl, most = spec.thread_ttl_seconds, spec.history_max_entries
-        if spec.type == "redis":
-            from xml_pipeline.backends.redis import RedisBackend
-
-            return RedisBackend(
-                spec.redis_url,
-                prefix=spec.redis_prefix,
-                max_connections=spec.redis_max_connections,
-                thread_ttl_seconds=ttl,
-                history_max_entries=most,
-            )
-        if spec.type == "manager":
-            from xml_pipeline.backends.manager import ManagerBackend, start_manager_server
-
-            address = spec.manager_host_port
-            server = None
-            if address is None:  # no server named: this organism runs its own
-                server = start_manager_server()
-                stack.callback(server.shutdown)
-                address, authkey = server.address, server.authkey
-            else:
-                authkey = (spec.manager_authkey or "").encode()
-            return ManagerBackend(
-                address,
-                authkey,
-                namespace=self.name,
-                thread_ttl_seconds=ttl,
-                history_max_entries=most,
-                server=server,
-            )
-        from xml_pipeline.backends.memory import MemoryBackend
-
-        return MemoryBackend(thread_ttl_seconds=ttl, history_max_entries=most)
 
     @property
     def ingress_limit(self) -> int:

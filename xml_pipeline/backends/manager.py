@@ -42,7 +42,7 @@ import anyio.to_thread
 from xml_pipeline._errors import BackendError
 from xml_pipeline._main_guard import guard_error, leave_if_importing_main, unimportable_main
 from xml_pipeline.backends.base import PruneResult, ThreadRecord
-from xml_pipeline.backends.rules import StateCore, check_settings
+from xml_pipeline.backends.rules import DEFAULTS, StateCore, check_settings
 
 __all__ = ["ManagerBackend", "ManagerServer", "start_manager_server"]
 
@@ -345,14 +345,18 @@ class ManagerBackend:
         authkey: bytes,
         *,
         namespace: str = "xp",
-        thread_ttl_seconds: float = 3600,
-        history_max_entries: int = 100,
+        thread_ttl_seconds: float = DEFAULTS.thread_ttl_seconds,
+        history_max_entries: int = DEFAULTS.history_max_entries,
         max_connections: int = 8,
         reply_timeout_seconds: float = _REPLY_TIMEOUT,
         reconnect_seconds: float = _RECONNECT,
         server: ManagerServer | None = None,
     ) -> None:
-        check_settings(thread_ttl_seconds, history_max_entries)
+        check_settings(
+            "ManagerBackend()",
+            thread_ttl_seconds=thread_ttl_seconds,
+            history_max_entries=history_max_entries,
+        )
         self._reply_timeout = reply_timeout_seconds
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections!r}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from xml_pipeline.backends.base import PruneResult, ThreadRecord
-from xml_pipeline.backends.rules import StateCore, check_settings
+from xml_pipeline.backends.rules import DEFAULTS, StateCore, check_settings
 
 __all__ = ["MemoryBackend"]
 
@@ -22,8 +22,17 @@ class MemoryBackend:
         ValueError: ``thread_ttl_seconds`` is not positive or ``history_max_entries`` < 1.
     """
 
-    def __init__(self, *, thread_ttl_seconds: float = 3600, history_max_entries: int = 100) -> None:
-        check_settings(thread_ttl_seconds, history_max_entries)
+    def __init__(
+        self,
+        *,
+        thread_ttl_seconds: float = DEFAULTS.thread_ttl_seconds,
+        history_max_entries: int = DEFAULTS.history_max_entries,
+    ) -> None:
+        check_settings(
+            "MemoryBackend()",
+            thread_ttl_seconds=thread_ttl_seconds,
+            history_max_entries=history_max_entries,
+        )
         self._ttl = float(thread_ttl_seconds)
         self._max_entries = history_max_entries
         self._state = StateCore()
@@ -77,9 +86,7 @@ class MemoryBackend:
         """Retire ``thread_id`` and tell where its response goes (see `Backend.prune`)."""
         return self._state.prune(thread_id, history_entry, self._ttl, self._max_entries)
 
-    def prune_now(
-        self, thread_id: str, history_entry: bytes | None = None
-    ) -> PruneResult | None:
+    def prune_now(self, thread_id: str, history_entry: bytes | None = None) -> PruneResult | None:
         """`prune` without a coroutine (see `ImmediateBackend`)."""
         return self._state.prune(thread_id, history_entry, self._ttl, self._max_entries)
 

@@ -53,7 +53,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from xml_pipeline._errors import BackendError, Reason
 from xml_pipeline.backends._redis_batch import BatcherClosedError, ScriptBatcher
 from xml_pipeline.backends.base import TOMBSTONE_SECONDS, PruneResult, ThreadRecord
-from xml_pipeline.backends.rules import check_settings, id_in_use
+from xml_pipeline.backends.rules import DEFAULTS, check_settings, id_in_use
 
 __all__ = ["RedisBackend"]
 
@@ -301,14 +301,18 @@ class RedisBackend:
         self,
         url: str,
         *,
-        prefix: str = "xp:",
-        thread_ttl_seconds: float = 3600,
-        history_max_entries: int = 100,
-        max_connections: int = 64,
+        prefix: str = DEFAULTS.redis_prefix,
+        thread_ttl_seconds: float = DEFAULTS.thread_ttl_seconds,
+        history_max_entries: int = DEFAULTS.history_max_entries,
+        max_connections: int = DEFAULTS.redis_max_connections,
     ) -> None:
-        check_settings(thread_ttl_seconds, history_max_entries)
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be >= 1, got {max_connections!r}")
+        check_settings(
+            "RedisBackend()",
+            thread_ttl_seconds=thread_ttl_seconds,
+            history_max_entries=history_max_entries,
+            redis_max_connections=max_connections,
+            redis_prefix=prefix,
+        )
         self._url = _redact(url)
         self._prefix = prefix
         self._history_prefix = prefix + "h:"

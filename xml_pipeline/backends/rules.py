@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
+from typing import Any
 
+from xml_pipeline._settings import BackendConfig, build
 from xml_pipeline.backends.base import TOMBSTONE_SECONDS, PruneResult, ThreadRecord
 
-__all__ = ["StateCore", "check_settings", "id_in_use"]
+__all__ = ["DEFAULTS", "StateCore", "check_settings", "id_in_use"]
+
+DEFAULTS = BackendConfig()  # the defaults every backend's constructor takes
 
 # Expired entries are evicted from the front every _EVICT_EVERY extends, up to _EVICT_BATCH at
 # a time: more than the entries those extends add (one each), so the expired backlog shrinks
@@ -285,9 +289,11 @@ def id_in_use(thread_id: str) -> ValueError:
     )
 
 
-def check_settings(thread_ttl_seconds: float, history_max_entries: int) -> None:
-    """Reject settings no backend can honour (shared by every backend's constructor)."""
-    if not thread_ttl_seconds > 0:
-        raise ValueError(f"thread_ttl_seconds must be > 0, got {thread_ttl_seconds!r}")
-    if history_max_entries < 1:
-        raise ValueError(f"history_max_entries must be >= 1, got {history_max_entries!r}")
+def check_settings(where: str, /, **values: Any) -> None:
+    """Reject settings no backend can honour, by the ranges `BackendConfig` declares for them
+    (one home for every default and range: xml_pipeline._settings).
+
+    Raises:
+        UsageError: (a ValueError) ``{where}: {setting} {problem}`` for the first refused.
+    """
+    build(BackendConfig, where, **values)
