@@ -73,7 +73,7 @@ Row = tuple[str, str, object]
 
 def _slots(org: Organism) -> int:
     """Ingress slots held (private state: a benchmark may look inside)."""
-    return int(org.pump._ingress.open)
+    return int(org._running()._ingress.open)
 
 
 def _redis_org(url: str, prefix: str, **options: Any) -> Organism:

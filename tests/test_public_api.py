@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
+
 import xml_pipeline
+from xml_pipeline import backends
 
 EXPECTED = {
     "ENVELOPE_NS",
+    "BackendConfig",
     "BackendError",
     "ConfigError",
     "ConfigProblem",
+    "ConversationEvent",
     "DeadLetter",
     "DeliveryError",
     "Envelope",
     "ErrorReport",
+    "Event",
+    "Handler",
     "HandlerMetadata",
     "HandlerResponse",
+    "HandlerResult",
     "HistoryEntry",
+    "Hooks",
+    "HopEvent",
     "Listener",
+    "ListenerConfig",
     "Organism",
+    "OrganismConfig",
     "ParseLimits",
     "PayloadSpec",
     "PayloadTypeError",
+    "PoolStats",
+    "ProcessPool",
+    "ProcessPoolConfig",
     "PumpStats",
     "Reason",
     "Repair",
@@ -34,6 +50,7 @@ EXPECTED = {
     "from_element",
     "from_xml",
     "is_payload",
+    "load_config",
     "parse_guarded",
     "payload",
     "payload_spec",
@@ -61,3 +78,58 @@ def test_every_error_derives_from_the_one_root_and_has_a_reason() -> None:
         if isinstance(obj, type) and issubclass(obj, Exception):
             assert issubclass(obj, xml_pipeline.XmlPipelineError), name
             assert isinstance(obj.reason, str) and obj.reason, name
+
+
+def _named_types(hint: object) -> set[type]:
+    """The classes a type hint names, through unions, generics and callables."""
+    found: set[type] = set()
+    if isinstance(hint, type):
+        found.add(hint)
+    for arg in typing.get_args(hint):
+        if isinstance(arg, list):  # Callable[[...], R]
+            for item in arg:
+                found |= _named_types(item)
+        else:
+            found |= _named_types(arg)
+    origin = typing.get_origin(hint)
+    if isinstance(origin, type):
+        found.add(origin)
+    return found
+
+
+def _public_callables() -> list[tuple[str, object]]:
+    found: list[tuple[str, object]] = []
+    for name in xml_pipeline.__all__:
+        obj = getattr(xml_pipeline, name)
+        if inspect.isfunction(obj):
+            found.append((name, obj))
+        elif isinstance(obj, type) and obj.__module__.startswith("xml_pipeline"):
+            for attr, member in vars(obj).items():
+                if attr.startswith("_") and attr != "__init__":
+                    continue
+                if isinstance(member, property) and member.fget is not None:
+                    found.append((f"{name}.{attr}", member.fget))
+                elif isinstance(member, classmethod | staticmethod):
+                    found.append((f"{name}.{attr}", member.__func__))
+                elif inspect.isfunction(member):
+                    found.append((f"{name}.{attr}", member))
+    return found
+
+
+def test_public_signatures_name_only_exported_or_standard_types() -> None:
+    """A user can import every type a public signature names (httpx's and anyio's rule)."""
+    exported = {id(getattr(xml_pipeline, n)) for n in xml_pipeline.__all__}
+    exported |= {id(getattr(backends, n)) for n in backends.__all__}
+    unnamed: list[str] = []
+    for where, fn in _public_callables():
+        try:
+            hints = typing.get_type_hints(fn)
+        except NameError as exc:  # a hint that names something not importable
+            unnamed.append(f"{where}: {exc}")
+            continue
+        for hint in hints.values():
+            for cls in _named_types(hint):
+                ours = cls.__module__.startswith("xml_pipeline")
+                if ours and id(cls) not in exported:
+                    unnamed.append(f"{where} names {cls.__module__}.{cls.__qualname__}")
+    assert unnamed == []

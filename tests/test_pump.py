@@ -499,3 +499,13 @@ async def test_using_a_stopped_organism_says_how_to_start_it() -> None:
     org = Organism(two_hop())
     with pytest.raises(UsageError, match="async with"):
         await org.request("front", Ask(text="x"))
+
+
+async def test_request_expect_types_the_answer_and_refuses_another_class() -> None:
+    async with Organism(two_hop()) as org:
+        reply: Echo = await org.request("front", Ask(text="hi"), timeout=5, expect=Echo)
+        assert reply == Echo(text="HI")
+        with pytest.raises(DeliveryError) as info:
+            await org.request("front", Ask(text="hi"), timeout=5, expect=Ask)
+    assert info.value.reason == "invalid_response"
+    assert "answered a Echo, not the Ask" in info.value.message

@@ -166,7 +166,7 @@ async def test_refused_ingress_waiters_do_not_pile_up() -> None:
         for _ in range(200):
             with pytest.raises(DeliveryError):
                 await org.send("s", Msg(text="refused"))
-        assert org.pump._ingress.waiting < 10
+        assert org._running()._ingress.waiting < 10
         gate.set()
 
 

@@ -446,7 +446,7 @@ async def test_a_failed_open_raises_a_delivery_error_and_is_undone() -> None:
         assert info.value.reason == "backend_unreachable"
         with pytest.raises(DeliveryError):
             await org.send("e", Msg())
-        await eventually(lambda: not org.pump._retiring)
+        await eventually(lambda: not org._running()._retiring)
         assert await backend.count() == 1
 
 

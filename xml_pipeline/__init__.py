@@ -1,9 +1,12 @@
 """xml-pipeline: asyncio message routing for agent organisms.
 
 Listeners exchange typed XML payloads; an async pump validates and routes every message along
-opaque call chains so that answers find their caller. Import everything from here.
+opaque call chains so that answers find their caller. Import everything from here (and the
+testing helpers from ``xml_pipeline.testing``, backends from ``xml_pipeline.backends``): every
+module whose name starts with ``_`` is private and may change in any release.
 """
 
+from xml_pipeline._config import ListenerConfig, OrganismConfig, load_config
 from xml_pipeline._errors import (
     BackendError,
     ConfigError,
@@ -18,14 +21,19 @@ from xml_pipeline._errors import (
 )
 from xml_pipeline._handlers import (
     ErrorReport,
+    Handler,
     HandlerMetadata,
     HandlerResponse,
+    HandlerResult,
     HistoryEntry,
     Listener,
 )
 from xml_pipeline._organism import Organism
-from xml_pipeline._runtime.pump import DeadLetter, PumpStats
+from xml_pipeline._runtime.hooks import ConversationEvent, Event, Hooks, HopEvent
+from xml_pipeline._runtime.outcomes import DeadLetter, PumpStats
+from xml_pipeline._runtime.pool import PoolStats, ProcessPool
 from xml_pipeline._runtime.registry import ThreadRegistry
+from xml_pipeline._settings import BackendConfig, ProcessPoolConfig
 from xml_pipeline._wire.envelope import ENVELOPE_NS, Envelope
 from xml_pipeline._wire.parsing import ParseLimits, parse_guarded
 from xml_pipeline._wire.payloads import (
@@ -43,21 +51,33 @@ from xml_pipeline._wire.repair import Repair, RepairResult, repair
 
 __all__ = [
     "ENVELOPE_NS",
+    "BackendConfig",
     "BackendError",
     "ConfigError",
     "ConfigProblem",
+    "ConversationEvent",
     "DeadLetter",
     "DeliveryError",
     "Envelope",
     "ErrorReport",
+    "Event",
+    "Handler",
     "HandlerMetadata",
     "HandlerResponse",
+    "HandlerResult",
     "HistoryEntry",
+    "Hooks",
+    "HopEvent",
     "Listener",
+    "ListenerConfig",
     "Organism",
+    "OrganismConfig",
     "ParseLimits",
     "PayloadSpec",
     "PayloadTypeError",
+    "PoolStats",
+    "ProcessPool",
+    "ProcessPoolConfig",
     "PumpStats",
     "Reason",
     "Repair",
@@ -71,6 +91,7 @@ __all__ = [
     "from_element",
     "from_xml",
     "is_payload",
+    "load_config",
     "parse_guarded",
     "payload",
     "payload_spec",

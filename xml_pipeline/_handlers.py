@@ -1,14 +1,16 @@
-"""What handlers see and return: `HandlerMetadata`, `HandlerResponse`, `ErrorReport`.
+"""The handler contract: `Handler`, what it sees (`HandlerMetadata`), what it returns
+(`HandlerResponse`), what travels back on failure (`ErrorReport`), and `Listener`.
 
 A handler is ``async def handler(payload, metadata: HandlerMetadata)`` (a plain function is
-accepted for ``cpu_bound`` listeners). It returns ``None``, a `HandlerResponse`, or a list of
-them. Handlers never build envelopes: the pump writes ``<from>`` and the thread ids.
+accepted). It returns ``None``, a `HandlerResponse`, or a list of them. Handlers never build
+envelopes: the pump writes ``<from>`` and the thread ids.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol, Union
 
 from xml_pipeline._errors import Reason, UsageError
 from xml_pipeline._settings import (
@@ -21,7 +23,15 @@ from xml_pipeline._settings import (
 from xml_pipeline._wire.history import HistoryEntry
 from xml_pipeline._wire.payloads import is_payload, payload
 
-__all__ = ["ErrorReport", "HandlerMetadata", "HandlerResponse", "HistoryEntry", "Listener"]
+__all__ = [
+    "ErrorReport",
+    "Handler",
+    "HandlerMetadata",
+    "HandlerResponse",
+    "HandlerResult",
+    "HistoryEntry",
+    "Listener",
+]
 
 
 class HandlerMetadata:
@@ -139,11 +149,6 @@ class HandlerResponse:
         response.to = None
         return response
 
-    @property
-    def is_response(self) -> bool:
-        """True for an answer to the caller, False for a call to a peer."""
-        return self.to is None
-
     def __repr__(self) -> str:
         target = "respond" if self.to is None else f"to={self.to!r}"
         return f"HandlerResponse({self.payload!r}, {target})"
@@ -171,6 +176,23 @@ class ErrorReport:
             self.reason = Reason(self.reason)
 
 
+HandlerResult = Union["HandlerResponse", Sequence["HandlerResponse"], None]
+
+
+class Handler(Protocol):
+    """The contract of a handler: called with the payload it received and its metadata.
+
+    ``async def handle(payload, metadata) -> HandlerResponse | list[HandlerResponse] | None``;
+    a plain function is accepted too (for ``cpu_bound`` listeners, or very short work: it runs
+    on the event loop). The payload is an instance of the listener's payload class, or of any
+    payload class its peers answer with (or an `ErrorReport` when the listener handles errors).
+    """
+
+    def __call__(
+        self, payload: Any, metadata: HandlerMetadata, /
+    ) -> HandlerResult | Awaitable[HandlerResult]: ...
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class Listener(ListenerSettings):
     """One listener: a name, the payload class it accepts, and its handler.
@@ -183,7 +205,8 @@ class Listener(ListenerSettings):
         name: unique name; may contain dots; names starting with ``_`` are reserved.
         payload_class: the ``@payload`` class of the requests it accepts (answers from its
             peers may be of any payload class).
-        handler: ``async def handler(payload, metadata)`` (sync allowed when ``cpu_bound``).
+        handler: a `Handler`: ``async def handler(payload, metadata)`` (a plain function is
+            allowed; it runs on the event loop unless the listener is ``cpu_bound``).
         description: what it does, for people.
         peers: the listeners it may call; answering its caller is always allowed.
         max_concurrency: handler runs at once; more wait in the listener's own backlog.
@@ -199,7 +222,7 @@ class Listener(ListenerSettings):
 
     name: str = field(metadata=LISTENER_NAME)
     payload_class: type
-    handler: Callable[..., object]
+    handler: Handler
 
     def __post_init__(self) -> None:
         where = f"Listener {self.name!r}"

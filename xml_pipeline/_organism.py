@@ -17,10 +17,10 @@ from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar, overload
 
 from xml_pipeline._config import OrganismConfig, load_config, parse_section
-from xml_pipeline._errors import ConfigError, UsageError
+from xml_pipeline._errors import ConfigError, DeliveryError, UsageError
 from xml_pipeline._handlers import Listener
 from xml_pipeline._loader import handler_signature_problem, load_organism, worker_import_problem
 from xml_pipeline._runtime.hooks import Hooks
@@ -43,6 +43,8 @@ from xml_pipeline.backends.base import Backend
 from xml_pipeline.backends.factory import open_backend
 
 __all__ = ["Organism"]
+
+_A = TypeVar("_A")
 
 _DEFAULT = OrganismSettings()  # the defaults of Organism()'s settings, as organism.yaml's
 _SETTING_NAMES = frozenset(values_of(OrganismSettings, _DEFAULT))
@@ -209,8 +211,7 @@ class Organism:
         """The caps applied to XML from outside (``max_message_bytes`` and friends)."""
         return self._limits
 
-    @property
-    def pump(self) -> StreamPump:
+    def _running(self) -> StreamPump:
         """The running pump.
 
         Raises:
@@ -236,8 +237,24 @@ class Organism:
 
     # -- talking to it ---------------------------------------------------------------------------
 
-    async def request(self, to: str, payload: object, *, timeout: float = 30.0) -> Any:
+    @overload
+    async def request(
+        self, to: str, payload: object, *, timeout: float = ..., expect: type[_A]
+    ) -> _A: ...
+    @overload
+    async def request(self, to: str, payload: object, *, timeout: float = ...) -> Any: ...
+    async def request(
+        self,
+        to: str,
+        payload: object,
+        *,
+        timeout: float = 30.0,
+        expect: type[Any] | None = None,
+    ) -> Any:
         """Send ``payload`` to listener ``to`` and wait for the conversation's answer.
+
+        ``expect``: the payload class the answer must be (then the return type is that class,
+        for type checkers too); an answer of another class fails with ``invalid_response``.
 
         ``timeout`` (seconds) covers the whole call: waiting for an ingress slot, the opening
         write to the backend and the answer. A requester that is cancelled ends the
@@ -257,7 +274,16 @@ class Organism:
             SchemaViolation: ``payload`` does not conform to its class.
             UsageError: ``timeout`` is not a number of seconds above 0.
         """
-        return await self.pump.request(to, payload, timeout)
+        answer = await self._running().request(to, payload, timeout)
+        if expect is not None and type(answer) is not expect:
+            got = type(answer).__qualname__
+            raise DeliveryError(
+                f"the conversation with {to!r} answered a {got}, not the {expect.__qualname__} "
+                "the request expected; drop expect= to take any answer",
+                reason="invalid_response",
+                listener=to,
+            )
+        return answer
 
     async def send(self, to: str, payload: object) -> str:
         """Start a conversation without waiting for its answer; returns its thread id.
@@ -270,7 +296,7 @@ class Organism:
             PayloadTypeError: ``payload`` is not a ``@payload`` object.
             SchemaViolation: ``payload`` does not conform to its class.
         """
-        return await self.pump.send(to, payload)
+        return await self._running().send(to, payload)
 
     async def inject(self, data: bytes | str) -> str:
         """Feed a raw v1 envelope from outside; returns the new conversation's thread id.
@@ -287,11 +313,11 @@ class Organism:
                 ``overloaded``, ``shutdown``, ``backend_error``, ``backend_unreachable``.
             UsageError: ``data`` is neither bytes nor str.
         """
-        return await self.pump.inject(data)
+        return await self._running().inject(data)
 
     async def wait_idle(self) -> None:
         """Wait until no conversation is open."""
-        await self.pump.wait_idle()
+        await self._running().wait_idle()
 
     @property
     def stats(self) -> PumpStats:

@@ -23,7 +23,7 @@ import textwrap
 import types
 import typing
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from lxml import etree
 
@@ -37,11 +37,9 @@ from xml_pipeline._wire.codecs import (
     xml_name_problem,
 )
 from xml_pipeline._wire.codegen import Unusual, compile_binder, compile_writer
+from xml_pipeline._wire.parsing import ParseLimits, parse_guarded
 from xml_pipeline._wire.shape import FieldSpec, PayloadShape
 from xml_pipeline._wire.xsd import describe, example_xml, xsd_text
-
-if TYPE_CHECKING:
-    from xml_pipeline._wire.parsing import ParseLimits
 
 __all__ = [
     "PayloadSpec",
@@ -480,8 +478,6 @@ def from_xml(cls: type[T], data: bytes | str, *, limits: ParseLimits | None = No
             malformed...), with its reason code.
         SchemaViolation: the document does not conform to the class's XSD.
     """
-    from xml_pipeline._wire.parsing import parse_guarded
-
     return from_element(cls, parse_guarded(data, limits))
 
 
