@@ -247,3 +247,42 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_cpython_still_speaks_the_manager_protocol_we_speak() -> None:
+    """The client speaks CPython's private manager protocol (there is no public one): this
+    fails, naming what changed, when an interpreter speaks it differently."""
+    import multiprocessing.managers as managers
+    from multiprocessing.connection import Client
+
+    from xml_pipeline.backends import manager as ours
+
+    version = sys.version.split()[0]
+    for name in (ours._CREATE, ours._ACCEPT, ours._DECREF):
+        assert name in managers.Server.public, (
+            f"Python {version}: the manager server no longer serves {name!r}; "
+            "xml_pipeline/backends/manager.py must follow multiprocessing.managers"
+        )
+    with start_manager_server() as server:
+        # a fresh connection serves one request (here: create), then closes
+        with Client(server.address, authkey=server.authkey) as conn:
+            ident, exposed = ours._request(conn, None, ours._CREATE, (ours._TYPEID,))
+        assert "call" in exposed
+        # accept_connection turns a connection into one that serves calls
+        with Client(server.address, authkey=server.authkey) as conn:
+            ours._request(conn, None, ours._ACCEPT, ("xml-pipeline",))
+            conn.send(ours._message(ident, "call", ("ns", "count", ())))
+            kind, result = conn.recv()
+            assert (kind, result) == (ours._RETURN, 0), f"Python {version}: reply was {kind!r}"
+            conn.send(ours._message(ident, "call", ("ns", "no_such_method", ())))
+            kind, result = conn.recv()
+            assert kind == ours._ERROR and isinstance(result, AttributeError), (
+                f"Python {version}: an error came back as {kind!r}, {result!r}"
+            )
+            conn.send(ours._message("not-an-ident", "call", ("ns", "count", ())))
+            kind, result = conn.recv()
+            assert kind == ours._TRACEBACK and ours._unknown_ident(result, "not-an-ident"), (
+                f"Python {version}: an unknown object came back as {kind!r}, {result!r}"
+            )
+        with Client(server.address, authkey=server.authkey) as conn:
+            ours._request(conn, None, ours._DECREF, (ident,))

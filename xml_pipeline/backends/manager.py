@@ -541,7 +541,7 @@ class ManagerBackend:
             if self._stale:  # the checkout found the server gone: it may be a new one now
                 ident = self._renew_ident(ident)
             kind, result = self._send(conn, ident, method, args)
-            if kind == "#TRACEBACK" and _unknown_ident(result, ident):
+            if kind == _TRACEBACK and _unknown_ident(result, ident):
                 # a restarted server, reached before any failure told us: it refused the
                 # request before running anything, so sending it again is safe
                 kind, result = self._send(conn, self._renew_ident(ident), method, args)
@@ -549,9 +549,9 @@ class ManagerBackend:
             conn.close()
             raise
         self._checkin(conn)
-        if kind == "#RETURN":
+        if kind == _RETURN:
             return result
-        if kind == "#ERROR" and isinstance(result, ValueError):
+        if kind == _ERROR and isinstance(result, ValueError):
             raise result
         raise BackendError(
             f"the state server at {self._where} failed {method}: {result}",
@@ -562,7 +562,7 @@ class ManagerBackend:
         self, conn: Connection, ident: str, method: str, args: tuple[Any, ...]
     ) -> tuple[str, Any]:
         try:
-            conn.send((ident, "call", (self._namespace, method, args), {}))
+            conn.send(_message(ident, "call", (self._namespace, method, args)))
             # a stopped server or a half-open link must not hang the caller (and, through the
             # thread limiter, every other caller) forever
             if not conn.poll(self._reply_timeout):
@@ -587,7 +587,7 @@ class ManagerBackend:
             self._stale = True
         conn = self._connect()
         try:
-            _request(conn, None, "accept_connection", ("xml-pipeline",))
+            _request(conn, None, _ACCEPT, ("xml-pipeline",))
         except (OSError, EOFError) as exc:
             conn.close()
             self._stale = True
@@ -633,7 +633,7 @@ class ManagerBackend:
         """Ask the server for a handle on the shared state (one connection, one request)."""
         conn = self._connect()
         try:
-            ident, _exposed = _request(conn, None, "create", (_TYPEID,))
+            ident, _exposed = _request(conn, None, _CREATE, (_TYPEID,))
         except (OSError, EOFError) as exc:
             raise self._unreachable(exc, "the connection failed as it opened") from exc
         finally:
@@ -656,7 +656,7 @@ class ManagerBackend:
         # Drop this client's reference to the server object; the server keeps the state.
         try:
             with Client(self._address, authkey=self._authkey) as conn:
-                _request(conn, None, "decref", (ident,))
+                _request(conn, None, _DECREF, (ident,))
         except (OSError, EOFError, multiprocessing.AuthenticationError):
             pass  # the server is gone: nothing left to release
 
@@ -689,12 +689,27 @@ def _unknown_ident(traceback_text: object, ident: str) -> bool:
     return bool(lines) and lines[-1] == f"KeyError: {ident!r}"
 
 
+# CPython's manager wire protocol (multiprocessing.managers: Server.serve_client and
+# handle_request, and dispatch), which has no public API. A request is the tuple
+# (object ident, method name, args, kwargs); a reply is (kind, result). Every use of it is in
+# _message, _request and the kinds below, and
+# tests/backends/test_manager.py::test_cpython_still_speaks_the_manager_protocol_we_speak pins
+# it against the running interpreter, failing with a message that names what changed.
+_RETURN, _ERROR, _TRACEBACK = "#RETURN", "#ERROR", "#TRACEBACK"
+_CREATE, _ACCEPT, _DECREF = "create", "accept_connection", "decref"
+
+
+def _message(ident: str | None, name: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A request of the manager protocol."""
+    return (ident, name, args, {})
+
+
 def _request(conn: Connection, ident: str | None, name: str, args: tuple[Any, ...]) -> Any:
     """One request of the manager protocol (what `multiprocessing.managers.dispatch` does)."""
-    conn.send((ident, name, args, {}))
+    conn.send(_message(ident, name, args))
     kind, result = conn.recv()
-    if kind == "#RETURN":
+    if kind == _RETURN:
         return result
-    if kind == "#ERROR" and isinstance(result, BaseException):
+    if kind == _ERROR and isinstance(result, BaseException):
         raise result
     raise BackendError(f"the state server refused {name}: {result}", reason="backend_error")
