@@ -1,0 +1,109 @@
+"""Observing an organism through its hooks: typed events, in order, free when nobody listens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from xml_pipeline import (
+    ConversationEvent,
+    DeliveryError,
+    Event,
+    HandlerMetadata,
+    HandlerResponse,
+    HopEvent,
+    Listener,
+    Organism,
+    payload,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@payload
+@dataclass
+class Ask:
+    text: str = ""
+
+
+async def front(msg: Ask, meta: HandlerMetadata) -> HandlerResponse:
+    if meta.from_id == "_external":
+        return HandlerResponse(msg, to="back")
+    return HandlerResponse.respond(msg)
+
+
+async def back(msg: Ask, meta: HandlerMetadata) -> HandlerResponse:
+    if msg.text == "fail":
+        raise ValueError("no")
+    return HandlerResponse.respond(Ask(text=msg.text.upper()))
+
+
+def organism() -> Organism:
+    return Organism([Listener("front", Ask, front, peers=("back",)), Listener("back", Ask, back)])
+
+
+def brief(event: Event) -> tuple[str, ...]:
+    if isinstance(event, HopEvent):
+        return (event.kind, event.listener, str(event.outcome))
+    return (event.kind, event.listener, str(event.outcome))
+
+
+async def test_every_hop_and_conversation_is_seen_in_order_with_its_outcome() -> None:
+    seen: list[Event] = []
+    async with organism() as org:
+        unsubscribe = org.hooks.subscribe(seen.append)
+        await org.request("front", Ask(text="hi"), timeout=5)
+        with pytest.raises(DeliveryError):
+            await org.request("front", Ask(text="fail"), timeout=5)
+        unsubscribe()
+        await org.request("front", Ask(text="unseen"), timeout=5)
+    assert [brief(e) for e in seen] == [
+        ("opened", "front", "None"),
+        ("started", "front", "None"),
+        ("finished", "front", "None"),
+        ("started", "back", "None"),
+        ("finished", "back", "None"),
+        ("started", "front", "None"),
+        ("ended", "front", "None"),
+        ("finished", "front", "None"),
+        ("opened", "front", "None"),
+        ("started", "front", "None"),
+        ("finished", "front", "None"),
+        ("started", "back", "None"),
+        ("finished", "back", "handler_error"),
+        ("ended", "front", "handler_error"),
+    ]
+    hops = [e for e in seen if isinstance(e, HopEvent)]
+    assert all(e.duration is not None and e.duration >= 0 for e in hops if e.kind == "finished")
+    conversations = {e.conversation for e in seen}
+    assert len(conversations) == 2
+    assert all(isinstance(e, HopEvent | ConversationEvent) for e in seen)
+
+
+async def test_a_subscriber_that_raises_is_dropped_and_the_hop_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = 0
+
+    def broken(event: Event) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("observer bug")
+
+    async with organism() as org:
+        org.hooks.subscribe(broken)
+        assert await org.request("front", Ask(text="x"), timeout=5) == Ask(text="X")
+        assert not org.hooks.active
+    assert calls == 1
+    assert "a hook subscriber raised" in caplog.text
+
+
+def test_nobody_listening_means_inactive_hooks() -> None:
+    org = organism()
+    assert not org.hooks.active
+    unsubscribe = org.hooks.subscribe(lambda event: None)
+    assert org.hooks.active
+    unsubscribe()
+    unsubscribe()
+    assert not org.hooks.active
