@@ -1,4 +1,4 @@
-"""Module-level task functions for tests/test_pool.py: workers import them by name."""
+"""Module-level task functions for tests/runtime/test_pool.py: workers import them by name."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from tests.test_payloads import (
+from tests.wire.test_payloads import (
     EVERYTHING,
     XML_TEXT,
     Address,

@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 from lxml import etree
 
 import xml_pipeline
-from tests.test_payloads import XML_TEXT
 from tests.unicode_handlers import Café, Écho, Ωμέγα, derrière, devant, 注文
+from tests.wire.test_payloads import XML_TEXT
 from xml_pipeline import (
     Envelope,
     HandlerMetadata,
@@ -235,7 +235,7 @@ listeners:
 def test_the_organism_command_sends_and_prints_non_ascii_payloads(
     tmp_path: Path, obj: object, cpu_bound: bool
 ) -> None:
-    shutil.copy(Path(__file__).with_name("unicode_handlers.py"), tmp_path)
+    shutil.copy(Path(__file__).parents[1] / "unicode_handlers.py", tmp_path)
     yaml = tmp_path / "organism.yaml"
     spec = payload_spec(obj)
     yaml.write_text(

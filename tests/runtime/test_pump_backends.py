@@ -8,12 +8,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.redis_server import redis_server, redis_url  # noqa: F401 - fixtures
 from xml_pipeline import HandlerMetadata, HandlerResponse, HistoryEntry, Listener, Organism, payload
 from xml_pipeline._config import BackendConfig
 from xml_pipeline._runtime.registry import ThreadRegistry
 from xml_pipeline.backends.manager import ManagerServer, start_manager_server
-
-from .redis_server import redis_server, redis_url  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.anyio
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import anyio
 import pytest
 
+from tests.redis_server import RedisServer
 from xml_pipeline import (
     BackendError,
     DeliveryError,
@@ -18,8 +19,6 @@ from xml_pipeline import (
     payload,
 )
 from xml_pipeline._config import BackendConfig
-
-from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 

@@ -13,10 +13,7 @@ import anyio
 import pytest
 
 from tests import pool_tasks
-from xml_pipeline import DeliveryError, Listener, Organism, UsageError
-from xml_pipeline._config import ProcessPoolConfig
-
-from .worker_handlers import (
+from tests.worker_handlers import (
     LEVELS,
     Bulk,
     Job,
@@ -33,6 +30,8 @@ from .worker_handlers import (
     nested_echo,
     quick,
 )
+from xml_pipeline import DeliveryError, Listener, Organism, UsageError
+from xml_pipeline._config import ProcessPoolConfig
 
 pytestmark = pytest.mark.anyio
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import anyio
 import pytest
 
+from tests import fault_handlers
+from tests.fault_handlers import Done, Work, fails, sleepy
 from xml_pipeline import (
     BackendError,
     DeliveryError,
@@ -37,9 +39,6 @@ from xml_pipeline._config import BackendConfig
 from xml_pipeline.backends.base import PruneResult, ThreadRecord
 from xml_pipeline.backends.memory import MemoryBackend
 from xml_pipeline.testing import drain
-
-from . import fault_handlers
-from .fault_handlers import Done, Work, fails, sleepy
 
 pytestmark = pytest.mark.anyio
 
@@ -637,7 +636,7 @@ def test_listener_fields_are_checked_where_they_enter() -> None:
         Organism([Listener("front", Msg, one_arg)])
 
 
-HELLO = str(Path(__file__).resolve().parents[1] / "organisms" / "hello" / "organism.yaml")
+HELLO = str(Path(__file__).resolve().parents[2] / "organisms" / "hello" / "organism.yaml")
 
 
 def test_from_yaml_overrides_are_checked_and_mappings_read_like_the_file() -> None:
@@ -658,7 +657,7 @@ def test_from_yaml_overrides_are_checked_and_mappings_read_like_the_file() -> No
 def test_every_delivery_reason_is_documented_where_users_read_it() -> None:
     """The reasons `request` can raise are listed in its docstring and in the README, and the
     ErrorReport schema enumerates every code."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     doc = Organism.request.__doc__ or ""
     for reason in DeliveryError.reasons:
         assert f"`{reason}`" in readme, reason

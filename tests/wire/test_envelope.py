@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from lxml import etree
 
-from tests.test_payloads import XML_TEXT, Address, Everything, Order, sample_everything
+from tests.wire.test_payloads import XML_TEXT, Address, Everything, Order, sample_everything
 from xml_pipeline._errors import SchemaViolation, XmlInputError
 from xml_pipeline._wire.envelope import ENVELOPE_NS, Envelope
 from xml_pipeline._wire.parsing import ParseLimits
