@@ -22,6 +22,7 @@ import pytest
 from tests import pool_tasks
 from xml_pipeline._errors import DeliveryError
 from xml_pipeline._runtime import pool as pool_module
+from xml_pipeline._runtime import pool_worker
 from xml_pipeline._runtime.pool import PoolStats, ProcessPool, WorkerFailure
 
 pytestmark = pytest.mark.anyio
@@ -479,19 +480,19 @@ def test_a_withdrawn_call_reports_no_start_and_runs_nothing() -> None:
     """The worker's side of withdrawal: a withdrawn attempt writes no start record (the parent
     kills the worker of an abandoned call when its start arrives) and does not run."""
     reader, writer = multiprocessing.Pipe(duplex=False)
-    withdrawn = multiprocessing.RawArray(ctypes.c_uint64, pool_module._SLOTS)
-    pool_module._init_worker(writer, withdrawn, None, ())
+    withdrawn = multiprocessing.RawArray(ctypes.c_uint64, pool_worker.SLOTS)
+    pool_worker.init_worker(writer, withdrawn, None, ())
     try:
         call = pickle.dumps((pool_tasks.echo, ("ran",)))
-        attempt = pool_module._SLOTS + 5  # shares its slot with attempt 5
+        attempt = pool_worker.SLOTS + 5  # shares its slot with attempt 5
         withdrawn[5] = 5
-        assert pickle.loads(pool_module._run_attempt(attempt, call)) == "ran"  # type: ignore[arg-type]
-        assert pool_module._START.unpack(os.read(reader.fileno(), 64)) == (attempt, os.getpid())
-        withdrawn[attempt % pool_module._SLOTS] = attempt
-        assert pool_module._run_attempt(attempt, call) is None
+        assert pickle.loads(pool_worker.run_attempt(attempt, call)) == "ran"  # type: ignore[arg-type]
+        assert pool_worker.START.unpack(os.read(reader.fileno(), 64)) == (attempt, os.getpid())
+        withdrawn[attempt % pool_worker.SLOTS] = attempt
+        assert pool_worker.run_attempt(attempt, call) is None
         assert not reader.poll(0), "a withdrawn call reported a start"
     finally:
-        pool_module._worker_start_pipe = pool_module._worker_withdrawn = None
+        pool_worker._worker_start_pipe = pool_worker._worker_withdrawn = None
         reader.close()
         writer.close()
 

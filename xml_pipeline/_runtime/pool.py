@@ -45,8 +45,6 @@ import os
 import pickle
 import platform
 import signal
-import struct
-import traceback
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -54,7 +52,6 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from multiprocessing import forkserver
-from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, Generic, Self, TypeVar
 
@@ -62,12 +59,19 @@ import anyio
 
 from xml_pipeline._errors import DeliveryError, Reason, UsageError
 from xml_pipeline._main_guard import guard_error, leave_if_importing_main, unimportable_main
+from xml_pipeline._runtime.pool_worker import (
+    SLOTS,
+    START,
+    Failed,
+    failure_data,
+    init_worker,
+    run_attempt,
+)
 
 __all__ = ["PoolStats", "ProcessPool", "WorkerFailure"]
 
 T = TypeVar("T")
 
-_START = struct.Struct("=QI")  # (attempt id, worker pid)
 # Calls queued in the executor per worker beyond the one it runs. A trivial call takes a
 # worker some 20-40 us; its result's trip to the event loop and the next call's trip back take
 # several times that on a busy 2-core machine, so a worker needs several calls queued not to
@@ -76,30 +80,11 @@ _START = struct.Struct("=QI")  # (attempt id, worker pid)
 # ahead and 0.8-0.9x with 7. Calls queued deeper cost little: they are withdrawn without a
 # kill, and requeued without suspicion when the executor breaks.
 _AHEAD_PER_WORKER = 7
-# Slots of the shared array through which the parent withdraws calls still queued in the
-# executor. A call's slot is ``attempt % _SLOTS``; two withdrawn calls sharing one is harmless
-# (the one overwritten runs, reports its start, and its worker is killed as before).
-_SLOTS = 1024
-Withdrawn = ctypes.Array[ctypes.c_uint64]
 # Settled calls between two reads of the start pipe, which is otherwise read only when a pid
 # is needed (a break, a call to kill): at most this many records plus one per worker (12 bytes
 # each) wait in the pipe, below the smallest pipe buffer (4 KiB on Linux when a user's pipes
 # are over their quota) for up to 200 workers; a worker that finds it full waits for a read.
 _DRAIN_EVERY = 128
-_worker_start_pipe: Connection | None = None  # set in each worker by _init_worker
-_worker_withdrawn: Withdrawn | None = None  # likewise
-
-
-def _init_worker(
-    pipe: Connection,
-    withdrawn: Withdrawn,
-    initializer: Callable[..., object] | None,
-    initargs: tuple[Any, ...],
-) -> None:
-    global _worker_start_pipe, _worker_withdrawn
-    _worker_start_pipe, _worker_withdrawn = pipe, withdrawn
-    if initializer is not None:
-        initializer(*initargs)
 
 
 class WorkerFailure(Exception):
@@ -127,62 +112,7 @@ class WorkerFailure(Exception):
         return f"in the worker process:\n{self.traceback}".rstrip()
 
 
-# (stage, type name, message, reason, traceback): stage is "call" (the function or its
-# arguments could not be rebuilt), "raised" (fn raised) or "result" (it could not be pickled)
-_Failed = tuple[str, str, str, str | None, str]
-
-
-def _failed(stage: str, exc: BaseException) -> _Failed:
-    """``exc`` as plain strings; nothing here may raise, whatever ``exc`` does."""
-    cls = type(exc)
-    name = (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
-    try:
-        message = str(exc)
-    except BaseException as bad:  # a __str__ that raises
-        message = f"<str() raised {type(bad).__name__}>"
-    try:
-        code = getattr(exc, "reason", None)
-        reason = str.__str__(code) if isinstance(code, str) else None
-    except BaseException:
-        reason = None
-    try:
-        text = "".join(traceback.format_exception(exc))
-    except BaseException:
-        text = f"{name}: {message}\n"
-    return stage, name, message, reason, text
-
-
-def _run_attempt(attempt: int, call: bytes) -> bytes | _Failed | None:
-    assert _worker_start_pipe is not None, "worker started without ProcessPool's initializer"
-    assert _worker_withdrawn is not None
-    # Checked before the start is reported, never after: a call that reports its start runs,
-    # so the parent may kill the worker of an abandoned call as soon as it sees the start.
-    if _worker_withdrawn[attempt % _SLOTS] == attempt:
-        return None  # its caller left while it was queued: nothing ran, nothing to kill
-    os.write(_worker_start_pipe.fileno(), _START.pack(attempt, os.getpid()))
-    # Every way this call can fail becomes plain data, BaseException included: SystemExit,
-    # GeneratorExit or KeyboardInterrupt from fn must neither end the worker nor be mistaken
-    # for a crash. The call is unpickled here, after the start is reported, so that a function
-    # the worker cannot import fails this call, not the worker.
-    try:
-        fn, args = pickle.loads(call)
-    except BaseException as exc:
-        return _failed("call", exc)
-    try:
-        result = fn(*args)
-    except BaseException as exc:
-        return _failed("raised", exc)
-    try:
-        # pickled here so that a result that cannot be pickled fails this call alone; the
-        # parent unpickles it, and a result it cannot rebuild fails this call alone too
-        return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-    except BaseException as exc:
-        return _failed("result", exc)
-
-
-def _failure_error(label: str, failed: _Failed) -> DeliveryError:
+def _failure_error(label: str, failed: Failed) -> DeliveryError:
     """The error `ProcessPool.run` raises for a call that failed in its worker."""
     stage, name, message, reason, text = failed
     what = f"{name}: {message}" if message else name
@@ -372,7 +302,7 @@ class ProcessPool:
         # submits a call only when a worker is free, as the executor's users are advised to.
         ahead = _AHEAD_PER_WORKER if max_tasks_per_child is None else 0
         self._capacity = self._workers * (1 + ahead)
-        self._initargs = (initializer, initargs)  # what _init_worker needs besides ours
+        self._initargs = (initializer, initargs)  # what init_worker needs besides ours
         self._max_crashes = max_crashes
         self._phase = _Phase.NEW
         self._closed: tuple[str, str] | None = None  # (reason, why) once closed
@@ -400,7 +330,7 @@ class ProcessPool:
             _preload_in_forkserver()
         self._start_reader, self._start_writer = self._context.Pipe(duplex=False)
         os.set_blocking(self._start_reader.fileno(), False)
-        self._withdrawn = self._context.RawArray(ctypes.c_uint64, _SLOTS)
+        self._withdrawn = self._context.RawArray(ctypes.c_uint64, SLOTS)
         self._phase = _Phase.REBUILDING
         self._rebuild = self._loop.create_task(self._replace_executor(None))
         try:
@@ -512,7 +442,7 @@ class ProcessPool:
         assert self._executor is not None
         attempt = next(self._attempts)
         try:
-            cf = self._executor.submit(_run_attempt, attempt, job.call)
+            cf = self._executor.submit(run_attempt, attempt, job.call)
         except BrokenProcessPool:  # an idle worker died: nobody to blame
             self._break(culprit_known=False)
             return False
@@ -553,7 +483,7 @@ class ProcessPool:
         self._counts["completed"] += 1
         error = cf.exception()
         if error is not None:  # the executor's machinery, not fn (whose errors come as data)
-            failed = _failed("raised", error)
+            failed = failure_data("raised", error)
             self._finish(job, DeliveryError(
                 f"{job.label}: the worker could not run it: {failed[1]}: {failed[2]}",
                 reason=Reason.INTERNAL_ERROR,
@@ -568,7 +498,7 @@ class ProcessPool:
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # whatever rebuilding it raises is this call's failure
-            name, message = _failed("result", exc)[1:3]
+            name, message = failure_data("result", exc)[1:3]
             self._finish(job, DeliveryError(
                 f"{job.label}: returned a result this process cannot unpickle ({name}: "
                 f"{message}); return plain data",
@@ -635,7 +565,7 @@ class ProcessPool:
             executor = ProcessPoolExecutor(
                 self._workers,
                 mp_context=self._context,
-                initializer=_init_worker,
+                initializer=init_worker,
                 initargs=(self._start_writer, self._withdrawn, *self._initargs),
                 max_tasks_per_child=self._max_tasks_per_child,
             )
@@ -678,8 +608,8 @@ class ProcessPool:
                 self._suspects.popleft()
             if job.cf.cancel() or job.cf.done():  # still queued, or finished meanwhile
                 del self._running[job.attempt]  # either way no worker runs it: kill nothing
-            else:  # in the executor's call queue, or running: see _run_attempt
-                self._withdrawn[job.attempt % _SLOTS] = job.attempt
+            else:  # in the executor's call queue, or running: see run_attempt
+                self._withdrawn[job.attempt % SLOTS] = job.attempt
                 self._reap_abandoned()
         elif job in self._waiting:
             self._waiting.remove(job)
@@ -698,7 +628,7 @@ class ProcessPool:
 
     def _reap_abandoned(self) -> None:
         # Kills the workers of abandoned calls. While one has not reported its pid yet (it is
-        # queued in the executor: it will either withdraw itself, see _run_attempt, or report
+        # queued in the executor: it will either withdraw itself, see run_attempt, or report
         # its start), the start pipe is watched; otherwise it is only drained when a call
         # completes, which saves a loop wake-up per call.
         self._drain_starts()
@@ -721,9 +651,9 @@ class ProcessPool:
                 data = self._partial + os.read(self._start_reader.fileno(), 65536)
             except BlockingIOError:
                 return
-            whole = len(data) - len(data) % _START.size
+            whole = len(data) - len(data) % START.size
             self._partial = data[whole:]
-            for attempt, pid in _START.iter_unpack(data[:whole]):
+            for attempt, pid in START.iter_unpack(data[:whole]):
                 if (job := self._running.get(attempt)) is not None:
                     job.pid = pid
             if len(data) < 65536:

@@ -25,7 +25,7 @@ from typing import Any
 from xml_pipeline._errors import SchemaViolation
 from xml_pipeline._handlers import HandlerMetadata, HandlerResponse
 from xml_pipeline._imports import import_path, resolve_path
-from xml_pipeline._runtime.pool import _failed
+from xml_pipeline._runtime.pool_worker import failure_data
 from xml_pipeline._wire.history import HistoryEntry, decode_entry
 from xml_pipeline._wire.parsing import parse_internal
 from xml_pipeline._wire.payloads import from_element, is_payload, to_xml
@@ -36,7 +36,7 @@ __all__ = ["Output", "Raised", "Refusal", "extend_sys_path", "resolve", "run_han
 Output = tuple[str | None, str, bytes]
 # why the handler's result is refused: (reason, message)
 Refusal = tuple[str, str]
-# what the handler raised: ("raised", type name, message, reason, traceback), see pool._failed
+# what the handler raised: ("raised", type name, message, reason, traceback), see pool_worker.failure_data
 Raised = tuple[str, str, str, str | None, str]
 
 _imported: dict[str, Any] = {}  # per process: import paths already resolved
@@ -81,7 +81,7 @@ def run_handler(
     try:
         return _outputs(meta["own_name"], _call(handler, message, metadata))
     except BaseException as exc:  # SystemExit and GeneratorExit too: they are the handler's
-        return _failed("raised", exc)
+        return failure_data("raised", exc)
 
 
 def _call(handler: Callable[..., Any], message: object, metadata: HandlerMetadata) -> object:

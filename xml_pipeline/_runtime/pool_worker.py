@@ -1,0 +1,97 @@
+"""The child side of `ProcessPool`: what runs in each worker process.
+
+Kept apart from the parent side (`xml_pipeline._runtime.pool`) so that what crosses the process
+boundary is plain to see: a worker reports each call's start on the start pipe, runs it, and
+sends back either its result pickled or, for every failure, plain strings (`failure_data`),
+never a pickled exception.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import struct
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+__all__ = ["SLOTS", "START", "Failed", "Withdrawn", "failure_data", "init_worker", "run_attempt"]
+
+START = struct.Struct("=QI")  # (attempt id, worker pid), written on the start pipe
+# Slots of the shared array through which the parent withdraws calls still queued in the
+# executor. A call's slot is ``attempt % SLOTS``; two withdrawn calls sharing one is harmless
+# (the one overwritten runs, reports its start, and its worker is killed as before).
+SLOTS = 1024
+Withdrawn = ctypes.Array[ctypes.c_uint64]
+
+_worker_start_pipe: Connection | None = None  # set in each worker by init_worker
+_worker_withdrawn: Withdrawn | None = None  # likewise
+
+
+def init_worker(
+    pipe: Connection,
+    withdrawn: Withdrawn,
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+) -> None:
+    global _worker_start_pipe, _worker_withdrawn
+    _worker_start_pipe, _worker_withdrawn = pipe, withdrawn
+    if initializer is not None:
+        initializer(*initargs)
+
+
+# (stage, type name, message, reason, traceback): stage is "call" (the function or its
+# arguments could not be rebuilt), "raised" (fn raised) or "result" (it could not be pickled)
+Failed = tuple[str, str, str, str | None, str]
+
+
+def failure_data(stage: str, exc: BaseException) -> Failed:
+    """``exc`` as plain strings; nothing here may raise, whatever ``exc`` does."""
+    cls = type(exc)
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+    try:
+        message = str(exc)
+    except BaseException as bad:  # a __str__ that raises
+        message = f"<str() raised {type(bad).__name__}>"
+    try:
+        code = getattr(exc, "reason", None)
+        reason = str.__str__(code) if isinstance(code, str) else None
+    except BaseException:
+        reason = None
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except BaseException:
+        text = f"{name}: {message}\n"
+    return stage, name, message, reason, text
+
+
+def run_attempt(attempt: int, call: bytes) -> bytes | Failed | None:
+    assert _worker_start_pipe is not None, "worker started without ProcessPool's initializer"
+    assert _worker_withdrawn is not None
+    # Checked before the start is reported, never after: a call that reports its start runs,
+    # so the parent may kill the worker of an abandoned call as soon as it sees the start.
+    if _worker_withdrawn[attempt % SLOTS] == attempt:
+        return None  # its caller left while it was queued: nothing ran, nothing to kill
+    os.write(_worker_start_pipe.fileno(), START.pack(attempt, os.getpid()))
+    # Every way this call can fail becomes plain data, BaseException included: SystemExit,
+    # GeneratorExit or KeyboardInterrupt from fn must neither end the worker nor be mistaken
+    # for a crash. The call is unpickled here, after the start is reported, so that a function
+    # the worker cannot import fails this call, not the worker.
+    try:
+        fn, args = pickle.loads(call)
+    except BaseException as exc:
+        return failure_data("call", exc)
+    try:
+        result = fn(*args)
+    except BaseException as exc:
+        return failure_data("raised", exc)
+    try:
+        # pickled here so that a result that cannot be pickled fails this call alone; the
+        # parent unpickles it, and a result it cannot rebuild fails this call alone too
+        return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException as exc:
+        return failure_data("result", exc)
