@@ -36,7 +36,7 @@ __all__ = ["Output", "Raised", "Refusal", "extend_sys_path", "resolve", "run_han
 Output = tuple[str | None, str, bytes]
 # why the handler's result is refused: (reason, message)
 Refusal = tuple[str, str]
-# what the handler raised: ("raised", type name, message, reason, traceback), see pool_worker.failure_data
+# what the handler raised: ("raised", type name, message, reason, traceback): failure_data
 Raised = tuple[str, str, str, str | None, str]
 
 _imported: dict[str, Any] = {}  # per process: import paths already resolved

@@ -67,24 +67,27 @@ class _RefuseExternal(etree.Resolver):  # type: ignore[misc]
         raise _ExternalLoadRefused(system_url)
 
 
-def _parser() -> etree.XMLParser:
-    # lxml parsers may not be used by two threads at once; one per thread, reused.
-    try:
-        parser: etree.XMLParser = _local.parser
-    except AttributeError:
+def _parser(*, internal: bool = False) -> etree.XMLParser:
+    """This thread's parser (lxml parsers may not be shared between threads): one per thread
+    and kind, reused. Neither kind resolves entities, loads a DTD or reaches the network; the
+    internal one (XML this organism wrote itself) allows huge documents and keeps comments."""
+    name = "internal_parser" if internal else "parser"
+    parser: etree.XMLParser | None = getattr(_local, name, None)
+    if parser is None:
         parser = etree.XMLParser(
             resolve_entities=False,
             no_network=True,
             load_dtd=False,
             dtd_validation=False,
-            huge_tree=False,
+            huge_tree=internal,
             recover=False,
-            remove_comments=True,
-            remove_pis=True,
+            remove_comments=not internal,
+            remove_pis=not internal,
             collect_ids=False,
         )
-        parser.resolvers.add(_RefuseExternal())
-        _local.parser = parser
+        if not internal:
+            parser.resolvers.add(_RefuseExternal())
+        setattr(_local, name, parser)
     return parser
 
 
@@ -221,17 +224,7 @@ def parse_internal(data: bytes) -> etree._Element:
     Raises:
         XmlInputError: ``malformed``, the bytes are not XML.
     """
-    parser: etree.XMLParser | None = getattr(_local, "internal_parser", None)
-    if parser is None:  # lxml parsers may not be shared between threads
-        parser = _local.internal_parser = etree.XMLParser(
-            resolve_entities=False,
-            no_network=True,
-            load_dtd=False,
-            huge_tree=True,
-            recover=False,
-            collect_ids=False,
-        )
     try:
-        return etree.fromstring(data, parser)
+        return etree.fromstring(data, _parser(internal=True))
     except etree.XMLSyntaxError as exc:
         raise _syntax(exc) from None
