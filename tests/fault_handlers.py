@@ -38,3 +38,9 @@ def fails(msg: Work, meta: HandlerMetadata) -> None:
     import json
 
     json.loads(msg.marker or "{")  # the line the error names
+
+
+async def calls_a_peer(msg: Work, meta: HandlerMetadata) -> HandlerResponse:
+    """Tries meta.call, which a cpu_bound handler cannot use."""
+    answer = await meta.call("other", Work())
+    return HandlerResponse.respond(answer)

@@ -47,7 +47,7 @@ class HandlerMetadata:
     dataclass: the pump makes one per hop, and this costs a third as much to build.
     """
 
-    __slots__ = ("_conversation", "_from", "_own", "_reader", "_thread")
+    __slots__ = ("_conversation", "_from", "_hop", "_own", "_pump", "_reader", "_thread")
 
     def __init__(
         self,
@@ -61,6 +61,8 @@ class HandlerMetadata:
         self._own = own_name
         self._reader: Callable[..., Awaitable[list[HistoryEntry]]] | None = history
         self._conversation: str | None = None
+        self._pump: Any = None  # the pump and hop a handler's calls go through (in process)
+        self._hop: Any = None
 
     @classmethod
     def _for_hop(
@@ -70,15 +72,19 @@ class HandlerMetadata:
         own_name: str,
         reader: Callable[[str], Awaitable[list[HistoryEntry]]] | None,
         conversation: str,
+        pump: Any,
+        hop: Any,
     ) -> HandlerMetadata:
-        """The pump's constructor: ``reader(conversation)`` reads the history when asked, so
-        no closure is made per hop."""
+        """The pump's constructor: ``reader(conversation)`` reads the history when asked, and
+        ``pump.call(hop, ...)`` makes calls, so no closure is made per hop."""
         meta = cls.__new__(cls)
         meta._thread = thread_id
         meta._from = from_id
         meta._own = own_name
         meta._reader = reader
         meta._conversation = conversation
+        meta._pump = pump
+        meta._hop = hop
         return meta
 
     @property
@@ -95,6 +101,39 @@ class HandlerMetadata:
     def own_name(self) -> str:
         """The name of the listener running the handler."""
         return self._own
+
+    async def call(self, peer: str, payload: object, *, timeout: float | None = None) -> Any:
+        """Call the peer ``peer`` with ``payload`` and return its answer (a payload object of
+        whatever class the peer answered with).
+
+        The call is made exactly as a returned ``HandlerResponse(payload, to=peer)`` is: a
+        fresh opaque thread id, peers enforced, the pump writes ``<from>``, history recorded.
+        While the handler waits it does not hold its listener's concurrency slot (a cycle
+        through a listener with ``max_concurrency: 1`` cannot deadlock); its own
+        ``timeout_seconds`` keeps running, and a conversation that ends cancels it. Fan out
+        with ``asyncio.gather`` or an anyio task group.
+
+        Args:
+            timeout: seconds to wait for this answer (``None``: until the handler's own
+                timeout or the conversation's end).
+
+        Raises:
+            DeliveryError: the call failed, with its ``reason`` (``peer_denied``, ``no_route``,
+                ``schema_violation``, ``timeout``, ``no_answer``, or the callee's failure);
+                catch it to recover, or let it go: the handler fails with ``handler_error``.
+            PayloadTypeError: ``payload`` is not a ``@payload`` object.
+            UsageError: the handler runs in a worker process (``cpu_bound``), has returned
+                already, or its conversation has ended.
+        """
+        if self._pump is None:
+            raise UsageError(
+                f"meta.call({peer!r}) from {self._own!r}: a cpu_bound handler runs in a worker "
+                "process, which has no event loop of the pump to carry the call; return "
+                "HandlerResponse(payload, to=peer) instead, and take the answer when the "
+                "handler is called with it"
+            )
+        result: Any = await self._pump.call(self._hop, peer, payload, timeout)
+        return result
 
     async def history(self) -> list[HistoryEntry]:
         """The conversation's recorded hops so far, oldest first (bounded by the backend)."""

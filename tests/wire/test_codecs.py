@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from xml_pipeline._errors import SchemaViolation
+from xml_pipeline._errors import SchemaViolation, XmlInputError
 from xml_pipeline._wire.codegen import Unusual
 from xml_pipeline._wire.payloads import (
     _bind,
@@ -406,9 +406,11 @@ def _valid_texts(tp: type) -> st.SearchStrategy[str]:
 
 
 def from_xml_or_none(cls: type, text: str) -> object:
+    """The object ``text`` reads as, or None when it is not a valid value (or, written raw
+    into a document, not well-formed XML: ``]]>``, ``<``...)."""
     try:
         return from_xml(cls, document(cls, text, []))
-    except SchemaViolation:
+    except (SchemaViolation, XmlInputError):
         return None
 
 

@@ -28,7 +28,7 @@ class ListenerState:
 
     __slots__ = (
         "backlog", "busy", "cpu_bound", "handler", "handles_errors", "is_async", "limit",
-        "listener", "name", "payload_class", "peers", "retry", "spec", "timeout",
+        "listener", "name", "payload_class", "peers", "resumers", "retry", "spec", "timeout",
     )  # fmt: skip
 
     def __init__(self, listener: Listener, pool_workers: int, retry: RetryPolicy) -> None:
@@ -49,6 +49,8 @@ class ListenerState:
         self.retry = retry
         self.busy = 0
         self.backlog: deque[Hop] = deque()
+        # handlers that waited in meta.call without their slot and want it back, first served
+        self.resumers: deque[asyncio.Future[None]] = deque()
 
 
 class Conversation:
@@ -79,7 +81,7 @@ class Frame:
     nothing can answer the call any more. The root frame (the outside sender) has no parent.
     """
 
-    __slots__ = ("answered", "listener", "live", "parent", "thread")
+    __slots__ = ("answered", "listener", "live", "parent", "thread", "waiter")
 
     def __init__(self, listener: str, thread: str, parent: Frame | None) -> None:
         self.listener = listener
@@ -87,6 +89,9 @@ class Frame:
         self.parent = parent
         self.live = 1  # the hop that delivers the call
         self.answered = False
+        # a call made with meta.call: its answer (or failure) resolves this future instead of
+        # running the caller's handler again
+        self.waiter: asyncio.Future[Any] | None = None
 
 
 class Hop:
@@ -95,12 +100,14 @@ class Hop:
     ``settled`` is set when the watchdog or the conversation's end takes the hop over
     (``"timeout"`` or ``"ended"``); ``cancels`` counts the ``task.cancel()`` calls made for it
     (each balanced when its handler ends); ``abandoned`` is set when its handler ignored them.
-    ``attempt`` counts runs of this hop (a retry policy may run it again).
+    ``attempt`` counts runs of this hop (a retry policy may run it again). While its handler
+    waits in ``meta.call`` the hop gives its slot up (``holds_slot`` is false), so that call
+    cycles through a listener with one slot cannot deadlock.
     """
 
     __slots__ = (
-        "abandoned", "attempt", "cancels", "conv", "frame", "payload", "sender", "settled",
-        "state", "task",
+        "abandoned", "attempt", "cancels", "conv", "finished", "frame", "holds_slot", "payload",
+        "sender", "settled", "state", "task", "waits",
     )  # fmt: skip
 
     def __init__(
@@ -116,3 +123,6 @@ class Hop:
         self.cancels = 0
         self.abandoned = False
         self.attempt = 1
+        self.holds_slot = True  # its listener's concurrency slot (given up while it waits)
+        self.waits = 0  # meta.call answers its handler waits for now
+        self.finished = False  # its handler returned: its metadata may no longer call

@@ -126,6 +126,7 @@ class Invocation:
             caught = exc
             result = None
         finally:
+            hop.finished = True
             running.pop(hop, None)
             if hop.abandoned:
                 self._abandoned.discard(hop)

@@ -36,6 +36,7 @@ from xml_pipeline._errors import (
     DeliveryError,
     PayloadTypeError,
     Reason,
+    SchemaViolation,
     UsageError,
     XmlPipelineError,
 )
@@ -434,7 +435,7 @@ class StreamPump:
                     ))  # fmt: skip
                 if hop.abandoned:
                     return  # its slot was given back when it was abandoned
-                waiting = transport.release(hop.state)
+                waiting = transport.release(hop.state) if hop.holds_slot else None
                 ran += 1
                 if ran % _YIELD_EVERY == 0:
                     # a chain of handlers that never suspend must not starve the loop (the
@@ -456,7 +457,10 @@ class StreamPump:
                 self._tasks.discard(task)  # the task ends: no done-callback needed
 
     def _free_slot(self, hop: Hop) -> None:
-        """Give ``hop``'s slot back, starting the next waiting hop of its listener."""
+        """Give ``hop``'s slot back (if it holds it), starting the next waiting hop."""
+        if not hop.holds_slot:
+            return
+        hop.holds_slot = False
         waiting = self._transport.release(hop.state)
         if waiting is not None:
             self._transport.start(waiting)
@@ -479,7 +483,7 @@ class StreamPump:
         started = self._emit_started(hop) if hooks else 0.0
         registry = self._registry
         meta = HandlerMetadata._for_hop(
-            frame.thread, hop.sender, state.name, self._history_reader, conv.id
+            frame.thread, hop.sender, state.name, self._history_reader, conv.id, self, hop
         )
         try:
             result = await self._invocation.run(hop, meta)
@@ -578,6 +582,16 @@ class StreamPump:
         if res.conversation_ended:  # answered: its records went with the answer's step
             self._conversations.finish(conv, payload)
             return []
+        waiter = frame.waiter
+        if waiter is not None:  # a meta.call: the answer goes to the handler awaiting it
+            frame.waiter = None
+            caller.live -= 1
+            if not waiter.done():
+                if type(payload) is ErrorReport:
+                    waiter.set_exception(_call_failed(payload, frame))
+                else:
+                    waiter.set_result(payload)
+            return []
         return [Hop(self._states[res.caller], caller, responder, payload, conv)]
 
     async def _fail(
@@ -591,6 +605,111 @@ class StreamPump:
             if not nexts or nexts[0].state.handles_errors:
                 return nexts
             frame = nexts[0].frame  # the caller does not handle errors: its call fails too
+
+    async def call(self, hop: Hop, peer: str, payload: object, timeout: float | None) -> object:
+        """``meta.call``: a call from ``hop``'s handler to ``peer``, awaited for its answer.
+
+        The call is made as a returned ``HandlerResponse(payload, to=peer)`` is (a fresh thread
+        id, peers enforced, history recorded); the hop gives its listener's slot up while it
+        waits and takes one again, first in line, before its handler goes on.
+
+        Raises:
+            DeliveryError: the call failed (``peer_denied``, ``no_route``, ``schema_violation``,
+                ``timeout``, or the callee's failure with its reason).
+            PayloadTypeError: ``payload`` is not a ``@payload`` object.
+            UsageError: the conversation has ended, or the handler has returned already.
+        """
+        state, conv, frame = hop.state, hop.conv, hop.frame
+        if hop.finished or hop.settled is not None or conv.done:
+            why = "its handler returned" if hop.finished else "the conversation has ended"
+            raise UsageError(
+                f"meta.call({peer!r}) from {state.name!r}: {why} (conversation {conv.id}); "
+                "call peers while the handler runs, and await the calls it makes"
+            )
+        target = self._states.get(peer)
+        if target is None:
+            raise no_route(peer, self._states)
+        if peer not in state.peers:
+            raise DeliveryError(
+                f"{state.name!r} may not call {peer!r}: it is not among its peers "
+                f"{sorted(state.peers)}; add it to peers in organism.yaml",
+                reason="peer_denied", listener=peer, thread=frame.thread,
+            )  # fmt: skip
+        if not is_payload(payload) or isinstance(payload, type):
+            raise PayloadTypeError(
+                f"meta.call({peer!r}) from {state.name!r} needs a @payload object, not "
+                f"{type(payload).__name__} ({_short(payload)})"
+            )
+        if type(payload) is not target.payload_class:
+            sent = f"{state.name!r} called it"
+            raise DeliveryError(
+                wrong_class(peer, target.payload_class, payload, sent),
+                reason="no_route", listener=peer, thread=frame.thread,
+            )  # fmt: skip
+        registry = self._registry
+        try:
+            xml = to_xml(payload) if registry.history_on else None
+            if xml is None:
+                check_payload(payload)
+        except SchemaViolation as exc:
+            raise DeliveryError(
+                f"{state.name!r} sent {exc.message}", reason="schema_violation", listener=peer
+            ) from None
+        rec = await registry.call(frame.thread, peer, state.name, payload, xml)
+        if rec is None:
+            raise UsageError(
+                f"meta.call({peer!r}) from {state.name!r}: the thread was retired meanwhile "
+                f"(conversation {conv.id} ended or was lost)"
+            )
+        loop = self._loop or asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        callee = Frame(peer, rec.thread_id, frame)
+        callee.waiter = answer
+        frame.live += 1
+        self._transport.deliver(Hop(target, callee, state.name, payload, conv))
+        timer = None
+        if timeout is not None:
+            timer = loop.call_later(timeout, self._call_expired, callee, peer, timeout)
+        hop.waits += 1
+        self._free_slot(hop)  # no slot held while waiting: call cycles cannot deadlock
+        cancelled = False
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            cancelled = True  # the handler is being stopped: it takes no slot again
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            hop.waits -= 1
+            if not cancelled and hop.waits == 0 and not hop.holds_slot and hop.settled is None:
+                await self._resume(hop)
+
+    def _call_expired(self, callee: Frame, peer: str, timeout: float) -> None:
+        waiter = callee.waiter
+        if waiter is None or waiter.done():
+            return
+        callee.waiter = None
+        callee.answered = True  # its answer, should one come, is a late reply
+        if callee.parent is not None:
+            callee.parent.live -= 1
+        waiter.set_exception(DeliveryError(
+            f"no answer from {peer!r} within the call's timeout of {timeout:g}s",
+            reason="timeout", listener=peer, thread=callee.thread,
+        ))  # fmt: skip
+
+    async def _resume(self, hop: Hop) -> None:
+        """Take a slot again for a handler that waited without one (first in line)."""
+        granted = self._transport.resume(hop.state)
+        if granted is not None:
+            try:
+                await granted
+            except BaseException:
+                if granted.done() and not granted.cancelled():
+                    hop.holds_slot = True  # handed over as we left: pass it on
+                    self._free_slot(hop)
+                raise
+        hop.holds_slot = True
 
     def _timed_out(self, hop: Hop) -> None:
         """The invocation settled ``hop`` at its deadline: report it, in a task of its own."""
@@ -653,6 +772,12 @@ class StreamPump:
                     return
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETIRE_BACKOFF[1])
+
+
+def _call_failed(report: ErrorReport, callee: Frame) -> DeliveryError:
+    return DeliveryError(
+        report.message, reason=report.reason, listener=report.listener, thread=callee.thread
+    )
 
 
 def _normal_name(name: str) -> str:

@@ -14,6 +14,7 @@ live elsewhere). Every transport is held to tests/runtime/test_transport_contrac
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from typing import Protocol, runtime_checkable
 
@@ -51,6 +52,16 @@ class Transport(Protocol):
 
     def start(self, hop: Hop) -> None:
         """Run a hop that already holds its slot (from `claim` or `release`) in a new task."""
+        ...
+
+    def resume(self, state: ListenerState) -> asyncio.Future[None] | None:
+        """A slot for a handler that gave its own up while it waited (``meta.call``).
+
+        Returns:
+            ``None`` when a slot was free and is taken; else a future that resolves when
+            `release` hands one over (resumed handlers are served before waiting hops). A
+            caller that stops waiting on it must pass a slot it was handed on.
+        """
         ...
 
     def close(self) -> None:
@@ -92,7 +103,14 @@ class LocalTransport:
         return False
 
     def release(self, state: ListenerState) -> Hop | None:
-        """Pass the slot to the oldest waiting hop of an open conversation, or free it."""
+        """Pass the slot to a resumed handler, else to the oldest waiting hop of an open
+        conversation, else free it."""
+        resumers = state.resumers
+        while resumers:
+            resumer = resumers.popleft()
+            if not resumer.done():
+                resumer.set_result(None)  # it holds the slot now
+                return None
         backlog = state.backlog
         while backlog and not self._closed:
             hop = backlog.popleft()
@@ -104,6 +122,15 @@ class LocalTransport:
     def start(self, hop: Hop) -> None:
         """Run a hop that holds its slot in a new task."""
         self._spawn(hop)
+
+    def resume(self, state: ListenerState) -> asyncio.Future[None] | None:
+        """Take a free slot for a resumed handler, or queue it first in line for one."""
+        if state.busy < state.limit:
+            state.busy += 1
+            return None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        state.resumers.append(future)
+        return future
 
     def close(self) -> None:
         """Drop every waiting hop; freed slots start nothing from now on."""

@@ -1,0 +1,312 @@
+"""``await meta.call(peer, payload)``: a handler awaits a peer's answer (issue 11, items 1-4)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import anyio
+import pytest
+
+from tests.fault_handlers import Work
+from xml_pipeline import (
+    DeliveryError,
+    HandlerMetadata,
+    HandlerResponse,
+    Listener,
+    Organism,
+    PayloadTypeError,
+    UsageError,
+    payload,
+)
+from xml_pipeline.testing import capture, drain
+
+pytestmark = pytest.mark.anyio
+
+
+@payload
+@dataclass
+class Plan:
+    expr: str = "1+1"
+    key: str = "oslo"
+
+
+@payload
+@dataclass
+class Calculate:
+    expression: str
+
+
+@payload
+@dataclass
+class Total:
+    value: int
+
+
+@payload
+@dataclass
+class Lookup:
+    key: str
+
+
+@payload
+@dataclass
+class City:
+    name: str
+
+
+@payload
+@dataclass
+class PlanAnswer:
+    value: int
+    found: str
+    seen: list[str] = field(default_factory=list)
+
+
+async def calculator(msg: Calculate, meta: HandlerMetadata) -> HandlerResponse:
+    if msg.expression == "boom":
+        raise ZeroDivisionError("the calculator broke")
+    if msg.expression == "nothing":
+        return None  # type: ignore[return-value]
+    if msg.expression == "slow":
+        await anyio.sleep(30)
+    left, right = msg.expression.split("+")
+    return HandlerResponse.respond(Total(value=int(left) + int(right)))
+
+
+async def lookup(msg: Lookup, meta: HandlerMetadata) -> HandlerResponse:
+    await anyio.sleep(0.01)  # answers after the calculator: order must not matter
+    return HandlerResponse.respond(City(name=msg.key.upper()))
+
+
+def planner_organism(planner: object, **options: object) -> Organism:
+    return Organism([
+        Listener("planner", Plan, planner, peers=("calculator", "lookup"), **options),  # type: ignore[arg-type]
+        Listener("calculator", Calculate, calculator),
+        Listener("lookup", Lookup, lookup),
+    ])  # fmt: skip
+
+
+async def test_a_planner_fans_out_with_gather_and_combines_the_answers() -> None:
+    async def plan(msg: Plan, meta: HandlerMetadata) -> HandlerResponse:
+        total, city = await asyncio.gather(
+            meta.call("calculator", Calculate(expression=msg.expr)),
+            meta.call("lookup", Lookup(key=msg.key), timeout=5),
+        )
+        seen = [f"{h.sender}>{h.to}:{h.payload_tag}" for h in await meta.history()]
+        return HandlerResponse.respond(PlanAnswer(value=total.value, found=city.name, seen=seen))
+
+    async with planner_organism(plan) as org:
+        with capture(org) as hops:
+            reply = await org.request("planner", Plan(expr="2+3"), timeout=5)
+        assert (reply.value, reply.found) == (5, "OSLO")
+        assert sorted(reply.seen) == sorted([
+            "_external>planner:Plan",
+            "planner>calculator:Calculate",
+            "planner>lookup:Lookup",
+            "calculator>planner:Total",
+            "lookup>planner:City",
+        ])  # fmt: skip
+        threads = [e.thread for e in hops]
+        assert len(set(threads)) == 3, "each call has a fresh opaque thread id"
+        assert [e.sender for e in hops if e.to != "planner"] == ["planner", "planner"]
+        assert await org.registry.size() == 1
+
+
+async def test_a_task_group_inside_the_handler_can_call_too() -> None:
+    async def plan(msg: Plan, meta: HandlerMetadata) -> HandlerResponse:
+        answers: dict[str, object] = {}
+
+        async def ask(name: str, payload: object) -> None:
+            answers[name] = await meta.call(name, payload)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(ask, "calculator", Calculate(expression="4+4"))
+            group.start_soon(ask, "lookup", Lookup(key="rome"))
+        total, city = answers["calculator"], answers["lookup"]
+        return HandlerResponse.respond(PlanAnswer(value=total.value, found=city.name))  # type: ignore[attr-defined]
+
+    async with planner_organism(plan) as org:
+        reply = await org.request("planner", Plan(), timeout=5)
+    assert (reply.value, reply.found) == (8, "ROME")
+
+
+@payload
+@dataclass
+class Count:
+    n: int
+
+
+async def test_a_call_cycle_through_single_slot_listeners_completes() -> None:
+    """planner -> adder -> planner ... with max_concurrency 1 each: a handler waiting in
+    meta.call holds no slot, so the cycle does not deadlock."""
+
+    async def planner(msg: Count, meta: HandlerMetadata) -> HandlerResponse:
+        if msg.n == 0:
+            return HandlerResponse.respond(Count(n=0))
+        answer = await meta.call("adder", Count(n=msg.n))
+        return HandlerResponse.respond(Count(n=answer.n + 1))
+
+    async def adder(msg: Count, meta: HandlerMetadata) -> HandlerResponse:
+        answer = await meta.call("planner", Count(n=msg.n - 1))
+        return HandlerResponse.respond(Count(n=answer.n + 1))
+
+    listeners = [
+        Listener("planner", Count, planner, peers=("adder",), max_concurrency=1),
+        Listener("adder", Count, adder, peers=("planner",), max_concurrency=1),
+    ]
+    async with Organism(listeners) as org:
+        with anyio.fail_after(10):
+            replies = await asyncio.gather(
+                *(org.request("planner", Count(n=5), timeout=10) for _ in range(20))
+            )
+        assert replies == [Count(n=10)] * 20
+        assert await org.registry.size() == 1
+
+
+async def test_a_callee_failure_raises_in_the_handler_which_may_recover() -> None:
+    async def plan(msg: Plan, meta: HandlerMetadata) -> HandlerResponse:
+        try:
+            total = await meta.call("calculator", Calculate(expression=msg.expr))
+        except DeliveryError as exc:
+            return HandlerResponse.respond(
+                PlanAnswer(value=-1, found=f"{exc.reason}:{exc.listener}")
+            )
+        return HandlerResponse.respond(PlanAnswer(value=total.value, found=""))
+
+    async with planner_organism(plan) as org:
+        reply = await org.request("planner", Plan(expr="boom"), timeout=5)
+        assert reply == PlanAnswer(value=-1, found="handler_error:calculator")
+        reply = await org.request("planner", Plan(expr="nothing"), timeout=5)
+        assert reply == PlanAnswer(value=-1, found="no_answer:calculator")
+
+
+async def test_an_uncaught_call_failure_is_the_handlers_own_error() -> None:
+    async def plan(msg: Plan, meta: HandlerMetadata) -> HandlerResponse:
+        await meta.call("calculator", Calculate(expression="boom"))
+        return HandlerResponse.respond(PlanAnswer(value=0, found=""))
+
+    async with planner_organism(plan) as org:
+        with pytest.raises(DeliveryError) as info:
+            await org.request("planner", Plan(), timeout=5)
+    assert (info.value.reason, info.value.listener) == ("handler_error", "planner")
+    assert "DeliveryError" in info.value.message and "calculator broke" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "words"),
+    [
+        (lambda meta: meta.call("calculatr", Calculate(expression="1+1")), DeliveryError,
+         "did you mean 'calculator'"),
+        (lambda meta: meta.call("planner", Plan()), DeliveryError, "not among its peers"),
+        (lambda meta: meta.call("calculator", {"expression": "1+1"}), PayloadTypeError,
+         "needs a @payload object"),
+        (lambda meta: meta.call("calculator", Lookup(key="x")), DeliveryError,
+         "accepts <Calculate>, not <Lookup>"),
+        (lambda meta: meta.call("calculator", Calculate(expression=3)), DeliveryError,
+         "is not a valid string"),
+    ],
+    ids=["unknown-peer", "not-a-peer", "not-a-payload", "wrong-class", "schema"],
+)  # fmt: skip
+async def test_a_bad_call_is_refused_at_the_call_with_its_reason(
+    call: object, error: type[Exception], words: str
+) -> None:
+    raised: list[BaseException] = []
+
+    async def plan(msg: Plan, meta: HandlerMetadata) -> HandlerResponse:
+        try:
+            await call(meta)  # type: ignore[operator]
+        except Exception as exc:
+            raised.append(exc)
+        return HandlerResponse.respond(PlanAnswer(value=0, found=""))
+
+    async with planner_organism(plan) as org:
+        await org.request("planner", Plan(), timeout=5)
+    assert len(raised) == 1 and isinstance(raised[0], error), raised
+    assert words in str(raised[0])
+
+
+async def test_a_call_after_the_handler_returned_is_a_usage_error() -> None:
+    kept: list[HandlerMetadata] = []
+
+    async def plan(msg: Plan, meta: HandlerMetadata) -> HandlerResponse:
+        kept.append(meta)
+        return HandlerResponse.respond(PlanAnswer(value=0, found=""))
+
+    async with planner_organism(plan) as org:
+        await org.request("planner", Plan(), timeout=5)
+        with pytest.raises(UsageError, match="its handler returned"):
+            await kept[0].call("calculator", Calculate(expression="1+1"))
+
+
+async def test_a_call_timeout_raises_and_a_late_answer_is_dropped() -> None:
+    async def plan(msg: Plan, meta: HandlerMetadata) -> HandlerResponse:
+        try:
+            await meta.call("lookup", Lookup(key="far"), timeout=0.001)
+        except DeliveryError as exc:
+            await anyio.sleep(0.1)  # the conversation goes on: the late answer arrives meanwhile
+            return HandlerResponse.respond(PlanAnswer(value=0, found=str(exc.reason)))
+        return HandlerResponse.respond(PlanAnswer(value=1, found="in time"))
+
+    async with planner_organism(plan) as org:
+        reply = await org.request("planner", Plan(), timeout=5)
+        assert reply.found == "timeout"
+        assert org.stats.late_replies == 1, "the answer after the call's timeout was dropped"
+        assert await org.registry.size() == 1
+
+
+async def test_the_handlers_own_timeout_runs_while_it_waits() -> None:
+    async def plan(msg: Plan, meta: HandlerMetadata) -> HandlerResponse:
+        await meta.call("calculator", Calculate(expression="slow"))
+        return HandlerResponse.respond(PlanAnswer(value=0, found=""))
+
+    async with planner_organism(plan, timeout_seconds=0.2) as org:
+        with anyio.fail_after(5), pytest.raises(DeliveryError) as info:
+            await org.request("planner", Plan(), timeout=30)
+    assert (info.value.reason, info.value.listener) == ("timeout", "planner")
+
+
+async def test_a_conversation_that_ends_cancels_the_handler_waiting_in_it() -> None:
+    stopped = anyio.Event()
+
+    async def plan(msg: Plan, meta: HandlerMetadata) -> HandlerResponse:
+        try:
+            await meta.call("calculator", Calculate(expression="slow"))
+        finally:
+            stopped.set()
+        return HandlerResponse.respond(PlanAnswer(value=0, found=""))
+
+    async with planner_organism(plan) as org:
+        with pytest.raises(DeliveryError) as info:
+            await org.request("planner", Plan(), timeout=0.2)
+        assert info.value.reason == "timeout"
+        with anyio.fail_after(5):
+            await stopped.wait()
+            await drain(org)
+        assert await org.registry.size() == 1
+
+
+async def test_the_two_styles_mix_a_call_awaited_then_a_call_returned() -> None:
+    async def plan(msg: Plan | City, meta: HandlerMetadata) -> HandlerResponse:
+        if isinstance(msg, City):  # the returned call's answer re-invokes the handler
+            return HandlerResponse.respond(PlanAnswer(value=0, found=msg.name))
+        total = await meta.call("calculator", Calculate(expression=msg.expr))
+        return HandlerResponse(Lookup(key=f"k{total.value}"), to="lookup")
+
+    async with planner_organism(plan) as org:
+        reply = await org.request("planner", Plan(expr="3+4"), timeout=5)
+    assert reply == PlanAnswer(value=0, found="K7")
+
+
+async def test_a_cpu_bound_handler_is_told_meta_call_is_not_for_it() -> None:
+    from tests.fault_handlers import calls_a_peer
+
+    listeners = [
+        Listener("cpu", Work, calls_a_peer, cpu_bound=True, peers=("other",)),
+        Listener("other", Work, calls_a_peer),
+    ]
+    async with Organism(listeners, process_pool={"workers": 1}) as org:
+        with pytest.raises(DeliveryError) as info:
+            await org.request("cpu", Work(), timeout=20)
+    assert info.value.reason == "handler_error"
+    assert "cpu_bound handler runs in a worker process" in info.value.message
