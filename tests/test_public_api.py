@@ -31,6 +31,7 @@ EXPECTED = {
     "ListenerConfig",
     "Organism",
     "OrganismConfig",
+    "Outcome",
     "ParseLimits",
     "PayloadSpec",
     "PayloadTypeError",

@@ -30,6 +30,7 @@ from xml_pipeline._handlers import (
 )
 from xml_pipeline._organism import Organism
 from xml_pipeline._runtime.hooks import ConversationEvent, Event, Hooks, HopEvent
+from xml_pipeline._runtime.outbox import Outcome
 from xml_pipeline._runtime.outcomes import DeadLetter, PumpStats
 from xml_pipeline._runtime.pool import PoolStats, ProcessPool
 from xml_pipeline._runtime.registry import ThreadRegistry
@@ -72,6 +73,7 @@ __all__ = [
     "ListenerConfig",
     "Organism",
     "OrganismConfig",
+    "Outcome",
     "ParseLimits",
     "PayloadSpec",
     "PayloadTypeError",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +25,7 @@ from xml_pipeline._handlers import Listener
 from xml_pipeline._loader import handler_signature_problem, load_organism, worker_import_problem
 from xml_pipeline._runtime.hooks import Hooks
 from xml_pipeline._runtime.invoker import PoolInvoker
+from xml_pipeline._runtime.outbox import Outcome
 from xml_pipeline._runtime.pool import ProcessPool
 from xml_pipeline._runtime.pump import DeadLetter, PumpStats, StreamPump
 from xml_pipeline._runtime.registry import ThreadRegistry
@@ -69,6 +70,7 @@ class Organism:
         drain_timeout_seconds: float = _DEFAULT.drain_timeout_seconds,
         history: bool = _DEFAULT.history,
         max_hops: int = _DEFAULT.max_hops,
+        outbox_size: int = _DEFAULT.outbox_size,
     ) -> None:
         if isinstance(listeners, Listener) or not isinstance(listeners, Sequence):
             raise UsageError(
@@ -171,6 +173,7 @@ class Organism:
                 pool_invoker=invoker,
                 pool_workers=self._pool_config.workers,
                 max_hops=self._max_hops,
+                outbox_size=self._settings.outbox_size,
             )
             pump.hooks = self.hooks
             pump.start()
@@ -285,10 +288,49 @@ class Organism:
             )
         return answer
 
-    async def send(self, to: str, payload: object) -> str:
-        """Start a conversation without waiting for its answer; returns its thread id.
+    async def request_envelope(self, data: bytes | str, *, timeout: float = 30.0) -> bytes:
+        """Answer a raw v1 envelope from outside with a raw answer envelope: for gateways.
 
-        Failures with nobody waiting are logged and kept in `dead_letters`.
+        The envelope is read and checked exactly as by `inject` (guarded parser, reason codes,
+        forged senders refused). The answer envelope carries the conversation id as its
+        ``<thread>``, the answering listener as ``<from>`` and the original ``<from>`` as
+        ``<to>`` (``_external``, the name history gives the outside, when it had none).
+
+        Returns:
+            the answer envelope, UTF-8 bytes without an XML declaration.
+
+        Raises:
+            XmlInputError, SchemaViolation: as `inject`, counted in ``stats.rejected``.
+            DeliveryError: as `inject`, and every failure of the conversation as `request`.
+            UsageError: ``data`` is neither bytes nor str, or ``timeout`` is not a number of
+                seconds above 0.
+        """
+        return await self._running().request_envelope(data, timeout)
+
+    def outcomes(self) -> AsyncIterator[Outcome]:
+        """The outcomes of ``send``/``inject`` conversations as they end, oldest first.
+
+        ``async for outcome in org.outcomes(): ...`` waits for the next one and ends when the
+        organism stops (after the outcomes left). Each outcome goes to one reader. The outbox
+        keeps the newest ``outbox_size`` outcomes nobody has read; older ones are dropped and
+        counted in ``stats.outcomes_dropped``. ``request`` outcomes never go there: their
+        caller has them.
+
+        Raises:
+            UsageError: the organism has never been started.
+        """
+        pump = self._pump or self._stopped
+        if pump is None:
+            raise UsageError(
+                f"organism {self.name!r} has not started; read its outcomes inside "
+                "`async with organism:`"
+            )
+        return aiter(pump.outbox)
+
+    async def send(self, to: str, payload: object) -> str:
+        """Start a conversation without waiting for its answer; returns its conversation id.
+
+        Its outcome goes to `outcomes`; a failure is also logged and kept in `dead_letters`.
 
         Raises:
             DeliveryError: what is known at once (``no_route``, ``overloaded``, ``shutdown``,
@@ -299,7 +341,9 @@ class Organism:
         return await self._running().send(to, payload)
 
     async def inject(self, data: bytes | str) -> str:
-        """Feed a raw v1 envelope from outside; returns the new conversation's thread id.
+        """Feed a raw v1 envelope from outside; returns the new conversation's id.
+
+        Its outcome goes to `outcomes` (use `request_envelope` to await the answer instead).
 
         A thread id in the envelope never joins an existing conversation: a new one starts.
         A ``<from>`` naming a listener or a reserved name (compared ignoring case, surrounding

@@ -357,6 +357,14 @@ class OrganismSettings:
         default=10_000,
         metadata=setting("integer", "hops one conversation may make (then hop_limit)", minimum=1),
     )
+    outbox_size: int = field(
+        default=1000,
+        metadata=setting(
+            "integer",
+            "outcomes of send/inject kept for outcomes() readers (then the oldest are dropped)",
+            minimum=1,
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, type(self).__name__)

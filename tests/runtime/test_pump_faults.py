@@ -535,7 +535,7 @@ async def test_a_forged_sender_differing_only_in_form_is_refused(
             await org.inject(_envelope(sender))
         assert info.value.reason == "forged_sender"
         assert org.stats.rejected == 1
-        assert "inject refused" in caplog.text
+        assert "inject() refused" in caplog.text
         await org.inject(_envelope("a person"))  # an honest outside name is fine
         await org.wait_idle()
 
@@ -549,7 +549,7 @@ async def test_rejected_injects_are_counted_and_logged(caplog: pytest.LogCapture
             with pytest.raises(XmlPipelineError):
                 await org.inject(bad)
         assert org.stats.rejected == 3
-        assert caplog.text.count("inject refused") == 3
+        assert caplog.text.count("inject() refused") == 3
 
 
 async def test_stats_count_conversations_lost_not_hops() -> None:

@@ -58,7 +58,8 @@ class Conversation:
     deadline timer, and the hops whose handlers run for it now (stopped when it ends)."""
 
     __slots__ = (
-        "done", "expired", "future", "hops", "id", "opening", "running", "started_by", "timer"
+        "answered_by", "done", "expired", "future", "hops", "id", "opening", "running",
+        "started_by", "timer",
     )  # fmt: skip
 
     def __init__(self, future: asyncio.Future[Any] | None, to: str) -> None:
@@ -71,6 +72,7 @@ class Conversation:
         self.expired = False  # the deadline passed while the conversation was opening
         self.started_by = to
         self.running: set[Hop] = set()
+        self.answered_by = ""  # the listener whose answer ended it
 
 
 class Frame:

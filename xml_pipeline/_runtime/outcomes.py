@@ -18,6 +18,7 @@ from xml_pipeline._errors import DeliveryError, Reason
 from xml_pipeline._handlers import ErrorReport
 from xml_pipeline._runtime.hops import Conversation, Hop
 from xml_pipeline._runtime.ingress import IngressGate
+from xml_pipeline._runtime.outbox import Outbox, Outcome
 
 __all__ = ["Conversations", "Counters", "DeadLetter", "PumpStats"]
 
@@ -51,6 +52,8 @@ class PumpStats:
         abandoned: handlers that went on running after the pump cancelled them; each logged,
             its concurrency slot given back.
         retries: hops run again by a listener's retry policy.
+        outcomes_dropped: outcomes of ``send``/``inject`` conversations dropped from a full
+            outbox because nobody read `Organism.outcomes` (the oldest go first).
     """
 
     conversations: int = 0
@@ -67,6 +70,7 @@ class PumpStats:
     rejected: int = 0
     abandoned: int = 0
     retries: int = 0
+    outcomes_dropped: int = 0
 
 
 class Counters:
@@ -84,11 +88,12 @@ class Counters:
         self.overloaded = self.lost = self.cancelled = self.rejected = 0
         self.abandoned = self.retries = 0
 
-    def snapshot(self, overloaded: int) -> PumpStats:
-        """The counters now, frozen (``overloaded`` is counted by the ingress gate)."""
+    def snapshot(self, overloaded: int, outcomes_dropped: int) -> PumpStats:
+        """The counters now, frozen (``overloaded`` is counted by the ingress gate,
+        ``outcomes_dropped`` by the outbox)."""
         values = {name: getattr(self, name) for name in self.__slots__}
         values["overloaded"] = overloaded
-        return PumpStats(**values)
+        return PumpStats(**values, outcomes_dropped=outcomes_dropped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,16 +113,22 @@ class Conversations:
     """The open conversations of one pump, and the one way each of them ends.
 
     ``stop(hop)`` is called for every hop still running in a conversation that ends (the
-    invocation cancels its handler).
+    invocation cancels its handler). The outcomes of conversations nobody awaits go to
+    ``outbox``.
     """
 
     def __init__(
-        self, ingress: IngressGate, counters: Counters, stop: Callable[[Hop, str], None]
+        self,
+        ingress: IngressGate,
+        counters: Counters,
+        stop: Callable[[Hop, str], None],
+        outbox: Outbox,
     ) -> None:
         self._open: dict[str, Conversation] = {}
         self._ingress = ingress
         self._counters = counters
         self._stop = stop
+        self.outbox = outbox
         self.idle = asyncio.Event()
         self.idle.set()
         self.dead_letters: deque[DeadLetter] = deque(maxlen=_MAX_DEAD_LETTERS)
@@ -169,10 +180,14 @@ class Conversations:
                 future.set_result(outcome)
             else:
                 future.set_exception(error)
-        elif error is not None and future is None:
-            letter = DeadLetter(conv.id, error.reason, error.message, error.listener or "")
-            self.dead_letters.append(letter)
-            log.warning("conversation %s failed: %s", conv.id, error)
+        elif future is None:
+            if error is None:
+                self.outbox.put(Outcome(conv.id, conv.started_by, outcome, None, conv.answered_by))
+            else:
+                self.outbox.put(Outcome(conv.id, conv.started_by, None, error))
+                letter = DeadLetter(conv.id, error.reason, error.message, error.listener or "")
+                self.dead_letters.append(letter)
+                log.warning("conversation %s failed: %s", conv.id, error)
         if self.ended is not None:
             self.ended(conv, error)
         return True

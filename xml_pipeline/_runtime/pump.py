@@ -46,6 +46,7 @@ from xml_pipeline._runtime.hops import Conversation, Frame, Hop, ListenerState
 from xml_pipeline._runtime.ingress import IngressGate
 from xml_pipeline._runtime.invocation import CANCEL_GRACE, Invocation, Settled
 from xml_pipeline._runtime.invoker import Invoker
+from xml_pipeline._runtime.outbox import Outbox
 from xml_pipeline._runtime.outcomes import Conversations, Counters, DeadLetter, PumpStats
 from xml_pipeline._runtime.outputs import Failure, check_outputs, no_route, wrong_class
 from xml_pipeline._runtime.registry import ThreadRegistry, new_thread_id
@@ -86,6 +87,7 @@ class StreamPump:
         pool_invoker: Invoker | None = None,
         pool_workers: int = 1,
         retry: RetryPolicy | None = None,
+        outbox_size: int = 1000,
     ) -> None:
         policy = retry if retry is not None else NoRetry()
         self._states = {
@@ -110,7 +112,10 @@ class StreamPump:
             on_timeout=self._timed_out,
             on_abandon=self._free_slot,
         )
-        self._conversations = Conversations(self._ingress, self._counters, self._invocation.settle)
+        self.outbox = Outbox(outbox_size)
+        self._conversations = Conversations(
+            self._ingress, self._counters, self._invocation.settle, self.outbox
+        )
         self._conversations.ended = self._conversation_ended
         self._transport: Transport = LocalTransport(self._states.values(), self._spawn)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -132,7 +137,7 @@ class StreamPump:
     @property
     def stats(self) -> PumpStats:
         """A snapshot of the counters."""
-        return self._counters.snapshot(self._ingress.overloaded)
+        return self._counters.snapshot(self._ingress.overloaded, self.outbox.dropped)
 
     @property
     def dead_letters(self) -> list[DeadLetter]:
@@ -199,6 +204,7 @@ class StreamPump:
                     for task in late:
                         task.cancel()
             finally:
+                self.outbox.close()
                 if self._watchdog is not None:
                     self._watchdog.cancel()
                     await asyncio.wait([self._watchdog])
@@ -212,13 +218,37 @@ class StreamPump:
         """
         _check_timeout(timeout)
         state, xml = self._state_for(to, payload)
+        return await self._converse(Conversation(None, to), state, payload, EXTERNAL, xml, timeout)
+
+    async def request_envelope(self, data: bytes | str, timeout: float) -> bytes:
+        """Start a conversation from a raw envelope and answer with a raw envelope (see
+        `Organism.request_envelope`)."""
+        _check_timeout(timeout)
+        state, obj, sender = self._read_envelope(data)
+        conv = Conversation(None, state.name)
+        sender = sender or EXTERNAL  # anonymous: the outside, as history records it
+        answer = await self._converse(conv, state, obj, sender, None, timeout)
+        return Envelope(conv.answered_by, sender, conv.id, answer).to_bytes()
+
+    async def _converse(
+        self,
+        conv: Conversation,
+        state: ListenerState,
+        payload: object,
+        sender: str,
+        xml: bytes | None,
+        timeout: float,
+    ) -> object:
+        """Open ``conv`` with ``state``'s listener and wait ``timeout`` seconds at most for its
+        outcome."""
+        to = state.name
         loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        conv = Conversation(future, to)
+        conv.future = future
         task = asyncio.current_task(loop)  # with the loop: no get_running_loop() inside
         conv.timer = loop.call_at(loop.time() + timeout, self._expire, conv, task, timeout)
         try:
-            first = await self._open(conv, state, payload, EXTERNAL, xml)
+            first = await self._open(conv, state, payload, sender, xml)
         except asyncio.CancelledError:
             conv.timer.cancel()
             if conv.expired and task is not None and task.uncancel() == 0:
@@ -250,9 +280,23 @@ class StreamPump:
 
     async def inject(self, data: bytes | str) -> str:
         """Start a conversation from a raw envelope; returns its first thread id."""
+        state, obj, sender = self._read_envelope(data, "inject()")
+        conv = Conversation(None, state.name)
+        self._transport.deliver(await self._open(conv, state, obj, sender or EXTERNAL))
+        return conv.id
+
+    def _read_envelope(
+        self, data: bytes | str, where: str = "request_envelope()"
+    ) -> tuple[ListenerState, object, str]:
+        """The target, payload object and sender of an envelope from outside, checked with
+        the guarded parser; refusals are counted and logged.
+
+        Raises:
+            UsageError, XmlInputError, SchemaViolation, DeliveryError (see `Organism.inject`).
+        """
         if not isinstance(data, bytes | str):
             raise UsageError(
-                f"inject() takes a v1 envelope as bytes or str, not {type(data).__name__}"
+                f"{where} takes a v1 envelope as bytes or str, not {type(data).__name__}"
             )
         try:
             env = Envelope.from_bytes(data, self._limits)
@@ -275,11 +319,9 @@ class StreamPump:
             obj: object = from_element(state.listener.payload_class, env.payload)
         except XmlPipelineError as exc:
             self._counters.rejected += 1
-            log.warning("inject refused: %s", exc)
+            log.warning("%s refused an envelope: %s", where, exc)
             raise
-        conv = Conversation(None, state.name)
-        self._transport.deliver(await self._open(conv, state, obj, sender or EXTERNAL))
-        return conv.id
+        return state, obj, sender
 
     def _is_reserved(self, sender: str) -> bool:
         name = _normal_name(sender)
@@ -580,6 +622,7 @@ class StreamPump:
                 await self._lost(conv, responder)
             return []
         if res.conversation_ended:  # answered: its records went with the answer's step
+            conv.answered_by = responder
             self._conversations.finish(conv, payload)
             return []
         waiter = frame.waiter
