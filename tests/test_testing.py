@@ -33,7 +33,7 @@ async def test_run_organism_from_yaml_captures_every_hop_with_the_users_own_clas
         assert [(e.sender, e.to) for e in seen] == [
             ("_external", "greeter"),
             ("greeter", "shouter"),
-            ("shouter", "greeter"),
+            ("shouter", "greeter"),  # the answer greet awaited with meta.call
         ]
         assert seen.payloads(handlers.Shout) == [
             handlers.Shout(text="hello, Ada!"),

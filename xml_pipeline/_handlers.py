@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Union
+from typing import Any, Protocol, TypeVar, Union, overload
 
-from xml_pipeline._errors import Reason, UsageError
+from xml_pipeline._errors import DeliveryError, Reason, UsageError
 from xml_pipeline._settings import (
     LISTENER_NAME,
     ListenerSettings,
@@ -22,6 +22,8 @@ from xml_pipeline._settings import (
 )
 from xml_pipeline._wire.history import HistoryEntry
 from xml_pipeline._wire.payloads import is_payload, payload
+
+_A = TypeVar("_A")
 
 __all__ = [
     "ErrorReport",
@@ -102,9 +104,22 @@ class HandlerMetadata:
         """The name of the listener running the handler."""
         return self._own
 
-    async def call(self, peer: str, payload: object, *, timeout: float | None = None) -> Any:
+    @overload
+    async def call(
+        self, peer: str, payload: object, *, timeout: float | None = ..., expect: type[_A]
+    ) -> _A: ...
+    @overload
+    async def call(self, peer: str, payload: object, *, timeout: float | None = ...) -> Any: ...
+    async def call(
+        self,
+        peer: str,
+        payload: object,
+        *,
+        timeout: float | None = None,
+        expect: type[Any] | None = None,
+    ) -> Any:
         """Call the peer ``peer`` with ``payload`` and return its answer (a payload object of
-        whatever class the peer answered with).
+        whatever class the peer answered with, or of ``expect`` when given).
 
         The call is made exactly as a returned ``HandlerResponse(payload, to=peer)`` is: a
         fresh opaque thread id, peers enforced, the pump writes ``<from>``, history recorded.
@@ -116,6 +131,9 @@ class HandlerMetadata:
         Args:
             timeout: seconds to wait for this answer (``None``: until the handler's own
                 timeout or the conversation's end).
+            expect: the payload class the answer must be (then the return type is that
+                class, for type checkers too), as in `Organism.request`; an answer of another
+                class raises ``invalid_response``.
 
         Raises:
             DeliveryError: the call failed, with its ``reason`` (``peer_denied``, ``no_route``,
@@ -133,6 +151,8 @@ class HandlerMetadata:
                 "handler is called with it"
             )
         result: Any = await self._pump.call(self._hop, peer, payload, timeout)
+        if expect is not None:
+            check_expected(result, expect, peer, "meta.call")
         return result
 
     async def history(self) -> list[HistoryEntry]:
@@ -283,3 +303,19 @@ class Listener(ListenerSettings):
         ]
         fields = [repr(self.name), self.payload_class.__qualname__, repr(self.handler), *changed]
         return f"Listener({', '.join(fields)})"
+
+
+def check_expected(answer: object, expect: type, listener: str, caller: str) -> None:
+    """Refuse an answer that is not of the class ``caller`` (``request``, ``meta.call``)
+    said it expects.
+
+    Raises:
+        DeliveryError: ``invalid_response``, naming both classes.
+    """
+    if type(answer) is not expect:
+        raise DeliveryError(
+            f"{listener!r} answered a {type(answer).__qualname__}, not the "
+            f"{expect.__qualname__} {caller} expected; drop expect= to take any answer",
+            reason="invalid_response",
+            listener=listener,
+        )

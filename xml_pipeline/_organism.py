@@ -20,8 +20,8 @@ from types import TracebackType
 from typing import Any, Self, TypeVar, overload
 
 from xml_pipeline._config import OrganismConfig, load_config, parse_section
-from xml_pipeline._errors import ConfigError, DeliveryError, UsageError
-from xml_pipeline._handlers import Listener
+from xml_pipeline._errors import ConfigError, UsageError
+from xml_pipeline._handlers import Listener, check_expected
 from xml_pipeline._loader import handler_signature_problem, load_organism, worker_import_problem
 from xml_pipeline._runtime.hooks import Hooks
 from xml_pipeline._runtime.invoker import PoolInvoker
@@ -278,14 +278,8 @@ class Organism:
             UsageError: ``timeout`` is not a number of seconds above 0.
         """
         answer = await self._running().request(to, payload, timeout)
-        if expect is not None and type(answer) is not expect:
-            got = type(answer).__qualname__
-            raise DeliveryError(
-                f"the conversation with {to!r} answered a {got}, not the {expect.__qualname__} "
-                "the request expected; drop expect= to take any answer",
-                reason="invalid_response",
-                listener=to,
-            )
+        if expect is not None:
+            check_expected(answer, expect, to, "the request")
         return answer
 
     async def request_envelope(self, data: bytes | str, *, timeout: float = 30.0) -> bytes:

@@ -49,11 +49,12 @@ class Capture:
 
 @contextmanager
 def capture(org: Organism) -> Iterator[Capture]:
-    """Record every hop delivered to a handler while the block runs (nests with others)."""
+    """Record every payload delivered to a handler while the block runs: each hop, and each
+    answer a handler awaited with ``meta.call`` (nests with others)."""
     seen = Capture()
 
     def observe(event: Event) -> None:
-        if type(event) is HopEvent and event.kind == "started":
+        if type(event) is HopEvent and event.kind != "finished":
             seen.envelopes.append(
                 Envelope(event.sender, event.listener, event.thread, event.payload)
             )

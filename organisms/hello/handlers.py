@@ -31,11 +31,10 @@ class Reply:
     message: str
 
 
-async def greet(msg: Greeting | Shout, meta: HandlerMetadata) -> HandlerResponse:
-    """First hop: ask the shouter. Second hop (its answer comes back): answer our caller."""
-    if isinstance(msg, Greeting):
-        return HandlerResponse(Shout(text=f"hello, {msg.name}!"), to="shouter")
-    return HandlerResponse.respond(Reply(message=msg.text))
+async def greet(msg: Greeting, meta: HandlerMetadata) -> HandlerResponse:
+    """Ask the shouter, await its answer, and answer our caller with it."""
+    loud = await meta.call("shouter", Shout(text=f"hello, {msg.name}!"), expect=Shout)
+    return HandlerResponse.respond(Reply(message=loud.text))
 
 
 async def shout(msg: Shout, meta: HandlerMetadata) -> HandlerResponse:

@@ -107,3 +107,28 @@ def test_nobody_listening_means_inactive_hooks() -> None:
     unsubscribe()
     unsubscribe()
     assert not org.hooks.active
+
+
+async def test_an_answer_awaited_with_meta_call_is_seen_as_answered_on_the_callers_thread() -> None:
+    async def caller(msg: Ask, meta: HandlerMetadata) -> HandlerResponse:
+        answer = await meta.call("back", msg)
+        return HandlerResponse.respond(answer)
+
+    seen: list[Event] = []
+    org = Organism([Listener("front", Ask, caller, peers=("back",)), Listener("back", Ask, back)])
+    async with org:
+        org.hooks.subscribe(seen.append)
+        await org.request("front", Ask(text="hi"), timeout=5)
+    assert [brief(e) for e in seen] == [
+        ("opened", "front", "None"),
+        ("started", "front", "None"),
+        ("started", "back", "None"),
+        ("answered", "front", "None"),  # delivered as back's step ends, before its finish
+        ("finished", "back", "None"),
+        ("ended", "front", "None"),
+        ("finished", "front", "None"),
+    ]
+    hops = [e for e in seen if isinstance(e, HopEvent)]
+    started, answered = hops[0], next(e for e in hops if e.kind == "answered")
+    assert (answered.sender, answered.payload) == ("back", Ask(text="HI"))
+    assert answered.thread == started.thread  # the awaiting handler's own thread

@@ -131,6 +131,21 @@ async def test_a_task_group_inside_the_handler_can_call_too() -> None:
     assert (reply.value, reply.found) == (8, "ROME")
 
 
+async def test_expect_types_the_answer_and_refuses_another_class() -> None:
+    async def plan(msg: Plan, meta: HandlerMetadata) -> HandlerResponse:
+        total = await meta.call("calculator", Calculate(expression="1+2"), expect=Total)
+        try:
+            await meta.call("lookup", Lookup(key="x"), expect=Total)
+        except DeliveryError as err:
+            return HandlerResponse.respond(PlanAnswer(value=total.value, found=str(err)))
+        raise AssertionError("an answer of the wrong class was taken")
+
+    async with planner_organism(plan) as org:
+        reply = await org.request("planner", Plan(), timeout=5, expect=PlanAnswer)
+    assert reply.value == 3
+    assert "invalid_response" in reply.found and "answered a City, not the Total" in reply.found
+
+
 @payload
 @dataclass
 class Count:

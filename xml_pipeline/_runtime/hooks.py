@@ -22,11 +22,14 @@ log = logging.getLogger("xml_pipeline.hooks")
 
 @dataclass(frozen=True, slots=True)
 class HopEvent:
-    """A hop delivered to a handler (``started``) or done with (``finished``).
+    """A hop delivered to a handler (``started``) or done with (``finished``), or an answer
+    delivered to a handler awaiting it in ``meta.call`` (``answered``).
 
     Attributes:
         kind: ``"started"`` when the handler is about to run; ``"finished"`` when the hop's
-            outcome is known.
+            outcome is known; ``"answered"`` when the answer (or `ErrorReport`) of a
+            ``meta.call`` reaches the handler awaiting it (no handler starts: the awaiting one
+            goes on; ``thread`` is the awaiting handler's, ``sender`` the callee).
         conversation: the conversation's id (the thread id of its first call).
         thread: the opaque thread id the handler runs on.
         sender: who sent the payload (a listener, or the outside sender).
@@ -40,7 +43,7 @@ class HopEvent:
             ``"ended"`` when the conversation ended while the handler ran.
     """
 
-    kind: Literal["started", "finished"]
+    kind: Literal["started", "finished", "answered"]
     conversation: str
     thread: str
     sender: str

@@ -629,6 +629,12 @@ class StreamPump:
         if waiter is not None:  # a meta.call: the answer goes to the handler awaiting it
             frame.waiter = None
             caller.live -= 1
+            if self.hooks.active:
+                loop = self._loop or asyncio.get_running_loop()
+                self.hooks.emit(HopEvent(
+                    "answered", conv.id, caller.thread, responder, caller.listener, payload, 1,
+                    loop.time(),
+                ))  # fmt: skip
             if not waiter.done():
                 if type(payload) is ErrorReport:
                     waiter.set_exception(_call_failed(payload, frame))
