@@ -106,6 +106,24 @@ class TransportContract:
         transport.deliver(self.hop(state))
         assert len(started) == 2, "nothing is delivered after close"
 
+    @pytest.mark.anyio
+    async def test_resume_takes_a_free_slot_at_once_else_waits_first_in_line(
+        self, make: Make, state: ListenerState
+    ) -> None:
+        transport = make([state], lambda hop: None)
+        assert transport.resume(state) is None, "a free slot is taken at once"
+        transport.deliver(self.hop(state, text="running"))
+        transport.deliver(self.hop(state, text="waiting"))
+        gave_up = transport.resume(state)
+        resumed = transport.resume(state)
+        assert gave_up is not None and resumed is not None, "no slot free: both wait"
+        gave_up.cancel()  # this handler stopped waiting (its conversation ended)
+        assert transport.release(state) is None, "the slot went to a resumed handler..."
+        assert resumed.done() and gave_up.cancelled()
+        nxt = transport.release(state)
+        assert nxt is not None and nxt.payload.text == "waiting", "...then to waiting hops"
+        assert transport.release(state) is None and transport.claim(self.hop(state))
+
 
 class TestLocalTransport(TransportContract):
     @pytest.fixture
