@@ -14,9 +14,11 @@ from xml_pipeline._errors import (
     ConfigError,
     ConfigProblem,
     DeliveryError,
+    NotFoundError,
     PayloadTypeError,
     Reason,
     SchemaViolation,
+    SinkError,
     UsageError,
     XmlInputError,
     XmlPipelineError,
@@ -31,6 +33,8 @@ SAMPLES: dict[type[XmlPipelineError], XmlPipelineError] = {
     SchemaViolation: SchemaViolation("missing <name>", line=1, path="/Greeting"),
     DeliveryError: DeliveryError("late", reason="timeout", listener="a.b", thread="t1"),
     BackendError: BackendError("down", reason="backend_unreachable"),
+    SinkError: SinkError("port in use", sink="prometheus"),
+    NotFoundError: NotFoundError("no trace of conversation c1"),
     UsageError: UsageError("wrong"),
 }
 

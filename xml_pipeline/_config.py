@@ -39,12 +39,21 @@ from xml_pipeline._settings import (
     settings_fields,
     spec_of,
 )
+from xml_pipeline.metrics.settings import (
+    SINK_TYPES,
+    MetricsConfig,
+    SinkSettings,
+    TracingConfig,
+    sink_class,
+)
 
 __all__ = [
     "BackendConfig",
     "ListenerConfig",
+    "MetricsConfig",
     "OrganismConfig",
     "ProcessPoolConfig",
+    "TracingConfig",
     "load_config",
     "parse_config",
     "parse_section",
@@ -104,6 +113,8 @@ class OrganismConfig(OrganismSettings):
     listeners: tuple[ListenerConfig, ...]
     backend: BackendConfig = field(default_factory=BackendConfig)
     process_pool: ProcessPoolConfig = field(default_factory=ProcessPoolConfig)
+    metrics: MetricsConfig | None = None
+    tracing: TracingConfig | None = None
 
     @property
     def folder(self) -> Path:
@@ -171,27 +182,38 @@ def parse_config(text: str, *, file: str) -> OrganismConfig:
     return config
 
 
-def parse_section(name: str, values: Mapping[str, object], *, file: str) -> Any:
-    """The ``backend`` or ``process_pool`` section given as a mapping (an override in code),
-    read by the rules of organism.yaml; ``file`` names it in messages.
+def parse_section(name: str, values: object, *, file: str) -> Any:
+    """The ``backend``, ``process_pool``, ``metrics`` or ``tracing`` section given as a
+    mapping (an override in code; ``tracing`` also takes a bool), read by the rules of
+    organism.yaml; ``file`` names it in messages. Relative paths stay relative to the working
+    directory.
 
     Returns:
-        a `BackendConfig` or a `ProcessPoolConfig`.
+        a `BackendConfig`, `ProcessPoolConfig`, `MetricsConfig`, or `TracingConfig` (None for
+        ``tracing=False``).
 
     Raises:
         ConfigError: every problem, by key path (no line: the mapping has none).
     """
-    cls = _SECTION_CLASSES[name]
     reader = _Reader(file)
     try:
-        node = yaml.representer.SafeRepresenter().represent_data(dict(values))
+        data = dict(values) if isinstance(values, Mapping) else values
+        node = yaml.representer.SafeRepresenter().represent_data(data)
     except yaml.YAMLError as exc:
         reader.report(name, None, f"holds a value organism.yaml cannot hold: {exc}")
         raise ConfigError(reader.problems) from None
-    found = reader.settings(reader.section(node, name, name), cls)
+    if name == "metrics":
+        found: Any = reader.metrics(node, None)
+    elif name == "tracing":
+        found = reader.tracing(node)
+    else:
+        cls = _SECTION_CLASSES[name]
+        found = reader.settings(reader.section(node, name, name), cls)
+        if not reader.problems:
+            found = cls(**found)
     if reader.problems:
         raise ConfigError(reader.problems)
-    return cls(**found)
+    return found
 
 
 _SECTION_CLASSES: dict[str, type] = {
@@ -200,24 +222,46 @@ _SECTION_CLASSES: dict[str, type] = {
     "backend": BackendConfig,
     "process_pool": ProcessPoolConfig,
 }
-_SECTIONS: dict[str, tuple[str, ...]] = {  # the keys allowed in each section
-    "": tuple(_SECTION_CLASSES),
-    **{name: tuple(f.name for f in settings_fields(cls)) for name, cls in _SECTION_CLASSES.items()},
+# sections read by their own methods; a sink's keys are those of its type ("sink:jsonl")
+_OTHER_CLASSES: dict[str, type] = {
+    "metrics": MetricsConfig,
+    "tracing": TracingConfig,
+    **{f"sink:{kind}": sink_class(kind) or SinkSettings for kind in SINK_TYPES},
 }
+_SECTIONS: dict[str, tuple[str, ...]] = {  # the keys allowed in each section
+    "": (*_SECTION_CLASSES, "metrics", "tracing"),
+    **{
+        name: tuple(f.name for f in settings_fields(cls))
+        for name, cls in {**_SECTION_CLASSES, **_OTHER_CLASSES}.items()
+    },
+}
+_SECTIONS["metrics"] += ("sinks",)
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "": ("organism", "listeners"),
     **{
         name: tuple(f.name for f in settings_fields(cls) if default_of(f) is dataclasses.MISSING)
-        for name, cls in _SECTION_CLASSES.items()
+        for name, cls in {**_SECTION_CLASSES, **_OTHER_CLASSES}.items()
     },
 }
 _PEER = Spec("text", "a listener this one may call")  # one item of `peers:`
 
 
 def _unknown_key(key: str, section: str) -> str:
-    homes = [s for s, keys in _SECTIONS.items() if key in keys and s not in ("", section)]
     if hint := did_you_mean(key, _SECTIONS[section]):
         return f"unknown key{hint}"
+    sinks = [s for s, keys in _SECTIONS.items() if s.startswith("sink:") and key in keys]
+    if section.startswith("sink:"):
+        kind = section.removeprefix("sink:")
+        if sinks:
+            others = " and ".join(s.removeprefix("sink:") for s in sinks)
+            return f"unknown key for a {kind} sink; '{key}' is a setting of {others} sinks"
+        return f"unknown key for a {kind} sink; allowed keys: {', '.join(_SECTIONS[section])}"
+    homes = [
+        s for s, keys in _SECTIONS.items()
+        if key in keys and s not in ("", section) and not s.startswith("sink:")
+    ]  # fmt: skip
+    if sinks and not homes:
+        return f"unknown key here; '{key}' belongs in a sink entry under 'metrics: sinks:'"
     if homes == ["listeners"]:
         return f"unknown key here; '{key}' belongs in a listener entry under 'listeners:'"
     if homes:
@@ -328,6 +372,8 @@ class _Reader:
         )
         pool = self.optional_section(top.fields.get("process_pool"), "process_pool")
         process_pool = self.settings(pool, ProcessPoolConfig)
+        metrics = self.metrics(top.fields.get("metrics"), file.parent)
+        tracing = self.tracing(top.fields.get("tracing"))
         if self.problems:
             return None  # the values read are incomplete: never build from them
         return OrganismConfig(
@@ -335,8 +381,87 @@ class _Reader:
             listeners=tuple(ListenerConfig(**values) for values in listeners),
             backend=BackendConfig(**backend),
             process_pool=ProcessPoolConfig(**process_pool),
+            metrics=metrics,
+            tracing=tracing,
             **org,
         )
+
+    def metrics(self, node: yaml.Node | None, folder: Path | None) -> MetricsConfig | None:
+        """The ``metrics:`` section (None when absent); relative paths are resolved against
+        ``folder`` (the organism file's). None after a problem was reported."""
+        if node is None:
+            return None
+        before = len(self.problems)
+        section = self.optional_section(node, "metrics")
+        values = self.settings(section, MetricsConfig)
+        sinks = self.sinks(section.fields.get("sinks"), folder)
+        if len(self.problems) > before:
+            return None
+        dead_letter = values.get("dead_letter")
+        if folder is not None and isinstance(dead_letter, str):
+            values["dead_letter"] = str(folder / dead_letter)
+        return MetricsConfig(**values, sinks=tuple(sinks))
+
+    def sinks(self, node: yaml.Node | None, folder: Path | None) -> list[Any]:
+        """Each entry of ``metrics.sinks``, read by the settings of its ``type``."""
+        if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            message = f"expected a list of sinks (- type: prometheus ...), found {_describe(node)}"
+            self.report("metrics.sinks", node, message)
+            return []
+        found = []
+        for i, item in enumerate(node.value):
+            path = f"metrics.sinks[{i}]"
+            if not isinstance(item, yaml.MappingNode):
+                message = (
+                    f"expected a mapping (type: ..., and its settings), found {_describe(item)}"
+                )
+                self.report(path, item, message)
+                continue
+            kind_node = next(
+                (v for k, v in item.value if isinstance(k, yaml.ScalarNode) and k.value == "type"),
+                None,
+            )
+            if kind_node is None:
+                message = f"required key is missing; add 'type: ...' ({', '.join(SINK_TYPES)})"
+                self.report(f"{path}.type", item, message)
+                continue
+            kind = self.scalar(kind_node) if isinstance(kind_node, yaml.ScalarNode) else None
+            cls = sink_class(kind) if isinstance(kind, str) else None
+            if cls is None:
+                hint = (
+                    did_you_mean(str(kind), SINK_TYPES) or f"; use one of {', '.join(SINK_TYPES)}"
+                )
+                self.report(f"{path}.type", kind_node, f"must be a sink type, found {kind!r}{hint}")
+                continue
+            before = len(self.problems)
+            values = self.settings(self.section(item, path, f"sink:{kind}"), cls)
+            if len(self.problems) > before:
+                continue
+            sink_path = values.get("path")
+            if folder is not None and isinstance(sink_path, str):
+                values["path"] = str(folder / sink_path)
+            found.append(cls(**values))
+        return found
+
+    def tracing(self, node: yaml.Node | None) -> TracingConfig | None:
+        """``tracing: true`` (the defaults), ``false`` (None), or a mapping of its settings."""
+        if node is None:
+            return None
+        if isinstance(node, yaml.ScalarNode):
+            value = self.scalar(node)
+            if isinstance(value, bool):
+                return TracingConfig() if value else None
+        elif isinstance(node, yaml.MappingNode):
+            before = len(self.problems)
+            values = self.settings(self.section(node, "tracing", "tracing"), TracingConfig)
+            return None if len(self.problems) > before else TracingConfig(**values)
+        message = (
+            f"expected true, false or a mapping (conversations: 1000), found {_describe(node)}"
+        )
+        self.report("tracing", node, message)
+        return None
 
     def listeners(self, node: yaml.Node | None) -> list[dict[str, Any]]:
         """Each listener's values, its key path and lines included."""

@@ -24,6 +24,11 @@ codes each class may carry (``Class.reasons``)::
     │                                    backend_error, backend_unreachable, internal_error
     ├── BackendError(ConnectionError)  shared state unreachable or failing
     │                                    backend_unreachable, backend_error
+    ├── SinkError(ConnectionError)     a metrics sink cannot start (port in use, file not
+    │                                  writable, server down)
+    │                                    sink_error
+    ├── NotFoundError(LookupError)     what was asked for is not known (a conversation's trace)
+    │                                    not_found
     └── UsageError(ValueError)         the library was called the wrong way
                                          usage
 
@@ -47,9 +52,11 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "DeliveryError",
+    "NotFoundError",
     "PayloadTypeError",
     "Reason",
     "SchemaViolation",
+    "SinkError",
     "UsageError",
     "XmlInputError",
     "XmlPipelineError",
@@ -88,6 +95,8 @@ class Reason(StrEnum):
     BACKEND_ERROR = "backend_error"
     BACKEND_UNREACHABLE = "backend_unreachable"
     INTERNAL_ERROR = "internal_error"
+    SINK_ERROR = "sink_error"
+    NOT_FOUND = "not_found"
     USAGE = "usage"
 
 
@@ -276,6 +285,30 @@ class BackendError(XmlPipelineError, ConnectionError):
 
     reason = Reason.BACKEND_ERROR
     reasons = frozenset({Reason.BACKEND_ERROR, Reason.BACKEND_UNREACHABLE})
+
+
+class SinkError(XmlPipelineError, ConnectionError):
+    """A metrics sink cannot start: its port is in use, its file cannot be written, its
+    server is down (a sink with ``required: false`` is retried instead).
+
+    Attributes:
+        sink: the sink's name (``prometheus``, ``jsonl``, ``jsonl#2``...).
+    """
+
+    reason = Reason.SINK_ERROR
+    reasons = frozenset({Reason.SINK_ERROR})
+
+    def __init__(self, message: str, *, sink: str = "") -> None:
+        super().__init__(message)
+        self.sink = sink
+
+
+class NotFoundError(XmlPipelineError, LookupError):
+    """What was asked for is not known: e.g. the trace of a conversation that was never seen,
+    or is no longer kept; the message says what is kept and how to keep more."""
+
+    reason = Reason.NOT_FOUND
+    reasons = frozenset({Reason.NOT_FOUND})
 
 
 class UsageError(XmlPipelineError, ValueError):

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar, overload
 
 from xml_pipeline._config import OrganismConfig, load_config, parse_section
-from xml_pipeline._errors import ConfigError, UsageError
+from xml_pipeline._errors import ConfigError, NotFoundError, UsageError
 from xml_pipeline._handlers import Listener, check_expected
 from xml_pipeline._loader import handler_signature_problem, load_organism, worker_import_problem
 from xml_pipeline._runtime.hooks import Hooks
@@ -42,6 +42,9 @@ from xml_pipeline._settings import (
 from xml_pipeline._wire.parsing import ParseLimits
 from xml_pipeline.backends.base import Backend
 from xml_pipeline.backends.factory import open_backend
+from xml_pipeline.metrics.collector import MetricsCollector, Probes
+from xml_pipeline.metrics.settings import MetricsConfig, TracingConfig
+from xml_pipeline.metrics.trace import Trace, trace_from_history
 
 __all__ = ["Organism"]
 
@@ -71,6 +74,8 @@ class Organism:
         history: bool = _DEFAULT.history,
         max_hops: int = _DEFAULT.max_hops,
         outbox_size: int = _DEFAULT.outbox_size,
+        metrics: MetricsConfig | Mapping[str, Any] | None = None,
+        tracing: TracingConfig | bool | Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(listeners, Listener) or not isinstance(listeners, Sequence):
             raise UsageError(
@@ -86,6 +91,12 @@ class Organism:
             backend = _section("backend", backend)
         if process_pool is not None and not isinstance(process_pool, ProcessPoolConfig):
             process_pool = _section("process_pool", process_pool)
+        measured = (
+            metrics if isinstance(metrics, MetricsConfig | None) else _section("metrics", metrics)
+        )
+        traced = (
+            tracing if isinstance(tracing, TracingConfig | None) else _section("tracing", tracing)
+        )
         # the keyword arguments named after settings, checked by their specs
         given = {name: value for name, value in locals().items() if name in _SETTING_NAMES}
         settings = build(OrganismSettings, "Organism()", **given)
@@ -104,6 +115,9 @@ class Organism:
         self._registry: ThreadRegistry | None = None
         self._pool: ProcessPool | None = None
         self._stopped: StreamPump | None = None  # the last pump, for stats after it stopped
+        self._metrics_config: MetricsConfig | None = measured
+        self._tracing: TracingConfig | None = traced
+        self._collector: MetricsCollector | None = None  # the last one, kept after a stop
         self.hooks = Hooks()  # every hop and conversation event, for observers (see Hooks)
 
     @classmethod
@@ -137,6 +151,8 @@ class Organism:
             name=config.name,
             backend=config.backend,
             process_pool=config.process_pool,
+            metrics=config.metrics,
+            tracing=config.tracing,
             **values_of(OrganismSettings, config),
         )
 
@@ -176,6 +192,11 @@ class Organism:
                 outbox_size=self._settings.outbox_size,
             )
             pump.hooks = self.hooks
+            if self._metrics_config is not None or self._tracing is not None:
+                collector = self._collect(pump, registry)
+                await collector.start(self.hooks)
+                stack.push_async_callback(collector.aclose)  # after the pump drained
+                self._collector = collector
             pump.start()
         except BaseException:
             await stack.aclose()
@@ -203,6 +224,72 @@ class Organism:
             await pump.aclose(self._drain_timeout)
         finally:
             await stack.aclose()
+
+    def _collect(self, pump: StreamPump, registry: ThreadRegistry) -> MetricsCollector:
+        """The collector of this run, reading the pump, registry and pool when it samples."""
+        pool = self._pool
+        spec = self._backend_spec
+        listeners = self.listeners
+        probes = Probes(
+            listeners=frozenset(listener.name for listener in listeners),
+            cpu_bound=frozenset(listener.name for listener in listeners if listener.cpu_bound),
+            pool_workers=0 if pool is None else self._pool_config.workers,
+            stats=lambda: pump.stats,
+            open_conversations=lambda: pump.open_conversations,
+            listener_load=pump.listener_load,
+            registry_size=registry.size,
+            pool_stats=lambda: None if pool is None else pool.stats,
+            dead_letters=lambda: len(pump.dead_letters),
+        )
+        return MetricsCollector(
+            self._metrics_config or MetricsConfig(),
+            self._tracing,
+            organism=self.name,
+            probes=probes,
+            redis_url=(spec if isinstance(spec, BackendConfig) else BackendConfig()).redis_url,
+        )
+
+    @property
+    def metrics(self) -> MetricsCollector | None:
+        """The metrics collector (`MetricsCollector`: ``stats()`` per sink, ``flush()``), of
+        the running organism or of its last run; None when there is no ``metrics:`` or
+        ``tracing:`` section (then nothing observes the hops)."""
+        return self._collector
+
+    async def trace(self, conversation: str) -> Trace:
+        """The hop tree of a conversation (`Trace`; ``.render()`` gives it as text).
+
+        With ``tracing`` on, every hop is recorded (with timings, outcomes, attempts) for the
+        newest ``tracing.conversations`` conversations, open or ended, also after the organism
+        stopped. Without it, an open conversation's history (when ``history`` is on) gives its
+        hops in order, without timings.
+
+        Raises:
+            NotFoundError: neither holds the conversation; the message says which is off.
+        """
+        collector = self._collector
+        if collector is not None and (found := collector.trace(conversation)) is not None:
+            return found
+        pump = self._pump
+        if pump is not None and self._history:
+            entries = await pump.read_history(conversation)
+            if entries:
+                return trace_from_history(conversation, entries)
+        tracing = collector.tracing if collector is not None else None
+        if tracing is None:
+            why = "tracing is off (add 'tracing: true' to organism.yaml to record every hop)"
+        else:
+            why = (
+                f"it is not among the {tracing.conversations} newest conversations the trace "
+                "recorder keeps (raise tracing.conversations to keep more)"
+            )
+        if not self._history:
+            history = "history is off (organism.history: false)"
+        elif pump is None:
+            history = "the organism is not running, so its history cannot be read"
+        else:
+            history = "history holds open conversations only, and this one is not open"
+        raise NotFoundError(f"no trace of conversation {conversation!r}: {why}, and {history}")
 
     @property
     def ingress_limit(self) -> int:
@@ -415,6 +502,8 @@ _OVERRIDABLE = {
 _SECTION_TYPES: dict[str, tuple[type, ...]] = {
     "backend": (BackendConfig, Backend),
     "process_pool": (ProcessPoolConfig,),
+    "metrics": (MetricsConfig,),
+    "tracing": (TracingConfig,),
 }
 
 
@@ -442,17 +531,22 @@ def _checked_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _section(key: str, value: object) -> Any:
-    """A ``backend``/``process_pool`` setting given as a mapping, read by the same rules as
-    that section of organism.yaml.
+    """A ``backend``/``process_pool``/``metrics``/``tracing`` setting given as a mapping (or
+    ``tracing`` as a bool), read by the same rules as that section of organism.yaml.
 
     Raises:
         UsageError: not a mapping, or a setting the section does not have or cannot take (every
             problem listed, by key path, as the file reader reports them).
     """
+    if value is None and key in ("metrics", "tracing"):
+        return None  # an override that turns it off
+    if key == "tracing" and isinstance(value, bool):
+        return TracingConfig() if value else None
     if not isinstance(value, Mapping):
         name = _SECTION_TYPES[key][0].__name__
+        also = ", True or False" if key == "tracing" else ""
         raise UsageError(
-            f"{key}= takes a {name} or a mapping of its settings, not {type(value).__name__}"
+            f"{key}= takes a {name}{also} or a mapping of its settings, not {type(value).__name__}"
         )
     try:
         return parse_section(key, value, file=f"{key}=")

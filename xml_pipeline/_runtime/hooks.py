@@ -6,22 +6,23 @@ subscribe to it. The pump builds an event only when somebody subscribed (one tru
 otherwise), and calls subscribers synchronously on the event loop, in subscription order: a
 subscriber must be quick and must not block (hand the event to a queue of your own for slow
 work). A subscriber that raises is logged and unsubscribed; the hop goes on.
+
+Events are named tuples: immutable, and about a quarter of a frozen dataclass to build (0.25 us
+against 1.1 us; a hop makes two), which is most of what observing a hop costs.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 __all__ = ["ConversationEvent", "Event", "Hooks", "HopEvent"]
 
 log = logging.getLogger("xml_pipeline.hooks")
 
 
-@dataclass(frozen=True, slots=True)
-class HopEvent:
+class HopEvent(NamedTuple):
     """A hop delivered to a handler (``started``) or done with (``finished``), or an answer
     delivered to a handler awaiting it in ``meta.call`` (``answered``).
 
@@ -41,6 +42,9 @@ class HopEvent:
         outcome: on ``finished``: ``None`` when the handler returned and its outputs were
             accepted, else the failure's reason code (``handler_error``, ``timeout``...);
             ``"ended"`` when the conversation ended while the handler ran.
+        parent: the thread id of the call ``thread`` was called from (the caller's thread;
+            the organism's root id for a conversation's first call): with ``thread`` it
+            places the hop in its conversation's call tree (`Organism.trace`).
     """
 
     kind: Literal["started", "finished", "answered"]
@@ -53,10 +57,10 @@ class HopEvent:
     at: float
     duration: float | None = None
     outcome: str | None = None
+    parent: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ConversationEvent:
+class ConversationEvent(NamedTuple):
     """A conversation opened, or ended with its outcome.
 
     Attributes:
@@ -84,7 +88,7 @@ class Hooks:
     __slots__ = ("_subscribers", "active")
 
     def __init__(self) -> None:
-        self._subscribers: list[Subscriber] = []
+        self._subscribers: tuple[Subscriber, ...] = ()  # replaced, never changed: emit reads it
         self.active = False  # whether anybody listens: the pump builds no event otherwise
 
     def __bool__(self) -> bool:
@@ -97,7 +101,7 @@ class Hooks:
         Returns:
             a function that unsubscribes it (calling it twice does nothing).
         """
-        self._subscribers.append(subscriber)
+        self._subscribers = (*self._subscribers, subscriber)
         self.active = True
 
         def unsubscribe() -> None:
@@ -107,12 +111,14 @@ class Hooks:
 
     def _drop(self, subscriber: Subscriber) -> None:
         if subscriber in self._subscribers:
-            self._subscribers.remove(subscriber)
+            kept = list(self._subscribers)
+            kept.remove(subscriber)
+            self._subscribers = tuple(kept)
         self.active = bool(self._subscribers)
 
     def emit(self, event: Event) -> None:
         """Hand ``event`` to every subscriber; one that raises is logged and dropped."""
-        for subscriber in tuple(self._subscribers):
+        for subscriber in self._subscribers:
             try:
                 subscriber(event)
             except Exception:

@@ -144,6 +144,16 @@ class StreamPump:
         """Failures of conversations nobody waited for, the newest last (at most 1,000)."""
         return list(self._conversations.dead_letters)
 
+    @property
+    def open_conversations(self) -> int:
+        """Conversations open now."""
+        return len(self._conversations)
+
+    def listener_load(self) -> list[tuple[str, int, int, int]]:
+        """``(listener, busy, backlog, limit)`` of every listener now (slots in use, hops
+        waiting, ``max_concurrency``): read by a metrics sampler, never per hop."""
+        return [(s.name, s.busy, len(s.backlog), s.limit) for s in self._states.values()]
+
     def start(self) -> None:
         """Start the watchdog (a task the pump owns, so the organism may be left from any
         task or cancel scope, unlike a task group entered in ``__aenter__``)."""
@@ -567,18 +577,20 @@ class StreamPump:
     def _emit_started(self, hop: Hop) -> float:
         loop = self._loop or asyncio.get_running_loop()
         now = loop.time()
+        frame = hop.frame
         self.hooks.emit(HopEvent(
-            "started", hop.conv.id, hop.frame.thread, hop.sender, hop.state.name, hop.payload,
-            hop.attempt, now,
+            "started", hop.conv.id, frame.thread, hop.sender, hop.state.name, hop.payload,
+            hop.attempt, now, None, None, _caller_thread(frame),
         ))  # fmt: skip
         return now
 
     def _emit_finished(self, hop: Hop, started: float, outcome: str | None) -> None:
         loop = self._loop or asyncio.get_running_loop()
         now = loop.time()
+        frame = hop.frame
         self.hooks.emit(HopEvent(
-            "finished", hop.conv.id, hop.frame.thread, hop.sender, hop.state.name, hop.payload,
-            hop.attempt, now, now - started, outcome,
+            "finished", hop.conv.id, frame.thread, hop.sender, hop.state.name, hop.payload,
+            hop.attempt, now, now - started, outcome, _caller_thread(frame),
         ))  # fmt: skip
 
     async def read_history(self, conversation: str) -> list[HistoryEntry]:
@@ -633,7 +645,7 @@ class StreamPump:
                 loop = self._loop or asyncio.get_running_loop()
                 self.hooks.emit(HopEvent(
                     "answered", conv.id, caller.thread, responder, caller.listener, payload, 1,
-                    loop.time(),
+                    loop.time(), None, None, _caller_thread(caller),
                 ))  # fmt: skip
             if not waiter.done():
                 if type(payload) is ErrorReport:
@@ -821,6 +833,11 @@ class StreamPump:
                     return
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETIRE_BACKOFF[1])
+
+
+def _caller_thread(frame: Frame) -> str | None:
+    parent = frame.parent
+    return None if parent is None else parent.thread
 
 
 def _call_failed(report: ErrorReport, callee: Frame) -> DeliveryError:
