@@ -4,6 +4,8 @@
     _wire/                       the XML layer: no I/O, never imports _runtime/ or backends/
     backends/                    shared state: never imports _wire/ or _runtime/
     _runtime/                    the moving parts: never reads organism.yaml (_config, yaml)
+    metrics/                     observes the runtime through its hooks; the runtime never
+                                 imports it, and it never imports the organism or its file
     _handlers, _imports, ...     the handler contract and the organism's glue, above them
     cli, testing                 thin layers over the public API; the library never imports them
 
@@ -70,14 +72,20 @@ def _in(module: str, floor: str) -> bool:
     return module == floor or module.startswith(floor + ".")
 
 
+_ABOVE = ("xml_pipeline._config", "xml_pipeline._loader", "xml_pipeline._organism")
 RULES: list[tuple[str, tuple[str, ...], str]] = [
-    ("xml_pipeline._wire", ("xml_pipeline._runtime", "xml_pipeline.backends"), "the XML layer"),
-    ("xml_pipeline.backends", ("xml_pipeline._wire", "xml_pipeline._runtime"), "the backends"),
     (
-        "xml_pipeline._runtime",
-        ("xml_pipeline._config", "xml_pipeline._loader", "xml_pipeline._organism"),
-        "the runtime",
+        "xml_pipeline._wire",
+        ("xml_pipeline._runtime", "xml_pipeline.backends", "xml_pipeline.metrics"),
+        "the XML layer",
     ),
+    (
+        "xml_pipeline.backends",
+        ("xml_pipeline._wire", "xml_pipeline._runtime", "xml_pipeline.metrics"),
+        "the backends",
+    ),
+    ("xml_pipeline._runtime", (*_ABOVE, "xml_pipeline.metrics"), "the runtime"),
+    ("xml_pipeline.metrics", _ABOVE, "the metrics"),
 ]
 
 
@@ -106,6 +114,28 @@ def test_the_runtime_never_reads_yaml() -> None:
 def test_settings_and_errors_import_nothing_of_ours_but_errors() -> None:
     assert GRAPH["xml_pipeline._errors"] == set()
     assert GRAPH["xml_pipeline._settings"] <= {"xml_pipeline._errors"}
+
+
+def test_the_metrics_settings_import_nothing_but_settings_and_errors() -> None:
+    """The config reader imports them: they must not pull the collector or a sink's library."""
+    assert GRAPH["xml_pipeline.metrics.settings"] <= {
+        "xml_pipeline._errors",
+        "xml_pipeline._settings",
+    }
+
+
+def test_optional_libraries_are_imported_by_their_sink_only() -> None:
+    """prometheus_client and opentelemetry are extras: only the module of their sink imports
+    them (opened on demand), so the package imports without them."""
+    optional = {"prometheus_client": "prometheus", "opentelemetry": "otel"}
+    wrong = sorted(
+        f"{module} imports {name}"
+        for module, names in MODULES.items()
+        for name in names
+        for library, home in optional.items()
+        if name.split(".")[0] == library and module != f"xml_pipeline.metrics.{home}"
+    )
+    assert wrong == []
 
 
 def test_the_library_never_imports_its_cli_or_testing_helpers() -> None:
@@ -151,7 +181,8 @@ def _is_package(module: str) -> bool:
 
 def test_the_rules_see_every_floor() -> None:
     """A guard for this test itself: the floors it names exist and hold modules."""
-    for floor in ("xml_pipeline._wire", "xml_pipeline._runtime", "xml_pipeline.backends"):
+    floors = ("xml_pipeline._wire", "xml_pipeline._runtime", "xml_pipeline.backends")
+    for floor in (*floors, "xml_pipeline.metrics"):
         assert any(_in(module, floor) and module != floor for module in MODULES), floor
 
 

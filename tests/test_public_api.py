@@ -6,7 +6,7 @@ import inspect
 import typing
 
 import xml_pipeline
-from xml_pipeline import backends
+from xml_pipeline import backends, metrics
 
 EXPECTED = {
     "ENVELOPE_NS",
@@ -29,6 +29,9 @@ EXPECTED = {
     "HopEvent",
     "Listener",
     "ListenerConfig",
+    "MetricsCollector",
+    "MetricsConfig",
+    "NotFoundError",
     "Organism",
     "OrganismConfig",
     "Outcome",
@@ -43,7 +46,12 @@ EXPECTED = {
     "Repair",
     "RepairResult",
     "SchemaViolation",
+    "SinkError",
+    "SinkStats",
     "ThreadRegistry",
+    "Trace",
+    "TraceHop",
+    "TracingConfig",
     "UsageError",
     "XmlInputError",
     "XmlPipelineError",
@@ -66,6 +74,28 @@ def test_all_is_exactly_the_intended_names_and_sorted() -> None:
     assert list(xml_pipeline.__all__) == sorted(
         xml_pipeline.__all__, key=lambda n: (n.upper() != n, n)
     )
+
+
+def test_the_metrics_package_exports_what_its_users_configure() -> None:
+    assert set(metrics.__all__) == {
+        "JsonlSinkConfig",
+        "MetricsCollector",
+        "MetricsConfig",
+        "OtlpSinkConfig",
+        "Probes",
+        "PrometheusSinkConfig",
+        "RedisStreamSinkConfig",
+        "Sink",
+        "SinkConfig",
+        "SinkStats",
+        "Trace",
+        "TraceHop",
+        "TracingConfig",
+        "build_tree",
+    }
+    for name in metrics.__all__:
+        if hasattr(xml_pipeline, name):
+            assert getattr(xml_pipeline, name) is getattr(metrics, name), name
 
 
 def test_every_public_name_imports() -> None:
@@ -121,6 +151,7 @@ def test_public_signatures_name_only_exported_or_standard_types() -> None:
     """A user can import every type a public signature names (httpx's and anyio's rule)."""
     exported = {id(getattr(xml_pipeline, n)) for n in xml_pipeline.__all__}
     exported |= {id(getattr(backends, n)) for n in backends.__all__}
+    exported |= {id(getattr(metrics, n)) for n in metrics.__all__}
     unnamed: list[str] = []
     for where, fn in _public_callables():
         try:

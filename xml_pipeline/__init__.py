@@ -2,7 +2,8 @@
 
 Listeners exchange typed XML payloads; an async pump validates and routes every message along
 opaque call chains so that answers find their caller. Import everything from here (and the
-testing helpers from ``xml_pipeline.testing``, backends from ``xml_pipeline.backends``): every
+testing helpers from ``xml_pipeline.testing``, backends from ``xml_pipeline.backends``, sink
+configs from ``xml_pipeline.metrics``): every
 module whose name starts with ``_`` is private and may change in any release.
 """
 
@@ -12,9 +13,11 @@ from xml_pipeline._errors import (
     ConfigError,
     ConfigProblem,
     DeliveryError,
+    NotFoundError,
     PayloadTypeError,
     Reason,
     SchemaViolation,
+    SinkError,
     UsageError,
     XmlInputError,
     XmlPipelineError,
@@ -49,6 +52,14 @@ from xml_pipeline._wire.payloads import (
     to_xml,
 )
 from xml_pipeline._wire.repair import Repair, RepairResult, repair
+from xml_pipeline.metrics import (
+    MetricsCollector,
+    MetricsConfig,
+    SinkStats,
+    Trace,
+    TraceHop,
+    TracingConfig,
+)
 
 __all__ = [
     "ENVELOPE_NS",
@@ -71,6 +82,9 @@ __all__ = [
     "HopEvent",
     "Listener",
     "ListenerConfig",
+    "MetricsCollector",
+    "MetricsConfig",
+    "NotFoundError",
     "Organism",
     "OrganismConfig",
     "Outcome",
@@ -85,7 +99,12 @@ __all__ = [
     "Repair",
     "RepairResult",
     "SchemaViolation",
+    "SinkError",
+    "SinkStats",
     "ThreadRegistry",
+    "Trace",
+    "TraceHop",
+    "TracingConfig",
     "UsageError",
     "XmlInputError",
     "XmlPipelineError",

@@ -6,7 +6,7 @@ allocated per hop. `Organism.metrics` is the collector, `Organism.trace` a conve
 tree. The sinks' optional libraries are imported only when a sink of that type starts.
 """
 
-from xml_pipeline.metrics.collector import MetricsCollector
+from xml_pipeline.metrics.collector import MetricsCollector, Probes
 from xml_pipeline.metrics.settings import (
     JsonlSinkConfig,
     MetricsConfig,
@@ -24,6 +24,7 @@ __all__ = [
     "MetricsCollector",
     "MetricsConfig",
     "OtlpSinkConfig",
+    "Probes",
     "PrometheusSinkConfig",
     "RedisStreamSinkConfig",
     "Sink",
