@@ -4,6 +4,7 @@ organism run FILE                                 messages from stdin, one per l
 organism run FILE --to LISTENER --send 'XML'      one message; its answer on stdout
 organism validate FILE                            every problem at once; exit 0 when clean
 organism schema FILE [LISTENER]                   XSD and prompt-ready description
+organism trace FILE CONVERSATION                  a conversation's hop tree, from stored records
 """
 
 from __future__ import annotations
@@ -15,8 +16,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
+from redis.exceptions import RedisError
 
-from xml_pipeline._errors import ConfigError, DeliveryError, Reason, XmlPipelineError
+from xml_pipeline._config import load_config
+from xml_pipeline._errors import (
+    ConfigError,
+    DeliveryError,
+    NotFoundError,
+    Reason,
+    XmlPipelineError,
+)
 from xml_pipeline._loader import validate_organism
 from xml_pipeline._organism import Organism
 from xml_pipeline._wire.envelope import Envelope
@@ -62,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("file")
     schema.add_argument("listener", nargs="?")
+    trace = sub.add_parser(
+        "trace",
+        parents=[common],
+        help="print a conversation's hop tree from the records its jsonl/redis_stream sinks kept",
+    )
+    trace.add_argument("file")
+    trace.add_argument("conversation", help="the conversation id (its first thread id)")
     return parser
 
 
@@ -76,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args.file)
         if args.command == "schema":
             return _schema(args.file, args.listener)
+        if args.command == "trace":
+            return _run_async(_trace(args.file, args.conversation))
         if (args.to is None) != (args.send is None):
             print("error: --to and --send go together", file=sys.stderr)
             return EXIT_CONFIG
@@ -84,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except NotFoundError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
     except XmlPipelineError as exc:  # e.g. the backend is unreachable, the pool cannot start
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -125,6 +146,19 @@ def _schema(file: str, listener: str | None) -> int:
         print(spec.xsd)
         print(spec.describe())
         print()
+    return EXIT_OK
+
+
+async def _trace(file: str, conversation: str) -> int:
+    from xml_pipeline.metrics.stored import read_trace  # reads Redis only when asked
+
+    config = load_config(file)
+    try:
+        trace = await read_trace(config.metrics, conversation, redis_url=config.backend.redis_url)
+    except (OSError, RedisError) as exc:
+        print(f"error: cannot read the stored records: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(trace.render())
     return EXIT_OK
 
 

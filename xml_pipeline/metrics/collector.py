@@ -27,7 +27,7 @@ from xml_pipeline._runtime.pool import PoolStats
 from xml_pipeline.metrics.factory import open_sink
 from xml_pipeline.metrics.lane import DeadLetters, SinkLane
 from xml_pipeline.metrics.records import Batch, Sample, Summary, rows_of
-from xml_pipeline.metrics.settings import MetricsConfig, TracingConfig
+from xml_pipeline.metrics.settings import MetricsConfig, SinkSettings, TracingConfig
 from xml_pipeline.metrics.sink import SinkContext, SinkStats
 from xml_pipeline.metrics.trace import Trace, TraceRecorder
 
@@ -40,6 +40,13 @@ _PROBE_SECONDS = 1.0  # the registry's size is read at most this long per sample
 
 def _no_circuits() -> Mapping[str, str]:
     return {}
+
+
+def _kind(sink: object) -> str:
+    """A sink's name before numbering: its type, or a sink object's ``name``."""
+    if isinstance(sink, SinkSettings):
+        return sink.type
+    return str(getattr(sink, "name", type(sink).__name__))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,24 +96,26 @@ class MetricsCollector:
         self._recorder = None if tracing is None else TraceRecorder(tracing, probes.cpu_bound)
         self._dead_letters = DeadLetters(config.dead_letter)
         context = SinkContext(organism, redis_url, self.stats, lambda: self.received)
-        names = Counter(sink.type for sink in config.sinks)
+        kinds = [_kind(sink) for sink in config.sinks]
+        names = Counter(kinds)
         seen: Counter[str] = Counter()
         self._lanes: list[SinkLane] = []
-        for sink in config.sinks:
-            seen[sink.type] += 1
-            name = sink.type if names[sink.type] == 1 else f"{sink.type}#{seen[sink.type]}"
+        for sink, kind in zip(config.sinks, kinds, strict=True):
+            seen[kind] += 1
+            name = kind if names[kind] == 1 else f"{kind}#{seen[kind]}"
             self._lanes.append(
                 SinkLane(
                     name,
-                    open_sink(sink, context),
+                    open_sink(sink, context) if isinstance(sink, SinkSettings) else sink,
                     capacity=config.buffer,
-                    retry_seconds=sink.retry_seconds,
-                    required=sink.required,
+                    retry_seconds=getattr(sink, "retry_seconds", 30.0),
+                    required=getattr(sink, "required", True),
                     dead_letters=self._dead_letters,
                 )
             )
-        self._aggregating = [lane for lane in self._lanes if lane.sink.aggregates]
-        self._keeping = [lane for lane in self._lanes if not lane.sink.aggregates]
+        aggregating = [getattr(lane.sink, "aggregates", False) for lane in self._lanes]
+        self._aggregating = [lane for lane, a in zip(self._lanes, aggregating, strict=True) if a]
+        self._keeping = [lane for lane, a in zip(self._lanes, aggregating, strict=True) if not a]
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._running = False
@@ -128,14 +137,14 @@ class MetricsCollector:
                     lane.last_error = f"cannot start: {type(exc).__name__}: {exc}"
                     if lane.required:
                         raise SinkError(
-                            f"metrics sink {lane.name} ({lane.sink.target}) cannot start: "
+                            f"metrics sink {lane.name} ({lane.target}) cannot start: "
                             f"{type(exc).__name__}: {exc}; fix it, or set required: false on "
                             "the sink to start without it and retry it in the background",
                             sink=lane.name,
                         ) from exc
                     log.warning(
                         "metrics sink %s (%s) %s; the organism starts without it and retries",
-                        lane.name, lane.sink.target, lane.last_error,
+                        lane.name, lane.target, lane.last_error,
                     )  # fmt: skip
                 else:
                     started.append(lane)

@@ -40,11 +40,15 @@ class DeadLetters:
         self.path = path
         self.batches = 0
 
-    async def put(self, sink: str, target: str, error: str, batch: Batch) -> None:
-        """Keep ``batch``, which ``sink`` failed to write with ``error``."""
+    async def put(
+        self, sink: str, target: str, error: str, batch: Batch, *, tell: bool = True
+    ) -> None:
+        """Keep ``batch``, which ``sink`` failed to write with ``error``; ``tell``: log it at
+        WARNING (the first of a run of failures), else at DEBUG."""
         self.batches += 1
+        say = log.warning if tell else log.debug
         if self.path is None:
-            log.warning(
+            say(
                 "metrics sink %s (%s) gave up on %d records: %s; they are dropped (set "
                 "metrics.dead_letter to a file to keep them)", sink, target, len(batch), error,
             )  # fmt: skip
@@ -62,8 +66,9 @@ class DeadLetters:
                 "be written (%s); the records are lost", sink, len(batch), error, self.path, exc,
             )  # fmt: skip
         else:
-            log.warning(
-                "metrics sink %s (%s) gave up on %d records: %s; written to %s",
+            say(
+                "metrics sink %s (%s) gave up on %d records: %s; written to %s (further "
+                "batches too, until it writes again)",
                 sink, target, len(batch), error, self.path,
             )  # fmt: skip
 
@@ -103,13 +108,15 @@ class SinkLane:
         self.last_flush_seconds: float | None = None
         self.last_error = ""
         self.task: asyncio.Task[None] | None = None
+        self._failing_since: float | None = None  # loop clock of the first failure in a row
+        self._told = False  # the dead letters of this run of failures were logged
 
     def stats(self, pending: int, lost: int) -> SinkStats:
         """The counters now; ``pending`` records wait in the collector's buffer and ``lost``
         were dropped there (both count for every sink)."""
         return SinkStats(
             sink=self.name,
-            target=self.sink.target,
+            target=self.target,
             state=self.state,
             submitted=self.offered + pending + lost,
             flushed=self.flushed,
@@ -121,6 +128,11 @@ class SinkLane:
             last_flush_seconds=self.last_flush_seconds,
             last_error=self.last_error,
         )
+
+    @property
+    def target(self) -> str:
+        """Where the sink writes (its name for a sink object without ``target``)."""
+        return str(getattr(self.sink, "target", self.name))
 
     @property
     def idle(self) -> bool:
@@ -163,7 +175,7 @@ class SinkLane:
             except Exception as exc:
                 self.last_error = f"cannot start: {type(exc).__name__}: {exc}"
                 log.warning(
-                    "metrics sink %s (%s) %s; retrying in %.1f s", self.name, self.sink.target,
+                    "metrics sink %s (%s) %s; retrying in %.1f s", self.name, self.target,
                     self.last_error, delay,
                 )  # fmt: skip
                 if self._closing:
@@ -183,10 +195,10 @@ class SinkLane:
             self.queued -= len(batch)
 
     async def _write(self, batch: Batch) -> None:
-        """Write ``batch``, retrying with capped backoff for ``retry_seconds``; then give it
-        to the dead letters."""
+        """Write ``batch``, retrying with capped backoff while the sink has been failing for
+        less than ``retry_seconds``; past that, a batch gets one try and then goes to the dead
+        letters, so a sink that stays down drains its queue instead of holding it."""
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + self._retry_seconds
         delay = BACKOFF[0]
         while True:
             began = time.perf_counter()
@@ -194,12 +206,16 @@ class SinkLane:
                 await self.sink.write(batch)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                if loop.time() + delay > give_up:
+                now = loop.time()
+                if self._failing_since is None:
+                    self._failing_since = now
+                if now + delay > self._failing_since + self._retry_seconds:
                     self.dead_lettered += len(batch)
-                    self.state = "running"
+                    self.state = "failing"
                     await self._dead_letters.put(
-                        self.name, self.sink.target, self.last_error, batch
+                        self.name, self.target, self.last_error, batch, tell=not self._told
                     )
+                    self._told = True
                     return
                 self.state = "retrying"
                 self.retried += 1
@@ -210,6 +226,8 @@ class SinkLane:
             self.last_flush_seconds = time.perf_counter() - began
             self.last_flush_at = time.time()
             self.state = "running"
+            self._failing_since = None
+            self._told = False
             return
 
     async def stop(self, deadline: float) -> None:
@@ -226,7 +244,7 @@ class SinkLane:
         if self.queued:
             log.warning(
                 "metrics sink %s (%s) had %d records left when the organism stopped; dropped",
-                self.name, self.sink.target, self.queued,
+                self.name, self.target, self.queued,
             )  # fmt: skip
             self.dropped += self.queued
             self.queued = 0
@@ -236,6 +254,4 @@ class SinkLane:
             with anyio.move_on_after(_CLOSE_SECONDS):
                 await self.sink.aclose()
         except Exception as exc:
-            log.warning(
-                "metrics sink %s (%s) failed to close: %s", self.name, self.sink.target, exc
-            )
+            log.warning("metrics sink %s (%s) failed to close: %s", self.name, self.target, exc)

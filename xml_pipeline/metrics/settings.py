@@ -246,19 +246,29 @@ class MetricsConfig:
             nullable=True,
         ),
     )
-    sinks: tuple[SinkConfig, ...] = ()
+    # sink configs, or (code only) objects of the `metrics.Sink` protocol; such an object may
+    # have the attributes name, required and retry_seconds (defaults: its class name, True, 30)
+    sinks: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         check_fields(self, type(self).__name__)
         sinks = self.sinks
-        if not isinstance(sinks, tuple):
-            sinks = tuple(sinks) if isinstance(sinks, list) else sinks
+        if isinstance(sinks, list):
+            sinks = tuple(sinks)
             object.__setattr__(self, "sinks", sinks)
-        if not isinstance(sinks, tuple) or not all(isinstance(s, SinkSettings) for s in sinks):
+        if not isinstance(sinks, tuple) or not all(map(_is_sink, sinks)):
             raise UsageError(
                 "MetricsConfig: sinks takes sink configs (PrometheusSinkConfig, JsonlSinkConfig, "
-                f"RedisStreamSinkConfig, OtlpSinkConfig), not {sinks!r}"
+                f"RedisStreamSinkConfig, OtlpSinkConfig) or Sink objects, not {sinks!r}"
             )
+
+
+def _is_sink(value: object) -> bool:
+    """A sink config, or an object with the methods of the `Sink` protocol."""
+    if isinstance(value, SinkSettings):
+        return True
+    methods = ("start", "write", "aclose")
+    return not isinstance(value, type) and all(callable(getattr(value, m, None)) for m in methods)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

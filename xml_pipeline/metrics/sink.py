@@ -25,8 +25,10 @@ class SinkStats:
     Attributes:
         sink: its name (``prometheus``, ``jsonl``...; ``jsonl#2`` for a second of a type).
         target: where it writes.
-        state: ``running``, ``retrying`` (a batch failed and is retried), ``starting`` (not
-            started yet: ``required: false`` and it could not start), ``stopped``.
+        state: ``running``, ``retrying`` (a batch failed and is retried), ``failing`` (it
+            has failed for longer than ``retry_seconds``: each batch gets one try, then goes
+            to the dead letters), ``starting`` (``required: false`` and it could not start
+            yet), ``stopped``.
         submitted: records meant for it since the collector started.
         flushed: records it wrote.
         dropped: records it never got: the collector's buffer or its own queue was full, or
