@@ -29,7 +29,9 @@ class Part:
     side: str = ""
 
 
-async def plan(msg: Plan | Part, meta: HandlerMetadata) -> HandlerResponse | list[HandlerResponse] | None:
+async def plan(
+    msg: Plan | Part, meta: HandlerMetadata
+) -> HandlerResponse | list[HandlerResponse] | None:
     if isinstance(msg, Plan):
         return [
             HandlerResponse(Part(text=msg.text, side="left"), to="left"),
@@ -52,6 +54,7 @@ async def right(msg: Part, meta: HandlerMetadata) -> HandlerResponse:
 
 
 def organism(**options: Any) -> Organism:
+    options.setdefault("name", "plan-org")
     return Organism(
         [
             Listener("plan", Plan, plan, peers=("left", "right"), handles_errors=False),

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from tests.metrics.organisms import BlockedSink, ListSink, Plan, organism
-from xml_pipeline import MetricsConfig, Organism, SinkStats
+from xml_pipeline import MetricsConfig, Organism, SinkError, SinkStats
 from xml_pipeline.metrics.lane import BACKOFF
 
 pytestmark = pytest.mark.anyio
@@ -138,10 +138,11 @@ async def test_stopping_flushes_what_is_buffered() -> None:
 
 async def test_a_sink_that_cannot_start_fails_the_start_naming_it() -> None:
     org = organism(metrics=config(ListSink("store", start_failures=1)))
-    with pytest.raises(Exception, match="metrics sink store .memory:store. cannot start") as info:
+    named = r"metrics sink store \(memory:store\) cannot start"
+    with pytest.raises(SinkError, match=named) as info:
         async with org:
             pass
-    assert info.value.reason == "sink_error"  # type: ignore[attr-defined]
+    assert info.value.reason == "sink_error" and info.value.sink == "store"
     assert "required: false" in str(info.value)
 
 

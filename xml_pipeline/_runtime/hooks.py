@@ -45,6 +45,9 @@ class HopEvent(NamedTuple):
         parent: the thread id of the call ``thread`` was called from (the caller's thread;
             the organism's root id for a conversation's first call): with ``thread`` it
             places the hop in its conversation's call tree (`Organism.trace`).
+        maker: on ``started``/``finished``: the ``at`` of the ``started`` event of the hop
+            that made the call ``thread`` answers (which of the caller's hops made it), when
+            it was observed; ``None`` otherwise.
     """
 
     kind: Literal["started", "finished", "answered"]
@@ -58,6 +61,7 @@ class HopEvent(NamedTuple):
     duration: float | None = None
     outcome: str | None = None
     parent: str | None = None
+    maker: float | None = None
 
 
 class ConversationEvent(NamedTuple):

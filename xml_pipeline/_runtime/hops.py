@@ -83,7 +83,9 @@ class Frame:
     nothing can answer the call any more. The root frame (the outside sender) has no parent.
     """
 
-    __slots__ = ("answered", "listener", "live", "parent", "thread", "waiter")
+    # "maker": the loop time the hop that made this call started, set only while somebody
+    # observes the hooks (traces tell which of a thread's hops made a call by it)
+    __slots__ = ("answered", "listener", "live", "maker", "parent", "thread", "waiter")
 
     def __init__(self, listener: str, thread: str, parent: Frame | None) -> None:
         self.listener = listener
@@ -107,9 +109,10 @@ class Hop:
     cycles through a listener with one slot cannot deadlock.
     """
 
+    # "began": the loop time its started event was emitted, set only while somebody observes
     __slots__ = (
-        "abandoned", "attempt", "cancels", "conv", "finished", "frame", "holds_slot", "payload",
-        "sender", "settled", "state", "task", "waits",
+        "abandoned", "attempt", "began", "cancels", "conv", "finished", "frame", "holds_slot",
+        "payload", "sender", "settled", "state", "task", "waits",
     )  # fmt: skip
 
     def __init__(

@@ -565,6 +565,8 @@ class StreamPump:
                 continue
             frame.live += 1
             callee = Frame(out.to, rec.thread_id, frame)
+            if hooks:
+                callee.maker = started
             nexts.append(Hop(self._states[out.to], callee, state.name, out.payload, conv))
         if hooks:
             self._emit_finished(hop, started, None)
@@ -578,9 +580,10 @@ class StreamPump:
         loop = self._loop or asyncio.get_running_loop()
         now = loop.time()
         frame = hop.frame
+        hop.began = now
         self.hooks.emit(HopEvent(
             "started", hop.conv.id, frame.thread, hop.sender, hop.state.name, hop.payload,
-            hop.attempt, now, None, None, _caller_thread(frame),
+            hop.attempt, now, None, None, _caller_thread(frame), getattr(frame, "maker", None),
         ))  # fmt: skip
         return now
 
@@ -591,6 +594,7 @@ class StreamPump:
         self.hooks.emit(HopEvent(
             "finished", hop.conv.id, frame.thread, hop.sender, hop.state.name, hop.payload,
             hop.attempt, now, now - started, outcome, _caller_thread(frame),
+            getattr(frame, "maker", None),
         ))  # fmt: skip
 
     async def read_history(self, conversation: str) -> list[HistoryEntry]:
@@ -726,6 +730,8 @@ class StreamPump:
         answer: asyncio.Future[Any] = loop.create_future()
         callee = Frame(peer, rec.thread_id, frame)
         callee.waiter = answer
+        if self.hooks.active:
+            callee.maker = getattr(hop, "began", None)
         frame.live += 1
         self._transport.deliver(Hop(target, callee, state.name, payload, conv))
         timer = None

@@ -4,9 +4,10 @@
 ``organism trace`` command (records read back from a JSON Lines file or a Redis stream) and
 anyone holding `HopEvent`/`ConversationEvent` objects (``organism run --trace``) use it.
 
-A hop's parent is the hop that sent its payload. Events name each hop's thread and the thread
-it was called from (`HopEvent.parent`), which places a call exactly: the first hop on a thread
-is a call, made by the hop of its sender on the calling thread. A later hop on a thread is an
+A hop's parent is the hop that sent its payload. Events name each hop's thread, the thread it
+was called from (`HopEvent.parent`) and when the hop that made the call started
+(`HopEvent.maker`), which places a call exactly: the first hop on a thread is a call, made by
+that hop of its sender on the calling thread. A later hop on a thread is an
 answer (or `ErrorReport`) coming back to the caller's listener; its parent is the hop of the
 responder, on a thread called from this one, that finished last before it started (when two
 answers from the same listener race, the one that finished first is taken first). A retry sits
@@ -156,8 +157,8 @@ def _describe(hop: TraceHop, processes: bool) -> str:
 
 class _Node:
     __slots__ = (
-        "attempt", "caller", "children", "duration", "listener", "outcome", "parent", "process",
-        "sender", "start", "tag", "thread",
+        "attempt", "caller", "children", "duration", "listener", "maker", "outcome", "parent",
+        "process", "sender", "start", "tag", "thread",
     )  # fmt: skip
 
     def __init__(self, row: Sequence[Any], start: float, process: str) -> None:
@@ -168,10 +169,11 @@ class _Node:
         self.tag: str = tag if isinstance(tag, str) else payload_tag(tag)
         self.attempt: int = row[6]
         self.caller: str | None = row[10] if len(row) > 10 else None
+        self.maker: float | None = row[11] if len(row) > 11 else None
         self.start = start
         self.duration: float | None = None
         self.outcome = "running"
-        self.process: str = row[11] if len(row) > 11 and row[11] else process
+        self.process: str = row[12] if len(row) > 12 and row[12] else process
         self.parent: _Node | None = None
         self.children: list[_Node] = []
 
@@ -273,10 +275,15 @@ def _link(nodes: list[_Node]) -> list[_Node]:
         same = by_thread[node.thread]
         parent: _Node | None = None
         if not same:  # the first hop on its thread: a call from the calling thread
-            for candidate in reversed(by_thread.get(node.caller or "", ())):
-                if candidate.listener == node.sender and candidate.start <= node.start:
-                    parent = candidate
-                    break
+            candidates = [
+                c for c in by_thread.get(node.caller or "", ())
+                if c.listener == node.sender and c.start <= node.start + _EPSILON
+            ]  # fmt: skip
+            maker = node.maker
+            if maker is not None and candidates:  # the start of the hop that made the call
+                parent = min(candidates, key=lambda c: abs(c.start - maker))
+            elif candidates:
+                parent = candidates[-1]
         elif node.attempt > 1:  # a retry: beside the attempt it repeats
             earlier = [n for n in same if n.listener == node.listener] or same
             parent = earlier[-1].parent
@@ -342,10 +349,10 @@ def trace_from_history(conversation: str, entries: Sequence[HistoryEntry]) -> Tr
     built: list[tuple[HistoryEntry, list[Any]]] = []
     roots: list[tuple[HistoryEntry, list[Any]]] = []
     for entry in entries:
-        children: list[Any] = []
+        item: tuple[HistoryEntry, list[Any]] = (entry, [])
         parent = next((c for e, c in reversed(built) if e.to == entry.sender), None)
-        (roots if parent is None else parent).append((entry, children))
-        built.append((entry, children))
+        (roots if parent is None else parent).append(item)
+        built.append(item)
 
     def freeze(item: tuple[HistoryEntry, list[Any]]) -> TraceHop:
         entry, children = item
@@ -369,7 +376,7 @@ def trace_from_history(conversation: str, entries: Sequence[HistoryEntry]) -> Tr
 def rows_from_records(records: Iterable[Mapping[str, Any]]) -> list[Row]:
     """Rows for `build_tree` from stored JSON records (``hop``, ``hop_started``,
     ``conversation``), with ``time`` (seconds since the epoch) as their clock; other records
-    are skipped. The process a hop ran in is kept under index 11."""
+    are skipped. The process a hop ran in is kept under index 12."""
     rows: list[Row] = []
     for record in records:
         kind = record.get("type")
@@ -379,7 +386,7 @@ def rows_from_records(records: Iterable[Mapping[str, Any]]) -> list[Row]:
                 "started" if started else "finished", record["conversation"], record["thread"],
                 record["sender"], record["listener"], record["payload"], record["attempt"],
                 record["time"], record.get("duration_seconds"), record.get("outcome"),
-                record.get("parent"), record.get("process", ""),
+                record.get("parent"), record.get("maker"), record.get("process", ""),
             ))  # fmt: skip
         elif kind == "conversation":
             rows.append((
