@@ -86,6 +86,7 @@ class Frame:
     # "maker": the loop time the hop that made this call started, set only while somebody
     # observes the hooks (traces tell which of a thread's hops made a call by it)
     __slots__ = ("answered", "listener", "live", "maker", "parent", "thread", "waiter")
+    maker: float | None  # unset unless observed: read with getattr(frame, "maker", None)
 
     def __init__(self, listener: str, thread: str, parent: Frame | None) -> None:
         self.listener = listener
@@ -114,6 +115,7 @@ class Hop:
         "abandoned", "attempt", "began", "cancels", "conv", "finished", "frame", "holds_slot",
         "payload", "sender", "settled", "state", "task", "waits",
     )  # fmt: skip
+    began: float  # unset unless observed: read with getattr(hop, "began", None)
 
     def __init__(
         self, state: ListenerState, frame: Frame, sender: str, payload: object, conv: Conversation
