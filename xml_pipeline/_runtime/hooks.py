@@ -37,7 +37,8 @@ class HopEvent(NamedTuple):
         listener: the listener whose handler runs.
         payload: the payload object (do not change it).
         attempt: 1, or more when a retry policy ran the hop again.
-        at: the event loop's clock (seconds, ``loop.time()``) when the event happened.
+        at: ``time.perf_counter()`` (seconds) when the event happened (finer than the event
+            loop's clock, which uvloop keeps in milliseconds, once per loop iteration).
         duration: seconds from ``started`` to ``finished`` (``None`` on ``started``).
         outcome: on ``finished``: ``None`` when the handler returned and its outputs were
             accepted, else the failure's reason code (``handler_error``, ``timeout``...);
@@ -71,7 +72,7 @@ class ConversationEvent(NamedTuple):
         kind: ``"opened"`` or ``"ended"``.
         conversation: its id.
         listener: the listener it was started at.
-        at: the event loop's clock (seconds) when it happened.
+        at: ``time.perf_counter()`` (seconds) when it happened.
         outcome: on ``ended``: ``None`` when it was answered, else the reason code.
     """
 

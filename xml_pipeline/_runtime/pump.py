@@ -27,6 +27,7 @@ import logging
 import math
 import unicodedata
 from collections.abc import Sequence
+from time import perf_counter
 from typing import Any
 
 import anyio
@@ -413,8 +414,7 @@ class StreamPump:
         conv.opening = False
         self._conversations.opened(conv)
         if self.hooks.active:
-            loop = self._loop or asyncio.get_running_loop()
-            self.hooks.emit(ConversationEvent("opened", conv.id, state.name, loop.time()))
+            self.hooks.emit(ConversationEvent("opened", conv.id, state.name, perf_counter()))
         root = Frame(sender, self._registry.root_id, None)
         first = Frame(state.name, rec.thread_id, root)
         return Hop(state, first, sender, payload, conv)
@@ -433,10 +433,9 @@ class StreamPump:
 
     def _conversation_ended(self, conv: Conversation, error: DeliveryError | None) -> None:
         if self.hooks.active:
-            loop = self._loop or asyncio.get_running_loop()
             outcome = None if error is None else str(error.reason)
             self.hooks.emit(
-                ConversationEvent("ended", conv.id, conv.started_by, loop.time(), outcome)
+                ConversationEvent("ended", conv.id, conv.started_by, perf_counter(), outcome)
             )
 
     # -- hops -----------------------------------------------------------------------------------
@@ -577,8 +576,7 @@ class StreamPump:
         return nexts
 
     def _emit_started(self, hop: Hop) -> float:
-        loop = self._loop or asyncio.get_running_loop()
-        now = loop.time()
+        now = perf_counter()
         frame = hop.frame
         hop.began = now
         self.hooks.emit(HopEvent(
@@ -588,8 +586,7 @@ class StreamPump:
         return now
 
     def _emit_finished(self, hop: Hop, started: float, outcome: str | None) -> None:
-        loop = self._loop or asyncio.get_running_loop()
-        now = loop.time()
+        now = perf_counter()
         frame = hop.frame
         self.hooks.emit(HopEvent(
             "finished", hop.conv.id, frame.thread, hop.sender, hop.state.name, hop.payload,
@@ -646,10 +643,9 @@ class StreamPump:
             frame.waiter = None
             caller.live -= 1
             if self.hooks.active:
-                loop = self._loop or asyncio.get_running_loop()
                 self.hooks.emit(HopEvent(
                     "answered", conv.id, caller.thread, responder, caller.listener, payload, 1,
-                    loop.time(), None, None, _caller_thread(caller),
+                    perf_counter(), None, None, _caller_thread(caller),
                 ))  # fmt: skip
             if not waiter.done():
                 if type(payload) is ErrorReport:

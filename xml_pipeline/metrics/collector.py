@@ -298,7 +298,7 @@ class MetricsCollector:
         load = probes.listener_load()
         sample = Sample(
             "sample",
-            loop.time(),
+            time.perf_counter(),
             probes.stats(),
             probes.open_conversations(),
             tuple(load),
@@ -323,7 +323,7 @@ class MetricsCollector:
         events = buffer.copy()
         buffer.clear()
         self.received += len(events)
-        wall = time.time() - asyncio.get_running_loop().time()
+        wall = time.time() - time.perf_counter()  # events are stamped with perf_counter
         size = self.config.batch_size
         recorder, keeping, aggregating = self._recorder, self._keeping, self._aggregating
         listeners = self._probes.listeners

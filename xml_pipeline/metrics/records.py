@@ -63,7 +63,7 @@ class Sample(NamedTuple):
 
     Attributes:
         kind: ``"sample"``.
-        at: the event loop's clock (seconds).
+        at: ``time.perf_counter()`` (seconds), the clock of the hook's events.
         stats: the organism's counters (`Organism.stats`).
         open_conversations: conversations open now.
         listeners: ``(listener, busy, backlog, limit)`` each: slots in use, hops waiting,
@@ -142,7 +142,7 @@ class Batch:
     """Up to ``batch_size`` records cut from the buffer, shared by every sink.
 
     ``rows`` are set when a sink or the trace recorder keeps records, ``summary`` when a sink
-    aggregates. ``wall`` turns the loop clock of the records into wall-clock time
+    aggregates. ``wall`` turns the clock of the records (``perf_counter``) into wall-clock time
     (``at + wall`` is seconds since the epoch).
     """
 

@@ -54,8 +54,8 @@ async def read_trace(metrics: MetricsConfig | None, conversation: str, *, redis_
     if not rows:
         raise NotFoundError(
             f"no records of conversation {conversation!r} in {', '.join(searched)}; check the "
-            "id (organism run --log-level info prints them), and that the process flushed "
-            "before it stopped"
+            "id (what send and inject return; each record names its conversation), and that "
+            "the process stopped cleanly (it flushes then)"
         )
     return build_tree(sorted(rows, key=_row_time), conversation=conversation)
 
