@@ -414,9 +414,7 @@ class _Reader:
         for i, item in enumerate(node.value):
             path = f"metrics.sinks[{i}]"
             if not isinstance(item, yaml.MappingNode):
-                message = (
-                    f"expected a mapping (type: ..., and its settings), found {_describe(item)}"
-                )
+                message = f"expected a mapping (type: ...), found {_describe(item)}"
                 self.report(path, item, message)
                 continue
             kind_node = next(
