@@ -9,8 +9,13 @@ median over runs; ratios are taken per run against the floor measured in that ru
 is the process's CPU time (``time.process_time``) over the hops made: steadier than wall time on
 a shared machine. Prints a table and writes benchmarks/results/bench_pump.json.
 
+``--metrics`` adds rows at the first ``--inflight`` with the metrics collector on (default
+settings): a Prometheus sink, the same with ``tracing: true``, and an OpenTelemetry sink on
+an in-memory reader; "CPU vs 1st" is then their CPU per hop against metrics off, the first row.
+The flush tasks run in the same process, so their CPU is in the figure.
+
     python benchmarks/bench_pump.py [--runs 5] [--loop uvloop|asyncio]
-        [--conversations 40000] [--inflight 1000,30000]
+        [--conversations 40000] [--inflight 1000,30000] [--metrics]
 """
 
 from __future__ import annotations
@@ -125,12 +130,24 @@ Row = Callable[[], Awaitable[dict[str, float]]]
 
 
 def rows(options: argparse.Namespace) -> dict[str, Row]:
-    def pump(inflight: int, history: bool = True) -> Row:
+    def pump(inflight: int, history: bool = True, **observe: Any) -> Row:
         async def measure() -> dict[str, float]:
-            org = organism(ingress_limit=inflight, history=history)
+            provider = None
+            if observe.pop("otel", False):
+                from opentelemetry.sdk.metrics import MeterProvider
+                from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+                from xml_pipeline.metrics import MetricsConfig, OtlpSinkConfig
+
+                provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+                sink = OtlpSinkConfig(meter_provider=provider)
+                observe["metrics"] = MetricsConfig(sinks=(sink,))
+            org = organism(ingress_limit=inflight, history=history, **observe)
             async with org:
                 await load(org, 2000, 100)  # warm up
                 m = await load(org, max(options.conversations, 2 * inflight), inflight)
+            if provider is not None:
+                provider.shutdown()
             return {"hops_per_s": m.hops_per_s, "cpu_us_per_hop": m.cpu_us_per_hop}
 
         return measure
@@ -151,6 +168,14 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
     table[f"pump, {options.inflight[0]:,} in flight, history off"] = pump(
         options.inflight[0], history=False
     )
+    if options.metrics:
+        first = options.inflight[0]
+        prometheus = {"sinks": [{"type": "prometheus", "listen": "127.0.0.1:0"}]}
+        table[f"pump, {first:,}, metrics: prometheus"] = pump(first, metrics=prometheus)
+        table[f"pump, {first:,}, prometheus + tracing"] = pump(
+            first, metrics=prometheus, tracing=True
+        )
+        table[f"pump, {first:,}, metrics: otel (in memory)"] = pump(first, otel=True)
     table["round trip, 1 in flight"] = round_trip
     return table
 
@@ -165,6 +190,9 @@ def main() -> None:
         type=lambda text: [int(part) for part in text.split(",")],
         default=[1000, 30_000],
         help="comma-separated conversations in flight, one row each (1000,30000)",
+    )
+    parser.add_argument(
+        "--metrics", action="store_true", help="add rows with the metrics collector on"
     )
     options = parser.parse_args()
     factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop

@@ -88,38 +88,50 @@ Subscriber = Callable[[Event], None]
 
 
 class Hooks:
-    """The subscribers of one organism's events."""
+    """The subscribers of one organism's events.
 
-    __slots__ = ("_subscribers", "active")
+    ``started`` events go only to subscribers that asked for them (the default); when none
+    did (``subscribe(fn, started=False)``, as the metrics collector does without tracing), the
+    pump does not build them.
+    """
+
+    __slots__ = ("_starters", "_subscribers", "active", "starters")
 
     def __init__(self) -> None:
         self._subscribers: tuple[Subscriber, ...] = ()  # replaced, never changed: emit reads it
+        self._starters: tuple[Subscriber, ...] = ()  # those that want started events
         self.active = False  # whether anybody listens: the pump builds no event otherwise
+        self.starters = False  # whether anybody wants started events
 
     def __bool__(self) -> bool:
         """Whether anybody listens (as `active`)."""
         return self.active
 
-    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
-        """Call ``subscriber(event)`` for every event from now on.
+    def subscribe(self, subscriber: Subscriber, *, started: bool = True) -> Callable[[], None]:
+        """Call ``subscriber(event)`` for every event from now on (``started``: the
+        ``started`` hop events too).
 
         Returns:
             a function that unsubscribes it (calling it twice does nothing).
         """
         self._subscribers = (*self._subscribers, subscriber)
-        self.active = True
+        if started:
+            self._starters = (*self._starters, subscriber)
+        self._update()
 
         def unsubscribe() -> None:
             self._drop(subscriber)
 
         return unsubscribe
 
-    def _drop(self, subscriber: Subscriber) -> None:
-        if subscriber in self._subscribers:
-            kept = list(self._subscribers)
-            kept.remove(subscriber)
-            self._subscribers = tuple(kept)
+    def _update(self) -> None:
         self.active = bool(self._subscribers)
+        self.starters = bool(self._starters)
+
+    def _drop(self, subscriber: Subscriber) -> None:
+        self._subscribers = _without(self._subscribers, subscriber)
+        self._starters = _without(self._starters, subscriber)
+        self._update()
 
     def emit(self, event: Event) -> None:
         """Hand ``event`` to every subscriber; one that raises is logged and dropped."""
@@ -129,3 +141,20 @@ class Hooks:
             except Exception:
                 log.exception("a hook subscriber raised; it is unsubscribed: %r", subscriber)
                 self._drop(subscriber)
+
+    def emit_started(self, event: HopEvent) -> None:
+        """Hand a ``started`` event to the subscribers that want those."""
+        for subscriber in self._starters:
+            try:
+                subscriber(event)
+            except Exception:
+                log.exception("a hook subscriber raised; it is unsubscribed: %r", subscriber)
+                self._drop(subscriber)
+
+
+def _without(subscribers: tuple[Subscriber, ...], subscriber: Subscriber) -> tuple[Subscriber, ...]:
+    if subscriber not in subscribers:
+        return subscribers
+    kept = list(subscribers)
+    kept.remove(subscriber)
+    return tuple(kept)

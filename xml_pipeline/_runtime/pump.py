@@ -417,6 +417,8 @@ class StreamPump:
             self.hooks.emit(ConversationEvent("opened", conv.id, state.name, perf_counter()))
         root = Frame(sender, self._registry.root_id, None)
         first = Frame(state.name, rec.thread_id, root)
+        if self.hooks.active:
+            first.maker = None  # observed: every frame has it (no AttributeError when read)
         return Hop(state, first, sender, payload, conv)
 
     def _expire(self, conv: Conversation, task: asyncio.Task[Any] | None, timeout: float) -> None:
@@ -577,20 +579,25 @@ class StreamPump:
 
     def _emit_started(self, hop: Hop) -> float:
         now = perf_counter()
-        frame = hop.frame
         hop.began = now
-        self.hooks.emit(HopEvent(
-            "started", hop.conv.id, frame.thread, hop.sender, hop.state.name, hop.payload,
-            hop.attempt, now, None, None, _caller_thread(frame), getattr(frame, "maker", None),
-        ))  # fmt: skip
+        hooks = self.hooks
+        if hooks.starters:  # somebody wants started events (metrics alone do not)
+            frame = hop.frame
+            parent = frame.parent
+            hooks.emit_started(HopEvent(
+                "started", hop.conv.id, frame.thread, hop.sender, hop.state.name, hop.payload,
+                hop.attempt, now, None, None, None if parent is None else parent.thread,
+                getattr(frame, "maker", None),
+            ))  # fmt: skip
         return now
 
     def _emit_finished(self, hop: Hop, started: float, outcome: str | None) -> None:
         now = perf_counter()
         frame = hop.frame
+        parent = frame.parent
         self.hooks.emit(HopEvent(
             "finished", hop.conv.id, frame.thread, hop.sender, hop.state.name, hop.payload,
-            hop.attempt, now, now - started, outcome, _caller_thread(frame),
+            hop.attempt, now, now - started, outcome, None if parent is None else parent.thread,
             getattr(frame, "maker", None),
         ))  # fmt: skip
 

@@ -156,13 +156,13 @@ class MetricsCollector:
         for lane in self._lanes:
             lane.task = loop.create_task(lane.run(), name=f"metrics sink {lane.name}")
         self._tasks.append(loop.create_task(self._flush_loop(), name="metrics flush"))
-        self._unsubscribe = hooks.subscribe(self._subscriber())
+        self._unsubscribe = hooks.subscribe(self._subscriber(), started=self._recorder is not None)
         self._running = True
 
     def _subscriber(self) -> Callable[[Event], None]:
         """The hot path: append the event, or count it as dropped; wake the flush task when
-        a batch is full. Without tracing, ``started`` events are not kept (metrics count hops
-        when they finish)."""
+        a batch is full. Without tracing it does not ask for ``started`` events (metrics count
+        hops when they finish), so the pump does not build them."""
         buffer = self._buffer
         capacity = self.config.buffer
         batch_size = self.config.batch_size
@@ -184,8 +184,6 @@ class MetricsCollector:
             return keep
 
         def count(event: Event) -> None:
-            if event[0] == "started":
-                return
             n = len(buffer)
             if n < capacity:
                 append(event)

@@ -71,8 +71,7 @@ class _Totals:
             self.failures.update(summary.failures)
             self.retries.update(summary.retries)
             self.ended.update(summary.ended)
-            for listener, durations in summary.durations.items():
-                durations.sort()
+            for listener, durations in summary.durations.items():  # each sorted
                 cumulative = self.buckets.get(listener)
                 if cumulative is None:
                     cumulative = self.buckets[listener] = [0] * len(DURATION_BUCKETS)

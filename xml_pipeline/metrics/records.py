@@ -17,6 +17,8 @@ import socket
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
+from itertools import groupby
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from xml_pipeline._runtime.outcomes import PumpStats
@@ -109,33 +111,38 @@ class Summary:
     @classmethod
     def of(cls, events: Sequence[Any], listeners: frozenset[str]) -> Summary:
         """Count ``events`` (hook events and samples); ``listeners`` are the organism's own
-        (senders from outside are not counted as sent)."""
+        (senders from outside are not counted as sent). Counting is done by C loops
+        (``Counter``, ``sorted``, ``itemgetter``): this runs for every hop's events."""
         summary = cls()
-        received, sent, durations = summary.received, summary.sent, summary.durations
+        finished = [e for e in events if e[0] == "finished"]
+        answered = [e for e in events if e[0] == "answered"]
+        received, sent = summary.received, summary.sent
+        received.update(map(_LISTENER, finished))
+        received.update(map(_LISTENER, answered))
+        sent.update(s for s in map(_SENDER, finished) if s in listeners)
+        sent.update(map(_SENDER, answered))
+        pairs = sorted(map(_LISTENER_DURATION, finished))  # by listener, then duration
+        durations = summary.durations
+        for listener, group in groupby(pairs, key=_FIRST):
+            durations[listener] = list(map(_SECOND, group))  # sorted already
+        summary.failures.update(
+            (e[4], e[9]) for e in finished if e[9] is not None and e[9] != "ended"
+        )
+        summary.retries.update(e[4] for e in finished if e[6] > 1)
         for event in events:
             kind = event[0]
-            if kind == "finished":
-                listener = event[4]
-                received[listener] += 1
-                if event[3] in listeners:
-                    sent[event[3]] += 1
-                if listener in durations:
-                    durations[listener].append(event[8])
-                else:
-                    durations[listener] = [event[8]]
-                outcome = event[9]
-                if outcome is not None and outcome != "ended":
-                    summary.failures[listener, outcome] += 1
-                if event[6] > 1:
-                    summary.retries[listener] += 1
-            elif kind == "answered":
-                received[event[4]] += 1
-                sent[event[3]] += 1
-            elif kind == "ended":
+            if kind == "ended":
                 summary.ended[event[4] or "answered"] += 1
             elif kind == "sample":
                 summary.sample = event
         return summary
+
+
+_LISTENER = itemgetter(4)
+_SENDER = itemgetter(3)
+_LISTENER_DURATION = itemgetter(4, 8)
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
 
 
 class Batch:
