@@ -101,9 +101,10 @@ async def test_a_blocked_sink_holds_up_neither_the_pump_nor_the_other_sinks() ->
             assert blocked.writes == 1  # its first write never returned
             stuck = stats["blocked"]
             assert stuck.dropped > lost and 0 < stuck.depth <= 1000 and balanced(stuck)
-            # the other sink dropped nothing of its own and wrote all it got
-            assert stats["good"].dropped == lost
-            assert stats["good"].flushed == stats["good"].submitted - lost
+            # the other sink dropped nothing of its own and wrote all it got (a sample may
+            # have come in since the flush)
+            good_stats = stats["good"]
+            assert good_stats.dropped == lost and good_stats.depth <= 1 and balanced(good_stats)
         after = org.metrics.stats()
     assert after["blocked"].state == "stopped" and after["blocked"].depth == 0
     assert after["blocked"].flushed == 0 and balanced(after["blocked"])
