@@ -62,7 +62,7 @@ def test_an_otlp_sink_names_where_it_records() -> None:
     from xml_pipeline.metrics.otel import OtelSink
     from xml_pipeline.metrics.sink import SinkContext
 
-    context = SinkContext("o", "redis://", dict, int)
+    context = SinkContext("o", "redis://", dict)
     assert OtelSink(OtlpSinkConfig(), context).target == "the global MeterProvider"
     endpoint = OtlpSinkConfig(endpoint="http://127.0.0.1:4318")
     assert OtelSink(endpoint, context).target == "http://127.0.0.1:4318"

@@ -166,5 +166,5 @@ def test_the_sink_serves_from_a_registry_of_its_own() -> None:
 
     from xml_pipeline.metrics.sink import SinkContext
 
-    sink = PrometheusSink(PrometheusSinkConfig(), SinkContext("o", "redis://", dict, int))
+    sink = PrometheusSink(PrometheusSinkConfig(), SinkContext("o", "redis://", dict))
     assert sink.registry is not REGISTRY

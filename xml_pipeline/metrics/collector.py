@@ -95,7 +95,7 @@ class MetricsCollector:
         self._wake = asyncio.Event()
         self._recorder = None if tracing is None else TraceRecorder(tracing, probes.cpu_bound)
         self._dead_letters = DeadLetters(config.dead_letter)
-        context = SinkContext(organism, redis_url, self.stats, lambda: self.received)
+        context = SinkContext(organism, redis_url, self.stats)
         kinds = [_kind(sink) for sink in config.sinks]
         names = Counter(kinds)
         seen: Counter[str] = Counter()

@@ -98,9 +98,7 @@ class SinkContext:
         organism: str,
         redis_url: str,
         stats: Callable[[], Mapping[str, SinkStats]],
-        received: Callable[[], int],
     ) -> None:
         self.organism = organism
         self.redis_url = redis_url  # the backend's, for redis_stream sinks without a url
         self.stats = stats  # the collector's own counters, read live (Prometheus exposes them)
-        self.received = received  # records the collector received
