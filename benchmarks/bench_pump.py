@@ -10,9 +10,10 @@ is the process's CPU time (``time.process_time``) over the hops made: steadier t
 a shared machine. Prints a table and writes benchmarks/results/bench_pump.json.
 
 ``--metrics`` adds rows at the first ``--inflight`` with the metrics collector on (default
-settings): a Prometheus sink, the same with ``tracing: true``, and an OpenTelemetry sink on
-an in-memory reader; "CPU vs 1st" is then their CPU per hop against metrics off, the first row.
-The flush tasks run in the same process, so their CPU is in the figure.
+settings): a Prometheus sink, the same with ``tracing: true``, an OpenTelemetry sink on an
+in-memory reader, and ``tracing: {otel: true}`` writing spans to an in-memory exporter. "CPU
+vs 1st" is then their CPU per hop against metrics off (the first pump row); the collector's
+flush tasks run in the same process, so their CPU is in the figure.
 
     python benchmarks/bench_pump.py [--runs 5] [--loop uvloop|asyncio]
         [--conversations 40000] [--inflight 1000,30000] [--metrics]
@@ -132,7 +133,19 @@ Row = Callable[[], Awaitable[dict[str, float]]]
 def rows(options: argparse.Namespace) -> dict[str, Row]:
     def pump(inflight: int, history: bool = True, **observe: Any) -> Row:
         async def measure() -> dict[str, float]:
-            provider = None
+            provider = spans = None
+            if observe.pop("spans", False):
+                from opentelemetry.sdk.trace import TracerProvider
+                from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+                from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+                    InMemorySpanExporter,
+                )
+
+                from xml_pipeline.metrics import TracingConfig
+
+                spans = TracerProvider()
+                spans.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+                observe["tracing"] = TracingConfig(otel=True, tracer_provider=spans)
             if observe.pop("otel", False):
                 from opentelemetry.sdk.metrics import MeterProvider
                 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -146,8 +159,9 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
             async with org:
                 await load(org, 2000, 100)  # warm up
                 m = await load(org, max(options.conversations, 2 * inflight), inflight)
-            if provider is not None:
-                provider.shutdown()
+            for owned in (provider, spans):
+                if owned is not None:
+                    owned.shutdown()
             return {"hops_per_s": m.hops_per_s, "cpu_us_per_hop": m.cpu_us_per_hop}
 
         return measure
@@ -176,6 +190,7 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
             first, metrics=prometheus, tracing=True
         )
         table[f"pump, {first:,}, metrics: otel (in memory)"] = pump(first, otel=True)
+        table[f"pump, {first:,}, tracing: otel spans (in memory)"] = pump(first, spans=True)
     table["round trip, 1 in flight"] = round_trip
     return table
 

@@ -66,3 +66,48 @@ def test_an_otlp_sink_names_where_it_records() -> None:
     assert OtelSink(OtlpSinkConfig(), context).target == "the global MeterProvider"
     endpoint = OtlpSinkConfig(endpoint="http://127.0.0.1:4318")
     assert OtelSink(endpoint, context).target == "http://127.0.0.1:4318"
+
+
+async def test_a_traced_conversation_becomes_spans_under_their_parents() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from xml_pipeline import TracingConfig
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = TracingConfig(otel=True, tracer_provider=provider)
+    org = organism(tracing=tracing)
+    try:
+        async with org:
+            conversation = await org.send("plan", Plan(text="x"))
+            await org.wait_idle()
+            trace = await org.trace(conversation)  # also hands the buffer to the recorder
+    finally:
+        provider.shutdown()
+    spans = exporter.get_finished_spans()
+    by_id = {span.context.span_id: span for span in spans}
+    root = next(s for s in spans if s.name == "conversation plan")
+    assert root.attributes is not None
+    assert root.attributes["xml_pipeline.conversation"] == conversation
+    assert {s.context.trace_id for s in spans} == {root.context.trace_id}
+    assert len(spans) == 1 + len(list(trace.walk())) == 6
+
+    def parent_name(span: object) -> str:
+        parent = span.parent  # type: ignore[attr-defined]
+        return "" if parent is None else by_id[parent.span_id].name
+
+    shape = sorted((s.name, parent_name(s)) for s in spans)
+    assert shape == [
+        ("conversation plan", ""),
+        ("left <Part>", "plan <Plan>"),
+        ("plan <Part>", "left <Part>"),
+        ("plan <Part>", "right <Part>"),
+        ("plan <Plan>", "conversation plan"),
+        ("right <Part>", "plan <Plan>"),
+    ]
+    hop = next(s for s in spans if s.name == "plan <Plan>")
+    assert hop.start_time is not None and root.start_time is not None
+    assert root.start_time <= hop.start_time <= (hop.end_time or 0) <= (root.end_time or 0)

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from xml_pipeline._errors import SinkError
 from xml_pipeline._runtime.hooks import Event, Hooks
@@ -94,6 +95,11 @@ class MetricsCollector:
         self.received = 0  # records handed to the sinks' lanes (and the recorder)
         self._wake = asyncio.Event()
         self._recorder = None if tracing is None else TraceRecorder(tracing, probes.cpu_bound)
+        self._spans: Any = None
+        if tracing is not None and tracing.otel:
+            from xml_pipeline.metrics.otel_trace import SpanWriter
+
+            self._spans = SpanWriter(organism, tracing.tracer_provider)
         self._dead_letters = DeadLetters(config.dead_letter)
         context = SinkContext(organism, redis_url, self.stats)
         kinds = [_kind(sink) for sink in config.sinks]
@@ -313,6 +319,16 @@ class MetricsCollector:
         else:
             self._lost += 1
 
+    def _write_spans(self, rows: list[Any]) -> None:
+        """Write the conversations that ended in ``rows`` as OpenTelemetry spans."""
+        assert self._recorder is not None
+        for row in rows:
+            if row[0] == "ended" and (found := self._recorder.trace(row[1])) is not None:
+                try:
+                    self._spans.write(found)
+                except Exception:  # a tracer that fails must not stop the flush
+                    log.exception("metrics: writing the spans of %s failed", row[1])
+
     def _distribute(self) -> None:
         """Cut the buffer into batches and hand them to the recorder and every lane."""
         buffer = self._buffer
@@ -332,6 +348,8 @@ class MetricsCollector:
             if recorder is not None:
                 traced = rows_of(chunk, started=True)
                 recorder.add(traced, wall)
+                if self._spans is not None:
+                    self._write_spans(traced)
                 rows = [row for row in traced if row[0] != "started"]
                 count = len(rows)
                 if not keeping:

@@ -55,6 +55,12 @@ def _sink_type(value: str, values: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _otel(value: bool, values: Mapping[str, Any]) -> str | None:
+    if value and not _installed("opentelemetry.sdk"):
+        return "needs opentelemetry-sdk, which is not installed; pip install 'xml-pipeline[otel]'"
+    return None
+
+
 def _listen(value: str, values: Mapping[str, Any]) -> str | None:
     host, sep, port = value.rpartition(":")
     if sep and host.strip("[]") and port.isdigit() and 0 <= int(port) < 65536:
@@ -290,6 +296,13 @@ class TracingConfig:
         default=10_000,
         metadata=setting("integer", "hops kept per conversation (then it is cut)", minimum=1),
     )
+    otel: bool = field(
+        default=False,
+        metadata=setting(
+            "flag", "write each conversation as OpenTelemetry spans when it ends", rule=_otel
+        ),
+    )
+    tracer_provider: Any = field(default=None, compare=False, repr=False)  # code only
 
     def __post_init__(self) -> None:
         check_fields(self, type(self).__name__)
