@@ -134,7 +134,6 @@ class MetricsCollector:
         Raises:
             SinkError: a sink with ``required: true`` cannot start (named, with the cause).
         """
-        started: list[SinkLane] = []
         try:
             for lane in self._lanes:
                 try:
@@ -152,10 +151,8 @@ class MetricsCollector:
                         "metrics sink %s (%s) %s; the organism starts without it and retries",
                         lane.name, lane.target, lane.last_error,
                     )  # fmt: skip
-                else:
-                    started.append(lane)
         except BaseException:
-            for lane in started:
+            for lane in self._lanes:  # each sink is closed, started or not
                 await lane.stop(asyncio.get_running_loop().time())
             raise
         loop = asyncio.get_running_loop()
@@ -175,19 +172,6 @@ class MetricsCollector:
         wake = self._wake
         append = buffer.append
         collector = self
-
-        if self._recorder is not None:
-
-            def keep(event: Event) -> None:
-                n = len(buffer)
-                if n < capacity:
-                    append(event)
-                    if n + 1 == batch_size:
-                        wake.set()
-                else:
-                    collector._lost += 1
-
-            return keep
 
         def count(event: Event) -> None:
             n = len(buffer)
