@@ -143,7 +143,7 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
 
                 from xml_pipeline.metrics import TracingConfig
 
-                spans = TracerProvider()
+                spans = TracerProvider(shutdown_on_exit=False)
                 spans.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
                 observe["tracing"] = TracingConfig(otel=True, tracer_provider=spans)
             if observe.pop("otel", False):
@@ -152,7 +152,9 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
 
                 from xml_pipeline.metrics import MetricsConfig, OtlpSinkConfig
 
-                provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+                provider = MeterProvider(
+                    metric_readers=[InMemoryMetricReader()], shutdown_on_exit=False
+                )
                 sink = OtlpSinkConfig(meter_provider=provider)
                 observe["metrics"] = MetricsConfig(sinks=(sink,))
             org = organism(ingress_limit=inflight, history=history, **observe)

@@ -28,7 +28,7 @@ def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
 
 async def test_counters_histogram_and_gauges_reach_the_meter_provider() -> None:
     reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader])
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
     sink = OtlpSinkConfig(meter_provider=provider)
     org = organism(metrics=MetricsConfig(flush_interval_seconds=0.05, sinks=(sink,)))
     try:
@@ -76,7 +76,7 @@ async def test_a_traced_conversation_becomes_spans_under_their_parents() -> None
     from xml_pipeline import TracingConfig
 
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = TracerProvider(shutdown_on_exit=False)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing = TracingConfig(otel=True, tracer_provider=provider)
     org = organism(tracing=tracing)
