@@ -13,7 +13,9 @@ from xml_pipeline._errors import (
     ConfigProblem,
     DeliveryError,
     PayloadTypeError,
+    PermanentError,
     Reason,
+    RetryLater,
     SchemaViolation,
     UsageError,
     XmlInputError,
@@ -33,8 +35,15 @@ from xml_pipeline._runtime.hooks import ConversationEvent, Event, Hooks, HopEven
 from xml_pipeline._runtime.outbox import Outcome
 from xml_pipeline._runtime.outcomes import DeadLetter, PumpStats
 from xml_pipeline._runtime.pool import PoolStats, ProcessPool
+from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry
-from xml_pipeline._settings import BackendConfig, ProcessPoolConfig
+from xml_pipeline._settings import (
+    BackendConfig,
+    BackoffSettings,
+    CircuitSettings,
+    ProcessPoolConfig,
+    RetrySettings,
+)
 from xml_pipeline._wire.envelope import ENVELOPE_NS, Envelope
 from xml_pipeline._wire.parsing import ParseLimits, parse_guarded
 from xml_pipeline._wire.payloads import (
@@ -54,6 +63,8 @@ __all__ = [
     "ENVELOPE_NS",
     "BackendConfig",
     "BackendError",
+    "BackoffSettings",
+    "CircuitSettings",
     "ConfigError",
     "ConfigProblem",
     "ConversationEvent",
@@ -71,12 +82,14 @@ __all__ = [
     "HopEvent",
     "Listener",
     "ListenerConfig",
+    "ListenerRecovery",
     "Organism",
     "OrganismConfig",
     "Outcome",
     "ParseLimits",
     "PayloadSpec",
     "PayloadTypeError",
+    "PermanentError",
     "PoolStats",
     "ProcessPool",
     "ProcessPoolConfig",
@@ -84,6 +97,8 @@ __all__ = [
     "Reason",
     "Repair",
     "RepairResult",
+    "RetryLater",
+    "RetrySettings",
     "SchemaViolation",
     "ThreadRegistry",
     "UsageError",

@@ -28,6 +28,7 @@ from xml_pipeline._runtime.invoker import PoolInvoker
 from xml_pipeline._runtime.outbox import Outcome
 from xml_pipeline._runtime.pool import ProcessPool
 from xml_pipeline._runtime.pump import DeadLetter, PumpStats, StreamPump
+from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry
 from xml_pipeline._runtime.worker import extend_sys_path
 from xml_pipeline._settings import (
@@ -272,7 +273,8 @@ class Organism:
                 ``peer_denied``, ``schema_violation``, ``no_answer``, ``overloaded``,
                 ``worker_crash``, ``invalid_response``, ``hop_limit``, ``forged_sender``,
                 ``cancelled``, ``shutdown``, ``backend_error``, ``backend_unreachable``,
-                ``internal_error`` (see `Reason`).
+                ``internal_error``, ``circuit_open`` (a listener's circuit breaker is open),
+                ``compensation_failed`` (see `Reason`).
             PayloadTypeError: ``payload`` is not a ``@payload`` object.
             SchemaViolation: ``payload`` does not conform to its class.
             UsageError: ``timeout`` is not a number of seconds above 0.
@@ -352,6 +354,15 @@ class Organism:
             UsageError: ``data`` is neither bytes nor str.
         """
         return await self._running().inject(data)
+
+    def recovery_status(self) -> dict[str, ListenerRecovery]:
+        """Each listener's recovery since the organism started (or in its last run, once it
+        stopped): circuit state, attempts, retries, recovered, exhausted, compensations run
+        and failed, last error and when. All zero before it first started."""
+        pump = self._pump or self._stopped
+        if pump is None:
+            return {listener.name: ListenerRecovery() for listener in self.listeners}
+        return pump.recovery_status()
 
     async def wait_idle(self) -> None:
         """Wait until no conversation is open."""
