@@ -6,7 +6,7 @@ import inspect
 import typing
 
 import xml_pipeline
-from xml_pipeline import backends
+from xml_pipeline import backends, testing
 
 EXPECTED = {
     "ENVELOPE_NS",
@@ -74,6 +74,10 @@ def test_all_is_exactly_the_intended_names_and_sorted() -> None:
     )
 
 
+def test_the_testing_helpers_are_exactly_the_intended_names() -> None:
+    assert testing.__all__ == ["Capture", "Fake", "capture", "drain", "run_organism"]
+
+
 def test_every_public_name_imports() -> None:
     for name in xml_pipeline.__all__:
         assert getattr(xml_pipeline, name) is not None
@@ -106,8 +110,9 @@ def _named_types(hint: object) -> set[type]:
 
 def _public_callables() -> list[tuple[str, object]]:
     found: list[tuple[str, object]] = []
-    for name in xml_pipeline.__all__:
-        obj = getattr(xml_pipeline, name)
+    public = [(name, getattr(xml_pipeline, name)) for name in xml_pipeline.__all__]
+    public += [(f"testing.{name}", getattr(testing, name)) for name in testing.__all__]
+    for name, obj in public:
         if inspect.isfunction(obj):
             found.append((name, obj))
         elif isinstance(obj, type) and obj.__module__.startswith("xml_pipeline"):
@@ -127,6 +132,7 @@ def test_public_signatures_name_only_exported_or_standard_types() -> None:
     """A user can import every type a public signature names (httpx's and anyio's rule)."""
     exported = {id(getattr(xml_pipeline, n)) for n in xml_pipeline.__all__}
     exported |= {id(getattr(backends, n)) for n in backends.__all__}
+    exported |= {id(getattr(testing, n)) for n in testing.__all__}
     unnamed: list[str] = []
     for where, fn in _public_callables():
         try:
