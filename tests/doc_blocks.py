@@ -7,9 +7,10 @@ git-tracked files (`copy_repository`), with this interpreter's ``python``, ``org
 ``mypy`` and ``ruff`` first on ``PATH`` (`tool_env`).
 
 A ``console`` block is a transcript: each line starting with ``$ `` is a command, run with
-``/bin/sh``, and the lines up to the next command are what it prints (standard output, then
-standard error). In those lines ``...`` stands for any text on its line, and a line that is
-only ``...`` for any number of lines (none included). The command must exit with status 0.
+``/bin/sh``, and the lines up to the next command are what it prints (standard output and
+standard error in one stream, as on a terminal). In those lines ``...`` stands for any text on
+its line, and a line that is only ``...`` for any number of lines (none included). The command
+must exit with status 0 (show a failure as ``$ command || echo "exit status $?"``).
 """
 
 from __future__ import annotations
@@ -159,9 +160,15 @@ def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Comple
     )
 
 
-def run_shell(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_shell(
+    command: str, cwd: Path, env: dict[str, str], *, one_stream: bool = False
+) -> subprocess.CompletedProcess[str]:
     """Run one command line with /bin/sh in a process group of its own; whatever it leaves
-    running (``server &``) is killed when it exits, so no test leaves a process behind."""
+    running (``server &``) is killed when it exits, so no test leaves a process behind.
+
+    ``one_stream``: standard error goes where standard output goes, in the order written, as
+    on a terminal (the result's ``stderr`` is then empty).
+    """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         process = subprocess.Popen(
             ["/bin/sh", "-c", command],
@@ -169,7 +176,7 @@ def run_shell(command: str, cwd: Path, env: dict[str, str]) -> subprocess.Comple
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
-            stderr=err,
+            stderr=out if one_stream else err,
             text=True,
             start_new_session=True,
         )
