@@ -30,6 +30,7 @@ from tests.doc_blocks import (
     run_shell,
     tool_env,
 )
+from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401 - fixtures
 
 EXAMPLES = ROOT / "examples"
 FILES = ("README.md", "organism.yaml", "handlers.py", "main.py")
@@ -149,3 +150,23 @@ def test_fan_out_join(repo_copy: Path) -> None:
     assert "'calculator' raised ZeroDivisionError" in main
     run_command = [c for c in printed if c.startswith("organism run examples/fan_out_join/")]
     assert run_command, "the README runs the example with the organism command too"
+
+
+@pytest.mark.redis
+def test_shared_state_redis(repo_copy: Path, request: pytest.FixtureRequest) -> None:
+    server: RedisServer = request.getfixturevalue("redis_server")
+    env = tool_env()
+    env["REDIS_URL"] = request.getfixturevalue("redis_url")  # the private server, flushed
+    printed = run_readme("shared_state_redis", repo_copy, env)
+    main = printed["python examples/shared_state_redis/main.py"]
+    started = re.search(r"^A: started conversation (\w+);", main, re.MULTILINE)
+    read = re.search(r"^B: A's conversation (\w+), as Redis holds it:", main, re.MULTILINE)
+    assert started and read and started[1] == read[1], "B read the conversation A started"
+    assert "B: live records in Redis: 3 " in main
+    assert "B: its own task came back 'ASKED BY B', done by B's own worker" in main
+    assert "A: its task came back 'HELD BY A', done by A's own worker" in main
+    with server.client() as client:  # both conversations ended: only the root is left
+        assert client.zcard("xp-example:live") == 1
+    failing = [c for c in printed if "--redis-url redis://127.0.0.1:1/0" in c]
+    assert failing and "backend_unreachable" in printed[failing[0]]
+    assert printed[failing[0]].rstrip().endswith("exit status 1")
