@@ -170,3 +170,17 @@ def test_shared_state_redis(repo_copy: Path, request: pytest.FixtureRequest) -> 
     failing = [c for c in printed if "--redis-url redis://127.0.0.1:1/0" in c]
     assert failing and "backend_unreachable" in printed[failing[0]]
     assert printed[failing[0]].rstrip().endswith("exit status 1")
+
+
+def test_cpu_bound(repo_copy: Path) -> None:
+    printed = run_readme("cpu_bound", repo_copy, tool_env())
+    main = printed["python examples/cpu_bound/main.py"]
+    inline = re.search(r"pings answered while it ran: (\d+)", main)
+    pooled = re.search(r"pings answered while they ran: (\d+)", main)
+    assert inline and pooled
+    assert inline[1] == "0", "nothing else runs while a handler holds the event loop"
+    assert int(pooled[1]) > 0, "the event loop stays free while the pool works"
+    workers = re.search(r"ran in worker processes \[([\d, ]+)\]; this one is (\d+)", main)
+    assert workers
+    pids = {int(pid) for pid in workers[1].split(", ")}
+    assert 1 <= len(pids) <= 2 and int(workers[2]) not in pids, main
