@@ -93,9 +93,11 @@ def test_the_index_lists_every_example_and_each_has_its_files() -> None:
     linked = re.findall(r"\]\(([\w.-]+)/\)", index)
     assert sorted(linked) == example_names(), "examples/README.md links each example once"
     assert not markdown_blocks(EXAMPLES / "README.md"), "the index runs nothing: no blocks"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for name in example_names():
         missing = [file for file in FILES if not (EXAMPLES / name / file).is_file()]
         assert not missing, f"examples/{name} lacks {missing}"
+        assert f"(examples/{name}/)" in readme, f"README.md's Examples section links {name}"
 
 
 def test_every_example_has_a_test_here() -> None:
