@@ -66,8 +66,8 @@ class Conversation:
     deadline timer, and the hops whose handlers run for it now (stopped when it ends)."""
 
     __slots__ = (
-        "answered_by", "answers", "deadline", "done", "expired", "future", "hops", "id", "opening",
-        "running", "started_by", "timer",
+        "answered_by", "answers", "calls", "deadline", "done", "expired", "future", "hops", "id",
+        "opening", "running", "started_by", "timer",
     )  # fmt: skip
 
     def __init__(self, future: asyncio.Future[Any] | None, to: str) -> None:
@@ -84,6 +84,8 @@ class Conversation:
         self.deadline = math.inf  # the request's deadline (loop time); none for send/inject
         # (listener state, payload) of answers given by listeners with a compensation, in order
         self.answers: list[tuple[ListenerState, object]] | None = None
+        # the frames of meta.calls made in it: waiters still pending when it ends are cancelled
+        self.calls: list[Frame] | None = None
 
 
 class Frame:

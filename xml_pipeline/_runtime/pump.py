@@ -435,6 +435,12 @@ class StreamPump:
         }
 
     def _conversation_ended(self, conv: Conversation, error: DeliveryError | None) -> None:
+        if conv.calls is not None:  # meta.calls nobody will answer: free their awaiting tasks
+            for callee in conv.calls:
+                if callee.waiter is not None:
+                    callee.waiter.cancel()
+                    callee.waiter = None
+            conv.calls = None
         if error is not None and conv.answers:
             answers, conv.answers = conv.answers, None
             self._spawn_call(self._compensate(conv.id, answers, error))
@@ -848,6 +854,9 @@ class StreamPump:
         if hop.calls is None:
             hop.calls = []
         hop.calls.append(callee)
+        if conv.calls is None:
+            conv.calls = []
+        conv.calls.append(callee)
         frame.live += 1
         self._transport.deliver(Hop(target, callee, state.name, payload, conv))
         timer = None
