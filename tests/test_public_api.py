@@ -48,6 +48,7 @@ EXPECTED = {
     "RepairResult",
     "RetryLater",
     "RetrySettings",
+    "Run",
     "SchemaViolation",
     "ThreadRegistry",
     "UsageError",

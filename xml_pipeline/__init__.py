@@ -37,6 +37,7 @@ from xml_pipeline._runtime.outcomes import DeadLetter, PumpStats
 from xml_pipeline._runtime.pool import PoolStats, ProcessPool
 from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry
+from xml_pipeline._runtime.runs import Run
 from xml_pipeline._settings import (
     BackendConfig,
     BackoffSettings,
@@ -99,6 +100,7 @@ __all__ = [
     "RepairResult",
     "RetryLater",
     "RetrySettings",
+    "Run",
     "SchemaViolation",
     "ThreadRegistry",
     "UsageError",

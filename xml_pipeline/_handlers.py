@@ -169,6 +169,27 @@ class HandlerMetadata:
             check_expected(result, expect, peer, "meta.call")
         return result
 
+    def progress(self, text: str) -> None:
+        """Say how far the run has got (``"fetched 3 of 10"``), shown by `Organism.runs`.
+
+        A ``cpu_bound`` handler's progress is not seen (its worker has no link to the pump).
+        """
+        hop = self._hop
+        if hop is not None:
+            hop.progress = str(text)
+
+    def log(self, line: str) -> None:
+        """Write a line of live output to this run, shown by `Organism.runs` (the last 100
+        lines are kept, older ones counted). Not seen from ``cpu_bound`` handlers."""
+        hop = self._hop
+        if hop is not None:
+            output = hop.output
+            if output is None:
+                from xml_pipeline._runtime.runs import RunOutput
+
+                output = hop.output = RunOutput()
+            output.write(str(line))
+
     async def history(self) -> list[HistoryEntry]:
         """The conversation's recorded hops so far, oldest first (bounded by the backend)."""
         reader = self._reader

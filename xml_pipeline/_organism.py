@@ -30,6 +30,7 @@ from xml_pipeline._runtime.pool import ProcessPool
 from xml_pipeline._runtime.pump import DeadLetter, PumpStats, StreamPump
 from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry
+from xml_pipeline._runtime.runs import Run
 from xml_pipeline._runtime.worker import extend_sys_path
 from xml_pipeline._settings import (
     BackendConfig,
@@ -354,6 +355,36 @@ class Organism:
             UsageError: ``data`` is neither bytes nor str.
         """
         return await self._running().inject(data)
+
+    def runs(self, *, listener: str | None = None, status: str | None = None) -> list[Run]:
+        """The handler runs of the open conversations now, optionally of one listener or one
+        status (``queued``, ``running``, ``waiting`` in a ``meta.call``): what a task manager
+        shows, with progress and output lines (``meta.progress``, ``meta.log``). Built on
+        demand from the pump's own state: listing costs nothing per hop.
+
+        Raises:
+            UsageError: the organism is not running.
+        """
+        return self._running().runs(listener, status)
+
+    def cancel_run(self, run_id: str) -> None:
+        """Cancel a running handler (a run of `runs`): its caller gets ``cancelled``, and the
+        conversation carries on as after any failure (a caller with ``handles_errors`` gets an
+        `ErrorReport`).
+
+        Raises:
+            UsageError: the run finished already, no such run, or not running.
+        """
+        self._running().cancel_run(run_id)
+
+    async def cancel_conversation(self, conversation: str) -> None:
+        """End an open conversation with ``cancelled``: its handlers are cancelled, its
+        requester (or `outcomes`) gets the failure.
+
+        Raises:
+            UsageError: no open conversation has that id (ended, or never existed).
+        """
+        await self._running().cancel_conversation(conversation)
 
     def recovery_status(self) -> dict[str, ListenerRecovery]:
         """Each listener's recovery since the organism started (or in its last run, once it

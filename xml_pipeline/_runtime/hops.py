@@ -16,6 +16,7 @@ from xml_pipeline._handlers import Listener
 from xml_pipeline._runtime.circuit import CircuitBreaker
 from xml_pipeline._runtime.recovery import RecoveryCounters
 from xml_pipeline._runtime.retry import RetryPolicy, policy_for
+from xml_pipeline._runtime.runs import RunOutput
 from xml_pipeline._wire.payloads import PayloadSpec, payload_spec
 
 __all__ = ["Conversation", "Frame", "Hop", "ListenerState"]
@@ -122,7 +123,8 @@ class Hop:
 
     __slots__ = (
         "abandoned", "attempt", "calls", "cancels", "conv", "finished", "frame", "holds_slot",
-        "payload", "sender", "settled", "state", "task", "waits",
+        "output", "payload", "progress", "run", "sender", "settled", "started", "state", "task",
+        "waits",
     )  # fmt: skip
 
     def __init__(
@@ -142,3 +144,7 @@ class Hop:
         self.waits = 0  # meta.call answers its handler waits for now
         self.finished = False  # its handler returned: its metadata may no longer call
         self.calls: list[Frame] | None = None  # the frames of its meta.calls (made lazily)
+        self.run = 0  # its run id, given when its handler starts (`Organism.runs`)
+        self.started = 0.0  # when its handler started (time.time())
+        self.progress = ""  # what its handler said with meta.progress()
+        self.output: RunOutput | None = None  # what it wrote with meta.log() (made lazily)

@@ -26,6 +26,7 @@ import asyncio
 import inspect
 import logging
 import math
+import time
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
@@ -54,6 +55,7 @@ from xml_pipeline._runtime.outputs import Failure, check_outputs, no_route, wron
 from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry, new_thread_id
 from xml_pipeline._runtime.retry import AttemptFailure, NoRetry, RetryPolicy
+from xml_pipeline._runtime.runs import Run, RunStatus
 from xml_pipeline._runtime.transport import LocalTransport, Transport
 from xml_pipeline._wire.codecs import xml_safe
 from xml_pipeline._wire.envelope import Envelope
@@ -131,6 +133,7 @@ class StreamPump:
         self._history_reader = registry.history if registry.history_on else None
         # listeners with a compensation: their answers are remembered per conversation
         self._compensating = frozenset(s.name for s in self._states.values() if s.compensate)
+        self._last_run = 0  # run ids are given in order: a smaller one has started already
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -427,6 +430,59 @@ class StreamPump:
             return
         self._spawn_call(self._end(conv, _request_timeout(conv.started_by, timeout, "", conv.id)))
 
+    # -- seeing and steering running work ------------------------------------------------------
+
+    def runs(self, listener: str | None = None, status: str | None = None) -> list[Run]:
+        """The handler runs of open conversations now: running, waiting in ``meta.call``, and
+        queued for a slot (see `Organism.runs`)."""
+        now = time.time()
+        found: list[Run] = []
+        for conv in self._conversations.all():
+            for hop in conv.running:
+                found.append(_run(hop, "waiting" if hop.waits else "running", now))
+        for state in self._states.values():
+            found.extend(_run(hop, "queued", now) for hop in state.backlog if not hop.conv.done)
+        return [
+            run
+            for run in found
+            if (listener is None or run.listener == listener)
+            and (status is None or run.status == status)
+        ]
+
+    def cancel_run(self, run_id: str) -> None:
+        """Cancel a running handler: its caller gets ``cancelled`` (see `Organism.cancel_run`)."""
+        number = _run_number(run_id)
+        for conv in self._conversations.all():
+            for hop in conv.running:
+                if hop.run == number and hop.settled is None:
+                    self._invocation.settle(hop, "cancelled")
+                    self._spawn_call(self._report_cancel(hop))
+                    return
+        if 0 < number <= self._last_run:
+            raise UsageError(f"run {run_id} is not running any more: it finished")
+        raise UsageError(f"no run {run_id} in this organism; list them with runs()")
+
+    async def _report_cancel(self, hop: Hop) -> None:
+        if hop.conv.done:
+            return
+        message = f"run r{hop.run} of {hop.state.name!r} was cancelled (cancel_run)"
+        for nxt in await self._failed_run(hop, Reason.CANCELLED, message):
+            self._transport.deliver(nxt)
+
+    async def cancel_conversation(self, conversation: str) -> None:
+        """End an open conversation with ``cancelled`` (see `Organism.cancel_conversation`)."""
+        for conv in self._conversations.all():
+            if conv.id == conversation:
+                self._counters.cancelled += 1
+                await self._end(conv, DeliveryError(
+                    "the conversation was cancelled (cancel_conversation)", reason="cancelled",
+                    listener=conv.started_by, thread=conv.id,
+                ))  # fmt: skip
+                return
+        raise UsageError(
+            f"no open conversation {conversation!r}: it ended already or never existed"
+        )
+
     def recovery_status(self) -> dict[str, ListenerRecovery]:
         """Each listener's recovery counters and circuit state, by name."""
         return {
@@ -547,6 +603,9 @@ class StreamPump:
         counters = self._counters
         counters.hops += 1
         state.recovery.attempts += 1
+        self._last_run += 1
+        hop.run = self._last_run
+        hop.started = time.time()
         hooks = self.hooks.active
         started = self._emit_started(hop) if hooks else 0.0
         registry = self._registry
@@ -560,7 +619,7 @@ class StreamPump:
             if circuit is not None and hop.settled == "ended":
                 circuit.released()  # no verdict: a half-open circuit may probe again
             if hooks:
-                self._emit_finished(hop, started, "ended" if hop.settled == "ended" else "timeout")
+                self._emit_finished(hop, started, _SETTLED.get(hop.settled or "", "timeout"))
             return []  # the watchdog or the conversation's end decided this hop's outcome
         except Failure as exc:
             if exc.reason == Reason.HANDLER_ERROR:
@@ -627,7 +686,7 @@ class StreamPump:
         recovery = state.recovery
         recovery.error(reason, message)
         now = self._now()
-        if state.circuit is not None and state.circuit.failed(now):
+        if state.circuit is not None and reason != Reason.CANCELLED and state.circuit.failed(now):
             log.warning(
                 "circuit of %r opened after %d failed runs in a row (last: [%s] %s); hops to it "
                 "fail with circuit_open for %gs",
@@ -970,6 +1029,33 @@ class StreamPump:
                     return
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETIRE_BACKOFF[1])
+
+
+_SETTLED = {"ended": "ended", "timeout": "timeout", "cancelled": "cancelled"}
+
+
+def _run(hop: Hop, status: RunStatus, now: float) -> Run:
+    output = hop.output
+    return Run(
+        run_id=f"r{hop.run}" if hop.run else "",
+        listener=hop.state.name,
+        conversation=hop.conv.id,
+        thread=hop.frame.thread,
+        attempt=hop.attempt,
+        status=status,
+        started_at=hop.started if hop.run else None,
+        elapsed_seconds=max(0.0, now - hop.started) if hop.run else 0.0,
+        cpu_bound=hop.state.cpu_bound,
+        progress=hop.progress,
+        output=tuple(output.lines) if output is not None else (),
+        output_dropped=output.dropped if output is not None else 0,
+    )
+
+
+def _run_number(run_id: str) -> int:
+    if not isinstance(run_id, str) or not run_id[1:].isdigit() or run_id[:1] != "r":
+        raise UsageError(f"a run id is r followed by digits (r12), not {run_id!r}")
+    return int(run_id[1:])
 
 
 def _under(frame: Frame | None, ancestor: Frame) -> bool:
