@@ -190,7 +190,7 @@ class _Reader:
         """One value of field ``f`` (a list's item, for a list): a nested object or a scalar."""
         self.enter(path, depth)
         if value is None:
-            hint = "; omit the key to take its default" if f.has_default else ""
+            hint = "; omit the key to take its default" if f.has_default and not f.repeated else ""
             raise SchemaViolation(f"expected {_expected(f)}, got null{hint}", path=path)
         if f.nested is not None:
             return self.read(f.nested, value, path, depth)
@@ -214,14 +214,8 @@ def _expected(f: FieldSpec) -> str:
 
 def _unknown(spec: PayloadShape, key: object, path: str) -> SchemaViolation:
     names = [f.name for f in spec.fields]
+    name = spec.cls.__qualname__
+    keys = f"{name} has the keys {', '.join(names)}" if names else f"{name} has no keys"
     if type(key) is not str:
-        return SchemaViolation(
-            f"key {_show(key)} is not a string; {spec.cls.__qualname__} has the keys: "
-            f"{', '.join(names) or '(none)'}",
-            path=path,
-        )
-    return SchemaViolation(
-        f"unknown key {_show(key)}{did_you_mean(key, names)}; {spec.cls.__qualname__} has the "
-        f"keys: {', '.join(names) or '(none)'}",
-        path=path,
-    )
+        return SchemaViolation(f"key {_show(key)} is not a string; {keys}", path=path)
+    return SchemaViolation(f"unknown key {_show(key)}; {keys}{did_you_mean(key, names)}", path=path)

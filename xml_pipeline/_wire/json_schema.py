@@ -32,9 +32,9 @@ def json_schema(cls: type) -> dict[str, Any]:
     holds ``examples``: the example document (`PayloadSpec.example`) as `to_dict` writes it.
 
     JSON Schema cannot say everything `from_dict` checks; it accepts, and `from_dict` refuses:
-    ``1.0`` for an integer (JSON Schema's data model has one kind of number), dates and times
-    Python cannot hold (year 10000, ``2024-02-30`` where formats are not checked, a date with a
-    time zone), numbers of more than 4,300 digits, and input past the parse limits.
+    ``1.0`` for an integer (JSON Schema's data model has one kind of number), times Python
+    cannot hold (year 10000, February 30), such dates too where the validator does not check
+    formats, numbers of more than 4,300 digits, and input past the parse limits.
 
     Raises:
         PayloadTypeError: ``cls`` is not a ``@payload`` class.

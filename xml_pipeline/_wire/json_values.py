@@ -43,7 +43,9 @@ __all__ = ["JsonForm", "describe_json", "json_form"]
 
 # the lexical forms of the XSD types that travel as strings (XML Schema 1.1 part 2), written
 # for both Python's `re` and ECMA-262 (JSON Schema's patterns): [0-9], never \d, which is
-# every Unicode digit in Python
+# every Unicode digit in Python. (Python's `re`, which the jsonschema package uses, lets "$"
+# match before a final newline, so "9.99\n" passes its check of the JSON Schema pattern; from_dict
+# matches the whole string and refuses it.)
 _YEAR_MONTH_DAY = r"-?(?:[1-9][0-9]{3,}|0[0-9]{3})-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
 _TIME = r"(?:(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?|24:00:00(?:\.0+)?)"
 _ZONE = r"(?:Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
