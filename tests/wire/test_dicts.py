@@ -362,6 +362,8 @@ def test_what_is_not_an_object_or_not_a_payload_class_is_refused() -> None:
     assert from_dict(Order, types.MappingProxyType({"id": 1, "ship_to": {"city": "x"}})).id == 1
     with pytest.raises(PayloadTypeError, match="is not a payload class"):
         from_dict(dict, {})
+    with pytest.raises(PayloadTypeError, match="takes the payload class, got an instance of Order"):
+        from_dict(Order(1, [], Address("x")), {})  # type: ignore[arg-type]
     with pytest.raises(PayloadTypeError, match="takes a payload object, got the class Order"):
         to_dict(Order)
     with pytest.raises(PayloadTypeError, match="is not a payload class"):

@@ -277,3 +277,16 @@ def test_dates_python_cannot_hold_are_refused_by_the_date_format_only() -> None:
     assert not schema_accepts(Everything, data)
     assert jsonschema.Draft202012Validator(json_schema(Everything)).is_valid(data)
     assert not from_dict_accepts(Everything, data)
+
+
+def test_the_example_is_built_from_the_shape_without_calling_the_constructor() -> None:
+    @payload
+    @dataclass
+    class Picky:
+        name: str
+
+        def __post_init__(self) -> None:
+            if self.name == "text":
+                raise ValueError("not a real name")
+
+    assert json_schema(Picky)["examples"] == [{"name": "text"}]

@@ -102,7 +102,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, limits: ParseLimits | No
     ``max_bytes`` does not apply here: cap the JSON text before parsing it.
 
     Raises:
-        PayloadTypeError: ``cls`` is not a ``@payload`` class.
+        PayloadTypeError: ``cls`` is not a ``@payload`` class (an instance of one is refused
+            too).
         SchemaViolation: a key is unknown (the message lists the valid ones), missing or
             ``null`` where a value is required, or a value is not of its field's type or form;
             the message names the field path (``Order.items[2].price``).
@@ -110,6 +111,11 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, limits: ParseLimits | No
             or holds more than ``limits.max_elements`` values (``too_many_elements``).
     """
     spec = payload_spec(cls)
+    if not isinstance(cls, type):
+        raise PayloadTypeError(
+            f"from_dict takes the payload class, got an instance of {spec.cls.__qualname__}; "
+            f"pass {spec.cls.__qualname__} itself"
+        )
     reader = _Reader(limits or _DEFAULT_LIMITS)
     reader.enter(spec.tag, 1)
     return reader.read(spec, data, spec.tag, 1)  # type: ignore[return-value]

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from xml_pipeline._wire.dicts import to_dict
 from xml_pipeline._wire.json_values import json_form
-from xml_pipeline._wire.parsing import parse_internal
-from xml_pipeline._wire.payloads import from_element, payload_spec
+from xml_pipeline._wire.payloads import payload_spec
 from xml_pipeline._wire.shape import FieldSpec, PayloadShape
-from xml_pipeline._wire.xsd import _default_value
+from xml_pipeline._wire.xsd import _default_text, _default_value
 
 __all__ = ["json_schema"]
 
@@ -41,8 +39,7 @@ def json_schema(cls: type) -> dict[str, Any]:
     """
     spec = payload_spec(cls)
     schema: dict[str, Any] = {"$schema": DRAFT, "title": spec.tag, **_object(spec)}
-    example: object = from_element(cls, parse_internal(spec.example()))
-    schema["examples"] = [to_dict(example)]
+    schema["examples"] = [_example(spec)]
     return schema
 
 
@@ -81,3 +78,19 @@ def _default(spec: PayloadShape, f: FieldSpec) -> Any:
     if default is None or f.codec is None or not f.codec.accepts(default):
         return None
     return json_form(f.codec).dump(f.codec, default)
+
+
+def _example(spec: PayloadShape) -> dict[str, Any]:
+    """The example document (`xsd.example_xml`) as `to_dict` writes it: every field once, with
+    its default or its codec's example value. Built from the shape, like the document, so a
+    class whose constructor checks more than its types still has one."""
+    example: dict[str, Any] = {}
+    for f in spec.fields:
+        if f.nested is not None:
+            one: Any = _example(f.nested)
+        else:
+            assert f.codec is not None
+            text = _default_text(spec, f) or f.codec.example
+            one = json_form(f.codec).dump(f.codec, f.codec.load(text))
+        example[f.name] = [one] if f.repeated else one
+    return example

@@ -49,9 +49,9 @@ __all__ = ["JsonForm", "describe_json", "json_form"]
 _YEAR_MONTH_DAY = r"-?(?:[1-9][0-9]{3,}|0[0-9]{3})-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
 _TIME = r"(?:(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?|24:00:00(?:\.0+)?)"
 _ZONE = r"(?:Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
-DECIMAL_FORM = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
-DATE_FORM = f"{_YEAR_MONTH_DAY}{_ZONE}?"  # a zone is in the form; the codec then refuses it
-DATETIME_FORM = f"{_YEAR_MONTH_DAY}T{_TIME}{_ZONE}?"
+_DECIMAL_FORM = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+_DATE_FORM = f"{_YEAR_MONTH_DAY}{_ZONE}?"  # a zone is in the form; the codec then refuses it
+_DATETIME_FORM = f"{_YEAR_MONTH_DAY}T{_TIME}{_ZONE}?"
 # a string of characters XML 1.0 can carry (what `Codec.accepts` checks for a str)
 _XML_TEXT = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\uD800-\uDFFF\uFFFE\uFFFF]*$"
 _DOUBLE_WORDS = ("INF", "-INF", "NaN")  # xs:double's spellings of what JSON numbers lack
@@ -268,9 +268,9 @@ _FORMS = {
     "xs:integer": _INTEGER,
     "xs:double": _DOUBLE,
     "xs:boolean": _BOOLEAN,
-    "xs:decimal": _lexical_form(DECIMAL_FORM, "decimal"),
-    "xs:dateTime": _lexical_form(DATETIME_FORM, "dateTime"),
-    "xs:date": _lexical_form(DATE_FORM, "date"),
+    "xs:decimal": _lexical_form(_DECIMAL_FORM, "decimal"),
+    "xs:dateTime": _lexical_form(_DATETIME_FORM, "dateTime"),
+    "xs:date": _lexical_form(_DATE_FORM, "date"),
 }
 
 
