@@ -44,7 +44,9 @@ from xml_pipeline._settings import (
     ProcessPoolConfig,
     RetrySettings,
 )
+from xml_pipeline._wire.dicts import from_dict, to_dict
 from xml_pipeline._wire.envelope import ENVELOPE_NS, Envelope
+from xml_pipeline._wire.json_schema import json_schema
 from xml_pipeline._wire.parsing import ParseLimits, parse_guarded
 from xml_pipeline._wire.payloads import (
     PayloadSpec,
@@ -105,14 +107,17 @@ __all__ = [
     "XmlInputError",
     "XmlPipelineError",
     "check_payload",
+    "from_dict",
     "from_element",
     "from_xml",
     "is_payload",
+    "json_schema",
     "load_config",
     "parse_guarded",
     "payload",
     "payload_spec",
     "repair",
+    "to_dict",
     "to_element",
     "to_xml",
 ]
