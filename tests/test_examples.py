@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 import signal
+import sys
+import tomllib
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -437,3 +439,34 @@ async def test_web_service_stops_cleanly_with_work_in_flight(
     ]
     assert all(step in log for step in steps), log
     assert [log.index(step) for step in steps] == sorted(log.index(step) for step in steps)
+
+
+# -- testing_your_organism: its tests, run by pytest in a process of their own ---------------
+
+
+def test_testing_your_organism(repo_copy: Path) -> None:
+    printed = run_readme("testing_your_organism", repo_copy, tool_env())
+    tests = printed["python -m pytest examples/testing_your_organism -q"]
+    assert re.search(r"^\d+ passed in ", tests, re.MULTILINE), tests
+    assert not re.search(r"skipped|failed|error|warning", tests), tests
+    assert "WARNING handlers: paging on-call" not in tests, "the fake pager pages nobody"
+    source = (EXAMPLES / "testing_your_organism" / "test_support_desk.py").read_text("utf-8")
+    assert not re.search(r"mark\.(anyio|asyncio|trio)|anyio_backend", source), "no marker"
+    for used in ("run_organism(ORGANISM, replace=", "Fake(", "capture(org)", "async def desk"):
+        assert used in source, f"the example shows {used}"
+    # the plugin is what runs them: without it pytest refuses every one
+    without = run([*pytest_on_the_example(), "-p", "no:xml_pipeline"], repo_copy, tool_env())
+    assert without.returncode == 1, completed(without, "the example's tests without the plugin")
+    assert "async def functions are not natively supported" in without.stdout
+
+
+def pytest_on_the_example() -> list[str]:
+    return [sys.executable, "-m", "pytest", "examples/testing_your_organism", "-q"]
+
+
+def test_the_projects_own_run_leaves_the_examples_tests_to_their_own_process() -> None:
+    """Collected with the suite, the example's tests would import its ``handlers`` into the
+    suite's process, where other organisms' handler modules are imported too."""
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        settings = tomllib.load(file)["tool"]["pytest"]["ini_options"]
+    assert settings["testpaths"] == ["tests"]
