@@ -243,7 +243,9 @@ class DeliveryError(XmlPipelineError):
 
     Attributes:
         listener: the listener where the failure happened, when known.
-        thread: the opaque thread id of the failed hop, when known.
+        thread: the opaque thread id of the failed hop, when known; ``None`` when the call
+            was refused before any conversation started (its input, its route, ingress), so
+            a gateway can tell a caller's mistake (4xx) from a failure inside the organism.
     """
 
     reasons = frozenset(
