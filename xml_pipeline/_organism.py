@@ -31,6 +31,7 @@ from xml_pipeline._runtime.pump import DeadLetter, PumpStats, StreamPump
 from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry
 from xml_pipeline._runtime.runs import Run
+from xml_pipeline._runtime.tracing import HopLog, hop_log_enabled
 from xml_pipeline._runtime.worker import extend_sys_path
 from xml_pipeline._settings import (
     BackendConfig,
@@ -145,6 +146,16 @@ class Organism:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        """Start: open the backend, start the pool (for ``cpu_bound`` listeners) and the pump.
+
+        When the ``xml_pipeline.hops`` logger is enabled for DEBUG at this moment, every hop
+        is logged on it (one line: sender -> listener, payload tag, short conversation id,
+        duration, outcome) until the organism stops.
+
+        Raises:
+            UsageError: the organism is running already.
+            BackendError: its backend cannot be opened (``backend_unreachable``).
+        """
         if self._stack is not None:
             raise UsageError(f"organism {self.name!r} is already running")
         stack = AsyncExitStack()
@@ -178,6 +189,8 @@ class Organism:
                 outbox_size=self._settings.outbox_size,
             )
             pump.hooks = self.hooks
+            if hop_log_enabled():  # one DEBUG line per hop; no events are built otherwise
+                stack.callback(self.hooks.subscribe(HopLog()))
             pump.start()
         except BaseException:
             await stack.aclose()

@@ -41,6 +41,9 @@ class HopEvent:
         outcome: on ``finished``: ``None`` when the handler returned and its outputs were
             accepted, else the failure's reason code (``handler_error``, ``timeout``...);
             ``"ended"`` when the conversation ended while the handler ran.
+        caller_thread: the thread of the call that made ``thread``'s call (the caller's
+            thread), or ``None`` when ``thread`` is the conversation's first call, made from
+            outside. The hops of one conversation form a tree through it.
     """
 
     kind: Literal["started", "finished", "answered"]
@@ -53,6 +56,7 @@ class HopEvent:
     at: float
     duration: float | None = None
     outcome: str | None = None
+    caller_thread: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

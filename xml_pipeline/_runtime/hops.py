@@ -109,6 +109,12 @@ class Frame:
         # running the caller's handler again
         self.waiter: asyncio.Future[Any] | None = None
 
+    @property
+    def caller_thread(self) -> str | None:
+        """The caller's thread, or ``None`` for a call from outside (the root frame's)."""
+        parent = self.parent
+        return None if parent is None or parent.parent is None else parent.thread
+
 
 class Hop:
     """One delivery to a handler, on the thread of ``frame``.

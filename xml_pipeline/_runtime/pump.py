@@ -660,7 +660,7 @@ class StreamPump:
         now = loop.time()
         self.hooks.emit(HopEvent(
             "started", hop.conv.id, hop.frame.thread, hop.sender, hop.state.name, hop.payload,
-            hop.attempt, now,
+            hop.attempt, now, caller_thread=hop.frame.caller_thread,
         ))  # fmt: skip
         return now
 
@@ -669,7 +669,7 @@ class StreamPump:
         now = loop.time()
         self.hooks.emit(HopEvent(
             "finished", hop.conv.id, hop.frame.thread, hop.sender, hop.state.name, hop.payload,
-            hop.attempt, now, now - started, outcome,
+            hop.attempt, now, now - started, outcome, hop.frame.caller_thread,
         ))  # fmt: skip
 
     async def read_history(self, conversation: str) -> list[HistoryEntry]:
