@@ -647,8 +647,8 @@ def test_a_cpu_bound_handler_calling_its_metadata_call_is_warned_about_not_refus
     warnings = cpu_bound_call_warnings(config, listeners)
     assert [(w.key_path, w.line) for w in warnings] == [("listeners[1].handler", 11)]
     source = (CPU_META_CALL / "cfgfix_cpu_meta_call.py").absolute()
-    call_line = source.read_text().splitlines().index(
-        '        helped = await md.call("helper", msg)'
+    call_line = (
+        source.read_text().splitlines().index('        helped = await md.call("helper", msg)')
     )
     message = warnings[0].message
     assert "'cruncher' is cpu_bound" in message, "inline 'desk' may call; 'helper' does not"

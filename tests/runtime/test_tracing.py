@@ -82,9 +82,9 @@ async def test_the_hop_tree_nests_calls_under_the_hop_that_made_them() -> None:
         (conversation,) = trace.conversations()
         assert await trace.settled(conversation)
         lines = trace.lines(conversation)
-    assert re.fullmatch(
-        rf"conversation {conversation} answered in [\d.]+ m?s, 5 hops", lines[0]
-    ), lines[0]
+    assert re.fullmatch(rf"conversation {conversation} answered in [\d.]+ m?s, 5 hops", lines[0]), (
+        lines[0]
+    )
     shape = [re.sub(r" [\d.]+ m?s ", " T ", line) for line in lines[1:]]
     assert shape == [
         "  call   front <- _external <Job> T ok",
