@@ -44,6 +44,12 @@ def test_multi_line_and_one_line_documents_each_with_their_start_line() -> None:
     assert names(split(text)) == [(2, "Ada"), (6, "Bob"), (9, "Cy")]
 
 
+def test_a_document_is_tagged_with_the_line_of_its_root_element() -> None:
+    framed = split("<!-- the first one:\n  Ada -->\n" + envelope("Ada"))
+    assert names(framed) == [(3, "Ada")]
+    assert framed[0].first == 1, "its data starts with the comment"
+
+
 def test_the_last_document_may_end_without_a_line_break() -> None:
     assert names(split(envelope("Ada").rstrip("\n"))) == [(1, "Ada")]
 
@@ -87,6 +93,6 @@ def test_entities_are_not_expanded_while_cutting() -> None:
         f'<message xmlns="{NS}"><meta><to>g</to></meta><X xmlns="">&b;</X></message>\n'
     )
     framed = split(laughs + envelope("Cy"))
-    assert framed[0].line == 1 and framed[0].data is not None
+    assert (framed[0].first, framed[0].line) == (1, 2) and framed[0].data is not None
     assert len(framed[0].data) == len(laughs.encode())
     assert names(framed[1:]) == [(3, "Cy")]

@@ -39,27 +39,35 @@ class Framed:
     """One document of the stream, or why the one starting at ``line`` could not be read.
 
     Attributes:
-        line: the line (1-based) where the document starts.
+        line: the line (1-based) where the document's root element starts (where it starts,
+            when that was never reached).
         data: the document's bytes (``None`` with ``error``).
         error: what is wrong with it, with the line in the stream where that was found.
+        first: the line ``data`` starts on (before ``line`` when comments or a declaration
+            come first): line N of ``data`` is line ``first + N - 1`` of the stream.
     """
 
     line: int
     data: bytes | None = None
     error: XmlInputError | None = None
+    first: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.first:
+            object.__setattr__(self, "first", self.line)
 
 
 class _Document:
     """The document being read: its lines so far and its parser's depth."""
 
-    __slots__ = ("depth", "lines", "parser", "rooted", "size", "start")
+    __slots__ = ("depth", "lines", "parser", "root", "size", "start")
 
     def __init__(self, start: int) -> None:
         self.start = start
         self.lines: list[bytes] = []
         self.size = 0
         self.depth = 0
-        self.rooted = False  # its root element started
+        self.root = 0  # the line its root element starts on, once it did
         self.parser = etree.XMLPullParser(
             events=("start", "end"),
             resolve_entities=False,
@@ -90,8 +98,13 @@ class _Document:
         self._events()
 
     @property
+    def line(self) -> int:
+        """Where the document starts, for people: its root element's line once seen."""
+        return self.root or self.start
+
+    @property
     def complete(self) -> bool:
-        return self.rooted and self.depth == 0
+        return self.root > 0 and self.depth == 0
 
     def _events(self) -> int | None:
         for action, element in self.parser.read_events():
@@ -100,7 +113,7 @@ class _Document:
                 continue
             self.depth += 1
             if self.depth == 1:
-                self.rooted = True
+                self.root = self.start + int(element.sourceline or 1) - 1
             elif element.tag == _ENVELOPE:
                 return int(element.sourceline or 1)
         return None
@@ -130,7 +143,7 @@ class DocumentSplitter:
             self._skipping = False
         if doc.size + len(line) > self._max_bytes:
             return [self._broken(
-                f"the document starting at line {doc.start} is over the "
+                f"the document starting at line {doc.line} is over the "
                 f"{self._max_bytes:,}-byte cap; send less, or raise organism.max_message_bytes",
                 self._lineno, reason="too_large",
             )]  # fmt: skip
@@ -142,15 +155,15 @@ class DocumentSplitter:
             if not doc.complete:
                 return []
             self._doc = None
-            return [Framed(doc.start, b"".join(doc.lines))]
+            return [Framed(doc.root, b"".join(doc.lines), first=doc.start)]
         # an envelope starts inside this one, which was therefore never closed
         at = doc.start + nested - 1
         broken = self._broken(
-            f"the document starting at line {doc.start} is not closed before line {at}, "
+            f"the document starting at line {doc.line} is not closed before line {at}, "
             "where another envelope starts; close its root element",
             at,
         )
-        if nested == 1:  # on the document's own first line: nothing to start again from
+        if at <= doc.root:  # on its root element's own line: nothing to start again from
             return [broken]
         framed = [broken]
         self._lineno = at - 1
@@ -172,9 +185,9 @@ class DocumentSplitter:
             doc.close()
         if doc.complete:
             self._doc = None
-            return [Framed(doc.start, b"".join(doc.lines))]
+            return [Framed(doc.root, b"".join(doc.lines), first=doc.start)]
         return [self._broken(
-            f"the document starting at line {doc.start} is not complete at the end of the "
+            f"the document starting at line {doc.line} is not complete at the end of the "
             "input; close its root element",
             self._lineno,
         )]  # fmt: skip
@@ -186,7 +199,7 @@ class DocumentSplitter:
         message = _LOCATION.sub("", exc.msg or str(exc))
         message = _LINE.sub(lambda m: f"line {doc.start + int(m[1]) - 1}", message)
         return self._broken(
-            f"the document starting at line {doc.start} is malformed: {message}",
+            f"the document starting at line {doc.line} is malformed: {message}",
             doc.start + (exc.lineno or 1) - 1,
         )
 
@@ -195,4 +208,5 @@ class DocumentSplitter:
         assert doc is not None
         self._doc = None
         self._skipping = True
-        return Framed(doc.start, error=XmlInputError(message, reason=reason, line=line))
+        error = XmlInputError(message, reason=reason, line=line)
+        return Framed(doc.line, error=error, first=doc.start)
