@@ -284,10 +284,10 @@ def test_trace_prints_each_conversations_hop_tree_on_stderr_after_its_answer() -
     ms = r"[\d.]+ m?s"
     for line, thread in threads.items():
         tree = re.search(
-            rf"^trace of line {line}: conversation {thread} answered in {ms}, 3 hops\n"
+            rf"^trace of line {line}: conversation {thread} answered in {ms}, 2 hops\n"
             rf"  call   greeter <- _external <Greeting> {ms} ok\n"
             rf"    call   shouter <- greeter <Shout> {ms} ok\n"
-            rf"  answer greeter <- shouter <Shout> {ms} ok\n",
+            rf"    answer greeter <- shouter <Shout> \(awaited\) ok\n",
             done.stderr,
             re.MULTILINE,
         )
@@ -296,7 +296,7 @@ def test_trace_prints_each_conversations_hop_tree_on_stderr_after_its_answer() -
     send = organism("run", HELLO, "--trace", "--to", "greeter", "--send", greeting)
     assert send.stdout == "<Reply><message>HELLO, X!</message></Reply>\n"
     assert re.search(
-        r"^trace of --send: conversation \w+ answered in .*, 3 hops$", send.stderr, re.M
+        r"^trace of --send: conversation \w+ answered in .*, 2 hops$", send.stderr, re.M
     )
 
 
@@ -304,11 +304,11 @@ def test_debug_logs_one_line_per_hop_and_info_logs_none() -> None:
     done = organism("--log-level", "Debug", "run", HELLO, stdin=envelope("Ada") + "\n")
     assert done.returncode == 0, done.stderr
     hops = [t for t in done.stderr.splitlines() if t.startswith("DEBUG xml_pipeline.hops: ")]
-    conv = r"conv [0-9a-f]{8} [\d.]+ m?s ok"
-    expected = [
-        rf"hop _external -> greeter <Greeting> {conv}",
-        rf"hop greeter -> shouter <Shout> {conv}",
-        rf"hop shouter -> greeter <Shout> {conv}",
+    conv = r"conv [0-9a-f]{8}"
+    expected = [  # as each finishes: the greeter awaits the shouter with meta.call
+        rf"hop shouter -> greeter <Shout> {conv} - answered",
+        rf"hop greeter -> shouter <Shout> {conv} [\d.]+ m?s ok",
+        rf"hop _external -> greeter <Greeting> {conv} [\d.]+ m?s ok",
     ]
     assert len(hops) == 3, done.stderr
     for text, pattern in zip(hops, expected, strict=True):

@@ -72,6 +72,9 @@ async def test_hop_events_carry_the_callers_thread() -> None:
     assert started[4].thread == front_thread and started[4].caller_thread is None
     finished = [e for e in seen if e.kind == "finished"]
     assert {e.caller_thread for e in finished} == {e.caller_thread for e in started}
+    answered = [e for e in seen if e.kind == "answered"]
+    on_middle = (started[1].thread, front_thread)  # handed to middle, which front called
+    assert [(e.thread, e.caller_thread) for e in answered] == [on_middle, on_middle]
 
 
 async def test_the_hop_tree_nests_calls_under_the_hop_that_made_them() -> None:
@@ -90,7 +93,9 @@ async def test_the_hop_tree_nests_calls_under_the_hop_that_made_them() -> None:
         "  call   front <- _external <Job> T ok",
         "    call   middle <- front <Job> T ok",
         "      call   back <- middle <Job> T ok",
+        "      answer middle <- back <Job> (awaited) ok",
         "      call   back <- middle <Job> T ok",
+        "      answer middle <- back <Job> (awaited) ok",
         "  answer front <- middle <Job> T ok",
     ]
     trace.forget(conversation)
@@ -109,9 +114,12 @@ async def test_a_failed_conversation_shows_where_it_failed() -> None:
         assert await trace.settled(conversation)
         lines = trace.lines(conversation)
     assert "failed (handler_error)" in lines[0]
-    assert lines[-1].strip().startswith("call   back <- middle <Job>")
-    assert lines[-1].endswith(" handler_error")
-    assert lines[2].endswith(" handler_error"), "middle did not catch its callee's failure"
+    assert [line.split()[:2] + line.split()[-1:] for line in lines[1:]] == [
+        ["call", "front", "ok"],
+        ["call", "middle", "handler_error"],  # it did not catch its callee's failure
+        ["call", "back", "handler_error"],
+        ["answer", "middle", "handler_error"],  # the ErrorReport handed to middle's meta.call
+    ]
 
 
 async def test_the_trace_keeps_at_most_its_limit_of_conversations() -> None:
@@ -132,9 +140,10 @@ async def test_debug_on_the_hops_logger_at_start_logs_one_line_per_hop(
             await org.request("front", Job(text="a"), timeout=5)
         assert not org.hooks.active, "and unsubscribed when the organism stopped"
     lines = [r.getMessage() for r in caplog.records if r.name == "xml_pipeline.hops"]
-    assert len(lines) == 5
+    assert len(lines) == 7, "5 handler runs, 2 answers awaited with meta.call"
     conversation = r"conv [0-9a-f]{8}"
     assert re.fullmatch(rf"hop _external -> front <Job> {conversation} [\d.]+ m?s ok", lines[0])
+    assert re.fullmatch(rf"hop back -> middle <Job> {conversation} - answered", lines[1])
     assert re.fullmatch(rf"hop middle -> back <Job> {conversation} [\d.]+ m?s ok", lines[2])
 
 

@@ -829,7 +829,7 @@ class StreamPump:
                 loop = self._loop or asyncio.get_running_loop()
                 self.hooks.emit(HopEvent(
                     "answered", conv.id, caller.thread, responder, caller.listener, payload, 1,
-                    loop.time(),
+                    loop.time(), caller_thread=caller.caller_thread,
                 ))  # fmt: skip
             if not waiter.done():
                 if type(payload) is ErrorReport:

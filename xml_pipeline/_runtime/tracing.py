@@ -20,6 +20,7 @@ from collections import OrderedDict
 
 import anyio
 
+from xml_pipeline._handlers import ErrorReport
 from xml_pipeline._runtime.hooks import ConversationEvent, Event, HopEvent
 from xml_pipeline._wire.payloads import payload_spec
 
@@ -38,8 +39,10 @@ class HopLog:
 
     The line reads ``hop SENDER -> LISTENER <Tag> conv SHORT_ID DURATION OUTCOME`` (outcome
     ``ok``, or the failure's reason code, or ``ended`` when the conversation ended while the
-    handler ran), with ``attempt N`` appended when a retry policy ran the hop again. Durations
-    are timed here with `time.perf_counter` (the event loop's clock may tick in milliseconds).
+    handler ran), with ``attempt N`` appended when a retry policy ran the hop again. An answer
+    handed to a handler awaiting it in ``meta.call`` runs no handler: its line reads ``- answered``
+    (``- answered (reason)`` for a failure). Durations are timed here with `time.perf_counter`
+    (the event loop's clock may tick in milliseconds).
 
     ``org.hooks.subscribe(HopLog())``
     """
@@ -52,11 +55,16 @@ class HopLog:
             return
         # the hop holds its payload until it finishes: the object's id cannot be reused before
         key = (event.thread, id(event.payload), event.attempt)
-        if event.kind == "started":
+        kind = event.kind
+        if kind == "started":
             self._started[key] = time.perf_counter()
             return
-        began = self._started.pop(key, None)
-        duration = event.duration if began is None else time.perf_counter() - began
+        if kind == "finished":
+            began = self._started.pop(key, None)
+            took = seconds(event.duration if began is None else time.perf_counter() - began)
+            outcome = event.outcome or "ok"
+        else:  # an answer handed to a handler awaiting it in meta.call: no handler ran
+            took, outcome = "-", f"answered{_failure(event.payload)}"
         attempt = f" attempt {event.attempt}" if event.attempt > 1 else ""
         HOP_LOG.debug(
             "hop %s -> %s <%s> conv %s %s %s%s",
@@ -64,10 +72,15 @@ class HopLog:
             event.listener,
             payload_tag(event.payload),
             short_id(event.conversation),
-            seconds(duration),
-            event.outcome or "ok",
+            took,
+            outcome,
             attempt,
         )
+
+
+def _failure(payload: object) -> str:
+    """`` (reason)`` when an awaited answer is an `ErrorReport`, else nothing."""
+    return f" ({payload.reason})" if isinstance(payload, ErrorReport) else ""
 
 
 def short_id(conversation: str) -> str:
@@ -95,12 +108,15 @@ def payload_tag(payload: object) -> str:
 
 
 class _Hop:
+    """A handler run, or an answer handed to a handler awaiting it (``awaited``)."""
+
     __slots__ = (
-        "attempt", "caller", "duration", "listener", "outcome", "payload", "sender", "seq",
-        "started", "tag", "thread",
+        "attempt", "awaited", "caller", "duration", "listener", "outcome", "payload", "sender",
+        "seq", "started", "tag", "thread",
     )  # fmt: skip
 
     def __init__(self, event: HopEvent, seq: int) -> None:
+        self.awaited = event.kind == "answered"
         self.seq = seq  # the order hops started in (clocks may tick too coarsely to tell)
         self.thread = event.thread
         self.caller = event.caller_thread
@@ -161,6 +177,13 @@ class HopTrace:
                 conv.hops.append(_Hop(event, self._seq))
                 conv.running += 1
                 self._threads[event.thread] = event.conversation
+            elif event.kind == "answered":
+                self._seq += 1
+                hop = _Hop(event, self._seq)
+                answer = event.payload
+                hop.outcome = answer.reason if isinstance(answer, ErrorReport) else "ok"
+                hop.payload = None
+                conv.hops.append(hop)
             else:
                 self._finish(conv, event)
         if conv.settled is not None and conv.ended is not None and not conv.running:
@@ -170,6 +193,7 @@ class HopTrace:
         for hop in conv.hops:  # the oldest running hop with this thread, payload and attempt
             if (
                 hop.outcome == "running"
+                and not hop.awaited
                 and hop.thread == event.thread
                 and hop.payload is event.payload
                 and hop.attempt == event.attempt
@@ -221,10 +245,12 @@ class HopTrace:
     def lines(self, conversation: str) -> list[str]:
         """The conversation as lines of text: a header, then one line per hop in call order.
 
-        The header reads ``conversation ID answered in 0.41 ms, 3 hops`` (or ``failed
-        (reason)``, or ``still open``). Each hop is ``call`` (the first delivery on its
-        thread), ``answer`` (an answer delivered back to it) or ``retry``, then ``listener <-
-        sender <Tag> duration outcome``; a call is indented under the hop that made it.
+        The header reads ``conversation ID answered in 0.41 ms, 2 hops`` (or ``failed
+        (reason)``, or ``still open``; hops are handler runs). Each hop is ``call`` (the first
+        delivery on its thread), ``answer`` (an answer delivered back to it) or ``retry``,
+        then ``listener <- sender <Tag> duration outcome``; a call is indented under the hop
+        that made it, and so is an answer handed to a handler awaiting it in ``meta.call``
+        (``(awaited)`` in place of a duration).
         """
         conv = self._conversations.get(conversation)
         if conv is None:
@@ -238,30 +264,48 @@ class HopTrace:
         took = ""
         if conv.opened is not None and conv.ended is not None:
             took = f" in {seconds(conv.ended - conv.opened)}"
-        count = len(conv.hops)
+        runs = [hop for hop in conv.hops if not hop.awaited]
+        count = len(runs)
         lines = [f"conversation {conversation} {state}{took}, {count} hop{'s' * (count != 1)}"]
         by_thread: dict[str, list[_Hop]] = {}
         calls: dict[str | None, list[str]] = {}  # caller thread -> the threads it called
+        awaited: dict[str, list[_Hop]] = {}  # thread -> answers its handlers awaited
         for hop in conv.hops:
+            if hop.awaited:
+                awaited.setdefault(hop.thread, []).append(hop)
+                continue
             if hop.thread not in by_thread:
                 by_thread[hop.thread] = []
                 calls.setdefault(hop.caller, []).append(hop.thread)
             by_thread[hop.thread].append(hop)
 
+        def line(hop: _Hop, kind: str, depth: int) -> str:
+            if hop.awaited:
+                took = "(awaited)"
+            else:
+                took = "-" if hop.duration is None else seconds(hop.duration)
+            head = f"{'  ' * depth}{kind:<6} {hop.listener} <- {hop.sender}"
+            return f"{head} <{hop.tag}> {took} {hop.outcome}"
+
         def walk(thread: str, depth: int) -> None:
-            hops = by_thread[thread]
-            called = calls.get(thread, [])
+            hops = by_thread.get(thread, [])
+            inside: list[tuple[int, str | _Hop]] = [
+                (by_thread[callee][0].seq, callee) for callee in calls.get(thread, [])
+            ]
+            inside += [(answer.seq, answer) for answer in awaited.get(thread, [])]
+            inside.sort(key=lambda item: item[0])
             for i, hop in enumerate(hops):
                 kind = "call" if i == 0 else "retry" if hop.attempt > 1 else "answer"
-                lines.append(
-                    f"{'  ' * depth}{kind:<6} {hop.listener} <- {hop.sender} <{hop.tag}> "
-                    f"{seconds(hop.duration) if hop.duration is not None else '-'} {hop.outcome}"
-                )
-                # the calls made from this hop: started after it, before the thread's next hop
+                lines.append(line(hop, kind, depth))
+                # what happened in this hop: the calls it made and the answers it awaited,
+                # after it started and before the thread's next hop
                 until = hops[i + 1].seq if i + 1 < len(hops) else math.inf
-                for callee in called:
-                    if hop.seq < by_thread[callee][0].seq < until:
-                        walk(callee, depth + 1)
+                for seq, item in inside:
+                    if hop.seq < seq < until:
+                        if isinstance(item, str):
+                            walk(item, depth + 1)
+                        else:
+                            lines.append(line(item, "answer", depth + 1))
 
         for thread in calls.get(None, []):
             walk(thread, 1)
