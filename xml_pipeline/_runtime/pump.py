@@ -328,7 +328,11 @@ class StreamPump:
             obj: object = from_element(state.listener.payload_class, env.payload)
         except XmlPipelineError as exc:
             self._counters.rejected += 1
-            log.warning("%s refused an envelope: %s", where, exc)
+            # inject()'s refusals are logged for operators; request_envelope()'s go back to a
+            # gateway's caller as its answer, and a public gateway must not let anyone fill the
+            # log with junk: debug only (both are counted in stats.rejected)
+            level = logging.DEBUG if where == "request_envelope()" else logging.WARNING
+            log.log(level, "%s refused an envelope: %s", where, exc)
             raise
         return state, obj, sender
 
