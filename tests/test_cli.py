@@ -472,3 +472,28 @@ def test_a_second_ctrl_c_gives_up_on_pending_answers(tmp_path: Path) -> None:
     assert "line 2: failed [cancelled] interrupted (Ctrl-C twice)" in stderr
     assert "interrupted: 1 answered, 1 failed (cancelled 1)" in stderr
     assert "Traceback" not in stderr
+
+
+def test_run_prints_a_recovery_summary_at_exit_for_listeners_that_retried(tmp_path: Path) -> None:
+    (tmp_path / "handlers.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from xml_pipeline import HandlerResponse, payload\n\n\n"
+        "@payload\n@dataclass\nclass Ask:\n    n: int\n\n\n"
+        "async def flaky(msg, meta):\n"
+        "    if meta.attempt == 1:\n"
+        "        raise ConnectionError('the first try fails')\n"
+        "    return HandlerResponse.respond(msg)\n"
+    )
+    (tmp_path / "organism.yaml").write_text(
+        "organism:\n  name: rec\nlisteners:\n"
+        "  - name: flaky\n    payload_class: handlers.Ask\n    handler: handlers.flaky\n"
+        "    retry: {attempts: 2, backoff: {initial_seconds: 0}}\n"
+        "  - name: steady\n    payload_class: handlers.Ask\n    handler: handlers.flaky\n"
+    )
+    done = organism(
+        "run", str(tmp_path / "organism.yaml"),
+        stdin="@flaky <Ask><n>1</n></Ask>\n@flaky <Ask><n>2</n></Ask>\n",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "recovery of 'flaky': 2 retries (2 recovered, 0 exhausted)" in done.stderr
+    assert "recovery of 'steady'" not in done.stderr

@@ -87,6 +87,28 @@ class _Tally:
         return text
 
 
+def recovery_summary(org: Organism) -> list[str]:
+    """A line per listener that retried, opened its circuit, compensated or failed a
+    compensation in this run (nothing for the others), for the summary at exit."""
+    lines = []
+    for name, status in org.recovery_status().items():
+        parts = []
+        if status.retries:
+            parts.append(
+                f"{status.retries} retries ({status.recovered} recovered, "
+                f"{status.exhausted} exhausted)"
+            )
+        if status.circuit not in (None, "closed") or status.circuit_rejections:
+            parts.append(f"circuit {status.circuit}, {status.circuit_rejections} rejected")
+        if status.compensations:
+            parts.append(
+                f"{status.compensations} compensations ({status.compensations_failed} failed)"
+            )
+        if parts:
+            lines.append(f"recovery of {name!r}: " + "; ".join(parts))
+    return lines
+
+
 async def run(org: Organism, options: RunOptions) -> int:
     """Start ``org``, answer what ``options`` say, stop it; returns the exit status.
 
@@ -106,6 +128,8 @@ async def run(org: Organism, options: RunOptions) -> int:
     done = "interrupted" if tally.interrupted else "done"
     level = logging.WARNING if tally.failed or tally.interrupted else logging.INFO
     log.log(level, "%s: %s", done, tally.summary())
+    for line in recovery_summary(org):
+        log.log(level, "%s", line)
     if tally.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_FAILED if tally.failed else EXIT_OK
