@@ -36,10 +36,10 @@ from xml_pipeline._settings import BackendConfig
 __all__ = ["GraphNode", "OrganismGraph", "render_svg"]
 
 # marks, in the order they are shown; these two also style the node (both may, at once)
-CPU_BOUND, HANDLES_ERRORS = "cpu_bound", "handles_errors"
+_CPU_BOUND, _HANDLES_ERRORS = "cpu_bound", "handles_errors"
 _STYLES = {  # (Mermaid classDef, DOT attributes): outlines only, readable on dark themes too
-    CPU_BOUND: ("stroke:#d35400,stroke-width:3px", 'color="#d35400", penwidth=2.5'),
-    HANDLES_ERRORS: ("stroke-dasharray:6 3", 'style="rounded,dashed"'),
+    _CPU_BOUND: ("stroke:#d35400,stroke-width:3px", 'color="#d35400", penwidth=2.5'),
+    _HANDLES_ERRORS: ("stroke-dasharray:6 3", 'style="rounded,dashed"'),
 }
 _OUTSIDE, _ORGANISM, _RUNS_ON, _BACKEND, _POOL = (
     "_outside", "_organism", "_runs_on", "_backend", "_pool",
@@ -208,7 +208,7 @@ def render_svg(dot: str) -> str:
 
 
 def _node(listener: ListenerConfig, node_id: str) -> GraphNode:
-    marks = [mark for mark in (CPU_BOUND, HANDLES_ERRORS) if getattr(listener, mark)]
+    marks = [mark for mark in (_CPU_BOUND, _HANDLES_ERRORS) if getattr(listener, mark)]
     if listener.retry is not None:
         attempts = listener.retry.attempts
         marks.append(f"retry {attempts} tr{'ies' if attempts != 1 else 'y'}")
