@@ -17,6 +17,9 @@ Blocks are found by their fences, never by line number, so the README can change
   organism's folder: a whole organism file (with ``listeners:``) as it is, a fragment
   (``backend:`` alone) merged into the hello organism's file.
 - ``xml``: an envelope, parsed as one.
+- ``mermaid``: the output of the ``organism graph ...`` command quoted on the line before it
+  (`` `organism graph organisms/hello/organism.yaml` prints:``), word for word: a picture
+  that no longer matches the organism or the command fails here.
 - A block right after a line that names a repository file (`` `organisms/hello/handlers.py`: ``)
   is that file, word for word.
 
@@ -92,7 +95,7 @@ def env(request: pytest.FixtureRequest) -> dict[str, str]:
 def test_the_readme_has_blocks_of_every_kind_this_test_runs() -> None:
     """Guards the extraction itself: a broken fence pattern would silently test nothing."""
     langs = {block.lang for block in BLOCKS}
-    assert {"python", "sh", "yaml"} <= langs, langs
+    assert {"python", "sh", "yaml", "mermaid"} <= langs, langs
     assert all(block.lang for block in BLOCKS), "every fenced block names its language"
 
 
@@ -223,6 +226,22 @@ def test_yaml_block_is_read_by_the_config_reader(
 def test_xml_block_is_an_envelope(block: Block) -> None:
     envelope = Envelope.from_bytes(block.text.encode())
     assert envelope.to
+
+
+_GRAPH_COMMAND = re.compile(r"`(organism graph [^`]+)`[^`]*$")
+
+
+@pytest.mark.parametrize("block", params("mermaid"))
+def test_mermaid_block_is_what_organism_graph_prints(
+    block: Block, env: dict[str, str], repo_copy: Path
+) -> None:
+    lines = README.read_text(encoding="utf-8").splitlines()[: block.line - 1]
+    before = [line for line in lines if line.strip()]
+    command = _GRAPH_COMMAND.search(before[-1]) if before else None
+    assert command, f"{block}: the line before a mermaid block quotes the `organism graph` it is"
+    done = run(shlex.split(command[1]), repo_copy, env)
+    assert done.returncode == 0, completed(done, f"{block}: {command[1]}")
+    assert block.text == done.stdout, f"{block} differs from what {command[1]!r} prints now"
 
 
 # -- file listings --------------------------------------------------------------------------

@@ -6,6 +6,7 @@ organism run FILE --to LISTENER --send 'XML'      one message; its answer on std
 organism validate FILE                            every problem at once; exit 0 when clean
 organism schema FILE [LISTENER]                   XSD, example document, prompt-ready description
 organism schema FILE [LISTENER] --json            JSON Schema and example object, as one JSON
+organism graph FILE [--format mermaid|dot|svg]    the organism's listeners and peers, drawn
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import anyio
 
 from xml_pipeline import _cli_run
 from xml_pipeline._cli_run import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, RunOptions
-from xml_pipeline._errors import ConfigError, XmlPipelineError
+from xml_pipeline._config import load_config
+from xml_pipeline._errors import ConfigError, UsageError, XmlPipelineError
+from xml_pipeline._graph import OrganismGraph, render_svg
 from xml_pipeline._loader import cpu_bound_call_warnings, validate_organism
 from xml_pipeline._organism import Organism
 from xml_pipeline._wire.json_schema import json_schema
@@ -107,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         help="print the JSON Schema and an example JSON object instead (one JSON document: "
         "listener name to description, schema and example)",
     )
+    _add_graph(sub, common)
     return parser
 
 
@@ -121,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args.file)
         if args.command == "schema":
             return _schema(args.file, args.listener, as_json=args.json)
+        if args.command == "graph":
+            return _graph(args.file, args.format, args.output)
         if (args.to is None) != (args.send is None):
             print("error: --to and --send go together", file=sys.stderr)
             return EXIT_CONFIG
@@ -219,4 +226,52 @@ def _schema(file: str, listener: str | None, *, as_json: bool) -> int:
         print(spec.example().decode())
         print(spec.describe())
         print()
+    return EXIT_OK
+
+
+# -- organism graph ----------------------------------------------------------------------------
+
+_GRAPH_FORMATS = ("mermaid", "dot", "svg")
+_GRAPH_SUFFIXES = {".mmd": "mermaid", ".mermaid": "mermaid", ".dot": "dot", ".gv": "dot"}
+
+
+def _add_graph(sub: Any, common: argparse.ArgumentParser) -> None:
+    graph = sub.add_parser(
+        "graph",
+        parents=[common],
+        help="draw the organism: listeners, peers as arrows, backend (Mermaid, DOT or SVG)",
+        description="Draw an organism from its file alone (its handlers are not imported).",
+    )
+    graph.add_argument("file", help="path of organism.yaml")
+    graph.add_argument(
+        "--format",
+        choices=_GRAPH_FORMATS,
+        help="mermaid (default), dot, or svg (needs Graphviz's dot); default: from -o's "
+        "suffix (.mmd .dot .gv .svg), else mermaid",
+    )
+    graph.add_argument("-o", "--output", metavar="OUT", help="write to this file, not stdout")
+
+
+def _graph(file: str, fmt: str | None, output: str | None) -> int:
+    suffix = Path(output).suffix.lower() if output else ""
+    chosen = fmt or ("svg" if suffix == ".svg" else _GRAPH_SUFFIXES.get(suffix, "mermaid"))
+    graph = OrganismGraph.from_config(load_config(file))
+    if chosen == "mermaid":
+        text = graph.mermaid()
+    elif chosen == "dot":
+        text = graph.dot()
+    else:
+        try:
+            text = render_svg(graph.dot())
+        except UsageError as exc:
+            print(f"error: {exc.message}: --format mermaid or --format dot", file=sys.stderr)
+            return EXIT_FAILED
+    if output is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot write {output}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
