@@ -16,7 +16,9 @@ from xml_pipeline._errors import (
     DeliveryError,
     NotFoundError,
     PayloadTypeError,
+    PermanentError,
     Reason,
+    RetryLater,
     SchemaViolation,
     SinkError,
     UsageError,
@@ -36,6 +38,8 @@ SAMPLES: dict[type[XmlPipelineError], XmlPipelineError] = {
     SinkError: SinkError("port in use", sink="prometheus"),
     NotFoundError: NotFoundError("no trace of conversation c1"),
     UsageError: UsageError("wrong"),
+    RetryLater: RetryLater("rate limited", after_seconds=1.5),
+    PermanentError: PermanentError("the record is gone"),
 }
 
 

@@ -7,7 +7,7 @@
     metrics/                     observes the runtime through its hooks; the runtime never
                                  imports it, and it never imports the organism or its file
     _handlers, _imports, ...     the handler contract and the organism's glue, above them
-    cli, testing                 thin layers over the public API; the library never imports them
+    cli, testing, pytest_plugin  thin layers over the public API; the library never imports them
 
 Every import counts, those under ``if TYPE_CHECKING:`` included, and no two modules may import
 each other even indirectly.
@@ -140,12 +140,29 @@ def test_optional_libraries_are_imported_by_their_sink_only() -> None:
 
 
 def test_the_library_never_imports_its_cli_or_testing_helpers() -> None:
-    top = {"xml_pipeline.cli", "xml_pipeline.testing", "xml_pipeline.__main__"}
+    top = {
+        "xml_pipeline.cli",
+        "xml_pipeline.testing",
+        "xml_pipeline.pytest_plugin",
+        "xml_pipeline.__main__",
+    }
     wrong = sorted(
         f"{module} imports {target}"
         for module, targets in GRAPH.items()
         if module not in top
         for target in targets & top
+    )
+    assert wrong == []
+
+
+def test_only_the_pytest_plugin_imports_pytest() -> None:
+    """pytest is a test dependency: the library, and the testing helpers (usable from any test
+    runner), must import without it."""
+    wrong = sorted(
+        module
+        for module, names in MODULES.items()
+        if module != "xml_pipeline.pytest_plugin"
+        and any(name == "pytest" or name.startswith(("pytest.", "_pytest")) for name in names)
     )
     assert wrong == []
 

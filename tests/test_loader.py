@@ -22,8 +22,10 @@ from xml_pipeline._config import OrganismConfig, load_config, parse_config
 from xml_pipeline._errors import ConfigError, ConfigProblem
 from xml_pipeline._imports import ImportPath, folder_package, import_path, in_folder, resolve
 from xml_pipeline._loader import (
+    cpu_bound_call_warnings,
     handler_signature_problem,
     load_organism,
+    meta_calls,
     validate_organism,
 )
 
@@ -635,3 +637,35 @@ def test_a_payload_class_failing_at_import_is_reported_at_every_listener_using_i
         assert "PayloadTypeError" in problem.message and error in problem.message
         assert any(f"{source}:{line}" in problem.message for line in at), problem.message
         assert LIBRARY not in problem.message, "the place is the user's class, not the library"
+
+
+CPU_META_CALL = FIXTURES.parent / "cpu_meta_call"
+
+
+def test_a_cpu_bound_handler_calling_its_metadata_call_is_warned_about_not_refused() -> None:
+    config, listeners = validate_organism(CPU_META_CALL / "organism.yaml")
+    warnings = cpu_bound_call_warnings(config, listeners)
+    assert [(w.key_path, w.line) for w in warnings] == [("listeners[1].handler", 11)]
+    source = (CPU_META_CALL / "cfgfix_cpu_meta_call.py").absolute()
+    call_line = (
+        source.read_text().splitlines().index('        helped = await md.call("helper", msg)')
+    )
+    message = warnings[0].message
+    assert "'cruncher' is cpu_bound" in message, "inline 'desk' may call; 'helper' does not"
+    assert f"calls md.call(...) at {source}:{call_line + 1}" in message
+    assert "UsageError" in message and "HandlerResponse(payload, to=peer)" in message
+
+
+def test_meta_calls_reads_the_metadata_parameter_of_any_name_and_skips_what_has_no_source() -> None:
+    def handler(msg: object, context: Any) -> None:
+        context.call("a", msg)  # found: the second parameter, whatever its name
+        meta = context
+        meta.call("b", msg)  # not found: another name
+
+    found = meta_calls(handler)
+    assert found is not None
+    file, param, lines = found
+    first = inspect.getsourcelines(handler)[1]
+    assert (file, param, lines) == (__file__, "context", [first + 1])
+    assert meta_calls(print) is None, "a builtin has no source"
+    assert meta_calls(lambda m: m) is None

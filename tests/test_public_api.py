@@ -6,12 +6,14 @@ import inspect
 import typing
 
 import xml_pipeline
-from xml_pipeline import backends, metrics
+from xml_pipeline import backends, metrics, testing
 
 EXPECTED = {
     "ENVELOPE_NS",
     "BackendConfig",
     "BackendError",
+    "BackoffSettings",
+    "CircuitSettings",
     "ConfigError",
     "ConfigProblem",
     "ConversationEvent",
@@ -29,6 +31,7 @@ EXPECTED = {
     "HopEvent",
     "Listener",
     "ListenerConfig",
+    "ListenerRecovery",
     "MetricsCollector",
     "MetricsConfig",
     "NotFoundError",
@@ -38,6 +41,7 @@ EXPECTED = {
     "ParseLimits",
     "PayloadSpec",
     "PayloadTypeError",
+    "PermanentError",
     "PoolStats",
     "ProcessPool",
     "ProcessPoolConfig",
@@ -45,6 +49,9 @@ EXPECTED = {
     "Reason",
     "Repair",
     "RepairResult",
+    "RetryLater",
+    "RetrySettings",
+    "Run",
     "SchemaViolation",
     "SinkError",
     "SinkStats",
@@ -56,14 +63,17 @@ EXPECTED = {
     "XmlInputError",
     "XmlPipelineError",
     "check_payload",
+    "from_dict",
     "from_element",
     "from_xml",
     "is_payload",
+    "json_schema",
     "load_config",
     "parse_guarded",
     "payload",
     "payload_spec",
     "repair",
+    "to_dict",
     "to_element",
     "to_xml",
 }
@@ -74,6 +84,10 @@ def test_all_is_exactly_the_intended_names_and_sorted() -> None:
     assert list(xml_pipeline.__all__) == sorted(
         xml_pipeline.__all__, key=lambda n: (n.upper() != n, n)
     )
+
+
+def test_the_testing_helpers_are_exactly_the_intended_names() -> None:
+    assert testing.__all__ == ["Capture", "Fake", "capture", "drain", "run_organism"]
 
 
 def test_the_metrics_package_exports_what_its_users_configure() -> None:
@@ -130,8 +144,9 @@ def _named_types(hint: object) -> set[type]:
 
 def _public_callables() -> list[tuple[str, object]]:
     found: list[tuple[str, object]] = []
-    for name in xml_pipeline.__all__:
-        obj = getattr(xml_pipeline, name)
+    public = [(name, getattr(xml_pipeline, name)) for name in xml_pipeline.__all__]
+    public += [(f"testing.{name}", getattr(testing, name)) for name in testing.__all__]
+    for name, obj in public:
         if inspect.isfunction(obj):
             found.append((name, obj))
         elif isinstance(obj, type) and obj.__module__.startswith("xml_pipeline"):
@@ -152,6 +167,7 @@ def test_public_signatures_name_only_exported_or_standard_types() -> None:
     exported = {id(getattr(xml_pipeline, n)) for n in xml_pipeline.__all__}
     exported |= {id(getattr(backends, n)) for n in backends.__all__}
     exported |= {id(getattr(metrics, n)) for n in metrics.__all__}
+    exported |= {id(getattr(testing, n)) for n in testing.__all__}
     unnamed: list[str] = []
     for where, fn in _public_callables():
         try:

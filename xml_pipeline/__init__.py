@@ -15,7 +15,9 @@ from xml_pipeline._errors import (
     DeliveryError,
     NotFoundError,
     PayloadTypeError,
+    PermanentError,
     Reason,
+    RetryLater,
     SchemaViolation,
     SinkError,
     UsageError,
@@ -36,9 +38,19 @@ from xml_pipeline._runtime.hooks import ConversationEvent, Event, Hooks, HopEven
 from xml_pipeline._runtime.outbox import Outcome
 from xml_pipeline._runtime.outcomes import DeadLetter, PumpStats
 from xml_pipeline._runtime.pool import PoolStats, ProcessPool
+from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry
-from xml_pipeline._settings import BackendConfig, ProcessPoolConfig
+from xml_pipeline._runtime.runs import Run
+from xml_pipeline._settings import (
+    BackendConfig,
+    BackoffSettings,
+    CircuitSettings,
+    ProcessPoolConfig,
+    RetrySettings,
+)
+from xml_pipeline._wire.dicts import from_dict, to_dict
 from xml_pipeline._wire.envelope import ENVELOPE_NS, Envelope
+from xml_pipeline._wire.json_schema import json_schema
 from xml_pipeline._wire.parsing import ParseLimits, parse_guarded
 from xml_pipeline._wire.payloads import (
     PayloadSpec,
@@ -65,6 +77,8 @@ __all__ = [
     "ENVELOPE_NS",
     "BackendConfig",
     "BackendError",
+    "BackoffSettings",
+    "CircuitSettings",
     "ConfigError",
     "ConfigProblem",
     "ConversationEvent",
@@ -82,6 +96,7 @@ __all__ = [
     "HopEvent",
     "Listener",
     "ListenerConfig",
+    "ListenerRecovery",
     "MetricsCollector",
     "MetricsConfig",
     "NotFoundError",
@@ -91,6 +106,7 @@ __all__ = [
     "ParseLimits",
     "PayloadSpec",
     "PayloadTypeError",
+    "PermanentError",
     "PoolStats",
     "ProcessPool",
     "ProcessPoolConfig",
@@ -98,6 +114,9 @@ __all__ = [
     "Reason",
     "Repair",
     "RepairResult",
+    "RetryLater",
+    "RetrySettings",
+    "Run",
     "SchemaViolation",
     "SinkError",
     "SinkStats",
@@ -109,14 +128,17 @@ __all__ = [
     "XmlInputError",
     "XmlPipelineError",
     "check_payload",
+    "from_dict",
     "from_element",
     "from_xml",
     "is_payload",
+    "json_schema",
     "load_config",
     "parse_guarded",
     "payload",
     "payload_spec",
     "repair",
+    "to_dict",
     "to_element",
     "to_xml",
 ]

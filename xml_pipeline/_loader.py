@@ -12,12 +12,15 @@ file itself; a module that fails to import is reported at every listener that us
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
 import inspect
 import os
 import pkgutil
+import textwrap
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -37,8 +40,10 @@ from xml_pipeline._settings import ListenerSettings, values_of
 from xml_pipeline._wire.payloads import is_payload
 
 __all__ = [
+    "cpu_bound_call_warnings",
     "handler_signature_problem",
     "load_organism",
+    "meta_calls",
     "validate_organism",
     "worker_import_problem",
 ]
@@ -84,6 +89,85 @@ def validate_organism(
     return config, load_organism(config)
 
 
+def cpu_bound_call_warnings(
+    config: OrganismConfig, listeners: Sequence[Listener]
+) -> list[ConfigProblem]:
+    """Warnings about ``cpu_bound`` handlers whose source calls ``meta.call``.
+
+    A ``cpu_bound`` handler runs in a worker process, which cannot carry a call to a peer:
+    ``meta.call`` raises `UsageError` there at run time. The handler's own source (decorators
+    and nested functions included, helpers it calls not) is scanned for ``M.call(...)`` where
+    ``M`` is the name of its second (metadata) parameter. Handlers whose source Python cannot
+    show are skipped. These are warnings: the organism is valid and runs.
+
+    Returns:
+        one problem per such listener, at its ``handler`` key path and line in the file,
+        naming the handler's file and the lines of the calls and what to do instead.
+    """
+    warnings: list[ConfigProblem] = []
+    declared = {entry.name: entry for entry in config.listeners}
+    for listener in listeners:
+        if not listener.cpu_bound or (found := meta_calls(listener.handler)) is None:
+            continue
+        file, param, lines = found
+        if not lines:
+            continue
+        entry = declared.get(listener.name)
+        at = ", ".join(f"{file}:{line}" for line in lines)
+        warnings.append(
+            ConfigProblem(
+                str(config.file),
+                entry.key_path + ".handler" if entry and entry.key_path else listener.name,
+                entry.handler_line if entry else None,
+                f"listener {listener.name!r} is cpu_bound, but its handler "
+                f"{_qualified_name(listener.handler)} calls {param}.call(...) at {at}: a "
+                "cpu_bound handler runs in a worker process and cannot await a peer (the call "
+                "raises UsageError at run time); make the listener inline (drop cpu_bound), or "
+                "return HandlerResponse(payload, to=peer) and take the answer when the handler "
+                "is called with it",
+            )
+        )
+    return warnings
+
+
+def meta_calls(handler: object) -> tuple[str, str, list[int]] | None:
+    """Where a handler's source calls ``.call(...)`` on its metadata parameter.
+
+    Returns:
+        ``(file, parameter name, lines)`` (lines in ``file``, in order; empty when there is no
+        such call), or ``None`` when the handler's source cannot be read or parsed, or it has
+        no second positional parameter.
+    """
+    function = inspect.unwrap(handler) if callable(handler) else handler
+    if not inspect.isfunction(function):
+        return None
+    try:
+        file = inspect.getsourcefile(function)
+        source, first = inspect.getsourcelines(function)
+        tree = ast.parse(textwrap.dedent("".join(source)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    node = tree.body[0] if tree.body else None
+    if file is None or not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        return None
+    params = [*node.args.posonlyargs, *node.args.args]
+    if len(params) < 2:
+        return None
+    param = params[1].arg
+    lines = sorted(
+        {
+            first + call.lineno - 1
+            for call in ast.walk(node)
+            if isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr == "call"
+            and isinstance(call.func.value, ast.Name)
+            and call.func.value.id == param
+        }
+    )
+    return file, param, lines
+
+
 _MISSING = object()  # a name that could not be resolved (a problem was reported)
 
 
@@ -121,6 +205,20 @@ class _Importer:
             self.report(*where, problem)
         elif listener.cpu_bound and (problem := worker_import_problem(handler)):
             self.report(*where, f"{listener.handler}: {problem}")
+        compensate = None
+        if listener.compensate is not None:
+            where = f"{base}.compensate", listener.compensate_line
+            compensate = self.resolve(listener.compensate, *where, failed)
+            if compensate is _MISSING:
+                pass
+            elif not callable(compensate):
+                kind = type(compensate).__name__
+                self.report(*where, f"{listener.compensate} is not callable (it is {kind})")
+            elif problem := handler_signature_problem(compensate, listener.compensate):
+                self.report(*where, problem)
+        if listener.retry is not None:
+            for i, path in enumerate(listener.retry.never):
+                self.exception_class(path, f"{base}.retry.never[{i}]", listener.line, failed)
         if (
             len(self.problems) > reported
             or not isinstance(payload_class, type)
@@ -128,7 +226,23 @@ class _Importer:
         ):
             return None
         settings = values_of(ListenerSettings, listener)
-        return Listener(listener.name, payload_class, handler, **settings)
+        return Listener(
+            listener.name,
+            payload_class,
+            handler,
+            compensate=compensate if callable(compensate) else None,
+            **settings,
+        )
+
+    def exception_class(
+        self, dotted: str, key_path: str, line: int | None, failed: set[str]
+    ) -> None:
+        """Report a ``never`` entry that does not name an importable exception class."""
+        found = self.resolve(dotted, key_path, line, failed)
+        if found is not _MISSING and not (
+            isinstance(found, type) and issubclass(found, BaseException)
+        ):
+            self.report(key_path, line, f"{dotted} is not an exception class; name one")
 
     def resolve(self, dotted: str, key_path: str, line: int | None, failed: set[str]) -> object:
         """The object a ``module.name`` path names, or `_MISSING` after a report.

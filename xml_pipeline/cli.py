@@ -1,48 +1,67 @@
 """The ``organism`` command: run, validate and inspect organisms. Thin: it calls the public API.
 
-organism run FILE                                 messages from stdin, one per line
+organism run FILE                                 envelopes from stdin, one per line
+organism run FILE --file PATH                     envelopes from a file, over several lines
 organism run FILE --to LISTENER --send 'XML'      one message; its answer on stdout
 organism validate FILE                            every problem at once; exit 0 when clean
-organism schema FILE [LISTENER]                   XSD and prompt-ready description
+organism schema FILE [LISTENER]                   XSD, example document, prompt-ready description
+organism schema FILE [LISTENER] --json            JSON Schema and example object, as one JSON
+organism graph FILE [--format mermaid|dot|svg]    the organism's listeners and peers, drawn
 organism trace FILE CONVERSATION                  a conversation's hop tree, from stored records
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from importlib import metadata
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import anyio
 from redis.exceptions import RedisError
 
+from xml_pipeline import _cli_run
+from xml_pipeline._cli_run import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, RunOptions
 from xml_pipeline._config import load_config
-from xml_pipeline._errors import (
-    ConfigError,
-    DeliveryError,
-    NotFoundError,
-    Reason,
-    XmlPipelineError,
-)
-from xml_pipeline._loader import validate_organism
+from xml_pipeline._errors import ConfigError, NotFoundError, UsageError, XmlPipelineError
+from xml_pipeline._graph import OrganismGraph, render_svg
+from xml_pipeline._loader import cpu_bound_call_warnings, validate_organism
 from xml_pipeline._organism import Organism
-from xml_pipeline._wire.envelope import Envelope
-from xml_pipeline._wire.payloads import from_element, from_xml, payload_spec, to_xml
+from xml_pipeline._wire.json_schema import json_schema
+from xml_pipeline._wire.payloads import payload_spec
 
 __all__ = ["main"]
 
 log = logging.getLogger("xml_pipeline.cli")
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-
-
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+_RUN_HELP = """\
+Boot an organism and answer envelopes. Without --to/--send it reads v1 envelopes from stdin,
+one per line (or '@listener <payload-xml>'), or from --file PATH, where an envelope may span
+several lines. Envelopes are answered concurrently, at most the organism's ingress_limit at once.
+
+stdout  one line per answer, as it comes:  line N: <message ...>...</message>
+        N is the input line its envelope started on; a newline inside is written &#10;
+stderr  line N: failed [reason] message    for every envelope that got no answer;
+        logs, hop trees (--trace), and a summary: N answered, M failed (reason count, ...)
+
+End of input waits for the pending answers (each within --timeout); so does a first Ctrl-C,
+which stops reading; a second Ctrl-C gives up on them (reason cancelled).
+Exit status: 0 every envelope answered, 1 some failed, 2 the organism file or the arguments
+are wrong, 130 interrupted.
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="organism", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     # accepted before or after the subcommand, in any case; the subcommand's copy leaves the
     # value alone unless given there (SUPPRESS), so `organism --log-level debug run` works too
     log_level: dict[str, Any] = {
@@ -55,22 +74,46 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default=argparse.SUPPRESS, **log_level)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", parents=[common], help="boot an organism and send it messages")
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="boot an organism and answer envelopes",
+        description=_RUN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("file", help="path of organism.yaml")
+    run.add_argument(
+        "--file",
+        dest="input",
+        metavar="PATH",
+        help="read envelopes from PATH ('-': stdin); an envelope may span several lines",
+    )
     run.add_argument("--to", help="target listener for --send")
     run.add_argument("--send", metavar="PAYLOAD_XML", help="one payload to send to --to")
     run.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for each answer (30)"
+    )
+    run.add_argument(
+        "--trace", action="store_true", help="print each conversation's hop tree on stderr"
     )
     validate = sub.add_parser(
         "validate", parents=[common], help="check an organism file and what it names"
     )
     validate.add_argument("file")
     schema = sub.add_parser(
-        "schema", parents=[common], help="print the XSD and description of listeners"
+        "schema",
+        parents=[common],
+        help="print the XSD, an example and the description of listeners' payloads",
     )
     schema.add_argument("file")
     schema.add_argument("listener", nargs="?")
+    schema.add_argument(
+        "--json",
+        action="store_true",
+        help="print the JSON Schema and an example JSON object instead (one JSON document: "
+        "listener name to description, schema and example)",
+    )
+    _add_graph(sub, common)
     trace = sub.add_parser(
         "trace",
         parents=[common],
@@ -91,14 +134,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             return _validate(args.file)
         if args.command == "schema":
-            return _schema(args.file, args.listener)
+            return _schema(args.file, args.listener, as_json=args.json)
+        if args.command == "graph":
+            return _graph(args.file, args.format, args.output)
         if args.command == "trace":
             return _run_async(_trace(args.file, args.conversation))
         if (args.to is None) != (args.send is None):
             print("error: --to and --send go together", file=sys.stderr)
             return EXIT_CONFIG
-        org = Organism.from_yaml(args.file)
-        return _run_async(_run(org, args.to, args.send, args.timeout))
+        if args.send is not None and args.input is not None:
+            print("error: --send and --file do not go together", file=sys.stderr)
+            return EXIT_CONFIG
+        try:
+            opened = _open_input(args.input)
+        except OSError as exc:
+            print(f"error: --file {args.input}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        with opened as source:
+            org = Organism.from_yaml(args.file)
+            options = RunOptions(
+                timeout=args.timeout,
+                trace=args.trace,
+                to=args.to,
+                send=args.send,
+                source=source,
+                multiline=args.input is not None,
+            )
+            return _run_async(_cli_run.run(org, options))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -109,7 +171,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def _open_input(path: str | None) -> contextlib.AbstractContextManager[BinaryIO]:
+    """The envelopes to read: ``--file`` (``-``: stdin), else stdin.
+
+    Raises:
+        OSError: the file cannot be opened.
+    """
+    if path is None or path == "-":
+        if sys.stdin is None:  # started with no stdin at all: nothing to read
+            return open(os.devnull, "rb")
+        return contextlib.nullcontext(sys.stdin.buffer)
+    return open(path, "rb")  # closed by the caller's `with`
+
+
+def _version() -> str:
+    try:
+        return f"{metadata.version('xml-pipeline')} (xml-pipeline)"
+    except metadata.PackageNotFoundError:
+        return "(xml-pipeline, not installed)"
 
 
 def _run_async(coro: Any) -> int:
@@ -129,21 +211,33 @@ def _validate(file: str) -> int:
     config, resolved = validate_organism(file)
     for r in resolved:
         payload_spec(r.payload_class).schema  # noqa: B018 - compiling is the check
+    for warning in cpu_bound_call_warnings(config, resolved):
+        print(f"warning: {warning}", file=sys.stderr)
     names = ", ".join(r.name for r in resolved)
     print(f"{config.file}: ok ({len(resolved)} listeners: {names})")
     return EXIT_OK
 
 
-def _schema(file: str, listener: str | None) -> int:
+def _schema(file: str, listener: str | None, *, as_json: bool) -> int:
     config, resolved = validate_organism(file)
     chosen = [r for r in resolved if listener is None or r.name == listener]
     if not chosen:
         print(f"error: no listener {listener!r} in {config.file}", file=sys.stderr)
         return EXIT_CONFIG
+    if as_json:
+        documents = {}
+        for r in chosen:
+            schema = json_schema(r.payload_class)
+            example = schema["examples"][0]
+            documents[r.name] = {"description": r.description, "schema": schema, "example": example}
+        print(json.dumps(documents, indent=2, ensure_ascii=False))
+        return EXIT_OK
     for r in chosen:
         spec = payload_spec(r.payload_class)
         print(f"<!-- listener {r.name}: {r.description} -->")
         print(spec.xsd)
+        print(f"<!-- example {spec.tag} -->")
+        print(spec.example().decode())
         print(spec.describe())
         print()
     return EXIT_OK
@@ -162,72 +256,49 @@ async def _trace(file: str, conversation: str) -> int:
     return EXIT_OK
 
 
-async def _run(org: Organism, to: str | None, send: str | None, timeout: float) -> int:
-    async with org:
-        log.info("organism %r running with %d listeners", org.name, len(org.listeners))
-        if to is not None and send is not None:
-            return await _answer(org, to, send, timeout, where="--send")
-        statuses: list[int] = []
-        # no more lines in flight than the organism admits: reading waits instead of failing
-        limiter = anyio.Semaphore(org.ingress_limit)
-        async with anyio.create_task_group() as group:
-            lineno = 0
-            async for line in anyio.wrap_file(sys.stdin):
-                lineno += 1
-                text = line.strip()
-                if text:
-                    await limiter.acquire()
-                    group.start_soon(_line, org, text, timeout, lineno, statuses, limiter)
-            log.info("end of input: draining")
-        failures = sum(1 for status in statuses if status != EXIT_OK)
-        log.info("done: %d answered, %d failed", len(statuses) - failures, failures)
-        return EXIT_FAILED if failures else EXIT_OK
+# -- organism graph ----------------------------------------------------------------------------
+
+_GRAPH_FORMATS = ("mermaid", "dot", "svg")
+_GRAPH_SUFFIXES = {".mmd": "mermaid", ".mermaid": "mermaid", ".dot": "dot", ".gv": "dot"}
 
 
-async def _line(
-    org: Organism,
-    text: str,
-    timeout: float,
-    lineno: int,
-    statuses: list[int],
-    limiter: anyio.Semaphore,
-) -> None:
-    where = f"stdin line {lineno}"
+def _add_graph(sub: Any, common: argparse.ArgumentParser) -> None:
+    graph = sub.add_parser(
+        "graph",
+        parents=[common],
+        help="draw the organism: listeners, peers as arrows, backend (Mermaid, DOT or SVG)",
+        description="Draw an organism from its file alone (its handlers are not imported).",
+    )
+    graph.add_argument("file", help="path of organism.yaml")
+    graph.add_argument(
+        "--format",
+        choices=_GRAPH_FORMATS,
+        help="mermaid (default), dot, or svg (needs Graphviz's dot); default: from -o's "
+        "suffix (.mmd .dot .gv .svg), else mermaid",
+    )
+    graph.add_argument("-o", "--output", metavar="OUT", help="write to this file, not stdout")
+
+
+def _graph(file: str, fmt: str | None, output: str | None) -> int:
+    suffix = Path(output).suffix.lower() if output else ""
+    chosen = fmt or ("svg" if suffix == ".svg" else _GRAPH_SUFFIXES.get(suffix, "mermaid"))
+    graph = OrganismGraph.from_config(load_config(file))
+    if chosen == "mermaid":
+        text = graph.mermaid()
+    elif chosen == "dot":
+        text = graph.dot()
+    else:
+        try:
+            text = render_svg(graph.dot())
+        except UsageError as exc:
+            print(f"error: {exc.message}: --format mermaid or --format dot", file=sys.stderr)
+            return EXIT_FAILED
+    if output is None:
+        sys.stdout.write(text)
+        return EXIT_OK
     try:
-        if text.startswith("@"):
-            to, _, xml = text[1:].partition(" ")
-            statuses.append(await _answer(org, to, xml, timeout, where=where))
-        else:
-            statuses.append(await _answer(org, None, text, timeout, where=where))
-    finally:
-        limiter.release()
-
-
-async def _answer(org: Organism, to: str | None, xml: str, timeout: float, where: str) -> int:
-    """Send one message, print its answer (stdout) or the error (stderr); returns exit status."""
-    limits = org.limits
-    payload: object
-    try:
-        if to is None:
-            env = Envelope.from_bytes(xml, limits)
-            to = env.to
-            payload = from_element(_listener_class(org, to), env.payload)
-        else:
-            payload = from_xml(_listener_class(org, to), xml, limits=limits)
-        answer = await org.request(to, payload, timeout=timeout)
-    except XmlPipelineError as exc:
-        hint = ""
-        if to is None and exc.reason in (Reason.MALFORMED, Reason.NOT_AN_ENVELOPE):
-            hint = " (a line is a v1 envelope, or '@listener <payload-xml>')"
-        print(f"error ({where}): {exc}{hint}", file=sys.stderr)
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot write {output}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(to_xml(answer).decode(), flush=True)
     return EXIT_OK
-
-
-def _listener_class(org: Organism, name: str) -> type:
-    for listener in org.listeners:
-        if listener.name == name:
-            return listener.payload_class
-    names = ", ".join(sorted(listener.name for listener in org.listeners))
-    raise DeliveryError(f"no listener named {name!r}; listeners: {names}", reason="no_route")

@@ -43,9 +43,9 @@ class HopEvent(NamedTuple):
         outcome: on ``finished``: ``None`` when the handler returned and its outputs were
             accepted, else the failure's reason code (``handler_error``, ``timeout``...);
             ``"ended"`` when the conversation ended while the handler ran.
-        parent: the thread id of the call ``thread`` was called from (the caller's thread;
-            the organism's root id for a conversation's first call): with ``thread`` it
-            places the hop in its conversation's call tree (`Organism.trace`).
+        caller_thread: the thread of the call that made ``thread``'s call (the caller's
+            thread), or ``None`` when ``thread`` is the conversation's first call, made from
+            outside. The hops of one conversation form a tree through it.
         maker: on ``started``/``finished``: the ``at`` of the ``started`` event of the hop
             that made the call ``thread`` answers (which of the caller's hops made it), when
             it was observed; ``None`` otherwise.
@@ -61,7 +61,7 @@ class HopEvent(NamedTuple):
     at: float
     duration: float | None = None
     outcome: str | None = None
-    parent: str | None = None
+    caller_thread: str | None = None
     maker: float | None = None
 
 

@@ -185,12 +185,19 @@ class Conversations:
                 self.outbox.put(Outcome(conv.id, conv.started_by, outcome, None, conv.answered_by))
             else:
                 self.outbox.put(Outcome(conv.id, conv.started_by, None, error))
-                letter = DeadLetter(conv.id, error.reason, error.message, error.listener or "")
-                self.dead_letters.append(letter)
-                log.warning("conversation %s failed: %s", conv.id, error)
+                self.dead_letter(
+                    DeadLetter(conv.id, error.reason, error.message, error.listener or "")
+                )
         if self.ended is not None:
             self.ended(conv, error)
         return True
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        """Keep a failure nobody was waiting for, and log it."""
+        self.dead_letters.append(letter)
+        log.warning(
+            "conversation %s failed: [%s] %s", letter.conversation, letter.reason, letter.message
+        )
 
 
 def as_error(outcome: object, conversation: str) -> DeliveryError | None:

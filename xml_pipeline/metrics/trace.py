@@ -386,7 +386,7 @@ def rows_from_records(records: Iterable[Mapping[str, Any]]) -> list[Row]:
                 "started" if started else "finished", record["conversation"], record["thread"],
                 record["sender"], record["listener"], record["payload"], record["attempt"],
                 record["time"], record.get("duration_seconds"), record.get("outcome"),
-                record.get("parent"), record.get("maker"), record.get("process", ""),
+                record.get("caller_thread"), record.get("maker"), record.get("process", ""),
             ))  # fmt: skip
         elif kind == "conversation":
             rows.append((
