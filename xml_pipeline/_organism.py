@@ -255,6 +255,7 @@ class Organism:
             registry_size=registry.size,
             pool_stats=lambda: None if pool is None else pool.stats,
             dead_letters=lambda: len(pump.dead_letters),
+            recovery=pump.recovery_status,
         )
         return MetricsCollector(
             self._metrics_config or MetricsConfig(),

@@ -168,3 +168,29 @@ def test_the_sink_serves_from_a_registry_of_its_own() -> None:
 
     sink = PrometheusSink(PrometheusSinkConfig(), SinkContext("o", "redis://", dict))
     assert sink.registry is not REGISTRY
+
+
+async def test_circuit_state_and_recovery_counters_are_exposed() -> None:
+    from tests.metrics.organisms import Part, left, plan, right
+    from xml_pipeline import CircuitSettings, Listener
+
+    org = Organism(
+        [
+            Listener("plan", Plan, plan, peers=("left", "right")),
+            Listener("left", Part, left, circuit=CircuitSettings(failures=1, reset_seconds=60)),
+            Listener("right", Part, right),
+        ],
+        name="plan-org",
+        metrics=prometheus(),
+    )
+    async with org:
+        for reason in ("handler_error", "circuit_open"):
+            with pytest.raises(DeliveryError, match=reason):
+                await org.request("left", Part(text="fail"), timeout=5)
+        assert org.metrics is not None
+        await org.metrics.flush()
+        seen = await scrape(url_of(org))
+    state = "xml_pipeline_listener_circuit_state{listener=left,organism=plan-org,state=open}"
+    assert seen[state] == 1
+    rejected = "xml_pipeline_listener_circuit_rejections_total{listener=left,organism=plan-org}"
+    assert seen[rejected] == org.recovery_status()["left"].circuit_rejections == 1

@@ -25,6 +25,7 @@ from xml_pipeline._errors import SinkError
 from xml_pipeline._runtime.hooks import Event, Hooks
 from xml_pipeline._runtime.outcomes import PumpStats
 from xml_pipeline._runtime.pool import PoolStats
+from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline.metrics.factory import open_sink
 from xml_pipeline.metrics.lane import DeadLetters, SinkLane
 from xml_pipeline.metrics.records import Batch, Sample, Summary, rows_of
@@ -39,7 +40,7 @@ log = logging.getLogger("xml_pipeline.metrics")
 _PROBE_SECONDS = 1.0  # the registry's size is read at most this long per sample
 
 
-def _no_circuits() -> Mapping[str, str]:
+def _no_recovery() -> Mapping[str, ListenerRecovery]:
     return {}
 
 
@@ -54,9 +55,9 @@ def _kind(sink: object) -> str:
 class Probes:
     """What the collector reads of its organism when it samples (never per hop).
 
-    ``circuits`` is the hook for the recovery work: ``listener -> state`` (``closed``,
-    ``open``, ``half_open``) of each listener's circuit breaker once there is one; sinks expose
-    it as it comes (Prometheus: ``xml_pipeline_listener_circuit_state``).
+    ``recovery`` gives each listener's `ListenerRecovery` (retries, recovered, exhausted,
+    circuit state and rejections, compensations): sinks expose it (Prometheus:
+    ``xml_pipeline_listener_circuit_state``, ``xml_pipeline_listener_recovered_total``...).
     """
 
     listeners: frozenset[str]
@@ -68,7 +69,7 @@ class Probes:
     registry_size: Callable[[], Awaitable[int]]
     pool_stats: Callable[[], PoolStats | None]
     dead_letters: Callable[[], int]
-    circuits: Callable[[], Mapping[str, str]] = field(default=_no_circuits)
+    recovery: Callable[[], Mapping[str, ListenerRecovery]] = field(default=_no_recovery)
 
 
 class MetricsCollector:
@@ -284,6 +285,7 @@ class MetricsCollector:
         except Exception:  # a backend that is down or slow: say so, do not stop
             records = took = None
         load = probes.listener_load()
+        recovery = probes.recovery()
         sample = Sample(
             "sample",
             time.perf_counter(),
@@ -296,7 +298,8 @@ class MetricsCollector:
             sum(busy for name, busy, _, _ in load if name in probes.cpu_bound),
             probes.pool_stats(),
             probes.dead_letters(),
-            tuple(sorted(probes.circuits().items())),
+            tuple((name, r.circuit) for name, r in sorted(recovery.items()) if r.circuit),
+            tuple(sorted(recovery.items())),
         )
         if len(self._buffer) < self.config.buffer:
             self._buffer.append(sample)

@@ -11,7 +11,9 @@ Metrics (every one labelled with ``organism``):
 - per listener: ``messages_received_total``, ``messages_sent_total``,
   ``handler_failures_total{reason}``, ``handler_retries_total``,
   ``handler_duration_seconds`` (a histogram), ``listener_busy``, ``listener_backlog``,
-  ``listener_concurrency_limit``, ``listener_circuit_state{state}`` (when listeners have one);
+  ``listener_concurrency_limit``, ``listener_circuit_state{state}`` (listeners with a circuit),
+  ``listener_{recovered,retries_exhausted,circuit_rejections,compensations,
+  compensations_failed}_total`` (`Organism.recovery_status`);
 - per organism: every counter of `Organism.stats` (``conversations_total``,
   ``conversations_answered_total``...), ``conversations_ended_total{outcome}``,
   ``conversations_open``, ``registry_records``, ``backend_probe_seconds``, ``pool_workers``,
@@ -192,6 +194,17 @@ def _sampled(org: str, sample: Sample) -> Iterator[Metric]:
         for listener, state in sample.circuits:
             gauge.add_metric([org, listener, state], 1)
         yield gauge
+    for field, name, help_ in (
+        ("recovered", "listener_recovered", "hops that succeeded after a retry"),
+        ("exhausted", "listener_retries_exhausted", "failures final though retryable"),
+        ("circuit_rejections", "listener_circuit_rejections", "hops failed at once: circuit open"),
+        ("compensations", "listener_compensations", "compensations run for its answers"),
+        ("compensations_failed", "listener_compensations_failed", "compensations that failed"),
+    ):
+        family = CounterMetricFamily(_P + name, help_, labels=["organism", "listener"])
+        for listener, recovery in sample.recovery:
+            family.add_metric([org, listener], getattr(recovery, field))
+        yield family
     values: list[tuple[str, str, Any]] = [
         ("conversations_open", "conversations open now", sample.open_conversations),
         ("registry_records", "live records in the backend", sample.registry_records),

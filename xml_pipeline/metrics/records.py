@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 from xml_pipeline._runtime.outcomes import PumpStats
 from xml_pipeline._runtime.pool import PoolStats
+from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._wire.payloads import is_payload, payload_spec
 
 __all__ = [
@@ -76,8 +77,8 @@ class Sample(NamedTuple):
         pool_busy: slots of ``cpu_bound`` listeners in use: calls running in the pool.
         pool: the pool's counters, or ``None`` without a pool.
         dead_letters: dead letters kept (`Organism.dead_letters`, at most 1,000).
-        circuits: ``(listener, state)`` of each listener's circuit breaker (none until the
-            recovery work gives listeners one).
+        circuits: ``(listener, state)`` of each listener with a circuit breaker.
+        recovery: ``(listener, ListenerRecovery)`` of every listener (`recovery_status`).
     """
 
     kind: str
@@ -92,6 +93,7 @@ class Sample(NamedTuple):
     pool: PoolStats | None
     dead_letters: int
     circuits: tuple[tuple[str, str], ...] = ()
+    recovery: tuple[tuple[str, ListenerRecovery], ...] = ()
 
 
 class Summary:
@@ -248,6 +250,7 @@ def row_to_json(row: Row, organism: str, wall: float, process: str) -> dict[str,
         "pool": None if sample.pool is None else asdict(sample.pool),
         "dead_letters": sample.dead_letters,
         "circuits": dict(sample.circuits),
+        "recovery": {name: asdict(counts) for name, counts in sample.recovery},
     }
 
 
