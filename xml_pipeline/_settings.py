@@ -40,6 +40,7 @@ __all__ = [
     "LISTENER_NAME",
     "BackendConfig",
     "BackendType",
+    "DeadLetterConfig",
     "ListenerSetProblem",
     "ListenerSettings",
     "OrganismSettings",
@@ -472,6 +473,30 @@ class BackendConfig:
             return None
         host, _, port = self.manager_address.rpartition(":")
         return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+# -- dead letters -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetterConfig:
+    """The dead-letter queue: what the organism could not deliver, kept in its backend.
+
+    Raises:
+        UsageError: a setting has the wrong type or an impossible value.
+    """
+
+    max_entries: int = field(
+        default=100_000,
+        metadata=setting(
+            "integer",
+            "dead letters kept per organism; beyond it the oldest are dropped and counted",
+            minimum=1,
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, type(self).__name__)
 
 
 # -- the process pool -------------------------------------------------------------------------

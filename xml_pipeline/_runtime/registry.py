@@ -16,7 +16,7 @@ import os
 from xml_pipeline._errors import BackendError
 from xml_pipeline._wire.history import HistoryEntry, decode_entry, encode_entry
 from xml_pipeline._wire.payloads import to_xml
-from xml_pipeline.backends.base import Backend, PruneResult, ThreadRecord
+from xml_pipeline.backends.base import Backend, DeadLetter, PruneResult, ThreadRecord
 
 __all__ = ["ThreadRegistry", "new_thread_id"]
 
@@ -196,6 +196,14 @@ class ThreadRegistry:
     async def lookup(self, thread_id: str) -> list[str] | None:
         """The chain of listener names from the root to ``thread_id``, or ``None``."""
         return await self._backend.chain(thread_id)
+
+    async def keep_dead_letter(self, letter: DeadLetter, max_entries: int) -> DeadLetter:
+        """Append a dead letter, keeping at most ``max_entries`` (the oldest dropped).
+
+        Raises:
+            BackendError: the backend failed.
+        """
+        return await self._backend.add_dead_letter(letter, max_entries)
 
     async def size(self) -> int:
         """Live records, the root included."""

@@ -1,0 +1,182 @@
+"""The dead letters a pump records: built on the failure path, kept in the backend behind it.
+
+What is dead-lettered (the rule, written once here and in the README):
+
+- a conversation that fails with nobody awaiting its outcome: ``send``, ``inject`` and replays
+  (their outcome also goes to the outbox);
+- every conversation still open when the organism stops and its drain timeout has passed,
+  ``request`` ones included, with reason ``shutdown`` (their requester also gets the error): the
+  organism that would have answered is going away, so the queue is where they can be replayed
+  from;
+- whatever else the recovery code calls `DeadLetterRecorder.record` for (a compensation that
+  failed, say).
+
+A ``request`` that fails while the organism runs is not: its caller got the error, so it was
+delivered. Nor is a call refused at the door (``overloaded``, ``no_route``, ``shutdown`` while
+stopping): the caller still holds what it sent.
+
+Nothing is paid per hop: a conversation keeps a reference to its opening payload and sender,
+and the envelope is written (``to_xml``) only when it is dead-lettered. Appends go to the
+backend in tasks of their own, so ending a conversation never waits for I/O; `flush` waits for
+them (readers call it first, so a process reads its own dead letters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from xml_pipeline._errors import DeliveryError, XmlPipelineError
+from xml_pipeline._runtime.hops import Conversation, Frame
+from xml_pipeline._runtime.outcomes import Counters
+from xml_pipeline._runtime.registry import ThreadRegistry
+from xml_pipeline._wire.envelope import envelope_bytes
+from xml_pipeline._wire.payloads import to_xml
+from xml_pipeline.backends.base import DeadLetter
+
+__all__ = ["DeadLetterRecorder"]
+
+log = logging.getLogger("xml_pipeline.dead_letters")
+
+# An append that fails is tried again after each of these pauses (seconds), then given up:
+# logged at ERROR with its envelope, and counted in stats.dead_letters_lost.
+_RETRY_PAUSES = (0.1, 0.5, 2.0)
+
+
+class DeadLetterRecorder:
+    """Keeps the dead letters of one pump in its backend, at most ``max_entries`` of them.
+
+    `record` is the one way in: the pump calls it (through `record_failure`) for conversations
+    that end undelivered, and recovery code may call it for what it could not do.
+    """
+
+    def __init__(self, registry: ThreadRegistry, counters: Counters, max_entries: int) -> None:
+        self._registry = registry
+        self._counters = counters
+        self.max_entries = max_entries
+        self._writing: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to the running loop."""
+        self._loop = loop
+
+    def record(
+        self,
+        *,
+        conversation: str,
+        reason: str,
+        message: str,
+        listener: str,
+        envelope: bytes,
+        chain: tuple[str, ...] = (),
+        attempts: int = 1,
+    ) -> None:
+        """Keep a dead letter: appended to the backend in the background (never blocks).
+
+        ``envelope`` is what a replay injects as a new conversation (a v1 envelope, as
+        `Organism.inject` takes it); ``chain`` the listener names from the first one down to
+        the one that failed; ``attempts`` how often the failing hop was run.
+        """
+        letter = DeadLetter(
+            conversation, reason, message, listener,
+            envelope=envelope, chain=chain, attempts=attempts,
+        )  # fmt: skip
+        self._counters.dead_lettered += 1
+        loop = self._loop or asyncio.get_running_loop()
+        task = loop.create_task(self._write(letter))
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    def record_failure(self, conv: Conversation, error: DeliveryError) -> None:
+        """Keep the conversation ``conv``, which ended with ``error``, with the envelope that
+        started it (see the module docstring for which conversations come here)."""
+        frame, attempts = conv.failed or (_running_frame(conv), 1)
+        self.record(
+            conversation=conv.id,
+            reason=str(error.reason),
+            message=error.message,
+            listener=error.listener or "",
+            envelope=_opening_envelope(conv),
+            chain=_chain(frame) if frame is not None else (conv.started_by,),
+            attempts=attempts,
+        )
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every dead letter recorded so far is in the backend (or given up);
+        after ``timeout`` seconds the rest are given up: logged with their envelope and
+        counted in ``stats.dead_letters_lost``."""
+        while self._writing:
+            writing = list(self._writing)
+            _, late = await asyncio.wait(writing, timeout=timeout)
+            if late:
+                for task in late:
+                    task.cancel()
+                await asyncio.wait(late)
+                return
+
+    async def _write(self, letter: DeadLetter) -> None:
+        pauses = iter(_RETRY_PAUSES)
+        try:
+            while True:
+                try:
+                    await self._registry.keep_dead_letter(letter, self.max_entries)
+                    return
+                except XmlPipelineError as exc:
+                    pause = next(pauses, None)
+                    if pause is None:
+                        self._lost(letter, f"the backend failed: {exc}")
+                        return
+                    await asyncio.sleep(pause)
+        except asyncio.CancelledError:
+            self._lost(letter, "it was still being written when the organism stopped")
+            raise
+
+    def _lost(self, letter: DeadLetter, why: str) -> None:
+        self._counters.dead_letters_lost += 1
+        log.error(
+            "dead letter of conversation %s (%s from %r) could not be kept: %s; its envelope, "
+            "to inject again by hand: %s",
+            letter.conversation, letter.reason, letter.listener, why,
+            letter.envelope.decode("utf-8", "replace"),
+        )  # fmt: skip
+
+
+def _opening_envelope(conv: Conversation) -> bytes:
+    """The envelope that started ``conv``, with an empty thread (a replay starts anew)."""
+    # names starting with '_' are the organism's own (the outside: `_external`); an envelope
+    # from outside may not claim them, so the envelope leaves <from> empty instead
+    sender = "" if conv.sender.startswith("_") else conv.sender
+    try:
+        return envelope_bytes(sender, conv.started_by, "", to_xml(conv.payload))
+    except (XmlPipelineError, ValueError) as exc:  # changed after it was sent, say
+        log.error(
+            "the opening payload of conversation %s cannot be written as XML any more (%s); "
+            "its dead letter has no envelope to replay",
+            conv.id, exc,
+        )  # fmt: skip
+        return b""
+
+
+def _chain(frame: Frame) -> tuple[str, ...]:
+    """The listener names from the conversation's first call down to ``frame``'s."""
+    names: list[str] = []
+    at: Frame | None = frame
+    while at is not None and at.parent is not None:  # the root frame is the sender outside
+        names.append(at.listener)
+        at = at.parent
+    names.reverse()
+    return tuple(names)
+
+
+def _running_frame(conv: Conversation) -> Frame | None:
+    """The deepest call whose handler runs now for ``conv`` (stopped by shutdown, say)."""
+    deepest: Frame | None = None
+    depth = -1
+    for hop in conv.running:
+        n, at = 0, hop.frame
+        while at.parent is not None:
+            n, at = n + 1, at.parent
+        if n > depth:
+            deepest, depth = hop.frame, n
+    return deepest
