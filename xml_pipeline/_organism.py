@@ -232,6 +232,11 @@ class Organism:
             await stack.aclose()
 
     @property
+    def drain_timeout_seconds(self) -> float:
+        """How long stopping waits for in-flight work before the rest is dead-lettered."""
+        return self._drain_timeout
+
+    @property
     def ingress_limit(self) -> int:
         """How many conversations may be open before ingress waits, then fails."""
         return self._ingress[0]

@@ -4,18 +4,26 @@ organism run FILE                                 messages from stdin, one per l
 organism run FILE --to LISTENER --send 'XML'      one message; its answer on stdout
 organism validate FILE                            every problem at once; exit 0 when clean
 organism schema FILE [LISTENER]                   XSD and prompt-ready description
+organism dlq list|show|replay|purge FILE ...       the dead-letter queue (see xml_pipeline._cli_dlq)
+
+SIGTERM or SIGINT stops ``organism run`` gracefully: it reads no more input, lets what is in
+flight finish for up to ``drain_timeout_seconds``, and keeps the rest as dead letters (reason
+``shutdown``), then says how many lines it read, so nothing it took is lost.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import anyio
 
+from xml_pipeline._cli_dlq import add_dlq_parser, dlq_command
+from xml_pipeline._cli_input import stdin_lines
 from xml_pipeline._errors import ConfigError, DeliveryError, Reason, XmlPipelineError
 from xml_pipeline._loader import validate_organism
 from xml_pipeline._organism import Organism
@@ -62,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("file")
     schema.add_argument("listener", nargs="?")
+    add_dlq_parser(sub, common)
     return parser
 
 
@@ -76,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args.file)
         if args.command == "schema":
             return _schema(args.file, args.listener)
+        if args.command == "dlq":
+            return _run_async(dlq_command(args))
         if (args.to is None) != (args.send is None):
             print("error: --to and --send go together", file=sys.stderr)
             return EXIT_CONFIG
@@ -129,44 +140,110 @@ def _schema(file: str, listener: str | None) -> int:
 
 
 async def _run(org: Organism, to: str | None, send: str | None, timeout: float) -> int:
-    async with org:
+    run = _Run(org, timeout)
+    async with org, anyio.create_task_group() as watching:
         log.info("organism %r running with %d listeners", org.name, len(org.listeners))
+        watching.start_soon(run.stop_on_signal)
         if to is not None and send is not None:
-            return await _answer(org, to, send, timeout, where="--send")
-        statuses: list[int] = []
+            status = await _answer(org, to, send, timeout, where="--send")
+            run.statuses.append(status)
+        else:
+            await run.read_stdin()
+        if not run.stopping.is_set():
+            watching.cancel_scope.cancel()  # done: no more signals to wait for
+    return run.report()
+
+
+class _Run:
+    """``organism run``: lines from stdin, each sent as it comes, and a graceful stop on
+    SIGTERM or SIGINT."""
+
+    def __init__(self, org: Organism, timeout: float) -> None:
+        self.org = org
+        self.timeout = timeout
+        self.statuses: list[int] = []
+        self.lines = 0
+        self.stopping = anyio.Event()
+        self.signal_name = ""
+        self._reading = anyio.CancelScope()
+
+    async def read_stdin(self) -> None:
+        org = self.org
         # no more lines in flight than the organism admits: reading waits instead of failing
         limiter = anyio.Semaphore(org.ingress_limit)
-        async with anyio.create_task_group() as group:
-            lineno = 0
-            async for line in anyio.wrap_file(sys.stdin):
-                lineno += 1
-                text = line.strip()
-                if text:
+        async with anyio.create_task_group() as group, stdin_lines(org.limits.max_bytes) as lines:
+            with self._reading:
+                while True:
+                    # a slot first, then the line: a line read is always sent (or reported)
                     await limiter.acquire()
-                    group.start_soon(_line, org, text, timeout, lineno, statuses, limiter)
-            log.info("end of input: draining")
-        failures = sum(1 for status in statuses if status != EXIT_OK)
-        log.info("done: %d answered, %d failed", len(statuses) - failures, failures)
-        return EXIT_FAILED if failures else EXIT_OK
+                    text = await lines.next()
+                    if text is None:
+                        limiter.release()
+                        log.info("end of input: draining")
+                        break
+                    self.lines += 1
+                    if text:
+                        group.start_soon(self._line, text, self.lines, limiter)
+                    else:
+                        limiter.release()
 
+    async def stop_on_signal(self) -> None:
+        """On the first SIGTERM or SIGINT: stop reading, drain, dead-letter the rest; returns
+        once the organism has stopped."""
+        if sys.platform == "win32":  # no signal handlers there: Ctrl-C interrupts
+            await anyio.sleep_forever()
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with anyio.create_task_group() as stopping:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if self.stopping.is_set():
+                        log.warning("%s: already stopping; waiting for in-flight work", name)
+                        continue
+                    self.signal_name = name
+                    self.stopping.set()
+                    self._reading.cancel()
+                    log.info(
+                        "%s: stopping: no more input; in-flight work drains for up to %gs, "
+                        "then what is left is kept as dead letters",
+                        name, self.org.drain_timeout_seconds,
+                    )  # fmt: skip
+                    stopping.start_soon(self._stop, stopping.cancel_scope)
 
-async def _line(
-    org: Organism,
-    text: str,
-    timeout: float,
-    lineno: int,
-    statuses: list[int],
-    limiter: anyio.Semaphore,
-) -> None:
-    where = f"stdin line {lineno}"
-    try:
-        if text.startswith("@"):
-            to, _, xml = text[1:].partition(" ")
-            statuses.append(await _answer(org, to, xml, timeout, where=where))
+    async def _stop(self, watching: anyio.CancelScope) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.org.aclose()
+        watching.cancel()  # stopped: no more signals to wait for
+
+    async def _line(self, text: str, lineno: int, limiter: anyio.Semaphore) -> None:
+        where = f"stdin line {lineno}"
+        try:
+            if self.stopping.is_set():  # read just before the signal: never sent
+                print(
+                    f"error ({where}): [shutdown] the organism is stopping; this line was not sent",
+                    file=sys.stderr,
+                )
+                self.statuses.append(EXIT_FAILED)
+            elif text.startswith("@"):
+                to, _, xml = text[1:].partition(" ")
+                self.statuses.append(await _answer(self.org, to, xml, self.timeout, where=where))
+            else:
+                self.statuses.append(await _answer(self.org, None, text, self.timeout, where))
+        finally:
+            limiter.release()
+
+    def report(self) -> int:
+        failures = sum(1 for status in self.statuses if status != EXIT_OK)
+        if self.signal_name:
+            kept = self.org.stats.dead_lettered
+            log.info(
+                "stopped by %s after reading %d lines (the next line was not read): %d "
+                "answered, %d failed; %d conversations kept as dead letters (organism dlq "
+                "list FILE)",
+                self.signal_name, self.lines, len(self.statuses) - failures, failures, kept,
+            )  # fmt: skip
         else:
-            statuses.append(await _answer(org, None, text, timeout, where=where))
-    finally:
-        limiter.release()
+            log.info("done: %d answered, %d failed", len(self.statuses) - failures, failures)
+        return EXIT_FAILED if failures else EXIT_OK
 
 
 async def _answer(org: Organism, to: str | None, xml: str, timeout: float, where: str) -> int:

@@ -49,6 +49,12 @@ async def opened(backend: Backend) -> AsyncIterator[Backend]:
         await backend.aclose()
 
 
+async def add(backend: Backend, letter: DeadLetter, max_entries: int) -> DeadLetter:
+    """Keep one dead letter."""
+    [kept] = await backend.add_dead_letters([letter], max_entries)
+    return kept
+
+
 class BackendContract:
     """Subclasses provide ``make_backend``: keyword settings -> an unopened backend."""
 
@@ -335,7 +341,7 @@ class BackendContract:
             envelope=BINARY_ENTRY + UNICODE_ENTRY, chain=("alpha", "bêta.v2"), attempts=3,
         )  # fmt: skip
         before = time.time()
-        kept = await backend.add_dead_letter(letter, 10)
+        kept = await add(backend, letter, 10)
         assert kept.id and kept.id != letter.id
         assert before - 2 <= kept.time <= time.time() + 2  # the backend's clock (Redis's own)
         assert kept == DeadLetter(
@@ -354,7 +360,7 @@ class BackendContract:
             [("timeout", "a"), ("handler_error", "b"), ("timeout", "b"), ("shutdown", "")]
         ):
             letter = DeadLetter(f"c{n}", reason, "m", listener)
-            kept.append(await backend.add_dead_letter(letter, 10))
+            kept.append(await add(backend, letter, 10))
         ids = [letter.id for letter in kept]
         assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
         assert len(set(ids)) == 4
@@ -372,17 +378,14 @@ class BackendContract:
         assert await backend.dead_letters(since=time.time() + 3600) == []
 
     async def test_an_unknown_or_malformed_dead_letter_id_is_none(self, backend: Backend) -> None:
-        kept = await backend.add_dead_letter(DeadLetter("c", "timeout", "m", "a"), 10)
+        kept = await add(backend, DeadLetter("c", "timeout", "m", "a"), 10)
         ms, _, seq = kept.id.partition("-")
         unknown = ("", "nope", "1-2-3", "-1-0", f"{ms}-{int(seq) + 1}", "0-0", " " + kept.id)
         for letter_id in unknown:
             assert await backend.get_dead_letter(letter_id) is None, letter_id
 
     async def test_deleting_dead_letters_removes_the_known_ones(self, backend: Backend) -> None:
-        kept = [
-            await backend.add_dead_letter(DeadLetter(f"c{n}", "timeout", "m", "a"), 10)
-            for n in range(3)
-        ]
+        kept = [await add(backend, DeadLetter(f"c{n}", "timeout", "m", "a"), 10) for n in range(3)]
         assert await backend.delete_dead_letters([kept[0].id, "nope", "1-0", kept[2].id]) == 2
         assert await backend.dead_letters() == [kept[1]]
         assert await backend.delete_dead_letters([kept[0].id]) == 0
@@ -393,23 +396,31 @@ class BackendContract:
     async def test_dead_letters_beyond_the_bound_drop_the_oldest_and_are_counted(
         self, backend: Backend
     ) -> None:
-        kept = [
-            await backend.add_dead_letter(DeadLetter(f"c{n}", "timeout", "m", "a"), 3)
-            for n in range(5)
-        ]
+        kept = [await add(backend, DeadLetter(f"c{n}", "timeout", "m", "a"), 3) for n in range(5)]
         assert await backend.dead_letters() == kept[2:]
         assert await backend.dead_letter_counts() == DeadLetterCounts(3, 2)
-        await backend.add_dead_letter(DeadLetter("c5", "timeout", "m", "a"), 1)
+        await add(backend, DeadLetter("c5", "timeout", "m", "a"), 1)
         assert [d.conversation for d in await backend.dead_letters()] == ["c5"]
         assert await backend.dead_letter_counts() == DeadLetterCounts(1, 5)
 
+    async def test_dead_letters_kept_together_keep_their_order(self, backend: Backend) -> None:
+        letters = [DeadLetter(f"c{n}", "shutdown", "m", "a") for n in range(4)]
+        assert await backend.add_dead_letters([], 3) == []
+        kept = await backend.add_dead_letters(letters, 3)
+        assert [d.conversation for d in kept] == ["c0", "c1", "c2", "c3"]
+        assert [d.id for d in kept] == sorted(
+            (d.id for d in kept), key=lambda i: tuple(map(int, i.split("-")))
+        )
+        assert await backend.dead_letters() == kept[1:]
+        assert await backend.dead_letter_counts() == DeadLetterCounts(3, 1)
+
     async def test_concurrent_dead_letters_each_get_their_own_id(self, backend: Backend) -> None:
-        async def add(n: int) -> None:
-            await backend.add_dead_letter(DeadLetter(f"c{n}", "shutdown", "m", "a"), 1000)
+        async def keep(n: int) -> None:
+            await add(backend, DeadLetter(f"c{n}", "shutdown", "m", "a"), 1000)
 
         async with anyio.create_task_group() as tg:
             for n in range(600):
-                tg.start_soon(add, n)
+                tg.start_soon(keep, n)
         letters = await backend.dead_letters()  # Redis reads them 500 at a time
         assert len({d.id for d in letters}) == 600
         assert {d.conversation for d in letters} == {f"c{n}" for n in range(600)}
@@ -423,7 +434,7 @@ class BackendContract:
     ) -> None:
         async with opened(make_backend(thread_ttl_seconds=0.2)) as backend:
             await backend.extend(ROOT, "a", "alpha", b"<ask/>")
-            kept = await backend.add_dead_letter(DeadLetter("a", "timeout", "m", "alpha"), 10)
+            kept = await add(backend, DeadLetter("a", "timeout", "m", "alpha"), 10)
             await backend.retire_conversation("a")
             await anyio.sleep(0.4)
             assert await backend.count() == 1

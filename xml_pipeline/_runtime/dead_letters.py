@@ -17,14 +17,16 @@ stopping): the caller still holds what it sent.
 
 Nothing is paid per hop: a conversation keeps a reference to its opening payload and sender,
 and the envelope is written (``to_xml``) only when it is dead-lettered. Appends go to the
-backend in tasks of their own, so ending a conversation never waits for I/O; `flush` waits for
-them (readers call it first, so a process reads its own dead letters).
+backend from a writer task, in the order recorded and in batches, so ending a conversation
+never waits for I/O; `flush` waits for them (readers call it first, so a process reads its own
+dead letters).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 
 from xml_pipeline._errors import DeliveryError, XmlPipelineError
 from xml_pipeline._runtime.hops import Conversation, Frame
@@ -41,20 +43,24 @@ log = logging.getLogger("xml_pipeline.dead_letters")
 # An append that fails is tried again after each of these pauses (seconds), then given up:
 # logged at ERROR with its envelope, and counted in stats.dead_letters_lost.
 _RETRY_PAUSES = (0.1, 0.5, 2.0)
+_BATCH = 100  # dead letters appended in one backend step
 
 
 class DeadLetterRecorder:
     """Keeps the dead letters of one pump in its backend, at most ``max_entries`` of them.
 
     `record` is the one way in: the pump calls it (through `record_failure`) for conversations
-    that end undelivered, and recovery code may call it for what it could not do.
+    that end undelivered, and recovery code may call it for what it could not do. One writer
+    task appends what was recorded, in order, a batch per backend step, and ends when nothing
+    is left to write.
     """
 
     def __init__(self, registry: ThreadRegistry, counters: Counters, max_entries: int) -> None:
         self._registry = registry
         self._counters = counters
         self.max_entries = max_entries
-        self._writing: set[asyncio.Task[None]] = set()
+        self._pending: deque[DeadLetter] = deque()
+        self._writer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -82,11 +88,11 @@ class DeadLetterRecorder:
             conversation, reason, message, listener,
             envelope=envelope, chain=chain, attempts=attempts,
         )  # fmt: skip
+        self._pending.append(letter)
         self._counters.dead_lettered += 1
-        loop = self._loop or asyncio.get_running_loop()
-        task = loop.create_task(self._write(letter))
-        self._writing.add(task)
-        task.add_done_callback(self._writing.discard)
+        if self._writer is None:
+            loop = self._loop or asyncio.get_running_loop()
+            self._writer = loop.create_task(self._write())
 
     def record_failure(self, conv: Conversation, error: DeliveryError) -> None:
         """Keep the conversation ``conv``, which ended with ``error``, with the envelope that
@@ -103,34 +109,46 @@ class DeadLetterRecorder:
         )
 
     async def flush(self, timeout: float | None = None) -> None:
-        """Wait until every dead letter recorded so far is in the backend (or given up);
-        after ``timeout`` seconds the rest are given up: logged with their envelope and
-        counted in ``stats.dead_letters_lost``."""
-        while self._writing:
-            writing = list(self._writing)
-            _, late = await asyncio.wait(writing, timeout=timeout)
-            if late:
-                for task in late:
-                    task.cancel()
-                await asyncio.wait(late)
-                return
+        """Wait until every dead letter recorded so far is in the backend (or given up).
 
-    async def _write(self, letter: DeadLetter) -> None:
-        pauses = iter(_RETRY_PAUSES)
+        After ``timeout`` seconds the rest are given up: each logged at ERROR with its
+        envelope and counted in ``stats.dead_letters_lost``.
+        """
+        writer = self._writer
+        if writer is None:
+            return
+        _, late = await asyncio.wait([writer], timeout=timeout)
+        if late:
+            writer.cancel()
+            await asyncio.wait([writer])
+
+    async def _write(self) -> None:
+        pending = self._pending
+        batch: list[DeadLetter] = []
         try:
-            while True:
-                try:
-                    await self._registry.keep_dead_letter(letter, self.max_entries)
-                    return
-                except XmlPipelineError as exc:
-                    pause = next(pauses, None)
-                    if pause is None:
-                        self._lost(letter, f"the backend failed: {exc}")
-                        return
-                    await asyncio.sleep(pause)
+            while pending:
+                batch = [pending.popleft() for _ in range(min(len(pending), _BATCH))]
+                await self._append(batch)
+                batch = []
         except asyncio.CancelledError:
-            self._lost(letter, "it was still being written when the organism stopped")
+            for letter in (*batch, *pending):
+                self._lost(letter, "it was still being written when the organism stopped")
+            pending.clear()
             raise
+        finally:
+            self._writer = None
+
+    async def _append(self, batch: list[DeadLetter]) -> None:
+        for pause in (*_RETRY_PAUSES, None):
+            try:
+                await self._registry.keep_dead_letters(batch, self.max_entries)
+                return
+            except XmlPipelineError as exc:
+                if pause is None:
+                    for letter in batch:
+                        self._lost(letter, f"the backend failed: {exc}")
+                    return
+            await asyncio.sleep(pause)
 
     def _lost(self, letter: DeadLetter, why: str) -> None:
         self._counters.dead_letters_lost += 1

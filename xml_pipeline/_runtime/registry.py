@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 from xml_pipeline._errors import BackendError
 from xml_pipeline._wire.history import HistoryEntry, decode_entry, encode_entry
@@ -197,13 +198,16 @@ class ThreadRegistry:
         """The chain of listener names from the root to ``thread_id``, or ``None``."""
         return await self._backend.chain(thread_id)
 
-    async def keep_dead_letter(self, letter: DeadLetter, max_entries: int) -> DeadLetter:
-        """Append a dead letter, keeping at most ``max_entries`` (the oldest dropped).
+    async def keep_dead_letters(
+        self, letters: Sequence[DeadLetter], max_entries: int
+    ) -> list[DeadLetter]:
+        """Append dead letters in their order, keeping at most ``max_entries`` (the oldest
+        dropped).
 
         Raises:
             BackendError: the backend failed.
         """
-        return await self._backend.add_dead_letter(letter, max_entries)
+        return await self._backend.add_dead_letters(letters, max_entries)
 
     async def size(self) -> int:
         """Live records, the root included."""

@@ -200,11 +200,14 @@ class Backend(Protocol):
     async def history(self, conversation: str) -> list[bytes]:
         """The conversation's history, oldest first (empty when none)."""
 
-    async def add_dead_letter(self, letter: DeadLetter, max_entries: int) -> DeadLetter:
-        """Keep ``letter``, dropping (and counting) the oldest entries beyond ``max_entries``.
+    async def add_dead_letters(
+        self, letters: Sequence[DeadLetter], max_entries: int
+    ) -> list[DeadLetter]:
+        """Keep ``letters``, in their order, in one step; then drop (and count) the oldest
+        entries beyond ``max_entries``.
 
         Returns:
-            the letter as kept, with its ``id`` and ``time`` assigned (ids increase).
+            the letters as kept, with their ``id`` and ``time`` assigned (ids increase).
         """
 
     async def dead_letters(

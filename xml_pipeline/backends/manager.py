@@ -66,7 +66,7 @@ _METHODS = frozenset(
         "count",
         "history",
         "sweep",
-        "add_dead_letter",
+        "add_dead_letters",
         "dead_letters",
         "get_dead_letter",
         "delete_dead_letters",
@@ -525,13 +525,15 @@ class ManagerBackend:
         result: int = await self._call("sweep")
         return result
 
-    async def add_dead_letter(self, letter: DeadLetter, max_entries: int) -> DeadLetter:
-        """Keep ``letter`` in the server (see `Backend.add_dead_letter`).
+    async def add_dead_letters(
+        self, letters: Sequence[DeadLetter], max_entries: int
+    ) -> list[DeadLetter]:
+        """Keep ``letters`` in the server, in one request (see `Backend.add_dead_letters`).
 
         Raises:
             BackendError: the server is unreachable.
         """
-        result: DeadLetter = await self._call("add_dead_letter", letter, max_entries)
+        result: list[DeadLetter] = await self._call("add_dead_letters", list(letters), max_entries)
         return result
 
     async def dead_letters(

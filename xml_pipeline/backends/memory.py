@@ -122,9 +122,11 @@ class MemoryBackend:
         """Evict every expired record and conversation now; returns the records evicted."""
         return self._state.sweep()
 
-    async def add_dead_letter(self, letter: DeadLetter, max_entries: int) -> DeadLetter:
-        """Keep ``letter`` (see `Backend.add_dead_letter`)."""
-        return self._state.add_dead_letter(letter, max_entries)
+    async def add_dead_letters(
+        self, letters: Sequence[DeadLetter], max_entries: int
+    ) -> list[DeadLetter]:
+        """Keep ``letters`` (see `Backend.add_dead_letters`)."""
+        return self._state.add_dead_letters(list(letters), max_entries)
 
     async def dead_letters(
         self,

@@ -259,16 +259,21 @@ end
 return 1
 """
 
-# ARGV: max entries, conversation, reason, message, listener, chain, attempts, envelope -> id
-# Trimmed exactly, and the entries trimmed counted, in the same step.
-_ADD_DEAD_LETTER = """
+# ARGV: max entries, then per letter: conversation, reason, message, listener, chain,
+# attempts, envelope -> the ids, in order. Trimmed exactly, and the entries trimmed counted, in
+# the same step.
+_ADD_DEAD_LETTERS = """
 local key = P .. 'dlq'
 local before = redis.call('XLEN', key)
-local id = redis.call('XADD', key, 'MAXLEN', ARGV[1], '*', 'c', ARGV[2], 'r', ARGV[3],
-  'm', ARGV[4], 'l', ARGV[5], 'h', ARGV[6], 'a', ARGV[7], 'e', ARGV[8])
-local dropped = before + 1 - redis.call('XLEN', key)
+local ids = {{}}
+for i = 2, #ARGV, 7 do
+  ids[#ids + 1] = redis.call('XADD', key, 'MAXLEN', ARGV[1], '*', 'c', ARGV[i],
+    'r', ARGV[i + 1], 'm', ARGV[i + 2], 'l', ARGV[i + 3], 'h', ARGV[i + 4],
+    'a', ARGV[i + 5], 'e', ARGV[i + 6])
+end
+local dropped = before + #ids - redis.call('XLEN', key)
 if dropped > 0 then redis.call('INCRBY', P .. 'dlq:dropped', dropped) end
-return id
+return ids
 """
 
 # -> {{entries kept, entries dropped}}
@@ -278,7 +283,7 @@ return {{redis.call('XLEN', P .. 'dlq'), tonumber(dropped)}}
 """
 
 _SCRIPTS = {
-    "add_dead_letter": _ADD_DEAD_LETTER,
+    "add_dead_letters": _ADD_DEAD_LETTERS,
     "dead_letter_counts": _DEAD_LETTER_COUNTS,
     "extend": _EXTEND,
     "prune": _PRUNE,
@@ -579,25 +584,36 @@ class RedisBackend:
 
     # -- dead letters -------------------------------------------------------------------------
 
-    async def add_dead_letter(self, letter: DeadLetter, max_entries: int) -> DeadLetter:
-        """Append ``letter`` to the stream (see `Backend.add_dead_letter`).
+    async def add_dead_letters(
+        self, letters: Sequence[DeadLetter], max_entries: int
+    ) -> list[DeadLetter]:
+        """Append ``letters`` to the stream in one script call (see
+        `Backend.add_dead_letters`).
 
         Raises:
             BackendError: Redis is unreachable or failed.
         """
-        raw_id = await self._run(
-            "add_dead_letter",
-            str(max_entries),
-            letter.conversation,
-            letter.reason,
-            letter.message,
-            letter.listener,
-            " ".join(letter.chain),
-            str(letter.attempts),
-            letter.envelope,
-        )
-        letter_id = raw_id.decode()
-        return dataclasses.replace(letter, id=letter_id, time=letter_id_key(letter_id)[0] / 1000)
+        if not letters:
+            return []
+        args: list[str | bytes] = [str(max_entries)]
+        for letter in letters:
+            args += (
+                letter.conversation,
+                letter.reason,
+                letter.message,
+                letter.listener,
+                " ".join(letter.chain),
+                str(letter.attempts),
+                letter.envelope,
+            )
+        raw_ids = await self._run("add_dead_letters", *args)
+        kept = []
+        for letter, raw_id in zip(letters, raw_ids, strict=True):
+            letter_id = raw_id.decode()
+            kept.append(
+                dataclasses.replace(letter, id=letter_id, time=letter_id_key(letter_id)[0] / 1000)
+            )
+        return kept
 
     async def dead_letters(
         self,

@@ -254,18 +254,21 @@ class StateCore:
 
     # -- dead letters -------------------------------------------------------------------------
 
-    def add_dead_letter(self, letter: DeadLetter, max_entries: int) -> DeadLetter:
-        ms = int(time.time() * 1000)
-        last_ms, last_seq = self._last_letter
-        # as Redis does: ids never go back, even when the clock does
-        seq = last_seq + 1 if ms <= last_ms else 0
-        ms = max(ms, last_ms)
-        self._last_letter = (ms, seq)
-        kept = dataclasses.replace(letter, id=f"{ms}-{seq}", time=ms / 1000)
-        letters = self._letters
-        letters[kept.id] = kept
-        while len(letters) > max_entries:
-            letters.popitem(last=False)
+    def add_dead_letters(self, letters: Sequence[DeadLetter], max_entries: int) -> list[DeadLetter]:
+        kept_letters = self._letters
+        kept: list[DeadLetter] = []
+        for letter in letters:
+            ms = int(time.time() * 1000)
+            last_ms, last_seq = self._last_letter
+            # as Redis does: ids never go back, even when the clock does
+            seq = last_seq + 1 if ms <= last_ms else 0
+            ms = max(ms, last_ms)
+            self._last_letter = (ms, seq)
+            entry = dataclasses.replace(letter, id=f"{ms}-{seq}", time=ms / 1000)
+            kept_letters[entry.id] = entry
+            kept.append(entry)
+        while len(kept_letters) > max_entries:
+            kept_letters.popitem(last=False)
             self._letters_dropped += 1
         return kept
 
