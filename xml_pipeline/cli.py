@@ -165,10 +165,12 @@ class _Run:
         self.lines = 0
         self.stopping = anyio.Event()
         self.signal_name = ""
+        self.reading = False  # lines come from stdin (not --send)
         self._reading = anyio.CancelScope()
 
     async def read_stdin(self) -> None:
         org = self.org
+        self.reading = True
         # no more lines in flight than the organism admits: reading waits instead of failing
         limiter = anyio.Semaphore(org.ingress_limit)
         async with anyio.create_task_group() as group, stdin_lines(org.limits.max_bytes) as lines:
@@ -233,16 +235,20 @@ class _Run:
 
     def report(self) -> int:
         failures = sum(1 for status in self.statuses if status != EXIT_OK)
+        answered = len(self.statuses) - failures
         if self.signal_name:
-            kept = self.org.stats.dead_lettered
+            read = (
+                f" after reading {self.lines} lines (the next line was not read)"
+                if self.reading
+                else ""
+            )
             log.info(
-                "stopped by %s after reading %d lines (the next line was not read): %d "
-                "answered, %d failed; %d conversations kept as dead letters (organism dlq "
-                "list FILE)",
-                self.signal_name, self.lines, len(self.statuses) - failures, failures, kept,
+                "stopped by %s%s: %d answered, %d failed; %d conversations kept as dead "
+                "letters (organism dlq list FILE)",
+                self.signal_name, read, answered, failures, self.org.stats.dead_lettered,
             )  # fmt: skip
         else:
-            log.info("done: %d answered, %d failed", len(self.statuses) - failures, failures)
+            log.info("done: %d answered, %d failed", answered, failures)
         return EXIT_FAILED if failures else EXIT_OK
 
 

@@ -380,7 +380,8 @@ class BackendContract:
     async def test_an_unknown_or_malformed_dead_letter_id_is_none(self, backend: Backend) -> None:
         kept = await add(backend, DeadLetter("c", "timeout", "m", "a"), 10)
         ms, _, seq = kept.id.partition("-")
-        unknown = ("", "nope", "1-2-3", "-1-0", f"{ms}-{int(seq) + 1}", "0-0", " " + kept.id)
+        unknown = ("", "nope", "1-2-3", "-1-0", f"{ms}-{int(seq) + 1}", "0-0", " " + kept.id,
+                   f"{2**64}-0", "1-" + "9" * 20)  # fmt: skip
         for letter_id in unknown:
             assert await backend.get_dead_letter(letter_id) is None, letter_id
 

@@ -28,7 +28,7 @@ import asyncio
 import logging
 from collections import deque
 
-from xml_pipeline._errors import DeliveryError, XmlPipelineError
+from xml_pipeline._errors import DeliveryError, Reason, XmlPipelineError
 from xml_pipeline._runtime.hops import Conversation, Frame
 from xml_pipeline._runtime.outcomes import Counters
 from xml_pipeline._runtime.registry import ThreadRegistry
@@ -97,7 +97,10 @@ class DeadLetterRecorder:
     def record_failure(self, conv: Conversation, error: DeliveryError) -> None:
         """Keep the conversation ``conv``, which ended with ``error``, with the envelope that
         started it (see the module docstring for which conversations come here)."""
-        frame, attempts = conv.failed or (_running_frame(conv), 1)
+        if error.reason == Reason.SHUTDOWN or conv.failed is None:
+            frame, attempts = _running_frame(conv), 1  # what it was doing when it was stopped
+        else:
+            frame, attempts = conv.failed
         self.record(
             conversation=conv.id,
             reason=str(error.reason),

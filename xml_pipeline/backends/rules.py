@@ -360,7 +360,8 @@ def letter_id_key(letter_id: str) -> tuple[int, int]:
     if not isinstance(letter_id, str) or not _LETTER_ID.fullmatch(letter_id):
         return (-1, -1)
     ms, _, seq = letter_id.partition("-")
-    return (int(ms), int(seq))
+    key = (int(ms), int(seq))
+    return key if max(key) < 2**64 else (-1, -1)  # Redis's ids are two 64-bit numbers
 
 
 def since_ms(since: float | None) -> int:
