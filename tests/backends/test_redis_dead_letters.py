@@ -13,6 +13,7 @@ import redis
 
 from tests.redis_server import RedisServer
 from xml_pipeline import (
+    BackendError,
     DeadLetterCounts,
     HandlerMetadata,
     HandlerResponse,
@@ -155,3 +156,34 @@ async def test_the_stream_is_bounded_exactly_and_drops_are_counted(redis_url: st
         assert client.ttl(f"{prefix}dlq") == -1  # no expiry: kept until purged
     finally:
         client.close()
+
+
+@pytest.mark.slow
+async def test_a_dead_letter_redis_cannot_keep_is_logged_with_its_envelope_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis goes away while a conversation runs: its dead letter is tried again, then given
+    up, logged at ERROR with the envelope to inject by hand, and counted."""
+    release = anyio.Event()
+
+    async def waits(msg: Job, meta: HandlerMetadata) -> None:
+        await release.wait()
+        raise RuntimeError("failed after Redis went away")
+
+    with RedisServer() as server:
+        backend = {"type": "redis", "redis_url": server.url, "redis_prefix": "gone:"}
+        org = Organism([Listener("worker", Job, waits)], name="gone", backend=backend)  # type: ignore[arg-type]
+        with anyio.fail_after(60):
+            async with org:
+                await org.send("worker", Job(text="keep me"))
+                server.stop()
+                release.set()
+                await org.wait_idle()
+                with pytest.raises(BackendError):  # after its own writes are settled
+                    await org.dead_letters.list()
+    assert org.stats.dead_lettered == 1 and org.stats.dead_letters_lost == 1
+    [record] = [r for r in caplog.records if "could not be kept" in r.getMessage()]
+    assert record.levelname == "ERROR"
+    assert (
+        "<text>keep me</text>" in record.getMessage() and "<to>worker</to>" in record.getMessage()
+    )
