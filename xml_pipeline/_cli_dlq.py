@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 
+from xml_pipeline._config import load_config
 from xml_pipeline._dead_letters import ReplayResult
 from xml_pipeline._errors import UsageError
 from xml_pipeline._organism import Organism
@@ -84,14 +85,18 @@ def add_dlq_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 async def dlq_command(args: argparse.Namespace) -> int:
     """Run ``organism dlq ACTION``; returns the exit status."""
-    org = Organism.from_yaml(args.file)
+    config = load_config(args.file)
+    org = Organism.from_config(config)
     queue = org.dead_letters
     if not queue.durable:
+        what: str = config.backend.type
+        if what == "manager":
+            what += " without manager_address"
         print(
-            f"error: organism {org.name!r} keeps its dead letters in the process that runs it "
-            f"({queue!r}): a new process has none to show. Use backend type redis (or manager "
-            "with manager_address) to keep them for `organism dlq`, or read them in code with "
-            "org.dead_letters while the organism runs",
+            f"error: {config.file}: organism {org.name!r} (backend type {what}) keeps its dead "
+            "letters only in the process that runs it: a new process has none to show. Use "
+            "backend type redis (or manager with manager_address) to keep them for `organism "
+            "dlq`, or read them in code with org.dead_letters while the organism runs",
             file=sys.stderr,
         )
         return EXIT_CONFIG
