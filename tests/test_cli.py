@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import jsonschema
 
 HELLO = str(Path(__file__).resolve().parents[1] / "organisms" / "hello" / "organism.yaml")
 
@@ -71,12 +74,36 @@ def test_validate_imports_everything_and_exits_0_when_clean() -> None:
     assert "ok (2 listeners: greeter, shouter)" in done.stdout
 
 
-def test_schema_prints_the_xsd_and_the_prompt_description() -> None:
+def test_schema_prints_the_xsd_the_example_document_and_the_prompt_description() -> None:
     done = organism("schema", HELLO, "greeter")
     assert done.returncode == 0, done.stderr
     assert '<xs:element name="Greeting">' in done.stdout
+    assert "<!-- example Greeting -->\n<Greeting>\n  <name>text</name>\n</Greeting>" in done.stdout
     assert "<name> string (required)" in done.stdout
     assert "Shout" not in done.stdout
+
+
+def test_schema_json_prints_each_listeners_json_schema_and_an_example_it_accepts() -> None:
+    done = organism("schema", HELLO, "--json")
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)  # one JSON document, whatever the number of listeners
+    assert sorted(printed) == ["greeter", "shouter"]
+    greeter = printed["greeter"]
+    assert greeter["description"] == "Greets people by name"
+    assert greeter["example"] == {"name": "text"}
+    assert greeter["schema"]["title"] == "Greeting"
+    jsonschema.Draft202012Validator.check_schema(greeter["schema"])
+    assert jsonschema.Draft202012Validator(greeter["schema"]).is_valid(greeter["example"])
+    assert not jsonschema.Draft202012Validator(greeter["schema"]).is_valid({"nmae": "x"})
+    one = organism("schema", HELLO, "shouter", "--json")
+    assert one.returncode == 0, one.stderr
+    assert list(json.loads(one.stdout)) == ["shouter"]
+    assert "<xs:" not in one.stdout
+
+
+def test_schema_of_a_listener_that_does_not_exist_is_an_error() -> None:
+    done = organism("schema", HELLO, "nobody", "--json")
+    assert done.returncode == 2 and "no listener 'nobody'" in done.stderr
 
 
 def test_send_without_to_is_refused() -> None:

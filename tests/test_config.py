@@ -447,3 +447,61 @@ def test_manager_address_must_be_host_and_port(address: str) -> None:
 
 def test_problem_for_a_whole_section_points_at_it() -> None:
     assert problems(MINIMAL + "backend: [redis]\n") == [("backend", 7)]
+
+
+RECOVERY = (
+    MINIMAL
+    + """\
+    retry:
+      attempts: 4
+      backoff: {initial_seconds: 0.2, max_seconds: 10, multiplier: 2, jitter: equal}
+      on: [handler_error, timeout]
+      never: [builtins.ValueError]
+    circuit: {failures: 5, reset_seconds: 30}
+    compensate: handlers.undo
+"""
+)
+
+
+def test_recovery_sections_are_read_into_their_settings() -> None:
+    from xml_pipeline import BackoffSettings, CircuitSettings, RetrySettings
+
+    [listener] = parse(RECOVERY).listeners
+    assert listener.retry == RetrySettings(
+        attempts=4,
+        backoff=BackoffSettings(initial_seconds=0.2, max_seconds=10, multiplier=2, jitter="equal"),
+        on=("handler_error", "timeout"),
+        never=("builtins.ValueError",),
+    )
+    assert listener.circuit == CircuitSettings(failures=5, reset_seconds=30)
+    assert listener.compensate == "handlers.undo"
+    assert parse(MINIMAL).listeners[0].retry is None
+
+
+def test_a_bare_on_key_stays_the_key_on_not_yaml_1_1s_true() -> None:
+    [listener] = parse(MINIMAL + "    retry: {on: [timeout]}\n").listeners
+    assert listener.retry is not None and listener.retry.on == ("timeout",)
+
+
+@pytest.mark.parametrize(
+    ("fragment", "where", "words"),
+    [
+        ("retry: {attempts: 0}", "listeners[0].retry.attempts", "must be at least 1"),
+        ("retry: {backoff: {initial_seconds: -1}}", "retry.backoff.initial_seconds", "0 or more"),
+        ("retry: {backoff: {max_seconds: 0.01}}", "retry.backoff.max_seconds", "initial_seconds"),
+        ("retry: {backoff: {jitter: fulll}}", "retry.backoff.jitter", "did you mean 'full'"),
+        ("retry: {on: [handler_eror]}", "retry.on", "did you mean 'handler_error'"),
+        ("retry: {never: [ValueError]}", "retry.never", "module.Class"),
+        ("retry: {attemps: 3}", "retry.attemps", "did you mean 'attempts'"),
+        ("retry: 3", "listeners[0].retry", "expected a mapping"),
+        ("circuit: {failures: 0}", "circuit.failures", "must be at least 1"),
+        ("circuit: {reset_seconds: 0}", "circuit.reset_seconds", "greater than 0"),
+        ("compensate: undo", "listeners[0].compensate", "dotted path"),
+    ],
+)
+def test_bad_recovery_policies_are_reported_with_key_path_and_line(
+    fragment: str, where: str, words: str
+) -> None:
+    problem = only_problem(MINIMAL + f"    {fragment}\n")
+    assert where in problem.key_path and words in problem.message
+    assert problem.line == 7

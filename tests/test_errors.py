@@ -15,7 +15,9 @@ from xml_pipeline._errors import (
     ConfigProblem,
     DeliveryError,
     PayloadTypeError,
+    PermanentError,
     Reason,
+    RetryLater,
     SchemaViolation,
     UsageError,
     XmlInputError,
@@ -32,6 +34,8 @@ SAMPLES: dict[type[XmlPipelineError], XmlPipelineError] = {
     DeliveryError: DeliveryError("late", reason="timeout", listener="a.b", thread="t1"),
     BackendError: BackendError("down", reason="backend_unreachable"),
     UsageError: UsageError("wrong"),
+    RetryLater: RetryLater("rate limited", after_seconds=1.5),
+    PermanentError: PermanentError("the record is gone"),
 }
 
 

@@ -5,7 +5,7 @@
     backends/                    shared state: never imports _wire/ or _runtime/
     _runtime/                    the moving parts: never reads organism.yaml (_config, yaml)
     _handlers, _imports, ...     the handler contract and the organism's glue, above them
-    cli, testing                 thin layers over the public API; the library never imports them
+    cli, testing, pytest_plugin  thin layers over the public API; the library never imports them
 
 Every import counts, those under ``if TYPE_CHECKING:`` included, and no two modules may import
 each other even indirectly.
@@ -109,13 +109,30 @@ def test_settings_and_errors_import_nothing_of_ours_but_errors() -> None:
 
 
 def test_the_library_never_imports_its_cli_or_testing_helpers() -> None:
-    top = {"xml_pipeline.cli", "xml_pipeline.testing", "xml_pipeline.__main__"}
+    top = {
+        "xml_pipeline.cli",
+        "xml_pipeline.testing",
+        "xml_pipeline.pytest_plugin",
+        "xml_pipeline.__main__",
+    }
     cli_parts = {"xml_pipeline._cli_dlq", "xml_pipeline._cli_input"}  # the CLI's own modules
     wrong = sorted(
         f"{module} imports {target}"
         for module, targets in GRAPH.items()
         if module not in top | cli_parts
         for target in targets & (top | cli_parts)
+    )
+    assert wrong == []
+
+
+def test_only_the_pytest_plugin_imports_pytest() -> None:
+    """pytest is a test dependency: the library, and the testing helpers (usable from any test
+    runner), must import without it."""
+    wrong = sorted(
+        module
+        for module, names in MODULES.items()
+        if module != "xml_pipeline.pytest_plugin"
+        and any(name == "pytest" or name.startswith(("pytest.", "_pytest")) for name in names)
     )
     assert wrong == []
 

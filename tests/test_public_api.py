@@ -6,12 +6,14 @@ import inspect
 import typing
 
 import xml_pipeline
-from xml_pipeline import backends
+from xml_pipeline import backends, testing
 
 EXPECTED = {
     "ENVELOPE_NS",
     "BackendConfig",
     "BackendError",
+    "BackoffSettings",
+    "CircuitSettings",
     "ConfigError",
     "ConfigProblem",
     "ConversationEvent",
@@ -32,12 +34,14 @@ EXPECTED = {
     "HopEvent",
     "Listener",
     "ListenerConfig",
+    "ListenerRecovery",
     "Organism",
     "OrganismConfig",
     "Outcome",
     "ParseLimits",
     "PayloadSpec",
     "PayloadTypeError",
+    "PermanentError",
     "PoolStats",
     "ProcessPool",
     "ProcessPoolConfig",
@@ -46,20 +50,26 @@ EXPECTED = {
     "Repair",
     "RepairResult",
     "ReplayResult",
+    "RetryLater",
+    "RetrySettings",
+    "Run",
     "SchemaViolation",
     "ThreadRegistry",
     "UsageError",
     "XmlInputError",
     "XmlPipelineError",
     "check_payload",
+    "from_dict",
     "from_element",
     "from_xml",
     "is_payload",
+    "json_schema",
     "load_config",
     "parse_guarded",
     "payload",
     "payload_spec",
     "repair",
+    "to_dict",
     "to_element",
     "to_xml",
 }
@@ -70,6 +80,10 @@ def test_all_is_exactly_the_intended_names_and_sorted() -> None:
     assert list(xml_pipeline.__all__) == sorted(
         xml_pipeline.__all__, key=lambda n: (n.upper() != n, n)
     )
+
+
+def test_the_testing_helpers_are_exactly_the_intended_names() -> None:
+    assert testing.__all__ == ["Capture", "Fake", "capture", "drain", "run_organism"]
 
 
 def test_every_public_name_imports() -> None:
@@ -104,8 +118,9 @@ def _named_types(hint: object) -> set[type]:
 
 def _public_callables() -> list[tuple[str, object]]:
     found: list[tuple[str, object]] = []
-    for name in xml_pipeline.__all__:
-        obj = getattr(xml_pipeline, name)
+    public = [(name, getattr(xml_pipeline, name)) for name in xml_pipeline.__all__]
+    public += [(f"testing.{name}", getattr(testing, name)) for name in testing.__all__]
+    for name, obj in public:
         if inspect.isfunction(obj):
             found.append((name, obj))
         elif isinstance(obj, type) and obj.__module__.startswith("xml_pipeline"):
@@ -125,6 +140,7 @@ def test_public_signatures_name_only_exported_or_standard_types() -> None:
     """A user can import every type a public signature names (httpx's and anyio's rule)."""
     exported = {id(getattr(xml_pipeline, n)) for n in xml_pipeline.__all__}
     exported |= {id(getattr(backends, n)) for n in backends.__all__}
+    exported |= {id(getattr(testing, n)) for n in testing.__all__}
     unnamed: list[str] = []
     for where, fn in _public_callables():
         try:

@@ -21,79 +21,40 @@ Blocks are found by their fences, never by line number, so the README can change
   is that file, word for word.
 
 Blocks that read ``REDIS_URL`` get the test's private redis-server there. Examples never use a
-fixed port of their own.
+fixed port of their own. Finding blocks and running commands in a copy of the repository is
+`tests.doc_blocks`, shared with ``tests/test_examples.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.doc_blocks import (
+    ROOT,
+    Block,
+    commands,
+    completed,
+    copy_repository,
+    markdown_blocks,
+    run,
+    run_shell,
+    tool_env,
+)
 from tests.redis_server import redis_server, redis_url  # noqa: F401 - fixtures
 from xml_pipeline._wire.envelope import Envelope
 
-ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 HELLO = Path("organisms/hello/organism.yaml")
-_FENCE = re.compile(r"^```(\w*)\s*$")
-_FILE_LINE = re.compile(r"^`([\w./-]+)`:\s*$")
-_TIMEOUT = 100  # seconds for one block or command; the slowest (a benchmark's quick run) ~10
-
-
-@dataclass(frozen=True)
-class Block:
-    """One fenced block of the README."""
-
-    lang: str
-    text: str
-    line: int  # of the opening fence
-    names_file: str | None  # the repository file named on the line before, if any
-
-    def __str__(self) -> str:
-        return f"README.md:{self.line} ({self.lang})"
-
-
-def readme_blocks() -> list[Block]:
-    """Every fenced block, in order."""
-    blocks: list[Block] = []
-    lines = README.read_text(encoding="utf-8").splitlines()
-    i = 0
-    while i < len(lines):
-        opening = _FENCE.match(lines[i])
-        if opening is None:
-            i += 1
-            continue
-        start = i
-        i += 1
-        body: list[str] = []
-        while i < len(lines) and lines[i].rstrip() != "```":
-            body.append(lines[i])
-            i += 1
-        assert i < len(lines), f"README.md:{start + 1}: a fenced block is never closed"
-        before = [line for line in lines[:start] if line.strip()]
-        named = _FILE_LINE.match(before[-1]) if before else None
-        blocks.append(
-            Block(opening[1], "\n".join(body) + "\n", start + 1, named[1] if named else None)
-        )
-        i += 1
-    return blocks
-
-
-BLOCKS = readme_blocks()
+BLOCKS = markdown_blocks(README)
 
 
 def params(*langs: str) -> list[object]:
@@ -114,55 +75,18 @@ def params(*langs: str) -> list[object]:
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the repository to run the README in: its commands may write files."""
-    copy = tmp_path_factory.mktemp("readme") / "repo"
-    tracked = _tracked_files()
-    if tracked is not None:  # the project as committed: files a user left around stay out
-        for name in tracked:
-            source = ROOT / name
-            if source.is_file():
-                (copy / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, copy / name)
-        return copy
-    ignore = shutil.ignore_patterns(
-        ".git",
-        ".venv",
-        ".ci-venv",
-        "*_cache",
-        "__pycache__",
-        "*.egg-info",
-        ".hypothesis",
-        "results",
-    )
-    shutil.copytree(ROOT, copy, ignore=ignore)
-    return copy
-
-
-def _tracked_files() -> list[str] | None:
-    """The repository's tracked files, or None outside a git checkout."""
-    try:
-        done = subprocess.run(
-            ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=30
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return [name for name in done.stdout.decode().split("\0") if name]
+    return copy_repository(tmp_path_factory.mktemp("readme") / "repo")
 
 
 @pytest.fixture
 def env(request: pytest.FixtureRequest) -> dict[str, str]:
     """The environment of a block: this venv first on PATH, REDIS_URL when the block uses it."""
-    environ = dict(os.environ)
-    environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), environ["PATH"]])
-    environ.pop("PYTHONPATH", None)
+    environ = tool_env()
     callspec = getattr(request.node, "callspec", None)
     block = callspec.params.get("block") if callspec is not None else None
     if isinstance(block, Block) and "REDIS_URL" in block.text:
         environ["REDIS_URL"] = request.getfixturevalue("redis_url")
     return environ
-
-
-def completed(done: subprocess.CompletedProcess[str], what: str) -> str:
-    return f"{what} exited {done.returncode}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
 
 
 def test_the_readme_has_blocks_of_every_kind_this_test_runs() -> None:
@@ -197,19 +121,6 @@ def test_python_block_runs(
         return
     done = run([sys.executable, str(script)], repo_copy, env)
     assert done.returncode == 0, completed(done, str(block))
-
-
-def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=_TIMEOUT,
-        check=False,
-    )
 
 
 def serve_then_interrupt(
@@ -256,38 +167,6 @@ def read_line(process: subprocess.Popen[str], timeout: float) -> str:
 
 
 # -- sh -------------------------------------------------------------------------------------
-
-
-def commands(block: Block) -> Iterator[str]:
-    """The command lines of a shell block (comments and blank lines left out)."""
-    for line in block.text.splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            yield line
-
-
-def run_shell(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run one command line with /bin/sh in a process group of its own; whatever it leaves
-    running (``server &``) is killed when it exits, so no test leaves a process behind."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(
-            ["/bin/sh", "-c", command],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            returncode = process.wait(timeout=_TIMEOUT)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(command, returncode, out.read(), err.read())
 
 
 @pytest.mark.timeout(900)  # several commands; the benchmarks' quick runs take ~20 s together

@@ -160,3 +160,10 @@ async def araise(msg: Job, meta: HandlerMetadata) -> HandlerResponse:
     if msg.mode.startswith("raise:"):
         raise_kind(msg.mode.removeprefix("raise:"))
     return HandlerResponse.respond(Result(pid=os.getpid(), value=msg.n))
+
+
+def fails_first_attempt(msg: Job, meta: HandlerMetadata) -> HandlerResponse:
+    """Fails on a first attempt, answers the attempt number on the next (for retry tests)."""
+    if meta.attempt == 1:
+        raise ConnectionError("the peer hung up")
+    return HandlerResponse.respond(Result(pid=os.getpid(), value=meta.attempt))

@@ -14,7 +14,9 @@ from xml_pipeline._errors import (
     ConfigProblem,
     DeliveryError,
     PayloadTypeError,
+    PermanentError,
     Reason,
+    RetryLater,
     SchemaViolation,
     UsageError,
     XmlInputError,
@@ -34,9 +36,20 @@ from xml_pipeline._runtime.hooks import ConversationEvent, Event, Hooks, HopEven
 from xml_pipeline._runtime.outbox import Outcome
 from xml_pipeline._runtime.outcomes import PumpStats
 from xml_pipeline._runtime.pool import PoolStats, ProcessPool
+from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry
-from xml_pipeline._settings import BackendConfig, DeadLetterConfig, ProcessPoolConfig
+from xml_pipeline._runtime.runs import Run
+from xml_pipeline._settings import (
+    BackendConfig,
+    BackoffSettings,
+    CircuitSettings,
+    DeadLetterConfig,
+    ProcessPoolConfig,
+    RetrySettings,
+)
+from xml_pipeline._wire.dicts import from_dict, to_dict
 from xml_pipeline._wire.envelope import ENVELOPE_NS, Envelope
+from xml_pipeline._wire.json_schema import json_schema
 from xml_pipeline._wire.parsing import ParseLimits, parse_guarded
 from xml_pipeline._wire.payloads import (
     PayloadSpec,
@@ -56,6 +69,8 @@ __all__ = [
     "ENVELOPE_NS",
     "BackendConfig",
     "BackendError",
+    "BackoffSettings",
+    "CircuitSettings",
     "ConfigError",
     "ConfigProblem",
     "ConversationEvent",
@@ -76,12 +91,14 @@ __all__ = [
     "HopEvent",
     "Listener",
     "ListenerConfig",
+    "ListenerRecovery",
     "Organism",
     "OrganismConfig",
     "Outcome",
     "ParseLimits",
     "PayloadSpec",
     "PayloadTypeError",
+    "PermanentError",
     "PoolStats",
     "ProcessPool",
     "ProcessPoolConfig",
@@ -90,20 +107,26 @@ __all__ = [
     "Repair",
     "RepairResult",
     "ReplayResult",
+    "RetryLater",
+    "RetrySettings",
+    "Run",
     "SchemaViolation",
     "ThreadRegistry",
     "UsageError",
     "XmlInputError",
     "XmlPipelineError",
     "check_payload",
+    "from_dict",
     "from_element",
     "from_xml",
     "is_payload",
+    "json_schema",
     "load_config",
     "parse_guarded",
     "payload",
     "payload_spec",
     "repair",
+    "to_dict",
     "to_element",
     "to_xml",
 ]

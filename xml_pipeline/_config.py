@@ -22,13 +22,15 @@ import yaml
 
 from xml_pipeline._errors import ConfigError, ConfigProblem
 from xml_pipeline._imports import ImportPath
-from xml_pipeline._settings import (
+from xml_pipeline._settings import (  # noqa: F401 - Retry/CircuitSettings name ListenerConfig fields
     LISTENER_NAME,
     BackendConfig,
+    CircuitSettings,
     DeadLetterConfig,
     ListenerSettings,
     OrganismSettings,
     ProcessPoolConfig,
+    RetrySettings,
     Rule,
     Spec,
     default_of,
@@ -59,7 +61,9 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 def _dotted_path(example: str) -> Rule:
     """The rule of a dotted path setting: organism.yaml's form of an `ImportPath`."""
 
-    def rule(value: str, values: Mapping[str, Any]) -> str | None:
+    def rule(value: str | None, values: Mapping[str, Any]) -> str | None:
+        if value is None:
+            return None  # an optional path left unset
         try:
             ImportPath.from_dotted(value)
         except ValueError:
@@ -88,10 +92,20 @@ class ListenerConfig(ListenerSettings):
             "text", "its handler, module.function", rule=_dotted_path("handlers.greet")
         )
     )
+    compensate: str | None = field(
+        default=None,
+        metadata=setting(
+            "text",
+            "a handler, module.function, run with its answer when the conversation fails",
+            nullable=True,
+            rule=_dotted_path("handlers.undo"),
+        ),
+    )
     line: int | None = None
     key_path: str = ""
     payload_class_line: int | None = None
     handler_line: int | None = None
+    compensate_line: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,17 +218,34 @@ _SECTION_CLASSES: dict[str, type] = {
     "process_pool": ProcessPoolConfig,
     "dead_letters": DeadLetterConfig,
 }
+
+
+def _nested(classes: dict[str, type]) -> dict[str, type]:
+    """Every section class, the nested ones (``listeners[i].retry.backoff``) by their key."""
+    found = dict(classes)
+    todo = list(classes.values())
+    while todo:
+        for f in settings_fields(todo.pop()):
+            section = spec_of(f).section
+            if section is not None and f.name not in found:
+                found[f.name] = section
+                todo.append(section)
+    return found
+
+
+_ALL_SECTIONS = _nested(_SECTION_CLASSES)
 _SECTIONS: dict[str, tuple[str, ...]] = {  # the keys allowed in each section
     "": tuple(_SECTION_CLASSES),
-    **{name: tuple(f.name for f in settings_fields(cls)) for name, cls in _SECTION_CLASSES.items()},
+    **{name: tuple(f.name for f in settings_fields(cls)) for name, cls in _ALL_SECTIONS.items()},
 }
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "": ("organism", "listeners"),
     **{
         name: tuple(f.name for f in settings_fields(cls) if default_of(f) is dataclasses.MISSING)
-        for name, cls in _SECTION_CLASSES.items()
+        for name, cls in _ALL_SECTIONS.items()
     },
 }
+_WORD = Spec("text", "an item of a list")  # one item of a `words` list
 _PEER = Spec("text", "a listener this one may call")  # one item of `peers:`
 
 
@@ -364,6 +395,7 @@ class _Reader:
                 key_path=section.path,
                 payload_class_line=_line(section.fields.get("payload_class")),
                 handler_line=_line(section.fields.get("handler")),
+                compensate_line=_line(section.fields.get("compensate")),
             )
             listeners.append(values)
         written = [(s.written("name"), s.written_list("peers")) for s in sections]
@@ -379,11 +411,14 @@ class _Reader:
                 sections[problem.listener].report(key, problem.message)
         return listeners
 
-    def optional_section(self, node: yaml.Node | None, name: str) -> _Section:
-        """An optional section; absent or empty (``backend:`` alone) means all defaults."""
+    def optional_section(self, node: yaml.Node | None, name: str, path: str = "") -> _Section:
+        """An optional section; absent or empty (``backend:`` alone) means all defaults.
+
+        ``path`` is its key path when nested (``listeners[0].retry``), else ``name``.
+        """
         if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
             node = None
-        return self.section(node, name, name)
+        return self.section(node, path or name, name)
 
 
 _ABSENT = object()  # a key that is not given
@@ -423,13 +458,26 @@ class _Section:
         node = self.fields.get(key)
         if node is None:
             return _ABSENT
-        if spec.kind != "names":
+        if spec.kind == "section" and spec.section is not None:
+            return self._section(key, node, spec.section)
+        if spec.kind not in ("names", "words"):
             return self._scalar(key, node, spec)
         if not isinstance(node, yaml.SequenceNode):
             self.report(key, f"expected {spec.expected}, found {_describe(node)}")
             return _WRONG
-        items = [self._scalar(f"{key}[{i}]", item, _PEER) for i, item in enumerate(node.value)]
+        item_spec = _PEER if spec.kind == "names" else _WORD
+        items = [self._scalar(f"{key}[{i}]", item, item_spec) for i, item in enumerate(node.value)]
         return _WRONG if _WRONG in items else tuple(items)
+
+    def _section(self, key: str, node: yaml.Node, cls: type) -> object:
+        """A nested section (``retry:``), read key by key; empty means all defaults."""
+        reader = self.reader
+        before = len(reader.problems)
+        section = reader.optional_section(node, key, self.where(key))
+        values = reader.settings(section, cls)
+        if len(reader.problems) > before:
+            return _WRONG
+        return cls(**values)
 
     def _scalar(self, key: str, node: yaml.Node, spec: Spec) -> object:
         if isinstance(node, yaml.ScalarNode):

@@ -9,7 +9,8 @@ Replaying an entry injects its envelope again, as a new conversation whose outco
 `Organism.outcomes`; the entry is removed once that conversation has started. If it fails
 again it comes back as a new dead letter, with a new id. An entry whose envelope cannot start
 a conversation (its listener is gone: ``no_route``; its payload no longer fits the class:
-``schema_violation``) is kept, and its result says why.
+``schema_violation``) is kept, and its result says why; so is a ``compensation_failed`` entry,
+which records an answer that was not undone, for a person to act on.
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ class DeadLetters:
         first. Their outcomes go to `Organism.outcomes`.
 
         An entry is removed once its conversation has started (if that fails too, it comes
-        back as a new dead letter); one that cannot start is kept and its result says why.
+        back as a new dead letter); one that cannot start is kept and its result says why, as
+        is a ``compensation_failed`` one (a `UsageError`: undo it by hand, then purge it).
 
         Returns:
             one result per entry, in the order replayed.
@@ -188,6 +190,9 @@ class DeadLetters:
             letters = await self._select(backend, ids, reason, listener, since, "replay")
             results: builtins.list[ReplayResult] = []
             for letter in letters:
+                if letter.reason == Reason.COMPENSATION_FAILED:
+                    results.append(ReplayResult(letter.id, None, _not_replayable(letter)))
+                    continue
                 try:
                     conversation = await pump.inject(letter.envelope)
                 except XmlPipelineError as exc:
@@ -275,6 +280,14 @@ class DeadLetters:
                 "dead_letters.list() or `organism dlq list FILE`"
             )
         return [letter for letter in letters if letter is not None]
+
+
+def _not_replayable(letter: DeadLetter) -> UsageError:
+    return UsageError(
+        f"dead letter {letter.id} records a compensation of {letter.listener!r} that failed "
+        f"(conversation {letter.conversation}): its envelope holds the answer that was not "
+        "undone, not a conversation to start again; undo it by hand, then purge it"
+    )
 
 
 def _since(since: float | datetime | None, what: str) -> float | None:

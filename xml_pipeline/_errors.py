@@ -21,9 +21,14 @@ codes each class may carry (``Class.reasons``)::
     │                                    schema_violation, no_answer, overloaded,
     │                                    worker_crash, invalid_response, hop_limit,
     │                                    forged_sender, cancelled, shutdown,
-    │                                    backend_error, backend_unreachable, internal_error
+    │                                    backend_error, backend_unreachable, internal_error,
+    │                                    circuit_open, compensation_failed
     ├── BackendError(ConnectionError)  shared state unreachable or failing
     │                                    backend_unreachable, backend_error
+    ├── RetryLater                     raised by a handler: run me again after a delay
+    │                                    handler_error
+    ├── PermanentError                 raised by a handler: this failure must not be retried
+    │                                    handler_error
     └── UsageError(ValueError)         the library was called the wrong way
                                          usage
 
@@ -48,7 +53,9 @@ __all__ = [
     "ConfigProblem",
     "DeliveryError",
     "PayloadTypeError",
+    "PermanentError",
     "Reason",
+    "RetryLater",
     "SchemaViolation",
     "UsageError",
     "XmlInputError",
@@ -88,6 +95,8 @@ class Reason(StrEnum):
     BACKEND_ERROR = "backend_error"
     BACKEND_UNREACHABLE = "backend_unreachable"
     INTERNAL_ERROR = "internal_error"
+    CIRCUIT_OPEN = "circuit_open"
+    COMPENSATION_FAILED = "compensation_failed"
     USAGE = "usage"
 
 
@@ -234,7 +243,9 @@ class DeliveryError(XmlPipelineError):
 
     Attributes:
         listener: the listener where the failure happened, when known.
-        thread: the opaque thread id of the failed hop, when known.
+        thread: the opaque thread id of the failed hop, when known; ``None`` when the call
+            was refused before any conversation started (its input, its route, ingress), so
+            a gateway can tell a caller's mistake (4xx) from a failure inside the organism.
     """
 
     reasons = frozenset(
@@ -255,6 +266,8 @@ class DeliveryError(XmlPipelineError):
             Reason.BACKEND_ERROR,
             Reason.BACKEND_UNREACHABLE,
             Reason.INTERNAL_ERROR,
+            Reason.CIRCUIT_OPEN,
+            Reason.COMPENSATION_FAILED,
         }
     )
 
@@ -276,6 +289,33 @@ class BackendError(XmlPipelineError, ConnectionError):
 
     reason = Reason.BACKEND_ERROR
     reasons = frozenset({Reason.BACKEND_ERROR, Reason.BACKEND_UNREACHABLE})
+
+
+class RetryLater(XmlPipelineError):
+    """Raised by a handler: this run failed for now; run it again after ``after_seconds``.
+
+    The listener's ``retry`` policy still bounds the attempts (and its ``on`` list need not
+    name ``handler_error``); a listener without a policy fails with ``handler_error``. The
+    delay replaces the policy's backoff for this attempt (a peer's ``Retry-After``, say). In a
+    ``cpu_bound`` handler the policy's backoff is used (the worker sends only the class).
+
+    Attributes:
+        after_seconds: seconds to wait before the next attempt (at least 0).
+    """
+
+    reason = Reason.HANDLER_ERROR
+    reasons = frozenset({Reason.HANDLER_ERROR})
+
+    def __init__(self, message: str = "", *, after_seconds: float = 0.0) -> None:
+        super().__init__(message or f"retry later (after {after_seconds:g}s)")
+        self.after_seconds = max(0.0, float(after_seconds))
+
+
+class PermanentError(XmlPipelineError):
+    """Raised by a handler: this failure is final; the retry policy never runs it again."""
+
+    reason = Reason.HANDLER_ERROR
+    reasons = frozenset({Reason.HANDLER_ERROR})
 
 
 class UsageError(XmlPipelineError, ValueError):

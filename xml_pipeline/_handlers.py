@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, Union, overload
 
 from xml_pipeline._errors import DeliveryError, Reason, UsageError
-from xml_pipeline._settings import (
+from xml_pipeline._settings import (  # noqa: F401 - Retry/CircuitSettings name Listener's fields
     LISTENER_NAME,
+    CircuitSettings,
     ListenerSettings,
+    RetrySettings,
     check_fields,
     defaults,
     values_of,
@@ -43,13 +45,17 @@ class HandlerMetadata:
         thread_id: the opaque id of this call; it says nothing about who called.
         from_id: the listener (or outside sender) that sent this message.
         own_name: the name of the listener running the handler.
+        attempt: 1 for a first run; 2, 3... when the listener's retry policy runs the same
+            hop again.
 
     ``history`` is a zero-argument coroutine function returning the conversation's recorded
     hops (``None``: history is off). A plain ``__slots__`` class rather than a frozen
     dataclass: the pump makes one per hop, and this costs a third as much to build.
     """
 
-    __slots__ = ("_conversation", "_from", "_hop", "_own", "_pump", "_reader", "_thread")
+    __slots__ = (
+        "_attempt", "_conversation", "_from", "_hop", "_own", "_pump", "_reader", "_thread"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -57,7 +63,9 @@ class HandlerMetadata:
         from_id: str,
         own_name: str,
         history: Callable[[], Awaitable[list[HistoryEntry]]] | None = None,
+        attempt: int = 1,
     ) -> None:
+        self._attempt = attempt
         self._thread = thread_id
         self._from = from_id
         self._own = own_name
@@ -103,6 +111,12 @@ class HandlerMetadata:
     def own_name(self) -> str:
         """The name of the listener running the handler."""
         return self._own
+
+    @property
+    def attempt(self) -> int:
+        """1 for a first run; 2, 3... when the retry policy runs the same hop again."""
+        hop = self._hop
+        return self._attempt if hop is None else int(hop.attempt)
 
     @overload
     async def call(
@@ -154,6 +168,27 @@ class HandlerMetadata:
         if expect is not None:
             check_expected(result, expect, peer, "meta.call")
         return result
+
+    def progress(self, text: str) -> None:
+        """Say how far the run has got (``"fetched 3 of 10"``), shown by `Organism.runs`.
+
+        A ``cpu_bound`` handler's progress is not seen (its worker has no link to the pump).
+        """
+        hop = self._hop
+        if hop is not None:
+            hop.progress = str(text)
+
+    def log(self, line: str) -> None:
+        """Write a line of live output to this run, shown by `Organism.runs` (the last 100
+        lines are kept, older ones counted). Not seen from ``cpu_bound`` handlers."""
+        hop = self._hop
+        if hop is not None:
+            output = hop.output
+            if output is None:
+                from xml_pipeline._runtime.runs import RunOutput
+
+                output = hop.output = RunOutput()
+            output.write(str(line))
 
     async def history(self) -> list[HistoryEntry]:
         """The conversation's recorded hops so far, oldest first (bounded by the backend)."""
@@ -273,6 +308,11 @@ class Listener(ListenerSettings):
         cpu_bound: run the handler in the organism's process pool.
         handles_errors: receive failures of its calls as `ErrorReport` payloads instead of
             passing them up the chain.
+        retry: a `RetrySettings`: run a failed hop again, with backoff (none by default).
+        circuit: a `CircuitSettings`: fail fast after failed runs in a row (none by default).
+        compensate: a handler run, once, with each payload this listener answered in a
+            conversation that then fails (in reverse order of the answers, across listeners);
+            always run in process, as ``compensate(answer, metadata)``.
 
     Raises:
         UsageError: a field has the wrong type or an impossible value (the message names the
@@ -282,10 +322,13 @@ class Listener(ListenerSettings):
     name: str = field(metadata=LISTENER_NAME)
     payload_class: type
     handler: Handler
+    compensate: Handler | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         where = f"Listener {self.name!r}"
         check_fields(self, where)  # the name first, then the settings
+        if self.compensate is not None and not callable(self.compensate):
+            raise UsageError(f"{where}: compensate must be callable, not {self.compensate!r}")
         if not isinstance(self.payload_class, type) or not is_payload(self.payload_class):
             raise UsageError(
                 f"{where}: payload_class must be a @payload class, not {self.payload_class!r}"
@@ -301,6 +344,8 @@ class Listener(ListenerSettings):
             for key, value in values_of(ListenerSettings, self).items()
             if value != usual[key]
         ]
+        if self.compensate is not None:
+            changed.append(f"compensate={self.compensate!r}")
         fields = [repr(self.name), self.payload_class.__qualname__, repr(self.handler), *changed]
         return f"Listener({', '.join(fields)})"
 

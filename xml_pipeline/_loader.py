@@ -121,6 +121,20 @@ class _Importer:
             self.report(*where, problem)
         elif listener.cpu_bound and (problem := worker_import_problem(handler)):
             self.report(*where, f"{listener.handler}: {problem}")
+        compensate = None
+        if listener.compensate is not None:
+            where = f"{base}.compensate", listener.compensate_line
+            compensate = self.resolve(listener.compensate, *where, failed)
+            if compensate is _MISSING:
+                pass
+            elif not callable(compensate):
+                kind = type(compensate).__name__
+                self.report(*where, f"{listener.compensate} is not callable (it is {kind})")
+            elif problem := handler_signature_problem(compensate, listener.compensate):
+                self.report(*where, problem)
+        if listener.retry is not None:
+            for i, path in enumerate(listener.retry.never):
+                self.exception_class(path, f"{base}.retry.never[{i}]", listener.line, failed)
         if (
             len(self.problems) > reported
             or not isinstance(payload_class, type)
@@ -128,7 +142,23 @@ class _Importer:
         ):
             return None
         settings = values_of(ListenerSettings, listener)
-        return Listener(listener.name, payload_class, handler, **settings)
+        return Listener(
+            listener.name,
+            payload_class,
+            handler,
+            compensate=compensate if callable(compensate) else None,
+            **settings,
+        )
+
+    def exception_class(
+        self, dotted: str, key_path: str, line: int | None, failed: set[str]
+    ) -> None:
+        """Report a ``never`` entry that does not name an importable exception class."""
+        found = self.resolve(dotted, key_path, line, failed)
+        if found is not _MISSING and not (
+            isinstance(found, type) and issubclass(found, BaseException)
+        ):
+            self.report(key_path, line, f"{dotted} is not an exception class; name one")
 
     def resolve(self, dotted: str, key_path: str, line: int | None, failed: set[str]) -> object:
         """The object a ``module.name`` path names, or `_MISSING` after a report.

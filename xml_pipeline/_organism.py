@@ -29,7 +29,9 @@ from xml_pipeline._runtime.invoker import PoolInvoker
 from xml_pipeline._runtime.outbox import Outcome
 from xml_pipeline._runtime.pool import ProcessPool
 from xml_pipeline._runtime.pump import PumpStats, StreamPump
+from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry
+from xml_pipeline._runtime.runs import Run
 from xml_pipeline._runtime.worker import extend_sys_path
 from xml_pipeline._settings import (
     BackendConfig,
@@ -304,7 +306,8 @@ class Organism:
                 ``peer_denied``, ``schema_violation``, ``no_answer``, ``overloaded``,
                 ``worker_crash``, ``invalid_response``, ``hop_limit``, ``forged_sender``,
                 ``cancelled``, ``shutdown``, ``backend_error``, ``backend_unreachable``,
-                ``internal_error`` (see `Reason`).
+                ``internal_error``, ``circuit_open`` (a listener's circuit breaker is open),
+                ``compensation_failed`` (see `Reason`).
             PayloadTypeError: ``payload`` is not a ``@payload`` object.
             SchemaViolation: ``payload`` does not conform to its class.
             UsageError: ``timeout`` is not a number of seconds above 0.
@@ -385,6 +388,45 @@ class Organism:
             UsageError: ``data`` is neither bytes nor str.
         """
         return await self._running().inject(data)
+
+    def runs(self, *, listener: str | None = None, status: str | None = None) -> list[Run]:
+        """The handler runs of the open conversations now, optionally of one listener or one
+        status (``queued``, ``running``, ``waiting`` in a ``meta.call``): what a task manager
+        shows, with progress and output lines (``meta.progress``, ``meta.log``). Built on
+        demand from the pump's own state: listing costs nothing per hop.
+
+        Raises:
+            UsageError: the organism is not running.
+        """
+        return self._running().runs(listener, status)
+
+    def cancel_run(self, run_id: str) -> None:
+        """Cancel a running handler (a run of `runs`): its caller gets ``cancelled``, and the
+        conversation carries on as after any failure (a caller with ``handles_errors`` gets an
+        `ErrorReport`).
+
+        Raises:
+            UsageError: the run finished already, no such run, or not running.
+        """
+        self._running().cancel_run(run_id)
+
+    async def cancel_conversation(self, conversation: str) -> None:
+        """End an open conversation with ``cancelled``: its handlers are cancelled, its
+        requester (or `outcomes`) gets the failure.
+
+        Raises:
+            UsageError: no open conversation has that id (ended, or never existed).
+        """
+        await self._running().cancel_conversation(conversation)
+
+    def recovery_status(self) -> dict[str, ListenerRecovery]:
+        """Each listener's recovery since the organism started (or in its last run, once it
+        stopped): circuit state, attempts, retries, recovered, exhausted, compensations run
+        and failed, last error and when. All zero before it first started."""
+        pump = self._pump or self._stopped
+        if pump is None:
+            return {listener.name: ListenerRecovery() for listener in self.listeners}
+        return pump.recovery_status()
 
     async def wait_idle(self) -> None:
         """Wait until no conversation is open."""

@@ -37,14 +37,19 @@ from xml_pipeline._errors import UsageError
 
 __all__ = [
     "BACKEND_TYPES",
+    "JITTER",
     "LISTENER_NAME",
+    "RETRYABLE",
     "BackendConfig",
     "BackendType",
+    "BackoffSettings",
+    "CircuitSettings",
     "DeadLetterConfig",
     "ListenerSetProblem",
     "ListenerSettings",
     "OrganismSettings",
     "ProcessPoolConfig",
+    "RetrySettings",
     "Rule",
     "Spec",
     "build",
@@ -61,7 +66,7 @@ __all__ = [
     "values_of",
 ]
 
-Kind = Literal["text", "integer", "seconds", "flag", "names"]
+Kind = Literal["text", "integer", "seconds", "number", "flag", "names", "words", "section"]
 # a further check of a value of the right type: the value, and every value of its section
 Rule = Callable[[Any, Mapping[str, Any]], "str | None"]
 _SPEC = "xml_pipeline.setting"  # the metadata key of a field's Spec
@@ -74,8 +79,10 @@ class Spec:
 
     Attributes:
         kind: ``text`` (str), ``integer`` (int, not bool), ``seconds`` (a finite int or
-            float, stored as float), ``flag`` (bool) or ``names`` (a list of listener names,
-            stored as a tuple).
+            float, stored as float), ``number`` (the same, not a duration), ``flag`` (bool),
+            ``names`` (a list of listener names, stored as a tuple), ``words`` (a list of
+            other text items, stored as a tuple) or ``section`` (a nested mapping read into
+            the dataclass ``section``).
         doc: what the setting means, in one line.
         minimum: the smallest value allowed (``integer`` and ``seconds``).
         exclusive: the minimum itself is out of range.
@@ -83,6 +90,7 @@ class Spec:
         non_empty: blank text is refused, and this says what to give instead.
         rule: a further check; returns the problem, phrased to follow the setting's name
             (``must ...``, ``is ...``), or None.
+        section: the frozen settings dataclass a ``section`` setting is read into.
     """
 
     kind: Kind
@@ -92,6 +100,7 @@ class Spec:
     nullable: bool = False
     non_empty: str | None = None
     rule: Rule | None = None
+    section: type | None = None
 
     @property
     def expected(self) -> str:
@@ -101,7 +110,7 @@ class Spec:
     @property
     def type_name(self) -> str:
         """What a value must be, in the words of Python (``takes int``)."""
-        name = _TYPE_NAMES[self.kind]
+        name = self.section.__name__ if self.section is not None else _TYPE_NAMES[self.kind]
         return f"{name} or None" if self.nullable else name
 
     def accepts(self, value: object) -> bool:
@@ -114,8 +123,10 @@ class Spec:
             return False  # a bool is an int to Python, never to a setting
         if self.kind == "integer":
             return isinstance(value, int)
-        if self.kind == "seconds":
+        if self.kind in ("seconds", "number"):
             return isinstance(value, int | float)
+        if self.kind == "section":
+            return self.section is not None and isinstance(value, self.section)
         return isinstance(value, tuple) and all(isinstance(item, str) for item in value)
 
     def problems(
@@ -126,9 +137,9 @@ class Spec:
         ``key`` is the setting's name, or ``name[i]`` for an item of a ``names`` setting.
         """
         if value is None and self.nullable:
-            pass
-        elif self.kind in ("integer", "seconds"):
-            if self.kind == "seconds" and not math.isfinite(value):
+            pass  # unset: only a rule may still refuse it (a key another one requires)
+        elif self.kind in ("integer", "seconds", "number"):
+            if self.kind != "integer" and not math.isfinite(value):
                 yield key, f"must be a finite number, found {value}"
                 return
             if problem := self._range_problem(value):
@@ -137,10 +148,11 @@ class Spec:
         elif self.kind == "text" and self.non_empty is not None and not value.strip():
             yield key, f"must not be empty; {self.non_empty}"
             return
-        elif self.kind == "names":
+        elif self.kind in ("names", "words"):
             for i, item in enumerate(value):
                 if not item.strip():
-                    yield f"{key}[{i}]", "must not be empty; name a listener or remove the entry"
+                    what = "name a listener" if self.kind == "names" else "give a value"
+                    yield f"{key}[{i}]", f"must not be empty; {what} or remove the entry"
         if self.rule is not None and (problem := self.rule(value, values)):
             yield key, problem
 
@@ -159,15 +171,21 @@ _EXPECTED: dict[Kind, str] = {
     "text": "text",
     "integer": "an integer",
     "seconds": "a number of seconds",
+    "number": "a number",
     "flag": "true or false",
     "names": "a list of listener names ([a, b])",
+    "words": "a list ([a, b])",
+    "section": "a mapping (key: value lines)",
 }
 _TYPE_NAMES: dict[Kind, str] = {
     "text": "str",
     "integer": "int",
     "seconds": "float",
+    "number": "float",
     "flag": "bool",
     "names": "a list of listener names",
+    "words": "a list of str",
+    "section": "a settings object",
 }
 
 
@@ -180,9 +198,10 @@ def setting(
     nullable: bool = False,
     non_empty: str | None = None,
     rule: Rule | None = None,
+    section: type | None = None,
 ) -> Mapping[str, Spec]:
     """The metadata of a setting's field: ``field(default=16, metadata=setting(...))``."""
-    return {_SPEC: Spec(kind, doc, minimum, exclusive, nullable, non_empty, rule)}
+    return {_SPEC: Spec(kind, doc, minimum, exclusive, nullable, non_empty, rule, section)}
 
 
 def spec_of(f: dataclasses.Field[Any]) -> Spec:
@@ -238,19 +257,20 @@ def _type_problem(spec: Spec, value: object) -> str | None:
     """What is wrong with the type of a value given in code, in Python's words."""
     if (value is None and spec.nullable) or spec.accepts(value):
         return None
-    if spec.kind == "names":
+    if spec.kind in ("names", "words"):
+        what = "listener names" if spec.kind == "names" else "text items"
         if isinstance(value, str | bytes) or not isinstance(value, Iterable):
             hint = f"; did you mean ({value!r},)?" if isinstance(value, str) else ""
-            return f"takes a list of listener names, not {value!r}{hint}"
+            return f"takes a list of {what}, not {value!r}{hint}"
         bad = [item for item in value if not isinstance(item, str)]
-        return f"takes listener names (text), not {bad!r}" if bad else None
+        return f"takes {what} (text), not {bad!r}" if bad else None
     return f"takes {spec.type_name}, not {value!r} ({type(value).__name__})"
 
 
 def _normal(spec: Spec, value: Any) -> Any:
-    if spec.kind == "seconds" and value is not None:
+    if spec.kind in ("seconds", "number") and value is not None:
         return float(value)
-    if spec.kind == "names":
+    if spec.kind in ("names", "words"):
         return tuple(value)
     return value
 
@@ -262,7 +282,7 @@ def _first_problem(cls: type, values: dict[str, Any]) -> tuple[str, str] | None:
         if f.name in values:
             spec = spec_of(f)
             value = values[f.name]
-            if spec.kind == "names" and not isinstance(value, str | bytes | tuple):
+            if spec.kind in ("names", "words") and not isinstance(value, str | bytes | tuple):
                 # any iterable of names (a list, a generator) is read once
                 value = values[f.name] = tuple(value) if isinstance(value, Iterable) else value
             if problem := _type_problem(spec, value):
@@ -556,6 +576,130 @@ LISTENER_NAME = setting(
 )
 
 
+# -- recovery: retries and circuit breakers ---------------------------------------------------
+
+# the reasons a handler run can fail with, which a retry policy may name in `on`
+RETRYABLE = (
+    "handler_error", "timeout", "worker_crash", "invalid_response", "schema_violation",
+    "peer_denied", "no_route",
+)  # fmt: skip
+JITTER = ("full", "equal", "none")
+
+
+def _reasons(value: tuple[str, ...], values: Mapping[str, Any]) -> str | None:
+    for item in value:
+        if item not in RETRYABLE:
+            hint = did_you_mean(item, RETRYABLE) or f"; use some of {', '.join(RETRYABLE)}"
+            return f"names {item!r}, which is not a reason a run can fail with{hint}"
+    return None
+
+
+def _type_paths(value: tuple[str, ...], values: Mapping[str, Any]) -> str | None:
+    for item in value:
+        module, dot, name = item.rpartition(".")
+        if not dot or not module or not name.isidentifier():
+            return (
+                f"names {item!r}; give exception classes as module.Class "
+                "(builtins.ValueError, handlers.NotFound)"
+            )
+    return None
+
+
+def _jitter(value: str, values: Mapping[str, Any]) -> str | None:
+    if value in JITTER:
+        return None
+    return f"must be one of {', '.join(JITTER)}, found {value!r}{did_you_mean(value, JITTER)}"
+
+
+def _at_least_initial(value: float, values: Mapping[str, Any]) -> str | None:
+    initial = values.get("initial_seconds", 0.0)
+    if value < initial:
+        return f"must be at least initial_seconds ({initial:g}), found {value:g}"
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackoffSettings:
+    """How long to wait before each retry: capped exponential backoff with jitter (the
+    ``retry.backoff`` section). Attempt ``n + 1`` waits ``min(max_seconds, initial_seconds *
+    multiplier ** (n - 1))``, then ``full`` jitter draws uniformly from 0 to that, ``equal``
+    from half of it to all of it, ``none`` takes it as is (AWS Architecture Blog, "Exponential
+    Backoff And Jitter", 2015)."""
+
+    initial_seconds: float = field(
+        default=0.1, metadata=setting("seconds", "the delay before the first retry", minimum=0)
+    )
+    max_seconds: float = field(
+        default=10.0,
+        metadata=setting(
+            "seconds", "the longest delay between two attempts", minimum=0, rule=_at_least_initial
+        ),
+    )
+    multiplier: float = field(
+        default=2.0, metadata=setting("number", "the delay grows by this each attempt", minimum=1)
+    )
+    jitter: str = field(
+        default="full", metadata=setting("text", "full, equal or none", rule=_jitter)
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, type(self).__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetrySettings:
+    """When a failed handler run is run again (a listener's ``retry`` section).
+
+    ``never`` holds exception classes as ``module.Class`` paths (classes are accepted in code
+    and stored as paths); a failure whose exception is, or derives from, one of them is final.
+    """
+
+    attempts: int = field(
+        default=3, metadata=setting("integer", "tries in all, the first included", minimum=1)
+    )
+    backoff: BackoffSettings = field(
+        default_factory=BackoffSettings,
+        metadata=setting("section", "the delay before each retry", section=BackoffSettings),
+    )
+    on: tuple[str, ...] = field(
+        default=("handler_error", "timeout", "worker_crash"),
+        metadata=setting("words", "the failure reasons that are retried", rule=_reasons),
+    )
+    never: tuple[str, ...] = field(
+        default=(),
+        metadata=setting("words", "exception classes that are never retried", rule=_type_paths),
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.never, str) and isinstance(self.never, Iterable):
+            paths = tuple(
+                f"{item.__module__}.{item.__qualname__}" if isinstance(item, type) else item
+                for item in self.never
+            )
+            object.__setattr__(self, "never", paths)
+        check_fields(self, type(self).__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitSettings:
+    """A listener's circuit breaker (its ``circuit`` section): after ``failures`` failed runs
+    in a row new hops to it fail at once with ``circuit_open``; after ``reset_seconds`` one
+    probe is let through (half-open) and a success closes it again (Nygard, "Release It!")."""
+
+    failures: int = field(
+        default=5, metadata=setting("integer", "failed runs in a row that open it", minimum=1)
+    )
+    reset_seconds: float = field(
+        default=30.0,
+        metadata=setting(
+            "seconds", "how long it stays open before a probe", minimum=0, exclusive=True
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, type(self).__name__)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ListenerSettings:
     """How a listener runs: what `Listener` (code) and `ListenerConfig` (organism.yaml) share
@@ -584,6 +728,20 @@ class ListenerSettings:
         default=False,
         metadata=setting("flag", "receive the failures of its calls as ErrorReport payloads"),
     )
+    retry: RetrySettings | None = field(
+        default=None,
+        metadata=setting(
+            "section", "run a failed hop again (none by default)", nullable=True,
+            section=RetrySettings,
+        ),
+    )  # fmt: skip
+    circuit: CircuitSettings | None = field(
+        default=None,
+        metadata=setting(
+            "section", "fail fast after failures in a row (none by default)", nullable=True,
+            section=CircuitSettings,
+        ),
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         check_fields(self, type(self).__name__)

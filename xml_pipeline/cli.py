@@ -3,7 +3,8 @@
 organism run FILE                                 messages from stdin, one per line
 organism run FILE --to LISTENER --send 'XML'      one message; its answer on stdout
 organism validate FILE                            every problem at once; exit 0 when clean
-organism schema FILE [LISTENER]                   XSD and prompt-ready description
+organism schema FILE [LISTENER]                   XSD, example document, prompt-ready description
+organism schema FILE [LISTENER] --json            JSON Schema and example object, as one JSON
 organism dlq list|show|replay|purge FILE ...       the dead-letter queue (see xml_pipeline._cli_dlq)
 
 SIGTERM or SIGINT stops ``organism run`` gracefully: it reads no more input, lets what is in
@@ -14,6 +15,7 @@ flight finish for up to ``drain_timeout_seconds``, and keeps the rest as dead le
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -28,6 +30,7 @@ from xml_pipeline._errors import ConfigError, DeliveryError, Reason, XmlPipeline
 from xml_pipeline._loader import validate_organism
 from xml_pipeline._organism import Organism
 from xml_pipeline._wire.envelope import Envelope
+from xml_pipeline._wire.json_schema import json_schema
 from xml_pipeline._wire.payloads import from_element, from_xml, payload_spec, to_xml
 
 __all__ = ["main"]
@@ -66,10 +69,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("file")
     schema = sub.add_parser(
-        "schema", parents=[common], help="print the XSD and description of listeners"
+        "schema",
+        parents=[common],
+        help="print the XSD, an example and the description of listeners' payloads",
     )
     schema.add_argument("file")
     schema.add_argument("listener", nargs="?")
+    schema.add_argument(
+        "--json",
+        action="store_true",
+        help="print the JSON Schema and an example JSON object instead (one JSON document: "
+        "listener name to description, schema and example)",
+    )
     add_dlq_parser(sub, common)
     return parser
 
@@ -84,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             return _validate(args.file)
         if args.command == "schema":
-            return _schema(args.file, args.listener)
+            return _schema(args.file, args.listener, as_json=args.json)
         if args.command == "dlq":
             return _run_async(dlq_command(args))
         if (args.to is None) != (args.send is None):
@@ -124,16 +135,26 @@ def _validate(file: str) -> int:
     return EXIT_OK
 
 
-def _schema(file: str, listener: str | None) -> int:
+def _schema(file: str, listener: str | None, *, as_json: bool) -> int:
     config, resolved = validate_organism(file)
     chosen = [r for r in resolved if listener is None or r.name == listener]
     if not chosen:
         print(f"error: no listener {listener!r} in {config.file}", file=sys.stderr)
         return EXIT_CONFIG
+    if as_json:
+        documents = {}
+        for r in chosen:
+            schema = json_schema(r.payload_class)
+            example = schema["examples"][0]
+            documents[r.name] = {"description": r.description, "schema": schema, "example": example}
+        print(json.dumps(documents, indent=2, ensure_ascii=False))
+        return EXIT_OK
     for r in chosen:
         spec = payload_spec(r.payload_class)
         print(f"<!-- listener {r.name}: {r.description} -->")
         print(spec.xsd)
+        print(f"<!-- example {spec.tag} -->")
+        print(spec.example().decode())
         print(spec.describe())
         print()
     return EXIT_OK

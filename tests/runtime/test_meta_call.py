@@ -325,3 +325,39 @@ async def test_a_cpu_bound_handler_is_told_meta_call_is_not_for_it() -> None:
             await org.request("cpu", Work(), timeout=20)
     assert info.value.reason == "handler_error"
     assert "cpu_bound handler runs in a worker process" in info.value.message
+
+
+async def test_no_call_is_left_waiting_once_its_conversation_ended() -> None:
+    """A call orphaned by its handler (failed in a gather, or fired and forgotten) ends with
+    the conversation instead of waiting until the organism stops."""
+    finished: list[str] = []
+
+    async def plan(msg: Plan, meta: HandlerMetadata) -> HandlerResponse:
+        async def tracked(name: str, payload: object) -> object:
+            try:
+                return await meta.call(name, payload)
+            finally:
+                finished.append(name)
+
+        if msg.key == "forget":
+            forgotten = asyncio.get_running_loop().create_task(
+                tracked("calculator", Calculate("slow"))
+            )
+            await asyncio.sleep(0.05)  # the call is made, then the handler answers
+            assert not forgotten.done()
+            return HandlerResponse.respond(PlanAnswer(value=0, found="forgot"))
+        await asyncio.gather(
+            tracked("calculator", Calculate(expression="slow")),
+            tracked("calculator", Calculate(expression="boom")),
+        )
+        raise AssertionError("the failing call should have raised")
+
+    async with planner_organism(plan) as org:
+        with pytest.raises(DeliveryError):
+            await org.request("planner", Plan(), timeout=5)
+        await org.request("planner", Plan(key="forget"), timeout=5)
+        with anyio.fail_after(5):
+            while len(finished) < 3:
+                await anyio.sleep(0.01)
+        await org.wait_idle()
+    assert sorted(finished) == ["calculator"] * 3

@@ -8,8 +8,9 @@ What is dead-lettered (the rule, written once here and in the README):
   ``request`` ones included, with reason ``shutdown`` (their requester also gets the error): the
   organism that would have answered is going away, so the queue is where they can be replayed
   from;
-- whatever else the recovery code calls `DeadLetterRecorder.record` for (a compensation that
-  failed, say).
+- a compensation that failed (``compensation_failed``, `DeadLetterRecorder.record_compensation`):
+  its envelope holds the answer that was not undone, for a person to act on; it is not replayed.
+  Whatever else could not be delivered goes through `DeadLetterRecorder.record`.
 
 A ``request`` that fails while the organism runs is not: its caller got the error, so it was
 delivered. Nor is a call refused at the door (``overloaded``, ``no_route``, ``shutdown`` while
@@ -111,6 +112,22 @@ class DeadLetterRecorder:
             attempts=attempts,
         )
 
+    def record_compensation(
+        self, conversation: str, listener: str, answer: object, message: str
+    ) -> None:
+        """Keep a compensation that failed (reason ``compensation_failed``): its envelope holds
+        the answer of ``listener`` that was not undone. It is for a person to act on (undo it
+        by hand, then purge it): `DeadLetters.replay` refuses it and keeps it."""
+        log.warning("conversation %s: %s", conversation, message)
+        self.record(
+            conversation=conversation,
+            reason=Reason.COMPENSATION_FAILED,
+            message=message,
+            listener=listener,
+            envelope=_envelope("", listener, answer, conversation),
+            chain=(listener,),
+        )
+
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every dead letter recorded so far is in the backend (or given up).
 
@@ -168,13 +185,17 @@ def _opening_envelope(conv: Conversation) -> bytes:
     # names starting with '_' are the organism's own (the outside: `_external`); an envelope
     # from outside may not claim them, so the envelope leaves <from> empty instead
     sender = "" if conv.sender.startswith("_") else conv.sender
+    return _envelope(sender, conv.started_by, conv.payload, conv.id)
+
+
+def _envelope(sender: str, to: str, payload: object, conversation: str) -> bytes:
     try:
-        return envelope_bytes(sender, conv.started_by, "", to_xml(conv.payload))
+        return envelope_bytes(sender, to, "", to_xml(payload))
     except (XmlPipelineError, ValueError) as exc:  # changed after it was sent, say
         log.error(
-            "the opening payload of conversation %s cannot be written as XML any more (%s); "
-            "its dead letter has no envelope to replay",
-            conv.id, exc,
+            "the payload of conversation %s for %r cannot be written as XML any more (%s); "
+            "its dead letter has no envelope",
+            conversation, to, exc,
         )  # fmt: skip
         return b""
 

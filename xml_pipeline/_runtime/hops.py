@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 from collections import deque
 from typing import Any
 
 from xml_pipeline._handlers import Listener
-from xml_pipeline._runtime.retry import RetryPolicy
+from xml_pipeline._runtime.circuit import CircuitBreaker
+from xml_pipeline._runtime.recovery import RecoveryCounters
+from xml_pipeline._runtime.retry import RetryPolicy, policy_for
+from xml_pipeline._runtime.runs import RunOutput
 from xml_pipeline._wire.payloads import PayloadSpec, payload_spec
 
 __all__ = ["Conversation", "Frame", "Hop", "ListenerState"]
@@ -27,8 +31,9 @@ class ListenerState:
     """
 
     __slots__ = (
-        "backlog", "busy", "cpu_bound", "handler", "handles_errors", "is_async", "limit",
-        "listener", "name", "payload_class", "peers", "resumers", "retry", "spec", "timeout",
+        "backlog", "busy", "circuit", "compensate", "cpu_bound", "handler", "handles_errors",
+        "is_async", "limit", "listener", "name", "payload_class", "peers", "recovery", "resumers",
+        "retry", "spec", "timeout",
     )  # fmt: skip
 
     def __init__(self, listener: Listener, pool_workers: int, retry: RetryPolicy) -> None:
@@ -46,7 +51,11 @@ class ListenerState:
         self.limit = listener.max_concurrency
         if listener.cpu_bound:
             self.limit = min(self.limit, pool_workers)
-        self.retry = retry
+        # the listener's own policy, else the pump's default
+        self.retry = retry if listener.retry is None else policy_for(listener.retry)
+        self.circuit = None if listener.circuit is None else CircuitBreaker(listener.circuit)
+        self.compensate = listener.compensate
+        self.recovery = RecoveryCounters()
         self.busy = 0
         self.backlog: deque[Hop] = deque()
         # handlers that waited in meta.call without their slot and want it back, first served
@@ -63,8 +72,8 @@ class Conversation:
     """
 
     __slots__ = (
-        "answered_by", "done", "expired", "failed", "future", "hops", "id", "opening",
-        "payload", "running", "sender", "started_by", "timer",
+        "answered_by", "answers", "calls", "deadline", "done", "expired", "failed", "future",
+        "hops", "id", "opening", "payload", "running", "sender", "started_by", "timer",
     )  # fmt: skip
 
     def __init__(self, future: asyncio.Future[Any] | None, to: str) -> None:
@@ -78,6 +87,11 @@ class Conversation:
         self.started_by = to
         self.running: set[Hop] = set()
         self.answered_by = ""  # the listener whose answer ended it
+        self.deadline = math.inf  # the request's deadline (loop time); none for send/inject
+        # (listener state, payload) of answers given by listeners with a compensation, in order
+        self.answers: list[tuple[ListenerState, object]] | None = None
+        # the frames of meta.calls made in it: waiters still pending when it ends are cancelled
+        self.calls: list[Frame] | None = None
         self.payload: object = None  # set when its opening call is made
         self.sender = ""
         self.failed: tuple[Frame, int] | None = None
@@ -116,8 +130,9 @@ class Hop:
     """
 
     __slots__ = (
-        "abandoned", "attempt", "cancels", "conv", "finished", "frame", "holds_slot", "payload",
-        "sender", "settled", "state", "task", "waits",
+        "abandoned", "attempt", "calls", "cancels", "conv", "finished", "frame", "holds_slot",
+        "output", "payload", "progress", "run", "sender", "settled", "started", "state", "task",
+        "waits",
     )  # fmt: skip
 
     def __init__(
@@ -136,3 +151,8 @@ class Hop:
         self.holds_slot = True  # its listener's concurrency slot (given up while it waits)
         self.waits = 0  # meta.call answers its handler waits for now
         self.finished = False  # its handler returned: its metadata may no longer call
+        self.calls: list[Frame] | None = None  # the frames of its meta.calls (made lazily)
+        self.run = 0  # its run id, given when its handler starts (`Organism.runs`)
+        self.started = 0.0  # when its handler started (time.time())
+        self.progress = ""  # what its handler said with meta.progress()
+        self.output: RunOutput | None = None  # what it wrote with meta.log() (made lazily)

@@ -26,13 +26,15 @@ from typing import Any
 
 import anyio
 
-from xml_pipeline._errors import DeliveryError, Reason, raised_at
+from xml_pipeline._errors import DeliveryError, PermanentError, Reason, RetryLater, raised_at
 from xml_pipeline._handlers import HandlerMetadata
 from xml_pipeline._runtime.hops import Hop
 from xml_pipeline._runtime.invoker import Invoker
 from xml_pipeline._runtime.outcomes import Counters
 from xml_pipeline._runtime.outputs import Failure
+from xml_pipeline._runtime.pool import WorkerFailure
 from xml_pipeline._runtime.registry import ThreadRegistry
+from xml_pipeline._runtime.retry import AttemptFailure
 
 __all__ = ["CANCEL_GRACE", "Invocation", "Settled"]
 
@@ -149,12 +151,13 @@ class Invocation:
             raise caught
         if isinstance(caught, DeliveryError) and call is not None:
             # the pool's verdict: worker_crash, timeout, invalid_response, handler_error...
-            raise Failure(caught.reason, caught.message) from None
+            raise Failure(caught.reason, caught.message, _from_worker(caught)) from None
         log.debug("handler of %r raised", state.name, exc_info=caught)
         raise Failure(
             Reason.HANDLER_ERROR,
             f"{state.name!r} raised {type(caught).__name__}: {_describe(caught)}"
             f"{raised_at(caught)}",
+            _attempt_failure(caught),
         ) from None
 
     def settle(self, hop: Hop, reason: str) -> None:
@@ -230,3 +233,23 @@ def _describe(exc: BaseException) -> str:
     except Exception:  # a __str__ that raises
         return "(its message could not be read)"
     return text if text else "(no message)"
+
+
+def _attempt_failure(exc: BaseException) -> AttemptFailure:
+    """What the retry policy is told of an exception a handler raised in process."""
+    types = tuple(f"{cls.__module__}.{cls.__qualname__}" for cls in type(exc).__mro__)
+    after = exc.after_seconds if isinstance(exc, RetryLater) else None
+    return AttemptFailure(Reason.HANDLER_ERROR, types, after, isinstance(exc, PermanentError))
+
+
+def _from_worker(error: DeliveryError) -> AttemptFailure:
+    """The same for a failure in a worker process, which sends the exception's class only
+    (``module.QualName``, builtins by their bare name)."""
+    cause = error.__cause__
+    if not isinstance(cause, WorkerFailure):
+        return AttemptFailure(error.reason)
+    name = cause.type_name if "." in cause.type_name else f"builtins.{cause.type_name}"
+    return AttemptFailure(error.reason, (name,), None, name == _PERMANENT)
+
+
+_PERMANENT = f"{PermanentError.__module__}.{PermanentError.__qualname__}"

@@ -57,6 +57,7 @@ class PoolInvoker:
             "thread_id": meta.thread_id,
             "from_id": meta.from_id,
             "own_name": meta.own_name,
+            "attempt": meta.attempt,
             "history": history,
         }
         result = await self.pool.run(

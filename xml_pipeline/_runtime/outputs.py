@@ -15,6 +15,7 @@ from xml_pipeline._errors import DeliveryError, PayloadTypeError, Reason, Schema
 from xml_pipeline._handlers import HandlerResponse
 from xml_pipeline._runtime.hops import ListenerState
 from xml_pipeline._runtime.invoker import BoundOutputs
+from xml_pipeline._runtime.retry import AttemptFailure
 from xml_pipeline._wire.payloads import check_payload, payload_spec, to_xml
 
 __all__ = ["Failure", "check_outputs", "no_route", "wrong_class"]
@@ -23,12 +24,17 @@ Outputs = list[tuple[HandlerResponse, bytes | None]]
 
 
 class Failure(Exception):
-    """A hop failed (its handler raised, or its output was refused) with this reason."""
+    """A hop failed (its handler raised, or its output was refused) with this reason.
 
-    def __init__(self, reason: str, message: str) -> None:
+    ``error`` is what the retry policy is told about the exception (types, `RetryLater`,
+    `PermanentError`), when the handler raised one.
+    """
+
+    def __init__(self, reason: str, message: str, error: AttemptFailure | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.error = error
 
 
 def check_outputs(

@@ -23,8 +23,10 @@ and the *continuation* loop, kept together because that is where a hop's time go
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
+import time
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
@@ -39,6 +41,7 @@ from xml_pipeline._errors import (
     SchemaViolation,
     UsageError,
     XmlPipelineError,
+    raised_at,
 )
 from xml_pipeline._handlers import ErrorReport, HandlerMetadata, Listener
 from xml_pipeline._runtime.dead_letters import DeadLetterRecorder
@@ -50,8 +53,10 @@ from xml_pipeline._runtime.invoker import Invoker
 from xml_pipeline._runtime.outbox import Outbox
 from xml_pipeline._runtime.outcomes import Conversations, Counters, PumpStats
 from xml_pipeline._runtime.outputs import Failure, check_outputs, no_route, wrong_class
+from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry, new_thread_id
-from xml_pipeline._runtime.retry import NoRetry, RetryPolicy
+from xml_pipeline._runtime.retry import AttemptFailure, NoRetry, RetryPolicy
+from xml_pipeline._runtime.runs import Run, RunStatus
 from xml_pipeline._runtime.transport import LocalTransport, Transport
 from xml_pipeline._wire.codecs import xml_safe
 from xml_pipeline._wire.envelope import Envelope
@@ -135,6 +140,9 @@ class StreamPump:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners = {name: state.listener for name, state in self._states.items()}
         self._history_reader = registry.history if registry.history_on else None
+        # listeners with a compensation: their answers are remembered per conversation
+        self._compensating = frozenset(s.name for s in self._states.values() if s.compensate)
+        self._last_run = 0  # run ids are given in order: a smaller one has started already
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -253,7 +261,8 @@ class StreamPump:
         future: asyncio.Future[Any] = loop.create_future()
         conv.future = future
         task = asyncio.current_task(loop)  # with the loop: no get_running_loop() inside
-        conv.timer = loop.call_at(loop.time() + timeout, self._expire, conv, task, timeout)
+        conv.deadline = loop.time() + timeout
+        conv.timer = loop.call_at(conv.deadline, self._expire, conv, task, timeout)
         try:
             first = await self._open(conv, state, payload, sender, xml)
         except asyncio.CancelledError:
@@ -429,7 +438,76 @@ class StreamPump:
             return
         self._spawn_call(self._end(conv, _request_timeout(conv.started_by, timeout, "", conv.id)))
 
+    # -- seeing and steering running work ------------------------------------------------------
+
+    def runs(self, listener: str | None = None, status: str | None = None) -> list[Run]:
+        """The handler runs of open conversations now: running, waiting in ``meta.call``, and
+        queued for a slot (see `Organism.runs`)."""
+        now = time.time()
+        found: list[Run] = []
+        for conv in self._conversations.all():
+            for hop in conv.running:
+                found.append(_run(hop, "waiting" if hop.waits else "running", now))
+        for state in self._states.values():
+            found.extend(_run(hop, "queued", now) for hop in state.backlog if not hop.conv.done)
+        return [
+            run
+            for run in found
+            if (listener is None or run.listener == listener)
+            and (status is None or run.status == status)
+        ]
+
+    def cancel_run(self, run_id: str) -> None:
+        """Cancel a running handler: its caller gets ``cancelled`` (see `Organism.cancel_run`)."""
+        number = _run_number(run_id)
+        for conv in self._conversations.all():
+            for hop in conv.running:
+                if hop.run == number and hop.settled is None:
+                    self._invocation.settle(hop, "cancelled")
+                    self._spawn_call(self._report_cancel(hop))
+                    return
+        if 0 < number <= self._last_run:
+            raise UsageError(f"run {run_id} is not running any more: it finished")
+        raise UsageError(f"no run {run_id} in this organism; list them with runs()")
+
+    async def _report_cancel(self, hop: Hop) -> None:
+        if hop.conv.done:
+            return
+        message = f"run r{hop.run} of {hop.state.name!r} was cancelled (cancel_run)"
+        for nxt in await self._failed_run(hop, Reason.CANCELLED, message):
+            self._transport.deliver(nxt)
+
+    async def cancel_conversation(self, conversation: str) -> None:
+        """End an open conversation with ``cancelled`` (see `Organism.cancel_conversation`)."""
+        for conv in self._conversations.all():
+            if conv.id == conversation:
+                self._counters.cancelled += 1
+                await self._end(conv, DeliveryError(
+                    "the conversation was cancelled (cancel_conversation)", reason="cancelled",
+                    listener=conv.started_by, thread=conv.id,
+                ))  # fmt: skip
+                return
+        raise UsageError(
+            f"no open conversation {conversation!r}: it ended already or never existed"
+        )
+
+    def recovery_status(self) -> dict[str, ListenerRecovery]:
+        """Each listener's recovery counters and circuit state, by name."""
+        return {
+            name: state.recovery.snapshot(None if state.circuit is None else state.circuit.state)
+            for name, state in self._states.items()
+        }
+
     def _conversation_ended(self, conv: Conversation, error: DeliveryError | None) -> None:
+        if conv.calls is not None:  # meta.calls nobody will answer: free their awaiting tasks
+            for callee in conv.calls:
+                if callee.waiter is not None:
+                    callee.waiter.cancel()
+                    callee.waiter = None
+            conv.calls = None
+        if error is not None and conv.answers:
+            answers, conv.answers = conv.answers, None
+            self._spawn_call(self._compensate(conv.id, answers, error))
         if self.hooks.active:
             loop = self._loop or asyncio.get_running_loop()
             outcome = None if error is None else str(error.reason)
@@ -527,8 +605,15 @@ class StreamPump:
                 reason="hop_limit", listener=state.name, thread=frame.thread,
             ))  # fmt: skip
             return []
+        circuit = state.circuit
+        if circuit is not None and not circuit.allow(self._now()):
+            return await self._circuit_open(hop)
         counters = self._counters
         counters.hops += 1
+        state.recovery.attempts += 1
+        self._last_run += 1
+        hop.run = self._last_run
+        hop.started = time.time()
         hooks = self.hooks.active
         started = self._emit_started(hop) if hooks else 0.0
         registry = self._registry
@@ -539,8 +624,10 @@ class StreamPump:
             result = await self._invocation.run(hop, meta)
             outputs = check_outputs(state, result, self._states, registry.history_on)
         except Settled:
+            if circuit is not None and hop.settled == "ended":
+                circuit.released()  # no verdict: a half-open circuit may probe again
             if hooks:
-                self._emit_finished(hop, started, "ended" if hop.settled == "ended" else "timeout")
+                self._emit_finished(hop, started, _SETTLED.get(hop.settled or "", "timeout"))
             return []  # the watchdog or the conversation's end decided this hop's outcome
         except Failure as exc:
             if exc.reason == Reason.HANDLER_ERROR:
@@ -549,7 +636,11 @@ class StreamPump:
                 counters.timeouts += 1
             if hooks:
                 self._emit_finished(hop, started, str(exc.reason))
-            return await self._failed_run(hop, exc.reason, exc.message)
+            return await self._failed_run(hop, exc.reason, exc.message, exc.error)
+        if circuit is not None:
+            circuit.succeeded()
+        if hop.attempt > 1:
+            state.recovery.recovered += 1
         nexts: list[Hop] = []
         for out, xml in outputs:
             if out.to is None:
@@ -593,18 +684,117 @@ class StreamPump:
         """The recorded hops of a conversation, oldest first."""
         return await self._registry.history(conversation)
 
-    async def _failed_run(self, hop: Hop, reason: str, message: str) -> list[Hop]:
-        """A run of ``hop`` failed: run it again if its listener's retry policy says so, else
-        answer its caller with the failure."""
-        delay = hop.state.retry.next_delay(hop.attempt, reason)
-        if delay is not None and not hop.conv.done:
-            self._counters.retries += 1
-            again = Hop(hop.state, hop.frame, hop.sender, hop.payload, hop.conv)
-            again.attempt = hop.attempt + 1
-            loop = self._loop or asyncio.get_running_loop()
-            loop.call_later(max(0.0, delay), self._transport.deliver, again)
-            return []
-        return await self._fail(hop.conv, hop.frame, reason, message, hop.state.name, hop.attempt)
+    async def _failed_run(
+        self, hop: Hop, reason: str, message: str, error: AttemptFailure | None = None
+    ) -> list[Hop]:
+        """A run of ``hop`` failed: roll the attempt back and run it again if its listener's
+        retry policy says so and the request's deadline leaves time, else answer its caller
+        with the failure."""
+        state, conv = hop.state, hop.conv
+        recovery = state.recovery
+        recovery.error(reason, message)
+        now = self._now()
+        if state.circuit is not None and reason != Reason.CANCELLED and state.circuit.failed(now):
+            log.warning(
+                "circuit of %r opened after %d failed runs in a row (last: [%s] %s); hops to it "
+                "fail with circuit_open for %gs",
+                state.name, state.circuit.failures_in_row, reason, message,
+                state.circuit.settings.reset_seconds,
+            )  # fmt: skip
+        if hop.calls is not None:
+            await self._roll_back(hop)
+        if error is None or error.reason != reason:
+            error = AttemptFailure(reason)
+        delay = state.retry.next_delay(hop.attempt, error)
+        if delay is not None and not conv.done:
+            if now + delay < conv.deadline:
+                self._counters.retries += 1
+                recovery.retries += 1
+                again = Hop(state, hop.frame, hop.sender, hop.payload, conv)
+                again.attempt = hop.attempt + 1
+                loop = self._loop or asyncio.get_running_loop()
+                loop.call_later(delay, self._transport.deliver, again)
+                return []
+            recovery.exhausted += 1
+            message += (
+                f" (attempt {hop.attempt}; not retried: the retry, due in {delay:.3g}s, "
+                "could not start before the request's deadline)"
+            )
+        elif hop.attempt > 1:
+            recovery.exhausted += 1
+            message += f" (after {hop.attempt} attempts)"
+        return await self._fail(conv, hop.frame, reason, message, state.name, hop.attempt)
+
+    async def _circuit_open(self, hop: Hop) -> list[Hop]:
+        """Fail a hop at once: its listener's circuit is open."""
+        state = hop.state
+        circuit = state.circuit
+        assert circuit is not None
+        state.recovery.circuit_rejections += 1
+        message = (
+            f"the circuit of {state.name!r} is {circuit.state.replace('_', '-')} after "
+            f"{circuit.failures_in_row} failed runs in a row; it lets a probe through in "
+            f"{circuit.retry_in(self._now()):.3g}s"
+        )
+        return await self._fail(hop.conv, hop.frame, Reason.CIRCUIT_OPEN, message, state.name)
+
+    async def _roll_back(self, hop: Hop) -> None:
+        """Withdraw what a failed attempt left in flight: its ``meta.call``s not answered yet
+        are failed in its handler's place (their awaiting tasks cancelled), the hops running
+        under them stopped, and their threads retired; answers to them are late replies."""
+        calls, hop.calls = hop.calls or [], None
+        conv = hop.conv
+        for callee in calls:
+            waiter = callee.waiter
+            if waiter is None:
+                continue  # answered, failed or timed out already
+            callee.waiter = None
+            callee.answered = True
+            hop.frame.live -= 1
+            waiter.cancel()
+            for running in list(conv.running):
+                if _under(running.frame, callee):
+                    self._invocation.settle(running, "ended")
+            try:
+                await self._registry.withdraw(callee.thread)
+            except Exception:  # the conversation's retirement and the TTL are the backstop
+                log.warning("could not retire the withdrawn call %s", callee.thread, exc_info=True)
+
+    async def _compensate(
+        self, conversation: str, answers: list[tuple[ListenerState, object]], error: DeliveryError
+    ) -> None:
+        """A conversation failed: run the ``compensate`` handler of each listener that had
+        answered in it, newest answer first, each once; a compensation that fails is kept as
+        a dead letter with reason ``compensation_failed``."""
+        for state, answer in reversed(answers):
+            compensate = state.compensate
+            assert compensate is not None
+            recovery = state.recovery
+            recovery.compensations += 1
+            meta = HandlerMetadata(conversation, "_compensation", state.name)
+            try:
+                with anyio.fail_after(state.timeout):
+                    result = compensate(answer, meta)
+                    if inspect.isawaitable(result):
+                        await result
+            except Exception as exc:
+                recovery.compensations_failed += 1
+                message = (
+                    f"the compensation of {state.name!r} for its answer "
+                    f"{type(answer).__qualname__} in failed conversation {conversation} "
+                    f"([{error.reason}]) raised {type(exc).__name__}: {exc}{raised_at(exc)}"
+                )
+                recovery.error(Reason.COMPENSATION_FAILED, message)
+                self.dead_letters.record_compensation(conversation, state.name, answer, message)
+            else:
+                log.info(
+                    "compensated the answer of %r in failed conversation %s",
+                    state.name, conversation,
+                )  # fmt: skip
+
+    def _now(self) -> float:
+        loop = self._loop or asyncio.get_running_loop()
+        return loop.time()
 
     async def _respond(
         self,
@@ -633,6 +823,10 @@ class StreamPump:
             conv.answered_by = responder
             self._conversations.finish(conv, payload)
             return []
+        if responder in self._compensating and type(payload) is not ErrorReport:
+            if conv.answers is None:
+                conv.answers = []
+            conv.answers.append((self._states[responder], payload))
         waiter = frame.waiter
         if waiter is not None:  # a meta.call: the answer goes to the handler awaiting it
             frame.waiter = None
@@ -729,6 +923,12 @@ class StreamPump:
         answer: asyncio.Future[Any] = loop.create_future()
         callee = Frame(peer, rec.thread_id, frame)
         callee.waiter = answer
+        if hop.calls is None:
+            hop.calls = []
+        hop.calls.append(callee)
+        if conv.calls is None:
+            conv.calls = []
+        conv.calls.append(callee)
         frame.live += 1
         self._transport.deliver(Hop(target, callee, state.name, payload, conv))
         timer = None
@@ -746,7 +946,13 @@ class StreamPump:
             if timer is not None:
                 timer.cancel()
             hop.waits -= 1
-            if not cancelled and hop.waits == 0 and not hop.holds_slot and hop.settled is None:
+            if (
+                not cancelled
+                and hop.waits == 0
+                and not hop.holds_slot
+                and hop.settled is None
+                and not hop.finished  # an orphaned call (its handler returned) takes no slot
+            ):
                 await self._resume(hop)
 
     def _call_expired(self, callee: Frame, peer: str, timeout: float) -> None:
@@ -836,6 +1042,42 @@ class StreamPump:
                     return
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETIRE_BACKOFF[1])
+
+
+_SETTLED = {"ended": "ended", "timeout": "timeout", "cancelled": "cancelled"}
+
+
+def _run(hop: Hop, status: RunStatus, now: float) -> Run:
+    output = hop.output
+    return Run(
+        run_id=f"r{hop.run}" if hop.run else "",
+        listener=hop.state.name,
+        conversation=hop.conv.id,
+        thread=hop.frame.thread,
+        attempt=hop.attempt,
+        status=status,
+        started_at=hop.started if hop.run else None,
+        elapsed_seconds=max(0.0, now - hop.started) if hop.run else 0.0,
+        cpu_bound=hop.state.cpu_bound,
+        progress=hop.progress,
+        output=tuple(output.lines) if output is not None else (),
+        output_dropped=output.dropped if output is not None else 0,
+    )
+
+
+def _run_number(run_id: str) -> int:
+    if not isinstance(run_id, str) or not run_id[1:].isdigit() or run_id[:1] != "r":
+        raise UsageError(f"a run id is r followed by digits (r12), not {run_id!r}")
+    return int(run_id[1:])
+
+
+def _under(frame: Frame | None, ancestor: Frame) -> bool:
+    """Whether ``frame`` is ``ancestor`` or a call made under it."""
+    while frame is not None:
+        if frame is ancestor:
+            return True
+        frame = frame.parent
+    return False
 
 
 def _call_failed(report: ErrorReport, callee: Frame) -> DeliveryError:

@@ -162,6 +162,15 @@ class ThreadRegistry:
             return self._prune_now(thread, entry)  # type: ignore[no-any-return]
         return await self._backend.prune(thread, entry)
 
+    async def withdraw(self, thread: str) -> None:
+        """Retire the thread of a call that will never be answered (the attempt that made it
+        failed and is rolled back); an answer that comes later is a late reply.
+
+        Raises:
+            BackendError: the backend failed.
+        """
+        await self._backend.prune(thread, None)
+
     async def abandon(self, conversation: str) -> int:
         """Retire a conversation whose opening call may or may not have happened (the caller
         was cancelled or the backend failed mid-call); returns records removed.

@@ -77,7 +77,9 @@ def run_handler(
     async def snapshot() -> list[HistoryEntry]:
         return [decode_entry(entry) for entry in stored]  # decoded only when asked for
 
-    metadata = HandlerMetadata(meta["thread_id"], meta["from_id"], meta["own_name"], snapshot)
+    metadata = HandlerMetadata(
+        meta["thread_id"], meta["from_id"], meta["own_name"], snapshot, meta.get("attempt", 1)
+    )
     try:
         return _outputs(meta["own_name"], _call(handler, message, metadata))
     except BaseException as exc:  # SystemExit and GeneratorExit too: they are the handler's

@@ -1,0 +1,123 @@
+"""Seeing and steering running work in process (issue 13, items 1 and 3): `Organism.runs`,
+progress and output lines, `cancel_run`, `cancel_conversation`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anyio
+import pytest
+
+from xml_pipeline import (
+    DeliveryError,
+    ErrorReport,
+    HandlerMetadata,
+    HandlerResponse,
+    Listener,
+    Organism,
+    UsageError,
+    payload,
+)
+from xml_pipeline._runtime.runs import MAX_OUTPUT_LINES
+
+pytestmark = pytest.mark.anyio
+
+
+@payload
+@dataclass
+class Work:
+    text: str = ""
+
+
+@payload
+@dataclass
+class Said:
+    text: str
+
+
+async def long(msg: Work, meta: HandlerMetadata) -> HandlerResponse:
+    for i in range(MAX_OUTPUT_LINES + 5):
+        meta.log(f"line {i}")
+    meta.progress("fetched 3 of 10")
+    await anyio.sleep(30)
+    return HandlerResponse.respond(Said(text="done"))
+
+
+async def boss(msg: Work, meta: HandlerMetadata) -> HandlerResponse | None:
+    if isinstance(msg, ErrorReport):
+        return HandlerResponse.respond(Said(text=f"boss saw {msg.reason}"))
+    if msg.text == "await":
+        return HandlerResponse.respond(await meta.call("long", msg))
+    return HandlerResponse(msg, to="long")
+
+
+def organism() -> Organism:
+    return Organism([
+        Listener("boss", Work, boss, peers=("long",), handles_errors=True),
+        Listener("long", Work, long, max_concurrency=1),
+    ])  # fmt: skip
+
+
+async def until(predicate: object, seconds: float = 5) -> None:
+    with anyio.fail_after(seconds):
+        while not predicate():  # type: ignore[operator]
+            await anyio.sleep(0.01)
+
+
+async def test_runs_lists_running_waiting_and_queued_work_with_progress_and_output() -> None:
+    async with organism() as org, anyio.create_task_group() as tg:
+        tg.start_soon(org.request, "boss", Work(text="await"))
+        tg.start_soon(org.send, "long", Work())  # queued behind the first (one slot)
+        await until(lambda: len(org.runs()) == 3)
+        by_status = {run.status: run for run in org.runs()}
+        assert set(by_status) == {"waiting", "running", "queued"}
+        waiting, running, queued = by_status["waiting"], by_status["running"], by_status["queued"]
+        assert (waiting.listener, running.listener, queued.listener) == ("boss", "long", "long")
+        assert running.progress == "fetched 3 of 10"
+        assert running.output[-1] == f"line {MAX_OUTPUT_LINES + 4}"
+        assert len(running.output) == MAX_OUTPUT_LINES and running.output_dropped == 5
+        assert running.run_id.startswith("r") and queued.run_id == "" and queued.started_at is None
+        assert running.elapsed_seconds >= 0 and running.started_at is not None
+        assert [r.listener for r in org.runs(listener="long", status="running")] == ["long"]
+        tg.cancel_scope.cancel()
+
+
+async def test_cancel_run_fails_its_caller_with_cancelled_and_the_conversation_goes_on() -> None:
+    async with organism() as org:
+        async with anyio.create_task_group() as tg:
+            answers: list[object] = []
+
+            async def ask() -> None:
+                answers.append(await org.request("boss", Work(), timeout=10))
+
+            tg.start_soon(ask)
+            await until(lambda: org.runs(listener="long", status="running"))
+            [run] = org.runs(listener="long", status="running")
+            org.cancel_run(run.run_id)
+        assert answers == [Said(text="boss saw cancelled")]  # boss handles errors: it answered
+        with pytest.raises(UsageError, match="finished"):
+            org.cancel_run(run.run_id)
+        with pytest.raises(UsageError, match="no run r999999"):
+            org.cancel_run("r999999")
+        with pytest.raises(UsageError, match="r followed by digits"):
+            org.cancel_run("12")
+
+
+async def test_cancel_conversation_ends_it_for_its_requester() -> None:
+    async with organism() as org:
+        async with anyio.create_task_group() as tg:
+            failures: list[DeliveryError] = []
+
+            async def ask() -> None:
+                with pytest.raises(DeliveryError) as failed:
+                    await org.request("long", Work(), timeout=10)
+                failures.append(failed.value)
+
+            tg.start_soon(ask)
+            await until(lambda: org.runs(status="running"))
+            [run] = org.runs()
+            await org.cancel_conversation(run.conversation)
+        assert failures[0].reason == "cancelled"
+        assert org.runs() == []
+        with pytest.raises(UsageError, match="no open conversation"):
+            await org.cancel_conversation(run.conversation)
