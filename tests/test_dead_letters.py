@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from xml_pipeline import (
+    BackoffSettings,
     DeadLetterCounts,
     DeadLetters,
     HandlerMetadata,
@@ -20,6 +21,7 @@ from xml_pipeline import (
     Organism,
     Outcome,
     ReplayResult,
+    RetrySettings,
     UsageError,
     payload,
 )
@@ -246,3 +248,21 @@ async def test_a_manager_backend_of_its_own_keeps_them_only_while_it_runs() -> N
         assert not org.dead_letters.durable
     with pytest.raises(UsageError, match="manager_address"):
         await org.dead_letters.list()
+
+
+async def test_a_send_whose_retries_are_exhausted_is_kept_and_answered_after_the_fix() -> None:
+    """Issue 12's test: a handler that always fails is retried, exhausted, dead-lettered with
+    its attempts, and answered after a replay once it is fixed."""
+    switch = Switch()
+    retry = RetrySettings(attempts=3, backoff=BackoffSettings(initial_seconds=0, jitter="none"))
+    org = Organism([Listener("worker", Job, switch, retry=retry)], name="retrying")
+    async with org:
+        [sent] = await failed(org, "ada")
+        [letter] = await org.dead_letters.list()
+        assert (letter.conversation, letter.attempts, letter.chain) == (sent, 3, ("worker",))
+        assert "after 3 attempts" in letter.message
+        switch.fixed = True
+        [result] = await org.dead_letters.replay([letter.id])
+        got = await outcomes(org, 1)
+        assert got[result.conversation].answer == Job(text="ADA")  # type: ignore[index]
+        assert await org.dead_letters.list() == []
