@@ -26,6 +26,7 @@ from xml_pipeline._settings import (  # noqa: F401 - Retry/CircuitSettings name 
     LISTENER_NAME,
     BackendConfig,
     CircuitSettings,
+    DeadLetterConfig,
     ListenerSettings,
     OrganismSettings,
     ProcessPoolConfig,
@@ -44,6 +45,7 @@ from xml_pipeline._settings import (  # noqa: F401 - Retry/CircuitSettings name 
 
 __all__ = [
     "BackendConfig",
+    "DeadLetterConfig",
     "ListenerConfig",
     "OrganismConfig",
     "ProcessPoolConfig",
@@ -118,6 +120,7 @@ class OrganismConfig(OrganismSettings):
     listeners: tuple[ListenerConfig, ...]
     backend: BackendConfig = field(default_factory=BackendConfig)
     process_pool: ProcessPoolConfig = field(default_factory=ProcessPoolConfig)
+    dead_letters: DeadLetterConfig = field(default_factory=DeadLetterConfig)
 
     @property
     def folder(self) -> Path:
@@ -186,11 +189,11 @@ def parse_config(text: str, *, file: str) -> OrganismConfig:
 
 
 def parse_section(name: str, values: Mapping[str, object], *, file: str) -> Any:
-    """The ``backend`` or ``process_pool`` section given as a mapping (an override in code),
-    read by the rules of organism.yaml; ``file`` names it in messages.
+    """The ``backend``, ``process_pool`` or ``dead_letters`` section given as a mapping (an
+    override in code), read by the rules of organism.yaml; ``file`` names it in messages.
 
     Returns:
-        a `BackendConfig` or a `ProcessPoolConfig`.
+        a `BackendConfig`, a `ProcessPoolConfig` or a `DeadLetterConfig`.
 
     Raises:
         ConfigError: every problem, by key path (no line: the mapping has none).
@@ -213,6 +216,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "listeners": ListenerConfig,
     "backend": BackendConfig,
     "process_pool": ProcessPoolConfig,
+    "dead_letters": DeadLetterConfig,
 }
 
 
@@ -359,6 +363,8 @@ class _Reader:
         )
         pool = self.optional_section(top.fields.get("process_pool"), "process_pool")
         process_pool = self.settings(pool, ProcessPoolConfig)
+        letters = self.optional_section(top.fields.get("dead_letters"), "dead_letters")
+        dead_letters = self.settings(letters, DeadLetterConfig)
         if self.problems:
             return None  # the values read are incomplete: never build from them
         return OrganismConfig(
@@ -366,6 +372,7 @@ class _Reader:
             listeners=tuple(ListenerConfig(**values) for values in listeners),
             backend=BackendConfig(**backend),
             process_pool=ProcessPoolConfig(**process_pool),
+            dead_letters=DeadLetterConfig(**dead_letters),
             **org,
         )
 
