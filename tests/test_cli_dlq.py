@@ -58,7 +58,8 @@ async def work(job: Job, meta: HandlerMetadata) -> HandlerResponse:
 
 def organism_file(folder: Path, url: str | None, *, worker: str = "worker") -> Path:
     """An organism of one listener (``worker``), with a Redis backend at ``url`` if given."""
-    (folder / "handlers.py").write_text(HANDLERS)
+    # not 'handlers': this process imports it too, and other tests import hello's 'handlers'
+    (folder / "dlq_jobs.py").write_text(HANDLERS)
     backend = (
         f"backend:\n  type: redis\n  redis_url: {url}\n"
         f"  redis_prefix: 'cli-{uuid.uuid4().hex[:8]}:'\n"
@@ -72,8 +73,8 @@ def organism_file(folder: Path, url: str | None, *, worker: str = "worker") -> P
           ingress_limit: 4096
         listeners:
           - name: {worker}
-            payload_class: handlers.Job
-            handler: handlers.work
+            payload_class: dlq_jobs.Job
+            handler: dlq_jobs.work
             max_concurrency: 4096
         """)
     file = folder / "organism.yaml"
