@@ -14,11 +14,11 @@ End of input waits for the answers still pending (each within ``--timeout``).
 A first SIGINT (Ctrl-C) or SIGTERM stops the run gracefully: no more input is read, the
 organism stops (`Organism.aclose`: what is in flight gets up to ``drain_timeout_seconds``, the
 rest fails with ``shutdown`` and is kept as a dead letter), and the summary says how many lines
-were read. Every line read is accounted for: answered on stdout, failed with a reason on
-stderr (lines already taken from the input but not yet sent when the signal came fail with
-``shutdown``, a line read only in part too), and those that failed with ``shutdown`` are kept as
-dead letters; the input after them is left unread. A second signal gives up on the pending
-answers (``cancelled``).
+were read. Every line read is accounted for: answered on stdout, or failed with a reason on
+stderr, and an envelope in flight that failed with ``shutdown`` is also kept as a dead letter.
+Lines already taken from the input but not yet sent when the signal came (a line read only in
+part too) fail with ``shutdown``, not kept: nothing ran for them. The input after them is left
+unread. A second signal gives up on the pending answers (``cancelled``).
 """
 
 from __future__ import annotations
