@@ -52,16 +52,18 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A ``redis-server`` subprocess on a free local port, without persistence.
+    """A ``redis-server`` subprocess on a free local port, without persistence unless asked.
 
     ``start()`` after ``stop()`` restarts it on the same port (data is gone: nothing is
-    saved), which is how tests simulate a Redis restart.
+    saved), which is how tests simulate a Redis restart. With ``appendonly`` it keeps an
+    append-only file in its directory, fsynced on every write (``appendfsync always``), so a
+    restart after ``stop()`` (a SIGKILL) brings back everything it acknowledged.
 
     Raises:
         RuntimeError: ``redis-server`` is not on PATH, or the server did not answer in time.
     """
 
-    def __init__(self, *, port: int | None = None) -> None:
+    def __init__(self, *, port: int | None = None, appendonly: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -73,6 +75,7 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.TemporaryDirectory(prefix="xp-redis-")
         self._process: subprocess.Popen[bytes] | None = None
+        self._appendonly = appendonly
 
     def __repr__(self) -> str:
         return f"RedisServer(url={self.url!r})"
@@ -92,7 +95,8 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self._appendonly else "no",
+            "--appendfsync", "always",
             "--dir", self._dir.name,
             "--logfile", str(log),
             "--rename-command", "KEYS", "",

@@ -11,6 +11,7 @@ import pytest
 
 from xml_pipeline._config import (
     BackendConfig,
+    DeadLetterConfig,
     ListenerConfig,
     OrganismConfig,
     ProcessPoolConfig,
@@ -105,6 +106,7 @@ def test_full_file_with_every_key_becomes_typed_config() -> None:
     assert config.process_pool == ProcessPoolConfig(
         workers=3, max_tasks_per_child=500, max_crashes=5
     )
+    assert config.dead_letters.max_entries == 50
 
 
 def test_omitted_keys_take_their_documented_defaults() -> None:
@@ -134,12 +136,14 @@ def test_omitted_keys_take_their_documented_defaults() -> None:
     assert config.process_pool.workers == (os.cpu_count() or 1)
     assert config.process_pool.max_tasks_per_child is None
     assert config.process_pool.max_crashes == 2
+    assert config.dead_letters.max_entries == 100_000
 
 
 def test_empty_optional_sections_mean_all_defaults() -> None:
-    config = parse(MINIMAL + "backend:\nprocess_pool:\n")
+    config = parse(MINIMAL + "backend:\nprocess_pool:\ndead_letters:\n")
     assert config.backend == BackendConfig()
     assert config.process_pool == ProcessPoolConfig()
+    assert config.dead_letters == DeadLetterConfig()
 
 
 def test_ints_are_accepted_where_floats_are_expected() -> None:
@@ -278,6 +282,7 @@ def test_number_where_text_is_expected_suggests_quotes() -> None:
         ("process_pool", "workers", "0", "at least 1"),
         ("process_pool", "max_tasks_per_child", "0", "at least 1"),
         ("process_pool", "max_crashes", "0", "at least 1"),
+        ("dead_letters", "max_entries", "0", "at least 1"),
     ],
 )
 def test_out_of_range_values_are_rejected(section: str, key: str, value: str, message: str) -> None:

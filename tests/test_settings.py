@@ -22,6 +22,7 @@ from xml_pipeline import ConfigError, HandlerMetadata, Listener, Organism, Usage
 from xml_pipeline._config import ListenerConfig, OrganismConfig, parse_config
 from xml_pipeline._settings import (
     BackendConfig,
+    DeadLetterConfig,
     ListenerSettings,
     OrganismSettings,
     ProcessPoolConfig,
@@ -42,6 +43,7 @@ SECTIONS: dict[str, type] = {
     "listeners": ListenerSettings,
     "backend": BackendConfig,
     "process_pool": ProcessPoolConfig,
+    "dead_letters": DeadLetterConfig,
 }
 SETTINGS = [(section, f) for section, cls in SECTIONS.items() for f in settings_fields(cls)]
 
@@ -103,6 +105,7 @@ def test_a_key_left_out_of_organism_yaml_takes_the_settings_default(
         "listeners": config.listeners[0],
         "backend": config.backend,
         "process_pool": config.process_pool,
+        "dead_letters": config.dead_letters,
     }[section]
     assert same(getattr(holder, f.name), default_of(f))
 
@@ -200,6 +203,7 @@ def test_the_readme_reference_lists_the_sections_keys_in_their_order() -> None:
     assert list(listener) == [f.name for f in settings_fields(ListenerConfig)]
     assert list(document["backend"]) == [f.name for f in settings_fields(BackendConfig)]
     assert list(document["process_pool"]) == [f.name for f in settings_fields(ProcessPoolConfig)]
+    assert list(document["dead_letters"]) == [f.name for f in settings_fields(DeadLetterConfig)]
 
 
 def test_the_readme_listener_signature_gives_the_settings_defaults() -> None:
@@ -279,6 +283,8 @@ def code_problem(section: str, key: str, value: object) -> str:
             Organism([Listener("front", Msg, echo)], **{key: value})
         elif section == "backend":
             BackendConfig(**{key: value})
+        elif section == "dead_letters":
+            DeadLetterConfig(**{key: value})
         else:
             ProcessPoolConfig(**{key: value})
     return str(info.value).removeprefix("[usage] ")
@@ -297,7 +303,7 @@ def test_a_refused_value_gets_the_same_words_from_the_file_and_from_code(
 
 @pytest.mark.parametrize(
     ("section", "key", "written", "value"),
-    [case for case in REFUSED if case[0] in ("organism", "backend", "process_pool")],
+    [case for case in REFUSED if case[0] != "listeners"],
     ids=lambda v: str(v),
 )
 def test_from_yaml_overrides_get_the_same_words(

@@ -8,6 +8,7 @@ module whose name starts with ``_`` is private and may change in any release.
 """
 
 from xml_pipeline._config import ListenerConfig, OrganismConfig, load_config
+from xml_pipeline._dead_letters import DeadLetters, ReplayResult
 from xml_pipeline._errors import (
     BackendError,
     ConfigError,
@@ -36,7 +37,7 @@ from xml_pipeline._handlers import (
 from xml_pipeline._organism import Organism
 from xml_pipeline._runtime.hooks import ConversationEvent, Event, Hooks, HopEvent
 from xml_pipeline._runtime.outbox import Outcome
-from xml_pipeline._runtime.outcomes import DeadLetter, PumpStats
+from xml_pipeline._runtime.outcomes import PumpStats
 from xml_pipeline._runtime.pool import PoolStats, ProcessPool
 from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry
@@ -45,6 +46,7 @@ from xml_pipeline._settings import (
     BackendConfig,
     BackoffSettings,
     CircuitSettings,
+    DeadLetterConfig,
     ProcessPoolConfig,
     RetrySettings,
 )
@@ -64,6 +66,7 @@ from xml_pipeline._wire.payloads import (
     to_xml,
 )
 from xml_pipeline._wire.repair import Repair, RepairResult, repair
+from xml_pipeline.backends.base import DeadLetter, DeadLetterCounts
 from xml_pipeline.metrics import (
     MetricsCollector,
     MetricsConfig,
@@ -83,6 +86,9 @@ __all__ = [
     "ConfigProblem",
     "ConversationEvent",
     "DeadLetter",
+    "DeadLetterConfig",
+    "DeadLetterCounts",
+    "DeadLetters",
     "DeliveryError",
     "Envelope",
     "ErrorReport",
@@ -114,6 +120,7 @@ __all__ = [
     "Reason",
     "Repair",
     "RepairResult",
+    "ReplayResult",
     "RetryLater",
     "RetrySettings",
     "Run",

@@ -26,6 +26,7 @@ from xml_pipeline._settings import (  # noqa: F401 - Retry/CircuitSettings name 
     LISTENER_NAME,
     BackendConfig,
     CircuitSettings,
+    DeadLetterConfig,
     ListenerSettings,
     OrganismSettings,
     ProcessPoolConfig,
@@ -51,6 +52,7 @@ from xml_pipeline.metrics.settings import (
 
 __all__ = [
     "BackendConfig",
+    "DeadLetterConfig",
     "ListenerConfig",
     "MetricsConfig",
     "OrganismConfig",
@@ -127,6 +129,7 @@ class OrganismConfig(OrganismSettings):
     listeners: tuple[ListenerConfig, ...]
     backend: BackendConfig = field(default_factory=BackendConfig)
     process_pool: ProcessPoolConfig = field(default_factory=ProcessPoolConfig)
+    dead_letters: DeadLetterConfig = field(default_factory=DeadLetterConfig)
     metrics: MetricsConfig | None = None
     tracing: TracingConfig | None = None
 
@@ -197,14 +200,14 @@ def parse_config(text: str, *, file: str) -> OrganismConfig:
 
 
 def parse_section(name: str, values: object, *, file: str) -> Any:
-    """The ``backend``, ``process_pool``, ``metrics`` or ``tracing`` section given as a
-    mapping (an override in code; ``tracing`` also takes a bool), read by the rules of
-    organism.yaml; ``file`` names it in messages. Relative paths stay relative to the working
-    directory.
+    """The ``backend``, ``process_pool``, ``dead_letters``, ``metrics`` or ``tracing`` section
+    given as a mapping (an override in code; ``tracing`` also takes a bool), read by the rules
+    of organism.yaml; ``file`` names it in messages. Relative paths stay relative to the
+    working directory.
 
     Returns:
-        a `BackendConfig`, `ProcessPoolConfig`, `MetricsConfig`, or `TracingConfig` (None for
-        ``tracing=False``).
+        a `BackendConfig`, `ProcessPoolConfig`, `DeadLetterConfig`, `MetricsConfig`, or
+        `TracingConfig` (None for ``tracing=False``).
 
     Raises:
         ConfigError: every problem, by key path (no line: the mapping has none).
@@ -235,6 +238,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "listeners": ListenerConfig,
     "backend": BackendConfig,
     "process_pool": ProcessPoolConfig,
+    "dead_letters": DeadLetterConfig,
 }
 
 
@@ -400,6 +404,8 @@ class _Reader:
         )
         pool = self.optional_section(top.fields.get("process_pool"), "process_pool")
         process_pool = self.settings(pool, ProcessPoolConfig)
+        letters = self.optional_section(top.fields.get("dead_letters"), "dead_letters")
+        dead_letters = self.settings(letters, DeadLetterConfig)
         metrics = self.metrics(top.fields.get("metrics"), file.parent)
         tracing = self.tracing(top.fields.get("tracing"))
         if self.problems:
@@ -409,6 +415,7 @@ class _Reader:
             listeners=tuple(ListenerConfig(**values) for values in listeners),
             backend=BackendConfig(**backend),
             process_pool=ProcessPoolConfig(**process_pool),
+            dead_letters=DeadLetterConfig(**dead_letters),
             metrics=metrics,
             tracing=tracing,
             **org,

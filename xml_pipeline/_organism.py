@@ -13,13 +13,14 @@ import dataclasses
 import os
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar, overload
 
 from xml_pipeline._config import OrganismConfig, load_config, parse_section
+from xml_pipeline._dead_letters import DeadLetters
 from xml_pipeline._errors import ConfigError, NotFoundError, UsageError
 from xml_pipeline._handlers import Listener, check_expected
 from xml_pipeline._loader import handler_signature_problem, load_organism, worker_import_problem
@@ -27,7 +28,7 @@ from xml_pipeline._runtime.hooks import Hooks
 from xml_pipeline._runtime.invoker import PoolInvoker
 from xml_pipeline._runtime.outbox import Outcome
 from xml_pipeline._runtime.pool import ProcessPool
-from xml_pipeline._runtime.pump import DeadLetter, PumpStats, StreamPump
+from xml_pipeline._runtime.pump import PumpStats, StreamPump
 from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry
 from xml_pipeline._runtime.runs import Run
@@ -35,6 +36,7 @@ from xml_pipeline._runtime.tracing import HopLog, hop_log_enabled
 from xml_pipeline._runtime.worker import extend_sys_path
 from xml_pipeline._settings import (
     BackendConfig,
+    DeadLetterConfig,
     OrganismSettings,
     ProcessPoolConfig,
     build,
@@ -45,6 +47,8 @@ from xml_pipeline._settings import (
 from xml_pipeline._wire.parsing import ParseLimits
 from xml_pipeline.backends.base import Backend
 from xml_pipeline.backends.factory import open_backend
+from xml_pipeline.backends.manager import ManagerBackend
+from xml_pipeline.backends.memory import MemoryBackend
 from xml_pipeline.metrics.collector import MetricsCollector, Probes
 from xml_pipeline.metrics.settings import MetricsConfig, TracingConfig
 from xml_pipeline.metrics.trace import Trace, trace_from_history
@@ -70,6 +74,7 @@ class Organism:
         name: str = "organism",
         backend: BackendConfig | Backend | None = None,
         process_pool: ProcessPoolConfig | None = None,
+        dead_letters: DeadLetterConfig | None = None,
         max_message_bytes: int = _DEFAULT.max_message_bytes,
         ingress_limit: int = _DEFAULT.ingress_limit,
         ingress_wait_seconds: float = _DEFAULT.ingress_wait_seconds,
@@ -100,6 +105,8 @@ class Organism:
         traced = (
             tracing if isinstance(tracing, TracingConfig | None) else _section("tracing", tracing)
         )
+        if dead_letters is not None and not isinstance(dead_letters, DeadLetterConfig):
+            dead_letters = _section("dead_letters", dead_letters)
         # the keyword arguments named after settings, checked by their specs
         given = {name: value for name, value in locals().items() if name in _SETTING_NAMES}
         settings = build(OrganismSettings, "Organism()", **given)
@@ -109,7 +116,16 @@ class Organism:
         self.name = name
         self.listeners = tuple(listeners)
         self._backend_spec = backend if backend is not None else BackendConfig()
+        spec = self._backend_spec
+        if isinstance(spec, BackendConfig) and spec.type == "memory":
+            # one for every run of this organism: its dead letters outlast a restart in-process
+            spec = MemoryBackend(
+                thread_ttl_seconds=spec.thread_ttl_seconds,
+                history_max_entries=spec.history_max_entries,
+            )
+        self._backend: BackendConfig | Backend = spec  # what each run opens
         self._pool_config = process_pool or ProcessPoolConfig()
+        self._dead_letter_config = dead_letters or DeadLetterConfig()
         self._limits = ParseLimits(max_bytes=settings.max_message_bytes)
         self._ingress = (settings.ingress_limit, settings.ingress_wait_seconds)
         self._drain_timeout = settings.drain_timeout_seconds
@@ -122,14 +138,21 @@ class Organism:
         self._tracing: TracingConfig | None = traced
         self._collector: MetricsCollector | None = None  # the last one, kept after a stop
         self.hooks = Hooks()  # every hop and conversation event, for observers (see Hooks)
+        self._dead_letters = DeadLetters._of(
+            name,
+            running=self._run_backend,
+            open_backend=self._open_stopped_backend,
+            durable=_durable(spec),
+            where=_describe_backend(spec),
+        )
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> Organism:
         """Load ``organism.yaml``, import its classes and handlers, and build the organism.
 
         ``overrides`` replace settings of the file's ``organism:`` section and its
-        ``backend``/``process_pool`` sections (e.g. ``backend=BackendConfig(type="redis")``
-        or ``backend={"type": "redis"}``).
+        ``backend``/``process_pool``/``dead_letters`` sections (e.g.
+        ``backend=BackendConfig(type="redis")`` or ``backend={"type": "redis"}``).
 
         Raises:
             ConfigError: every problem in the file or in what it names, with file, key path
@@ -156,6 +179,7 @@ class Organism:
             process_pool=config.process_pool,
             metrics=config.metrics,
             tracing=config.tracing,
+            dead_letters=config.dead_letters,
             **values_of(OrganismSettings, config),
         )
 
@@ -178,7 +202,7 @@ class Organism:
         await stack.__aenter__()
         try:
             backend = await stack.enter_async_context(
-                open_backend(self._backend_spec, namespace=self.name)
+                open_backend(self._backend, namespace=self.name)
             )
             registry = ThreadRegistry(backend, self.name, history=self._history)
             await registry.initialize_root()
@@ -203,6 +227,7 @@ class Organism:
                 pool_workers=self._pool_config.workers,
                 max_hops=self._max_hops,
                 outbox_size=self._settings.outbox_size,
+                dead_letters_max=self._dead_letter_config.max_entries,
             )
             pump.hooks = self.hooks
             if self._metrics_config is not None or self._tracing is not None:
@@ -228,7 +253,9 @@ class Organism:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Drain in-flight work for up to ``drain_timeout_seconds``, then cancel and close."""
+        """Stop: refuse new work, drain in-flight work for up to ``drain_timeout_seconds``,
+        then end what is left with ``shutdown``, keep each of those conversations as a dead
+        letter (envelope included, to replay), cancel their handlers and close."""
         stack, pump = self._stack, self._pump
         self._stack = self._pump = None
         self._pool = None
@@ -254,7 +281,7 @@ class Organism:
             listener_load=pump.listener_load,
             registry_size=registry.size,
             pool_stats=lambda: None if pool is None else pool.stats,
-            dead_letters=lambda: len(pump.dead_letters),
+            dead_letters=self._dead_letters_kept,
             recovery=pump.recovery_status,
         )
         return MetricsCollector(
@@ -264,6 +291,9 @@ class Organism:
             probes=probes,
             redis_url=(spec if isinstance(spec, BackendConfig) else BackendConfig()).redis_url,
         )
+
+    async def _dead_letters_kept(self) -> int:
+        return (await self._dead_letters.counts()).kept
 
     @property
     def metrics(self) -> MetricsCollector | None:
@@ -306,6 +336,11 @@ class Organism:
         else:
             history = "history holds open conversations only, and this one is not open"
         raise NotFoundError(f"no trace of conversation {conversation!r}: {why}, and {history}")
+
+    @property
+    def drain_timeout_seconds(self) -> float:
+        """How long stopping waits for in-flight work before the rest is dead-lettered."""
+        return self._drain_timeout
 
     @property
     def ingress_limit(self) -> int:
@@ -428,7 +463,8 @@ class Organism:
     async def send(self, to: str, payload: object) -> str:
         """Start a conversation without waiting for its answer; returns its conversation id.
 
-        Its outcome goes to `outcomes`; a failure is also logged and kept in `dead_letters`.
+        Its outcome goes to `outcomes`; a failure is also logged and kept in `dead_letters`,
+        to be replayed.
 
         Raises:
             DeliveryError: what is known at once (``no_route``, ``overloaded``, ``shutdown``,
@@ -508,11 +544,36 @@ class Organism:
         return PumpStats() if pump is None else pump.stats
 
     @property
-    def dead_letters(self) -> list[DeadLetter]:
-        """Failures of ``send``/``inject`` conversations that nobody was waiting for (of the
-        running organism, or of its last run once it stopped)."""
-        pump = self._pump or self._stopped
-        return [] if pump is None else pump.dead_letters
+    def dead_letters(self) -> DeadLetters:
+        """The dead-letter queue: conversations the organism could not deliver, kept in its
+        backend with their envelopes, to list, replay and purge (``await
+        org.dead_letters.list()``).
+
+        Failures of ``send``/``inject`` conversations go there (nobody awaited them), and every
+        conversation still open when the organism stops past its drain timeout (reason
+        ``shutdown``). A ``request``'s caller gets its failure instead."""
+        return self._dead_letters
+
+    def _open_stopped_backend(self) -> AbstractAsyncContextManager[Backend]:
+        """The backend, opened for a dead-letter call while the organism is stopped.
+
+        Raises:
+            UsageError: the backend was a state server this organism started: it stopped with
+                the organism, dead letters and all.
+        """
+        spec = self._backend
+        if isinstance(spec, BackendConfig) and spec.type == "manager" and not _durable(spec):
+            raise UsageError(
+                f"organism {self.name!r} is stopped, and the manager server it started stopped "
+                "with it, dead letters included; read them while it runs, or give "
+                "backend.manager_address (a server of its own) to keep them"
+            )
+        return open_backend(spec, namespace=self.name)
+
+    def _run_backend(self) -> tuple[StreamPump, Backend] | None:
+        if self._pump is None or self._registry is None:
+            return None
+        return self._pump, self._registry.backend
 
 
 def _check_listener_set(listeners: Sequence[Listener]) -> None:
@@ -560,7 +621,30 @@ _SECTION_TYPES: dict[str, tuple[type, ...]] = {
     "process_pool": (ProcessPoolConfig,),
     "metrics": (MetricsConfig,),
     "tracing": (TracingConfig,),
+    "dead_letters": (DeadLetterConfig,),
 }
+
+
+def _durable(backend: BackendConfig | Backend) -> bool:
+    """Whether what the backend keeps outlives this process."""
+    if isinstance(backend, BackendConfig):
+        return backend.type == "redis" or backend.manager_address is not None
+    if isinstance(backend, ManagerBackend):
+        return backend.server is None  # a server this process started dies with it
+    return not isinstance(backend, MemoryBackend)
+
+
+def _describe_backend(backend: BackendConfig | Backend) -> str:
+    """Where the backend keeps its data, for messages."""
+    if isinstance(backend, MemoryBackend):
+        return "the memory of this process"
+    if not isinstance(backend, BackendConfig):
+        return repr(backend)
+    if backend.type == "redis":
+        return f"redis at {backend.redis_url.rpartition('@')[2]}, prefix {backend.redis_prefix!r}"
+    if backend.manager_address is not None:
+        return f"the manager server at {backend.manager_address}"
+    return "the manager server this organism starts"
 
 
 def _checked_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -587,8 +671,8 @@ def _checked_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _section(key: str, value: object) -> Any:
-    """A ``backend``/``process_pool``/``metrics``/``tracing`` setting given as a mapping (or
-    ``tracing`` as a bool), read by the same rules as that section of organism.yaml.
+    """A ``backend``/``process_pool``/``dead_letters``/``metrics``/``tracing`` setting given as a
+    mapping (or ``tracing`` as a bool), read by the same rules as that section of organism.yaml.
 
     Raises:
         UsageError: not a mapping, or a setting the section does not have or cannot take (every

@@ -44,6 +44,7 @@ __all__ = [
     "BackendType",
     "BackoffSettings",
     "CircuitSettings",
+    "DeadLetterConfig",
     "ListenerSetProblem",
     "ListenerSettings",
     "OrganismSettings",
@@ -492,6 +493,30 @@ class BackendConfig:
             return None
         host, _, port = self.manager_address.rpartition(":")
         return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+# -- dead letters -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetterConfig:
+    """The dead-letter queue: what the organism could not deliver, kept in its backend.
+
+    Raises:
+        UsageError: a setting has the wrong type or an impossible value.
+    """
+
+    max_entries: int = field(
+        default=100_000,
+        metadata=setting(
+            "integer",
+            "dead letters kept per organism; beyond it the oldest are dropped and counted",
+            minimum=1,
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, type(self).__name__)
 
 
 # -- the process pool -------------------------------------------------------------------------

@@ -7,7 +7,12 @@ organism validate FILE                            every problem at once; exit 0 
 organism schema FILE [LISTENER]                   XSD, example document, prompt-ready description
 organism schema FILE [LISTENER] --json            JSON Schema and example object, as one JSON
 organism graph FILE [--format mermaid|dot|svg]    the organism's listeners and peers, drawn
+organism dlq list|show|replay|purge FILE ...      the dead-letter queue (see xml_pipeline._cli_dlq)
 organism trace FILE CONVERSATION                  a conversation's hop tree, from stored records
+
+SIGTERM or SIGINT stops ``organism run`` gracefully (see xml_pipeline._cli_run): it reads no more
+input, lets what is in flight finish for up to ``drain_timeout_seconds``, keeps the rest as dead
+letters (reason ``shutdown``) and says how many lines it read, so nothing it took is lost.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import anyio
 from redis.exceptions import RedisError
 
 from xml_pipeline import _cli_run
+from xml_pipeline._cli_dlq import add_dlq_parser, dlq_command
 from xml_pipeline._cli_run import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, RunOptions
 from xml_pipeline._config import load_config
 from xml_pipeline._errors import ConfigError, NotFoundError, UsageError, XmlPipelineError
@@ -52,10 +58,14 @@ stdout  one line per answer, as it comes:  line N: <message ...>...</message>
 stderr  line N: failed [reason] message    for every envelope that got no answer;
         logs, hop trees (--trace), and a summary: N answered, M failed (reason count, ...)
 
-End of input waits for the pending answers (each within --timeout); so does a first Ctrl-C,
-which stops reading; a second Ctrl-C gives up on them (reason cancelled).
+End of input waits for the pending answers (each within --timeout). A first SIGINT (Ctrl-C)
+or SIGTERM stops reading and stops the organism: what is in flight gets up to the organism's
+drain_timeout_seconds to finish, the rest fails with reason shutdown and is kept as a dead
+letter (organism dlq list FILE); every line read is accounted for in the summary
+(stopped by SIGTERM after reading N lines: ...). A second signal gives up on the pending
+answers (reason cancelled).
 Exit status: 0 every envelope answered, 1 some failed, 2 the organism file or the arguments
-are wrong, 130 interrupted.
+are wrong, 130 stopped by SIGINT, 143 stopped by SIGTERM.
 """
 
 
@@ -114,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
         "listener name to description, schema and example)",
     )
     _add_graph(sub, common)
+    add_dlq_parser(sub, common)
     trace = sub.add_parser(
         "trace",
         parents=[common],
@@ -137,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _schema(args.file, args.listener, as_json=args.json)
         if args.command == "graph":
             return _graph(args.file, args.format, args.output)
+        if args.command == "dlq":
+            return _run_async(dlq_command(args))
         if args.command == "trace":
             return _run_async(_trace(args.file, args.conversation))
         if (args.to is None) != (args.send is None):
@@ -159,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 send=args.send,
                 source=source,
                 multiline=args.input is not None,
+                organism_file=args.file,
             )
             return _run_async(_cli_run.run(org, options))
     except ConfigError as exc:

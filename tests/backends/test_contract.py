@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +17,8 @@ import pytest
 
 from xml_pipeline.backends import (
     Backend,
+    DeadLetter,
+    DeadLetterCounts,
     ManagerBackend,
     ManagerServer,
     MemoryBackend,
@@ -44,6 +47,12 @@ async def opened(backend: Backend) -> AsyncIterator[Backend]:
         yield backend
     finally:
         await backend.aclose()
+
+
+async def add(backend: Backend, letter: DeadLetter, max_entries: int) -> DeadLetter:
+    """Keep one dead letter."""
+    [kept] = await backend.add_dead_letters([letter], max_entries)
+    return kept
 
 
 class BackendContract:
@@ -321,6 +330,116 @@ class BackendContract:
                 await anyio.sleep(0.1)
                 assert await backend.get("a") is not None
             assert await backend.count() == 2
+
+    # -- dead letters -------------------------------------------------------------------------
+
+    async def test_a_dead_letter_is_kept_with_an_id_and_time_and_read_back_whole(
+        self, backend: Backend
+    ) -> None:
+        letter = DeadLetter(
+            "conv-1", "handler_error", "'bêta' raised ✓ 日本語", "bêta",
+            envelope=BINARY_ENTRY + UNICODE_ENTRY, chain=("alpha", "bêta.v2"), attempts=3,
+        )  # fmt: skip
+        before = time.time()
+        kept = await add(backend, letter, 10)
+        assert kept.id and kept.id != letter.id
+        assert before - 2 <= kept.time <= time.time() + 2  # the backend's clock (Redis's own)
+        assert kept == DeadLetter(
+            "conv-1", "handler_error", "'bêta' raised ✓ 日本語", "bêta", kept.id, kept.time,
+            BINARY_ENTRY + UNICODE_ENTRY, ("alpha", "bêta.v2"), 3,
+        )  # fmt: skip
+        assert await backend.get_dead_letter(kept.id) == kept
+        assert await backend.dead_letters() == [kept]
+        assert await backend.dead_letter_counts() == DeadLetterCounts(1, 0)
+
+    async def test_dead_letters_list_oldest_first_by_reason_listener_and_time(
+        self, backend: Backend
+    ) -> None:
+        kept = []
+        for n, (reason, listener) in enumerate(
+            [("timeout", "a"), ("handler_error", "b"), ("timeout", "b"), ("shutdown", "")]
+        ):
+            letter = DeadLetter(f"c{n}", reason, "m", listener)
+            kept.append(await add(backend, letter, 10))
+        ids = [letter.id for letter in kept]
+        assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+        assert len(set(ids)) == 4
+        assert await backend.dead_letters() == kept
+        assert await backend.dead_letters(reason="timeout") == [kept[0], kept[2]]
+        assert await backend.dead_letters(listener="b") == [kept[1], kept[2]]
+        assert await backend.dead_letters(reason="timeout", listener="b") == [kept[2]]
+        assert await backend.dead_letters(listener="") == [kept[3]]
+        assert await backend.dead_letters(reason="no_route") == []
+        assert await backend.dead_letters(limit=2) == kept[:2]
+        assert await backend.dead_letters(reason="timeout", limit=1) == [kept[0]]
+        assert await backend.dead_letters(since=kept[2].time) == [
+            letter for letter in kept if letter.time >= kept[2].time
+        ]
+        assert await backend.dead_letters(since=time.time() + 3600) == []
+
+    async def test_an_unknown_or_malformed_dead_letter_id_is_none(self, backend: Backend) -> None:
+        kept = await add(backend, DeadLetter("c", "timeout", "m", "a"), 10)
+        ms, _, seq = kept.id.partition("-")
+        unknown = ("", "nope", "1-2-3", "-1-0", f"{ms}-{int(seq) + 1}", "0-0", " " + kept.id,
+                   f"{2**64}-0", "1-" + "9" * 20)  # fmt: skip
+        for letter_id in unknown:
+            assert await backend.get_dead_letter(letter_id) is None, letter_id
+
+    async def test_deleting_dead_letters_removes_the_known_ones(self, backend: Backend) -> None:
+        kept = [await add(backend, DeadLetter(f"c{n}", "timeout", "m", "a"), 10) for n in range(3)]
+        assert await backend.delete_dead_letters([kept[0].id, "nope", "1-0", kept[2].id]) == 2
+        assert await backend.dead_letters() == [kept[1]]
+        assert await backend.delete_dead_letters([kept[0].id]) == 0
+        assert await backend.delete_dead_letters([]) == 0
+        assert await backend.get_dead_letter(kept[0].id) is None
+        assert await backend.dead_letter_counts() == DeadLetterCounts(1, 0)
+
+    async def test_dead_letters_beyond_the_bound_drop_the_oldest_and_are_counted(
+        self, backend: Backend
+    ) -> None:
+        kept = [await add(backend, DeadLetter(f"c{n}", "timeout", "m", "a"), 3) for n in range(5)]
+        assert await backend.dead_letters() == kept[2:]
+        assert await backend.dead_letter_counts() == DeadLetterCounts(3, 2)
+        await add(backend, DeadLetter("c5", "timeout", "m", "a"), 1)
+        assert [d.conversation for d in await backend.dead_letters()] == ["c5"]
+        assert await backend.dead_letter_counts() == DeadLetterCounts(1, 5)
+
+    async def test_dead_letters_kept_together_keep_their_order(self, backend: Backend) -> None:
+        letters = [DeadLetter(f"c{n}", "shutdown", "m", "a") for n in range(4)]
+        assert await backend.add_dead_letters([], 3) == []
+        kept = await backend.add_dead_letters(letters, 3)
+        assert [d.conversation for d in kept] == ["c0", "c1", "c2", "c3"]
+        assert [d.id for d in kept] == sorted(
+            (d.id for d in kept), key=lambda i: tuple(map(int, i.split("-")))
+        )
+        assert await backend.dead_letters() == kept[1:]
+        assert await backend.dead_letter_counts() == DeadLetterCounts(3, 1)
+
+    async def test_concurrent_dead_letters_each_get_their_own_id(self, backend: Backend) -> None:
+        async def keep(n: int) -> None:
+            await add(backend, DeadLetter(f"c{n}", "shutdown", "m", "a"), 1000)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(600):
+                tg.start_soon(keep, n)
+        letters = await backend.dead_letters()  # Redis reads them 500 at a time
+        assert len({d.id for d in letters}) == 600
+        assert {d.conversation for d in letters} == {f"c{n}" for n in range(600)}
+        assert await backend.dead_letters(limit=550) == letters[:550]
+        assert await backend.dead_letters(since=letters[550].time) == [
+            d for d in letters if d.time >= letters[550].time
+        ]
+
+    async def test_dead_letters_outlive_the_thread_ttl_and_retired_conversations(
+        self, make_backend: Factory
+    ) -> None:
+        async with opened(make_backend(thread_ttl_seconds=0.2)) as backend:
+            await backend.extend(ROOT, "a", "alpha", b"<ask/>")
+            kept = await add(backend, DeadLetter("a", "timeout", "m", "alpha"), 10)
+            await backend.retire_conversation("a")
+            await anyio.sleep(0.4)
+            assert await backend.count() == 1
+            assert await backend.dead_letters() == [kept]
 
 
 class TestMemoryBackend(BackendContract):

@@ -102,7 +102,7 @@ async def test_a_failure_reaches_the_outbox_with_its_reason_and_stays_a_dead_let
         assert outcome.conversation == sent and not outcome.ok and outcome.answer is None
         assert outcome.error is not None and outcome.error.reason == "handler_error"
         assert "front refuses 'fail'" in str(outcome.error)
-        assert [d.conversation for d in org.dead_letters] == [sent]
+        assert [d.conversation for d in await org.dead_letters.list()] == [sent]
 
 
 async def test_a_conversation_that_calls_a_peer_delivers_its_final_answer() -> None:

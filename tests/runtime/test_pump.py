@@ -438,7 +438,7 @@ async def test_failure_with_nobody_waiting_becomes_a_dead_letter() -> None:
     async with Organism([Listener("b", Echo, broken)]) as org:
         thread = await org.send("b", Echo(text="x"))
         await drain(org)
-        letters = org.dead_letters
+        letters = await org.dead_letters.list()
     assert [(d.conversation, d.reason, d.listener) for d in letters] == [
         (thread, "handler_error", "b")
     ]

@@ -210,7 +210,7 @@ async def test_a_send_to_a_handler_that_swallows_the_cancel_ends() -> None:
         await org.send("s", Msg(text="answer"))
         with anyio.fail_after(5):
             await org.wait_idle()
-        assert [d.reason for d in org.dead_letters] == ["timeout"]
+        assert [d.reason for d in await org.dead_letters.list()] == ["timeout"]
 
 
 async def test_the_next_hop_of_a_task_that_ran_a_swallowing_handler_is_not_taken_for_shutdown() -> (
@@ -303,7 +303,7 @@ async def test_leaving_never_waits_for_a_stubborn_handler_past_the_drain_timeout
     took = time.monotonic() - started
     assert took < 3.5, f"leaving took {took:.1f}s with drain_timeout_seconds=2"
     assert pump_tasks() == []
-    assert [d.reason for d in org.dead_letters] == ["shutdown"] * 3
+    assert [d.reason for d in await org.dead_letters.list()] == ["shutdown"] * 3
 
 
 # -- every exception from user code becomes handler_error, at once (item 5) -------------------
@@ -334,7 +334,7 @@ async def test_a_base_exception_from_a_handler_is_a_handler_error_at_once(raise_
             assert info.value.reason == "handler_error"
             await org.send("x", Msg())
             await org.wait_idle()
-        assert [d.reason for d in org.dead_letters] == ["handler_error"]
+        assert [d.reason for d in await org.dead_letters.list()] == ["handler_error"]
         assert org.stats.handler_errors == 2
 
 
@@ -581,12 +581,12 @@ async def test_stats_and_dead_letters_stay_readable_after_the_organism_stops() -
         raise RuntimeError("boom")
 
     org = Organism([Listener("b", Msg, broken)])
-    assert org.stats.conversations == 0 and org.dead_letters == []
+    assert org.stats.conversations == 0 and await org.dead_letters.list() == []
     async with org:
         await org.send("b", Msg())
         await org.wait_idle()
     assert org.stats.conversations == 1
-    assert [d.reason for d in org.dead_letters] == ["handler_error"]
+    assert [d.reason for d in await org.dead_letters.list()] == ["handler_error"]
 
 
 async def test_request_arguments_are_checked_where_they_enter() -> None:

@@ -325,10 +325,17 @@ async def test_an_answered_conversation_compensates_nothing_and_a_failing_compen
         with anyio.fail_after(5):
             while org.recovery_status()["hotel"].compensations_failed == 0:
                 await anyio.sleep(0.01)
-        letters = [d for d in org.dead_letters if d.reason == "compensation_failed"]
+        letters = await org.dead_letters.list(reason="compensation_failed")
+        [refused] = await org.dead_letters.replay([d.id for d in letters])
+        assert not refused.ok and "undo it by hand" in str(refused.error)
+        assert await org.dead_letters.list(reason="compensation_failed") == letters
     assert undone == ["booked"]
     assert len(letters) == 1 and letters[0].conversation == failed_id
     assert "OSError: the hotel's API is down" in letters[0].message
+    # what was not undone, for a person: the hotel's answer
+    assert (letters[0].listener, letters[0].chain) == ("hotel", ("hotel",))
+    assert b"<to>hotel</to>" in letters[0].envelope
+    assert b"<Booking" in letters[0].envelope and b"<what>booked</what>" in letters[0].envelope
 
 
 # -- circuit breaker --------------------------------------------------------------------------

@@ -64,11 +64,16 @@ class ListenerState:
 
 class Conversation:
     """One conversation: its outcome's future (``None`` for ``send``/``inject``), its request
-    deadline timer, and the hops whose handlers run for it now (stopped when it ends)."""
+    deadline timer, and the hops whose handlers run for it now (stopped when it ends).
+
+    ``payload`` and ``sender`` are what opened it (references, kept so that a dead letter can
+    hold its envelope); ``failed`` is the call whose failure last travelled up, with the runs
+    its hop took, for the dead letter's chain and attempts.
+    """
 
     __slots__ = (
-        "answered_by", "answers", "calls", "deadline", "done", "expired", "future", "hops", "id",
-        "opening", "running", "started_by", "timer",
+        "answered_by", "answers", "calls", "deadline", "done", "expired", "failed", "future",
+        "hops", "id", "opening", "payload", "running", "sender", "started_by", "timer",
     )  # fmt: skip
 
     def __init__(self, future: asyncio.Future[Any] | None, to: str) -> None:
@@ -87,6 +92,9 @@ class Conversation:
         self.answers: list[tuple[ListenerState, object]] | None = None
         # the frames of meta.calls made in it: waiters still pending when it ends are cancelled
         self.calls: list[Frame] | None = None
+        self.payload: object = None  # set when its opening call is made
+        self.sender = ""
+        self.failed: tuple[Frame, int] | None = None
 
 
 class Frame:

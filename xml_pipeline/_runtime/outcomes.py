@@ -3,14 +3,14 @@
 A conversation ends once, for one of many reasons (answer, failure, request timeout, requester
 cancelled, ``hop_limit``, lost, shutdown). `Conversations.finish` is that one place: it marks the
 conversation done, frees its ingress slot, stops its running hops (through ``stop``), delivers
-the outcome to whoever waits for it, or keeps it as a dead letter when nobody does, and counts.
+the outcome to whoever waits for it, hands it to ``dead_letter`` when it was not delivered (the
+rule: `xml_pipeline._runtime.dead_letters`), and counts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,13 +20,12 @@ from xml_pipeline._runtime.hops import Conversation, Hop
 from xml_pipeline._runtime.ingress import IngressGate
 from xml_pipeline._runtime.outbox import Outbox, Outcome
 
-__all__ = ["Conversations", "Counters", "DeadLetter", "PumpStats"]
+__all__ = ["Conversations", "Counters", "PumpStats"]
 
 log = logging.getLogger("xml_pipeline.pump")
 
 # Conversations ending with these reasons were lost to the backend or to the pump itself.
 _LOST = frozenset({Reason.BACKEND_ERROR, Reason.BACKEND_UNREACHABLE, Reason.INTERNAL_ERROR})
-_MAX_DEAD_LETTERS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +53,9 @@ class PumpStats:
         retries: hops run again by a listener's retry policy.
         outcomes_dropped: outcomes of ``send``/``inject`` conversations dropped from a full
             outbox because nobody read `Organism.outcomes` (the oldest go first).
+        dead_lettered: dead letters recorded (see `Organism.dead_letters`).
+        dead_letters_lost: of those, the ones the backend could not keep (each logged at
+            ERROR with its envelope).
     """
 
     conversations: int = 0
@@ -71,15 +73,17 @@ class PumpStats:
     abandoned: int = 0
     retries: int = 0
     outcomes_dropped: int = 0
+    dead_lettered: int = 0
+    dead_letters_lost: int = 0
 
 
 class Counters:
     """The live, mutable counters behind `PumpStats` (a slots class: they change every hop)."""
 
     __slots__ = (
-        "abandoned", "answered", "cancelled", "conversations", "failed", "handler_errors",
-        "hops", "late_replies", "lost", "no_answer", "overloaded", "rejected", "retries",
-        "timeouts",
+        "abandoned", "answered", "cancelled", "conversations", "dead_lettered",
+        "dead_letters_lost", "failed", "handler_errors", "hops", "late_replies", "lost",
+        "no_answer", "overloaded", "rejected", "retries", "timeouts",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -87,6 +91,7 @@ class Counters:
         self.hops = self.handler_errors = self.timeouts = self.late_replies = 0
         self.overloaded = self.lost = self.cancelled = self.rejected = 0
         self.abandoned = self.retries = 0
+        self.dead_lettered = self.dead_letters_lost = 0
 
     def snapshot(self, overloaded: int, outcomes_dropped: int) -> PumpStats:
         """The counters now, frozen (``overloaded`` is counted by the ingress gate,
@@ -96,25 +101,12 @@ class Counters:
         return PumpStats(**values, outcomes_dropped=outcomes_dropped)
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A failure that reached the outside world with nobody waiting for it (``send``/``inject``).
-
-    Kept in `Organism.dead_letters` (the newest 1,000) and logged at WARNING.
-    """
-
-    conversation: str
-    reason: str
-    message: str
-    listener: str
-
-
 class Conversations:
     """The open conversations of one pump, and the one way each of them ends.
 
     ``stop(hop)`` is called for every hop still running in a conversation that ends (the
     invocation cancels its handler). The outcomes of conversations nobody awaits go to
-    ``outbox``.
+    ``outbox``; those that were not delivered go to ``dead_letter(conv, error)`` too.
     """
 
     def __init__(
@@ -123,6 +115,7 @@ class Conversations:
         counters: Counters,
         stop: Callable[[Hop, str], None],
         outbox: Outbox,
+        dead_letter: Callable[[Conversation, DeliveryError], None],
     ) -> None:
         self._open: dict[str, Conversation] = {}
         self._ingress = ingress
@@ -131,7 +124,7 @@ class Conversations:
         self.outbox = outbox
         self.idle = asyncio.Event()
         self.idle.set()
-        self.dead_letters: deque[DeadLetter] = deque(maxlen=_MAX_DEAD_LETTERS)
+        self._dead_letter = dead_letter
         self.ended: Callable[[Conversation, DeliveryError | None], None] | None = None
 
     def __len__(self) -> int:
@@ -185,19 +178,14 @@ class Conversations:
                 self.outbox.put(Outcome(conv.id, conv.started_by, outcome, None, conv.answered_by))
             else:
                 self.outbox.put(Outcome(conv.id, conv.started_by, None, error))
-                self.dead_letter(
-                    DeadLetter(conv.id, error.reason, error.message, error.listener or "")
-                )
+        # not delivered: nobody awaits it, or the organism stops (see _runtime.dead_letters)
+        if error is not None and (future is None or error.reason == Reason.SHUTDOWN):
+            self._dead_letter(conv, error)
+            if future is None:
+                log.warning("conversation %s failed: %s", conv.id, error)
         if self.ended is not None:
             self.ended(conv, error)
         return True
-
-    def dead_letter(self, letter: DeadLetter) -> None:
-        """Keep a failure nobody was waiting for, and log it."""
-        self.dead_letters.append(letter)
-        log.warning(
-            "conversation %s failed: [%s] %s", letter.conversation, letter.reason, letter.message
-        )
 
 
 def as_error(outcome: object, conversation: str) -> DeliveryError | None:

@@ -45,13 +45,14 @@ from xml_pipeline._errors import (
     raised_at,
 )
 from xml_pipeline._handlers import ErrorReport, HandlerMetadata, Listener
+from xml_pipeline._runtime.dead_letters import DeadLetterRecorder
 from xml_pipeline._runtime.hooks import ConversationEvent, Hooks, HopEvent
 from xml_pipeline._runtime.hops import Conversation, Frame, Hop, ListenerState
 from xml_pipeline._runtime.ingress import IngressGate
 from xml_pipeline._runtime.invocation import CANCEL_GRACE, Invocation, Settled
 from xml_pipeline._runtime.invoker import Invoker
 from xml_pipeline._runtime.outbox import Outbox
-from xml_pipeline._runtime.outcomes import Conversations, Counters, DeadLetter, PumpStats
+from xml_pipeline._runtime.outcomes import Conversations, Counters, PumpStats
 from xml_pipeline._runtime.outputs import Failure, check_outputs, no_route, wrong_class
 from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry, new_thread_id
@@ -64,7 +65,7 @@ from xml_pipeline._wire.history import HistoryEntry
 from xml_pipeline._wire.parsing import ParseLimits
 from xml_pipeline._wire.payloads import check_payload, from_element, is_payload, to_xml
 
-__all__ = ["DeadLetter", "PumpStats", "StreamPump"]
+__all__ = ["PumpStats", "StreamPump"]
 
 log = logging.getLogger("xml_pipeline.pump")
 EXTERNAL = "_external"
@@ -72,6 +73,8 @@ _YIELD_EVERY = 64  # hops one task runs back to back before it lets the loop run
 # Retrying the retirement of a conversation whose opening outcome is unknown: capped backoff.
 _RETIRE_ATTEMPTS = 6
 _RETIRE_BACKOFF = (0.05, 2.0)
+# How long closing waits for dead letters to reach the backend; the rest are logged and counted.
+_DEAD_LETTER_FLUSH = 5.0
 
 
 class StreamPump:
@@ -94,6 +97,7 @@ class StreamPump:
         pool_workers: int = 1,
         retry: RetryPolicy | None = None,
         outbox_size: int = 1000,
+        dead_letters_max: int = 100_000,
     ) -> None:
         policy = retry if retry is not None else NoRetry()
         self._states = {
@@ -119,8 +123,13 @@ class StreamPump:
             on_abandon=self._free_slot,
         )
         self.outbox = Outbox(outbox_size)
+        self.dead_letters = DeadLetterRecorder(registry, self._counters, dead_letters_max)
         self._conversations = Conversations(
-            self._ingress, self._counters, self._invocation.settle, self.outbox
+            self._ingress,
+            self._counters,
+            self._invocation.settle,
+            self.outbox,
+            self.dead_letters.record_failure,
         )
         self._conversations.ended = self._conversation_ended
         self._transport: Transport = LocalTransport(self._states.values(), self._spawn)
@@ -149,11 +158,6 @@ class StreamPump:
         return self._counters.snapshot(self._ingress.overloaded, self.outbox.dropped)
 
     @property
-    def dead_letters(self) -> list[DeadLetter]:
-        """Failures of conversations nobody waited for, the newest last (at most 1,000)."""
-        return list(self._conversations.dead_letters)
-
-    @property
     def open_conversations(self) -> int:
         """Conversations open now."""
         return len(self._conversations)
@@ -168,6 +172,7 @@ class StreamPump:
         task or cancel scope, unlike a task group entered in ``__aenter__``)."""
         self._loop = asyncio.get_running_loop()
         self._invocation.start(self._loop)
+        self.dead_letters.start(self._loop)
         self._watchdog = self._loop.create_task(self._invocation.watch())
 
     async def wait_idle(self) -> None:
@@ -176,9 +181,10 @@ class StreamPump:
 
     async def aclose(self, drain_timeout: float) -> None:
         """Refuse new work, let open conversations finish for ``drain_timeout`` seconds, then
-        end the rest with ``shutdown``, cancel their handlers and wait at most ``CANCEL_GRACE``
-        seconds more. A handler that ignores cancellation is abandoned (logged), never waited
-        for."""
+        end the rest with ``shutdown`` (each one dead-lettered, its envelope included), cancel
+        their handlers and wait at most ``CANCEL_GRACE`` seconds more. A handler that ignores
+        cancellation is abandoned (logged), never waited for. Dead letters still on their way
+        to the backend get `_DEAD_LETTER_FLUSH` seconds."""
         self._closing = True
         self._ingress.close(_shutdown())
         loop = asyncio.get_running_loop()
@@ -227,6 +233,7 @@ class StreamPump:
                 if self._watchdog is not None:
                     self._watchdog.cancel()
                     await asyncio.wait([self._watchdog])
+                await self.dead_letters.flush(_DEAD_LETTER_FLUSH)
 
     # -- ingress --------------------------------------------------------------------------------
 
@@ -425,6 +432,7 @@ class StreamPump:
                 ) from exc  # fmt: skip
             raise
         conv.opening = False
+        conv.payload, conv.sender = payload, sender  # a dead letter's envelope, if it fails
         self._conversations.opened(conv)
         if self.hooks.active:
             self.hooks.emit(ConversationEvent("opened", conv.id, state.name, perf_counter()))
@@ -736,7 +744,7 @@ class StreamPump:
         elif hop.attempt > 1:
             recovery.exhausted += 1
             message += f" (after {hop.attempt} attempts)"
-        return await self._fail(conv, hop.frame, reason, message, state.name)
+        return await self._fail(conv, hop.frame, reason, message, state.name, hop.attempt)
 
     async def _circuit_open(self, hop: Hop) -> list[Hop]:
         """Fail a hop at once: its listener's circuit is open."""
@@ -798,9 +806,7 @@ class StreamPump:
                     f"([{error.reason}]) raised {type(exc).__name__}: {exc}{raised_at(exc)}"
                 )
                 recovery.error(Reason.COMPENSATION_FAILED, message)
-                self._conversations.dead_letter(
-                    DeadLetter(conversation, Reason.COMPENSATION_FAILED, message, state.name)
-                )
+                self.dead_letters.record_compensation(conversation, state.name, answer, message)
             else:
                 log.info(
                     "compensated the answer of %r in failed conversation %s",
@@ -860,10 +866,17 @@ class StreamPump:
         return [Hop(self._states[res.caller], caller, responder, payload, conv)]
 
     async def _fail(
-        self, conv: Conversation, frame: Frame, reason: str, message: str, listener: str
+        self,
+        conv: Conversation,
+        frame: Frame,
+        reason: str,
+        message: str,
+        listener: str,
+        attempts: int = 1,
     ) -> list[Hop]:
-        """The call of ``frame`` failed: answer its caller with an ErrorReport, travelling up
-        through callers that do not handle errors."""
+        """The call of ``frame`` failed (after ``attempts`` runs): answer its caller with an
+        ErrorReport, travelling up through callers that do not handle errors."""
+        conv.failed = (frame, attempts)  # for a dead letter's chain, should the conversation fail
         report = ErrorReport(reason=Reason(reason), message=xml_safe(message), listener=listener)
         while True:
             nexts = await self._respond(conv, frame, frame.listener, report)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 from xml_pipeline._errors import BackendError
 from xml_pipeline._wire.history import HistoryEntry, decode_entry, encode_entry
 from xml_pipeline._wire.payloads import to_xml
-from xml_pipeline.backends.base import Backend, PruneResult, ThreadRecord
+from xml_pipeline.backends.base import Backend, DeadLetter, PruneResult, ThreadRecord
 
 __all__ = ["ThreadRegistry", "new_thread_id"]
 
@@ -205,6 +206,17 @@ class ThreadRegistry:
     async def lookup(self, thread_id: str) -> list[str] | None:
         """The chain of listener names from the root to ``thread_id``, or ``None``."""
         return await self._backend.chain(thread_id)
+
+    async def keep_dead_letters(
+        self, letters: Sequence[DeadLetter], max_entries: int
+    ) -> list[DeadLetter]:
+        """Append dead letters in their order, keeping at most ``max_entries`` (the oldest
+        dropped).
+
+        Raises:
+            BackendError: the backend failed.
+        """
+        return await self._backend.add_dead_letters(letters, max_entries)
 
     async def size(self) -> int:
         """Live records, the root included."""

@@ -1,6 +1,13 @@
 """Shared-state backends behind one protocol: memory (default), multiprocessing manager, Redis."""
 
-from xml_pipeline.backends.base import Backend, ImmediateBackend, PruneResult, ThreadRecord
+from xml_pipeline.backends.base import (
+    Backend,
+    DeadLetter,
+    DeadLetterCounts,
+    ImmediateBackend,
+    PruneResult,
+    ThreadRecord,
+)
 from xml_pipeline.backends.factory import open_backend
 from xml_pipeline.backends.manager import ManagerBackend, ManagerServer, start_manager_server
 from xml_pipeline.backends.memory import MemoryBackend
@@ -8,6 +15,8 @@ from xml_pipeline.backends.redis import RedisBackend
 
 __all__ = [
     "Backend",
+    "DeadLetter",
+    "DeadLetterCounts",
     "ImmediateBackend",
     "ManagerBackend",
     "ManagerServer",

@@ -1,4 +1,4 @@
-"""The shared-state protocol: thread records and conversation history.
+"""The shared-state protocol: thread records, conversation history and dead letters.
 
 A *thread record* is one call: the listener that handles messages on an opaque thread id, and
 the id of the thread its caller was on (its parent). The organism's root record (no parent)
@@ -8,14 +8,28 @@ record below that first call belongs to the conversation named by that first cal
 Every method is one atomic step against the shared state (a Lua script in Redis, a lock in the
 manager server), so that several processes can extend and prune the same chains concurrently.
 The registry (`xml_pipeline._runtime.registry`) builds its vocabulary on this protocol.
+
+A *dead letter* is a conversation the organism could not deliver, kept with the envelope that
+started it so that it can be replayed. Each backend keeps them where it keeps everything else
+(memory: this process; manager: its state server; Redis: a stream under the prefix), bounded
+by a number of entries given per append: the oldest go first, and are counted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["TOMBSTONE_SECONDS", "Backend", "ImmediateBackend", "PruneResult", "ThreadRecord"]
+__all__ = [
+    "TOMBSTONE_SECONDS",
+    "Backend",
+    "DeadLetter",
+    "DeadLetterCounts",
+    "ImmediateBackend",
+    "PruneResult",
+    "ThreadRecord",
+]
 
 # How long `Backend.abandon` refuses a late opening call: longer than a call can take to reach
 # the shared state with every retry (Redis: about 25 s at most; manager: its reply timeout).
@@ -53,6 +67,48 @@ class PruneResult(NamedTuple):
     caller_thread: str
     conversation: str
     conversation_ended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A conversation the organism could not deliver, kept to be inspected and replayed.
+
+    Read them with `Organism.dead_letters` (or ``organism dlq list FILE``). Replaying one
+    injects ``envelope`` again as a new conversation.
+
+    Attributes:
+        conversation: the id of the conversation that failed.
+        reason: why (a `Reason` code: ``handler_error``, ``timeout``, ``shutdown``...).
+        message: what went wrong, as the error said it.
+        listener: the listener the failure came from ("" when none was involved).
+        id: the entry's id, assigned when it is kept (``"<ms>-<seq>"``, as a Redis stream
+            id: ids sort by the time they were kept); "" before that.
+        time: when it was kept, in seconds since the epoch (the backend's clock: Redis's own
+            for Redis); 0.0 before that.
+        envelope: the v1 envelope that started the conversation (UTF-8 bytes, empty
+            ``<thread/>``): what a replay injects.
+        chain: the listener names from the one the conversation started with down to the one
+            that failed.
+        attempts: how many times the failing hop was run (retries included).
+    """
+
+    conversation: str
+    reason: str
+    message: str
+    listener: str
+    id: str = ""
+    time: float = 0.0
+    envelope: bytes = b""
+    chain: tuple[str, ...] = ()
+    attempts: int = 1
+
+
+class DeadLetterCounts(NamedTuple):
+    """How many dead letters are kept, and how many of the oldest were dropped to keep
+    within ``dead_letters.max_entries`` (since the backend's data began)."""
+
+    kept: int
+    dropped: int
 
 
 @runtime_checkable
@@ -143,3 +199,35 @@ class Backend(Protocol):
 
     async def history(self, conversation: str) -> list[bytes]:
         """The conversation's history, oldest first (empty when none)."""
+
+    async def add_dead_letters(
+        self, letters: Sequence[DeadLetter], max_entries: int
+    ) -> list[DeadLetter]:
+        """Keep ``letters``, in their order, in one step; then drop (and count) the oldest
+        entries beyond ``max_entries``.
+
+        Returns:
+            the letters as kept, with their ``id`` and ``time`` assigned (ids increase).
+        """
+
+    async def dead_letters(
+        self,
+        *,
+        reason: str | None = None,
+        listener: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[DeadLetter]:
+        """The kept dead letters, oldest first: those with this ``reason``, this
+        ``listener``, kept at or after ``since`` (seconds since the epoch), at most ``limit``.
+        """
+
+    async def get_dead_letter(self, letter_id: str) -> DeadLetter | None:
+        """The dead letter with this id, or ``None`` (unknown, or not an id at all)."""
+
+    async def delete_dead_letters(self, letter_ids: Sequence[str]) -> int:
+        """Remove the dead letters with these ids (unknown ones are skipped); returns how
+        many were removed."""
+
+    async def dead_letter_counts(self) -> DeadLetterCounts:
+        """How many dead letters are kept, and how many were dropped beyond the bound."""

@@ -30,6 +30,7 @@ import secrets
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from multiprocessing.connection import Client, Connection, wait
 from multiprocessing.context import BaseContext
 from multiprocessing.managers import BaseManager
@@ -41,7 +42,7 @@ import anyio.to_thread
 
 from xml_pipeline._errors import BackendError
 from xml_pipeline._main_guard import guard_error, leave_if_importing_main, unimportable_main
-from xml_pipeline.backends.base import PruneResult, ThreadRecord
+from xml_pipeline.backends.base import DeadLetter, DeadLetterCounts, PruneResult, ThreadRecord
 from xml_pipeline.backends.rules import DEFAULTS, StateCore, check_settings
 
 __all__ = ["ManagerBackend", "ManagerServer", "start_manager_server"]
@@ -65,6 +66,11 @@ _METHODS = frozenset(
         "count",
         "history",
         "sweep",
+        "add_dead_letters",
+        "dead_letters",
+        "get_dead_letter",
+        "delete_dead_letters",
+        "dead_letter_counts",
     }
 )
 
@@ -518,6 +524,60 @@ class ManagerBackend:
         """
         result: int = await self._call("sweep")
         return result
+
+    async def add_dead_letters(
+        self, letters: Sequence[DeadLetter], max_entries: int
+    ) -> list[DeadLetter]:
+        """Keep ``letters`` in the server, in one request (see `Backend.add_dead_letters`).
+
+        Raises:
+            BackendError: the server is unreachable.
+        """
+        result: list[DeadLetter] = await self._call("add_dead_letters", list(letters), max_entries)
+        return result
+
+    async def dead_letters(
+        self,
+        *,
+        reason: str | None = None,
+        listener: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[DeadLetter]:
+        """The kept dead letters, oldest first, filtered (see `Backend.dead_letters`).
+
+        Raises:
+            BackendError: the server is unreachable.
+        """
+        result: list[DeadLetter] = await self._call("dead_letters", reason, listener, since, limit)
+        return result
+
+    async def get_dead_letter(self, letter_id: str) -> DeadLetter | None:
+        """The dead letter with this id, or ``None``.
+
+        Raises:
+            BackendError: the server is unreachable.
+        """
+        result: DeadLetter | None = await self._call("get_dead_letter", letter_id)
+        return result
+
+    async def delete_dead_letters(self, letter_ids: Sequence[str]) -> int:
+        """Remove the dead letters with these ids; returns how many were removed.
+
+        Raises:
+            BackendError: the server is unreachable.
+        """
+        result: int = await self._call("delete_dead_letters", list(letter_ids))
+        return result
+
+    async def dead_letter_counts(self) -> DeadLetterCounts:
+        """How many dead letters are kept, and how many were dropped beyond the bound.
+
+        Raises:
+            BackendError: the server is unreachable.
+        """
+        kept, dropped = await self._call("dead_letter_counts")
+        return DeadLetterCounts(kept, dropped)
 
     # -- requests -----------------------------------------------------------------------------
 

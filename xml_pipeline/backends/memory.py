@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from xml_pipeline.backends.base import PruneResult, ThreadRecord
+from collections.abc import Sequence
+
+from xml_pipeline.backends.base import DeadLetter, DeadLetterCounts, PruneResult, ThreadRecord
 from xml_pipeline.backends.rules import DEFAULTS, StateCore, check_settings
 
 __all__ = ["MemoryBackend"]
@@ -13,7 +15,9 @@ class MemoryBackend:
 
     Use it when one pump process owns the organism (handlers in a process pool still reach the
     state through the pump). Nothing is shared with other processes and nothing outlives the
-    process. Each method completes without yielding to the event loop, so each is atomic.
+    process (an `Organism` keeps its memory backend from one run to the next, so its dead
+    letters outlast a restart in the same process). Each method completes without yielding to
+    the event loop, so each is atomic.
 
     Expired entries are evicted lazily (a few on every ``extend``); call `sweep` to evict all
     of them at once, for instance from a periodic task.
@@ -117,3 +121,32 @@ class MemoryBackend:
     async def sweep(self) -> int:
         """Evict every expired record and conversation now; returns the records evicted."""
         return self._state.sweep()
+
+    async def add_dead_letters(
+        self, letters: Sequence[DeadLetter], max_entries: int
+    ) -> list[DeadLetter]:
+        """Keep ``letters`` (see `Backend.add_dead_letters`)."""
+        return self._state.add_dead_letters(list(letters), max_entries)
+
+    async def dead_letters(
+        self,
+        *,
+        reason: str | None = None,
+        listener: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[DeadLetter]:
+        """The kept dead letters, oldest first, filtered (see `Backend.dead_letters`)."""
+        return self._state.dead_letters(reason, listener, since, limit)
+
+    async def get_dead_letter(self, letter_id: str) -> DeadLetter | None:
+        """The dead letter with this id, or ``None``."""
+        return self._state.get_dead_letter(letter_id)
+
+    async def delete_dead_letters(self, letter_ids: Sequence[str]) -> int:
+        """Remove the dead letters with these ids; returns how many were removed."""
+        return self._state.delete_dead_letters(list(letter_ids))
+
+    async def dead_letter_counts(self) -> DeadLetterCounts:
+        """How many dead letters are kept, and how many were dropped beyond the bound."""
+        return self._state.dead_letter_counts()

@@ -11,6 +11,16 @@ share the data, and each hop is one round trip. Key layout, all under the ``pref
                                 answer of the attempt that already ran instead of "unknown"
     {prefix}a:{conv}     string tombstone of an abandoned conversation: its opening extend, if
                                 it arrives late, creates nothing (see `Backend.abandon`)
+    {prefix}dlq          stream the dead letters, oldest first: c=conversation, r=reason,
+                                m=message, l=listener, h=chain (names joined by spaces, which
+                                listener names never hold), a=attempts, e=envelope
+    {prefix}dlq:dropped  string how many dead letters were trimmed beyond max_entries
+
+The dead-letter stream has no TTL: it lives as long as Redis keeps its data (run Redis with
+AOF, ``appendonly yes``, to keep it across a restart of the server). It is trimmed exactly
+(``XADD MAXLEN = n``, not ``~``): ``max_entries`` is then the bound every backend keeps and
+the drop count is exact, and dead letters are appended only on failures, so the few
+microseconds exact trimming costs over approximate trimming are never on the hop path.
 
 TTLs are sliding and set by the scripts (PEXPIRE), from the server's clock: touching a record
 refreshes it and its conversation's set and history. A record whose key expired is unknown;
@@ -29,10 +39,12 @@ connection, or it refused the credentials.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import os
 import socket
+from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -52,8 +64,21 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from xml_pipeline._errors import BackendError, Reason
 from xml_pipeline.backends._redis_batch import BatcherClosedError, ScriptBatcher
-from xml_pipeline.backends.base import TOMBSTONE_SECONDS, PruneResult, ThreadRecord
-from xml_pipeline.backends.rules import DEFAULTS, check_settings, id_in_use
+from xml_pipeline.backends.base import (
+    TOMBSTONE_SECONDS,
+    DeadLetter,
+    DeadLetterCounts,
+    PruneResult,
+    ThreadRecord,
+)
+from xml_pipeline.backends.rules import (
+    DEFAULTS,
+    check_settings,
+    id_in_use,
+    letter_id_key,
+    letter_matches,
+    since_ms,
+)
 
 __all__ = ["RedisBackend"]
 
@@ -64,6 +89,10 @@ _CONNECT_TIMEOUT = 2.0
 _RETRIES = 3
 _BACKOFF_BASE = 0.05
 _BACKOFF_CAP = 1.0
+# Dead letters read per XRANGE while listing them; decode_responses is off, so an XRANGE
+# reply is a list of (id, fields) in bytes.
+_LETTER_PAGE = 500
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]
 # How long to wait for a free pooled connection before reporting the backend overloaded.
 _POOL_TIMEOUT = 30.0
 # Pipelines in the air at once; callers beyond that share the next pipeline (see _redis_batch).
@@ -230,7 +259,32 @@ end
 return 1
 """
 
+# ARGV: max entries, then per letter: conversation, reason, message, listener, chain,
+# attempts, envelope -> the ids, in order. Trimmed exactly, and the entries trimmed counted, in
+# the same step.
+_ADD_DEAD_LETTERS = """
+local key = P .. 'dlq'
+local before = redis.call('XLEN', key)
+local ids = {{}}
+for i = 2, #ARGV, 7 do
+  ids[#ids + 1] = redis.call('XADD', key, 'MAXLEN', ARGV[1], '*', 'c', ARGV[i],
+    'r', ARGV[i + 1], 'm', ARGV[i + 2], 'l', ARGV[i + 3], 'h', ARGV[i + 4],
+    'a', ARGV[i + 5], 'e', ARGV[i + 6])
+end
+local dropped = before + #ids - redis.call('XLEN', key)
+if dropped > 0 then redis.call('INCRBY', P .. 'dlq:dropped', dropped) end
+return ids
+"""
+
+# -> {{entries kept, entries dropped}}
+_DEAD_LETTER_COUNTS = """
+local dropped = redis.call('GET', P .. 'dlq:dropped') or '0'
+return {{redis.call('XLEN', P .. 'dlq'), tonumber(dropped)}}
+"""
+
 _SCRIPTS = {
+    "add_dead_letters": _ADD_DEAD_LETTERS,
+    "dead_letter_counts": _DEAD_LETTER_COUNTS,
     "extend": _EXTEND,
     "prune": _PRUNE,
     "get": _GET,
@@ -278,6 +332,27 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
+def _letter(raw_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+    """A dead letter from a stream entry (see the key layout)."""
+
+    def text(key: bytes) -> str:
+        return fields.get(key, b"").decode("utf-8", "replace")
+
+    letter_id = raw_id.decode()
+    chain = text(b"h")
+    return DeadLetter(
+        conversation=text(b"c"),
+        reason=text(b"r"),
+        message=text(b"m"),
+        listener=text(b"l"),
+        id=letter_id,
+        time=letter_id_key(letter_id)[0] / 1000,
+        envelope=fields.get(b"e", b""),
+        chain=tuple(chain.split(" ")) if chain else (),
+        attempts=int(fields.get(b"a", b"1")),
+    )
+
+
 def _seconds(value: object, default: float) -> float:
     return float(value) if isinstance(value, int | float) else default
 
@@ -315,6 +390,7 @@ class RedisBackend:
         )
         self._url = _redact(url)
         self._prefix = prefix
+        self._letters_key = prefix + "dlq"
         self._history_prefix = prefix + "h:"
         # Receipt tokens only need to be unique among this client's in-flight prunes.
         self._token_prefix = os.urandom(6).hex() + ":"
@@ -505,6 +581,117 @@ class RedisBackend:
             raise self._error("history", exc) from exc
         # decode_responses is off: every entry comes back as bytes.
         return cast("list[bytes]", entries)
+
+    # -- dead letters -------------------------------------------------------------------------
+
+    async def add_dead_letters(
+        self, letters: Sequence[DeadLetter], max_entries: int
+    ) -> list[DeadLetter]:
+        """Append ``letters`` to the stream in one script call (see
+        `Backend.add_dead_letters`).
+
+        Raises:
+            BackendError: Redis is unreachable or failed.
+        """
+        if not letters:
+            return []
+        args: list[str | bytes] = [str(max_entries)]
+        for letter in letters:
+            args += (
+                letter.conversation,
+                letter.reason,
+                letter.message,
+                letter.listener,
+                " ".join(letter.chain),
+                str(letter.attempts),
+                letter.envelope,
+            )
+        raw_ids = await self._run("add_dead_letters", *args)
+        kept = []
+        for letter, raw_id in zip(letters, raw_ids, strict=True):
+            letter_id = raw_id.decode()
+            kept.append(
+                dataclasses.replace(letter, id=letter_id, time=letter_id_key(letter_id)[0] / 1000)
+            )
+        return kept
+
+    async def dead_letters(
+        self,
+        *,
+        reason: str | None = None,
+        listener: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[DeadLetter]:
+        """The kept dead letters, oldest first, filtered (see `Backend.dead_letters`); read
+        a page at a time with XRANGE and filtered here (a stream has no index to ask).
+
+        Raises:
+            BackendError: Redis is unreachable or failed.
+        """
+        start = f"{since_ms(since)}-0" if since is not None else "-"
+        found: list[DeadLetter] = []
+        while limit is None or len(found) < limit:
+            try:
+                page = cast(
+                    "_Entries",
+                    await self._client.xrange(
+                        self._letters_key, min=start, max="+", count=_LETTER_PAGE
+                    ),
+                )
+            except RedisError as exc:
+                raise self._error("dead_letters", exc) from exc
+            for raw_id, fields in page:
+                letter = _letter(raw_id, fields)
+                if letter_matches(letter, reason, listener):
+                    found.append(letter)
+                    if limit is not None and len(found) >= limit:
+                        break
+            if len(page) < _LETTER_PAGE:
+                break
+            start = "(" + page[-1][0].decode()
+        return found
+
+    async def get_dead_letter(self, letter_id: str) -> DeadLetter | None:
+        """The dead letter with this id, or ``None``.
+
+        Raises:
+            BackendError: Redis is unreachable or failed.
+        """
+        if letter_id_key(letter_id)[0] < 0:
+            return None  # not an id: XRANGE would refuse it
+        try:
+            page = cast(
+                "_Entries",
+                await self._client.xrange(self._letters_key, min=letter_id, max=letter_id, count=1),
+            )
+        except RedisError as exc:
+            raise self._error("get_dead_letter", exc) from exc
+        return _letter(*page[0]) if page else None
+
+    async def delete_dead_letters(self, letter_ids: Sequence[str]) -> int:
+        """Remove the dead letters with these ids (XDEL); returns how many were removed.
+
+        Raises:
+            BackendError: Redis is unreachable or failed.
+        """
+        valid = [i for i in letter_ids if letter_id_key(i)[0] >= 0]
+        removed = 0
+        try:
+            for at in range(0, len(valid), 1000):
+                removed += await self._client.xdel(self._letters_key, *valid[at : at + 1000])
+        except RedisError as exc:
+            raise self._error("delete_dead_letters", exc) from exc
+        return removed
+
+    async def dead_letter_counts(self) -> DeadLetterCounts:
+        """How many dead letters are kept, and how many were dropped beyond the bound.
+
+        Raises:
+            BackendError: Redis is unreachable or failed.
+        """
+        kept, dropped = await self._run("dead_letter_counts")
+        return DeadLetterCounts(int(kept), int(dropped))
 
     # -- internals ----------------------------------------------------------------------------
 

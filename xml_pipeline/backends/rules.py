@@ -12,18 +12,40 @@ unknown wherever it is looked up, and a few front entries are evicted on every `
 nothing accumulates without a sweeper); ``sweep()`` evicts every expired entry at once.
 Every touch of a record also touches its conversation, so a conversation never expires before
 its records do, and evicting an expired conversation evicts its records with it.
+
+Dead letters never expire: they are kept in the order they came, bounded by the number of
+entries each append names, with ids in the form Redis gives stream entries (``<ms>-<seq>``),
+so that every backend sorts, bounds and filters them alike (`letter_matches`, `since_ms`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
 import time
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from typing import Any
 
 from xml_pipeline._settings import BackendConfig, build
-from xml_pipeline.backends.base import TOMBSTONE_SECONDS, PruneResult, ThreadRecord
+from xml_pipeline.backends.base import (
+    TOMBSTONE_SECONDS,
+    DeadLetter,
+    DeadLetterCounts,
+    PruneResult,
+    ThreadRecord,
+)
 
-__all__ = ["DEFAULTS", "StateCore", "check_settings", "id_in_use"]
+__all__ = [
+    "DEFAULTS",
+    "StateCore",
+    "check_settings",
+    "id_in_use",
+    "letter_id_key",
+    "letter_matches",
+    "since_ms",
+]
 
 DEFAULTS = BackendConfig()  # the defaults every backend's constructor takes
 
@@ -70,6 +92,9 @@ class StateCore:
         self._conversations: OrderedDict[str, _Conversation] = OrderedDict()
         self._tombstones: OrderedDict[str, float] = OrderedDict()  # abandoned id -> until
         self._until_eviction = _EVICT_EVERY
+        self._letters: OrderedDict[str, DeadLetter] = OrderedDict()  # id -> letter, oldest first
+        self._letters_dropped = 0
+        self._last_letter = (0, -1)  # (ms, seq) of the newest id given
 
     # -- the protocol -------------------------------------------------------------------------
 
@@ -227,6 +252,50 @@ class StateCore:
         """Evict every expired record and conversation; returns the records evicted."""
         return self._evict_front(time.monotonic(), None)
 
+    # -- dead letters -------------------------------------------------------------------------
+
+    def add_dead_letters(self, letters: Sequence[DeadLetter], max_entries: int) -> list[DeadLetter]:
+        kept_letters = self._letters
+        kept: list[DeadLetter] = []
+        for letter in letters:
+            ms = int(time.time() * 1000)
+            last_ms, last_seq = self._last_letter
+            # as Redis does: ids never go back, even when the clock does
+            seq = last_seq + 1 if ms <= last_ms else 0
+            ms = max(ms, last_ms)
+            self._last_letter = (ms, seq)
+            entry = dataclasses.replace(letter, id=f"{ms}-{seq}", time=ms / 1000)
+            kept_letters[entry.id] = entry
+            kept.append(entry)
+        while len(kept_letters) > max_entries:
+            kept_letters.popitem(last=False)
+            self._letters_dropped += 1
+        return kept
+
+    def dead_letters(
+        self, reason: str | None, listener: str | None, since: float | None, limit: int | None
+    ) -> list[DeadLetter]:
+        low = since_ms(since)
+        found: list[DeadLetter] = []
+        for letter_id, letter in self._letters.items():
+            if limit is not None and len(found) >= limit:
+                break
+            if low and letter_id_key(letter_id)[0] < low:
+                continue
+            if letter_matches(letter, reason, listener):
+                found.append(letter)
+        return found
+
+    def get_dead_letter(self, letter_id: str) -> DeadLetter | None:
+        return self._letters.get(letter_id)
+
+    def delete_dead_letters(self, letter_ids: Sequence[str]) -> int:
+        letters = self._letters
+        return sum(letters.pop(letter_id, None) is not None for letter_id in letter_ids)
+
+    def dead_letter_counts(self) -> DeadLetterCounts:
+        return DeadLetterCounts(len(self._letters), self._letters_dropped)
+
     # -- internals ----------------------------------------------------------------------------
 
     def _live_record(self, thread_id: str, now: float) -> _Record | None:
@@ -281,6 +350,33 @@ class StateCore:
             if budget is not None:
                 budget -= 1
         return evicted
+
+
+_LETTER_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+
+
+def letter_id_key(letter_id: str) -> tuple[int, int]:
+    """``(ms, seq)`` of a dead letter id, or ``(-1, -1)`` when it is not one."""
+    if not isinstance(letter_id, str) or not _LETTER_ID.fullmatch(letter_id):
+        return (-1, -1)
+    ms, _, seq = letter_id.partition("-")
+    key = (int(ms), int(seq))
+    return key if max(key) < 2**64 else (-1, -1)  # Redis's ids are two 64-bit numbers
+
+
+def since_ms(since: float | None) -> int:
+    """The first millisecond of a ``since`` bound (seconds since the epoch); 0 for none.
+
+    Rounded to the microsecond first, so that a letter's own ``time`` selects that letter.
+    """
+    return 0 if since is None else max(0, math.ceil(round(since * 1000, 3)))
+
+
+def letter_matches(letter: DeadLetter, reason: str | None, listener: str | None) -> bool:
+    """Whether ``letter`` passes the ``reason`` and ``listener`` filters (None: any)."""
+    return (reason is None or letter.reason == reason) and (
+        listener is None or letter.listener == listener
+    )
 
 
 def id_in_use(thread_id: str) -> ValueError:

@@ -68,7 +68,7 @@ class Probes:
     listener_load: Callable[[], list[tuple[str, int, int, int]]]
     registry_size: Callable[[], Awaitable[int]]
     pool_stats: Callable[[], PoolStats | None]
-    dead_letters: Callable[[], int]
+    dead_letters: Callable[[], Awaitable[int]]
     recovery: Callable[[], Mapping[str, ListenerRecovery]] = field(default=_no_recovery)
 
 
@@ -284,6 +284,11 @@ class MetricsCollector:
             took: float | None = loop.time() - began
         except Exception:  # a backend that is down or slow: say so, do not stop
             records = took = None
+        try:
+            async with asyncio.timeout(_PROBE_SECONDS):
+                letters: int | None = await probes.dead_letters()
+        except Exception:
+            letters = None
         load = probes.listener_load()
         recovery = probes.recovery()
         sample = Sample(
@@ -297,7 +302,7 @@ class MetricsCollector:
             probes.pool_workers,
             sum(busy for name, busy, _, _ in load if name in probes.cpu_bound),
             probes.pool_stats(),
-            probes.dead_letters(),
+            letters,
             tuple((name, r.circuit) for name, r in sorted(recovery.items()) if r.circuit),
             tuple(sorted(recovery.items())),
         )

@@ -212,7 +212,7 @@ def _sampled(org: str, sample: Sample) -> Iterator[Metric]:
          sample.backend_seconds),
         ("pool_workers", "worker processes of the pool", sample.pool_workers),
         ("pool_workers_busy", "cpu_bound handler runs in the pool now", sample.pool_busy),
-        ("dead_letters", "dead letters kept (at most 1,000)", sample.dead_letters),
+        ("dead_letters", "dead letters kept", sample.dead_letters),
     ]  # fmt: skip
     for name, help_, value in values:
         if value is not None:

@@ -76,7 +76,8 @@ class Sample(NamedTuple):
         pool_workers: worker processes (0 without a pool).
         pool_busy: slots of ``cpu_bound`` listeners in use: calls running in the pool.
         pool: the pool's counters, or ``None`` without a pool.
-        dead_letters: dead letters kept (`Organism.dead_letters`, at most 1,000).
+        dead_letters: dead letters kept (`Organism.dead_letters`), or ``None`` when the
+            backend did not answer.
         circuits: ``(listener, state)`` of each listener with a circuit breaker.
         recovery: ``(listener, ListenerRecovery)`` of every listener (`recovery_status`).
     """
@@ -91,7 +92,7 @@ class Sample(NamedTuple):
     pool_workers: int
     pool_busy: int
     pool: PoolStats | None
-    dead_letters: int
+    dead_letters: int | None
     circuits: tuple[tuple[str, str], ...] = ()
     recovery: tuple[tuple[str, ListenerRecovery], ...] = ()
 
@@ -277,6 +278,8 @@ STATS_METRICS: dict[str, tuple[str, str]] = {
     "abandoned": ("xml_pipeline_handlers_abandoned", "handlers that ignored cancellation"),
     "retries": ("xml_pipeline_retries", "hops run again by a retry policy"),
     "outcomes_dropped": ("xml_pipeline_outcomes_dropped", "send/inject outcomes nobody read"),
+    "dead_lettered": ("xml_pipeline_dead_lettered", "dead letters recorded"),
+    "dead_letters_lost": ("xml_pipeline_dead_letters_lost", "dead letters the backend lost"),
 }
 # upper bounds (seconds) of the handler duration histogram's buckets
 DURATION_BUCKETS = (
