@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import itertools
 import multiprocessing
 import os
 import pickle
 import platform
 import re
 import signal
+import threading
 import time
-from collections.abc import AsyncIterator
+import traceback
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import process as cf_process
 from multiprocessing import forkserver
+from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -509,6 +515,127 @@ async def test_max_tasks_per_child_with_many_calls_in_flight_never_stalls(worker
         assert pool.stats.completed == 24
 
 
+# -- the executor's manager thread dying -----------------------------------------------------
+
+
+@dataclasses.dataclass
+class _ManagerRace:
+    armed: threading.Event = dataclasses.field(default_factory=threading.Event)
+    fired: threading.Event = dataclasses.field(default_factory=threading.Event)
+    hidden: list[BaseProcess] = dataclasses.field(default_factory=list)
+    errors: list[threading.ExceptHookArgs] = dataclasses.field(default_factory=list)
+
+
+@pytest.fixture
+def manager_race(monkeypatch: pytest.MonkeyPatch) -> Iterator[_ManagerRace]:
+    """Once ``armed`` is set, the next worker to exit at ``max_tasks_per_child`` kills the
+    executor's manager thread the way CPython 3.11-3.13's race does; thread exceptions are
+    collected in ``errors`` instead of failing the test.
+
+    This simulates a CPython bug, because the real race cannot be forced: a worker that
+    ``submit`` started in another thread can run its tasks and exit before that thread has run
+    ``self._processes[p.pid] = p``, and the manager thread's ``self.processes.pop(exit_pid)``
+    then raises ``KeyError`` and the thread dies. Here the manager takes the exiting worker out
+    of ``processes`` just before that line (by monkeypatching the CPython internal
+    ``_ExecutorManagerThread.process_result_item``), so CPython's own line raises the KeyError.
+    """
+    race = _ManagerRace()
+    process_result_item = cf_process._ExecutorManagerThread.process_result_item
+
+    def hide_the_exiting_worker(thread: Any, result_item: Any) -> None:
+        pid = getattr(result_item, "exit_pid", None)
+        if pid is not None and race.armed.is_set() and not race.fired.is_set():
+            race.hidden.append(thread.processes.pop(pid))
+            race.fired.set()
+        process_result_item(thread, result_item)
+
+    monkeypatch.setattr(
+        cf_process._ExecutorManagerThread, "process_result_item", hide_the_exiting_worker
+    )
+    monkeypatch.setattr(threading, "excepthook", race.errors.append)
+    yield race
+    for process in race.hidden:  # it exits on its own, unseen by the executor
+        process.join(10)
+
+
+def _died_of_the_race(race: _ManagerRace) -> bool:
+    [error] = race.errors
+    [hidden] = race.hidden
+    assert error.exc_type is KeyError and error.exc_value is not None
+    assert error.exc_value.args == (hidden.pid,)
+    last = traceback.extract_tb(error.exc_traceback)[-1]
+    return last.filename == cf_process.__file__ and "processes.pop" in (last.line or "")
+
+
+async def test_a_dead_manager_thread_breaks_the_executor_and_blames_nobody(
+    manager_race: _ManagerRace, tmp_path: Path
+) -> None:
+    """The executor's manager thread dies (CPython's max_tasks_per_child race, simulated) while
+    a call runs: the pool replaces the executor and runs that call again, suspecting nobody."""
+    runs = tmp_path / "runs"
+    answers: list[object] = []
+
+    async with ProcessPool(2, max_tasks_per_child=2) as pool:
+
+        async def in_flight() -> None:
+            answers.append(await pool.run(pool_tasks.count_and_wait, str(runs), "busy"))
+
+        with anyio.fail_after(60):  # without the fix, the busy call is never answered
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(in_flight)
+                await _wait_for_lines(runs, 1)  # one worker is busy; the other takes the rest
+                manager_race.armed.set()
+                for i in itertools.count():  # until the free worker exits, within 2 calls
+                    assert await pool.run(pool_tasks.echo, i) == i
+                    if manager_race.fired.is_set():
+                        break
+                await _wait_for_lines(runs, 2)  # its first run was killed with the old executor
+                (tmp_path / "runs.go").touch()
+        assert await pool.run(pool_tasks.echo, "after") == "after"
+        stats = pool.stats
+
+    assert _died_of_the_race(manager_race)
+    assert answers == ["busy"]
+    assert runs.read_text().split() == ["busy", "busy"]
+    assert (stats.executor_failures, stats.rebuilds, stats.retried) == (1, 1, 1)
+    assert stats.crashes == 0
+    assert stats.completed == stats.submitted
+
+
+@pytest.mark.parametrize(
+    ("workers", "answered"),
+    [pytest.param(2, False, id="start-unanswered"), pytest.param(1, True, id="start-answered")],
+)
+async def test_a_manager_thread_that_dies_while_workers_start_is_replaced(
+    manager_race: _ManagerRace, workers: int, answered: bool
+) -> None:
+    """The manager thread dies (the simulated race again) as the first worker started for an
+    executor exits. With two workers the other one's first call is never answered, and the
+    pool starts another executor instead of waiting forever; with one, every call was answered
+    and the dead executor would serve nothing, so the pool replaces it as it would later."""
+    manager_race.armed.set()
+    with anyio.fail_after(30):
+        async with ProcessPool(workers, max_tasks_per_child=1) as pool:
+            assert await pool.run(pool_tasks.echo, 1) == 1
+            stats = pool.stats
+    assert _died_of_the_race(manager_race)
+    assert stats.crashes == 0
+    assert (stats.executor_failures, stats.rebuilds) == ((1, 1) if answered else (0, 0))
+
+
+async def test_an_idle_worker_that_dies_is_a_crash_replaced_at_once(pool: ProcessPool) -> None:
+    """A worker killed while idle ends the manager thread too, as a broken executor: the pool
+    counts a crash (not an executor failure) and replaces the executor without waiting for a
+    call."""
+    os.kill(pool.worker_pids()[0], signal.SIGKILL)
+    with anyio.fail_after(20):
+        while pool.stats.rebuilds == 0:
+            await anyio.sleep(0.01)
+    assert (pool.stats.crashes, pool.stats.executor_failures) == (1, 0)
+    assert await pool.run(pool_tasks.echo, 2) == 2
+    assert pool.stats.retried == 0
+
+
 # -- the CPython internals the pool relies on (issue 10, item 8) ---------------------------
 
 
@@ -522,6 +649,37 @@ def test_executor_processes_internal_is_what_the_pool_expects() -> None:
         assert list(processes) == [pid]
         assert processes[pid].pid == pid and processes[pid].exitcode is None
     assert pool_module._worker_processes(executor) == {}  # None after shutdown
+
+
+def test_executor_manager_thread_internal_is_what_the_pool_expects() -> None:
+    """ProcessPoolExecutor._executor_manager_thread is still the thread that serves the
+    executor, started by the first submit and ended by shutdown: the pool watches it end
+    (`_manager_thread`). The race simulation's internals are pinned here too."""
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(1, mp_context=context) as executor:
+        executor.submit(os.getpid).result()
+        manager = pool_module._manager_thread(executor)  # raises if CPython changed it
+        assert manager.is_alive()
+        assert isinstance(manager, cf_process._ExecutorManagerThread)
+        assert manager.processes is executor._processes  # type: ignore[attr-defined]
+        assert callable(cf_process._ExecutorManagerThread.process_result_item)
+    assert not manager.is_alive()
+
+
+@pytest.mark.parametrize("held", ["missing", None])
+def test_a_changed_manager_thread_internal_fails_loudly(held: object) -> None:
+    """Should a Python release move the manager thread, the pool says so plainly."""
+    executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
+    try:
+        if held == "missing":
+            del executor._executor_manager_thread
+        pattern = r"ProcessPoolExecutor\._executor_manager_thread, a thread"
+        with pytest.raises(RuntimeError, match=pattern) as caught:
+            pool_module._manager_thread(executor)
+        assert "report this as a bug" in str(caught.value)
+    finally:
+        executor._executor_manager_thread = None
+        executor.shutdown()
 
 
 @pytest.mark.parametrize("held", ["missing", [], {"1": "not a process"}])

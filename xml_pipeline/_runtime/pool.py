@@ -26,6 +26,15 @@ with the workers: a worker skips a withdrawn call without reporting a start, and
 a call that did report one is killed, so nothing is killed for a call that never ran. Timeouts
 count from `ProcessPool.run`, waiting included, wherever the call waits.
 
+The executor's own thread (its "manager", which feeds the workers and reads their results) can
+die of an exception, and then the executor runs nothing more and says nothing: CPython
+3.11-3.13 lose it to a race with ``max_tasks_per_child`` (a worker that ``submit`` started in
+another thread can finish its tasks and exit before it is recorded, and the manager's
+``self.processes.pop(exit_pid)`` raises ``KeyError``). A thread of the pool waits for the
+manager to end; when it ends while the executor is still in use, the pool treats the executor
+as broken with nobody to blame: calls in flight are requeued, none becomes a suspect, and the
+executor is replaced (``PoolStats.executor_failures``).
+
 Only plain data comes back from a worker: the pickled result as bytes, or what ``fn`` raised as
 strings (`WorkerFailure`). An exception object that crossed the boundary as itself could fail
 to unpickle in the parent (a required keyword-only argument, a ``__reduce__`` that raises, an
@@ -45,9 +54,11 @@ import os
 import pickle
 import platform
 import signal
+import threading
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
@@ -161,6 +172,40 @@ def _worker_processes(executor: ProcessPoolExecutor) -> dict[int, BaseProcess]:
     )
 
 
+def _manager_thread(executor: ProcessPoolExecutor) -> threading.Thread:
+    """The executor's manager thread, which feeds its workers and reads their results.
+
+    The pool's one use of ``ProcessPoolExecutor._executor_manager_thread``: there is no public
+    way to learn that this thread died of an exception, after which the executor runs nothing
+    and fails nothing (see the module docstring). CPython 3.11-3.13 start it on the first
+    ``submit``; call this after one. The test
+    ``test_executor_manager_thread_internal_is_what_the_pool_expects`` fails if that changes.
+
+    Raises:
+        RuntimeError: this Python keeps the thread elsewhere, or has not started it.
+    """
+    held: object = getattr(executor, "_executor_manager_thread", AttributeError)
+    if isinstance(held, threading.Thread):
+        return held
+    found = "no such attribute" if held is AttributeError else type(held).__name__
+    raise RuntimeError(
+        "ProcessPool watches ProcessPoolExecutor._executor_manager_thread, a thread started by "
+        f"the first submit, but Python {platform.python_version()} has {found} there; run a "
+        "Python version xml-pipeline supports and report this as a bug"
+    )
+
+
+def _wait_for(executor: ProcessPoolExecutor, calls: list[Future[Any]]) -> None:
+    # Waits for calls submitted to a new executor (a thread runs this), polling its manager
+    # thread: should that die, these calls would never finish.
+    manager = _manager_thread(executor)
+    while wait(calls, timeout=0.05).not_done:
+        if not manager.is_alive() and wait(calls, timeout=0).not_done:
+            raise BrokenProcessPool("the executor's manager thread died before the calls ended")
+    for call in calls:
+        call.result()  # raises BrokenProcessPool when a worker died
+
+
 def _live_processes(executor: ProcessPoolExecutor) -> list[BaseProcess]:
     # `exitcode` polls the process sentinel, so a reaped pid is never signalled.
     return [p for p in _worker_processes(executor).values() if p.exitcode is None]
@@ -229,6 +274,8 @@ class PoolStats:
         rebuilds: executors replaced because a worker died or was killed.
         timeouts: calls that ran out of time.
         retried: submissions repeated because a worker died while they were in flight.
+        executor_failures: executors replaced because their manager thread died (a CPython
+            bug, see the module docstring); their calls in flight were requeued, nobody blamed.
     """
 
     submitted: int = 0
@@ -237,6 +284,7 @@ class PoolStats:
     rebuilds: int = 0
     timeouts: int = 0
     retried: int = 0
+    executor_failures: int = 0
 
 
 # a job's submission before it has one (a Future per job would cost a Condition and a lock)
@@ -317,6 +365,7 @@ class ProcessPool:
         self._settled = 0  # calls settled, for draining the start pipe now and then
         self._watching = False  # the loop watches the start pipe (see _reap_abandoned)
         self._start_error: Exception | None = None  # why the workers could not start
+        self._watcher: threading.Thread | None = None  # waits for the manager thread to end
 
     async def __aenter__(self) -> Self:
         if self._phase is not _Phase.NEW:
@@ -332,11 +381,13 @@ class ProcessPool:
         os.set_blocking(self._start_reader.fileno(), False)
         self._withdrawn = self._context.RawArray(ctypes.c_uint64, SLOTS)
         self._phase = _Phase.REBUILDING
-        self._rebuild = self._loop.create_task(self._replace_executor(None))
+        opening = self._rebuild = self._loop.create_task(self._replace_executor(None))
         try:
-            await asyncio.shield(self._rebuild)
+            await asyncio.shield(opening)
         finally:
-            if self._phase is not _Phase.SERVING:  # cancelled, or the workers cannot start
+            # Cancelled, or the workers cannot start. A rebuild begun since is no failure: the
+            # new executor's manager thread died at once (see _manager_ended).
+            if not opening.done() or self._phase is _Phase.CLOSED:
                 await self.aclose()
         if isinstance(self._start_error, UsageError):
             raise self._start_error.with_traceback(None) from None
@@ -366,6 +417,8 @@ class ProcessPool:
             executor, self._executor = self._executor, None
             if executor is not None:
                 await anyio.to_thread.run_sync(_stop_executor, executor, busy)
+            if self._watcher is not None:  # ends with the manager thread, stopped just now
+                await anyio.to_thread.run_sync(self._watcher.join)
             self._start_reader.close()
             self._start_writer.close()
 
@@ -549,6 +602,7 @@ class ProcessPool:
             if self._phase is not _Phase.CLOSED:
                 self._close("worker_crash", f"worker processes cannot start: {exc}")
             return
+        self._watch(self._executor)
         if old is not None:
             self._counts["rebuilds"] += 1
         if self._phase is _Phase.REBUILDING:
@@ -575,8 +629,7 @@ class ProcessPool:
                 while len(warm_up) < self._workers or len(started) < self._workers:
                     warm_up.append(executor.submit(os.getpid))
                     started.update(_worker_processes(executor))
-                for call in warm_up:
-                    call.result()
+                _wait_for(executor, warm_up)
                 return executor
             except BrokenProcessPool:
                 _stop_executor(executor, busy=True)
@@ -589,6 +642,40 @@ class ProcessPool:
             f"they died while starting, 3 times in a row ({'; '.join(exits)}); check the "
             "initializer"
         )
+
+    def _watch(self, executor: ProcessPoolExecutor) -> None:
+        # A thread blocked in join() costs nothing and hears of the end at once, whatever ends
+        # it; the event loop then decides whether the end was ours (see _manager_ended). It
+        # holds the pool and the executor weakly: a pool dropped unclosed must stay collectable
+        # (the manager thread stops the workers of a collected executor).
+        manager = _manager_thread(executor)
+        pool_ref, executor_ref = weakref.ref(self), weakref.ref(executor)
+
+        def wait_for_the_end() -> None:
+            manager.join()
+            pool, ended = pool_ref(), executor_ref()
+            if pool is not None and ended is not None:
+                with contextlib.suppress(RuntimeError):  # the loop was closed under the pool
+                    pool._loop.call_soon_threadsafe(pool._manager_ended, ended)
+
+        name = f"ProcessPool watcher of {manager.name}"
+        self._watcher = threading.Thread(target=wait_for_the_end, name=name, daemon=True)
+        self._watcher.start()
+
+    def _manager_ended(self, executor: ProcessPoolExecutor) -> None:
+        if executor is not self._executor or self._phase is _Phase.CLOSED:
+            return  # the pool stopped it: replaced or closed
+        try:  # public, and cheap on a broken executor: it raises at once
+            executor.submit(int)
+        except BrokenProcessPool:  # an idle worker died (calls in flight would have said so)
+            self._break(culprit_known=False)
+            return
+        except RuntimeError:  # the interpreter is exiting: nothing left to serve
+            return
+        # The manager died of an exception (printed by threading.excepthook) and the executor
+        # never said so. Nothing points at a call: requeue them all, as after our own kill.
+        self._counts["executor_failures"] += 1
+        self._break(culprit_known=True)
 
     def _expire(self, job: _Job[Any], timeout: float) -> None:
         self._counts["timeouts"] += 1
