@@ -1,8 +1,24 @@
 """Pump throughput, CPU per hop and latency, against a bare asyncio.Queue ping-pong floor.
 
-The organism: request -> A -> B -> answer to A -> answer out, i.e. 4 hops per conversation
-(three handler runs plus the answer delivered to the requester), every payload checked at
-every hop, each hop recorded in the conversation history (and a row with history off).
+The organism: request -> A -> B -> answer to A -> answer out, i.e. 4 hops per conversation,
+every payload checked at every hop, each hop recorded in the conversation history (and a row
+with history off). A hop is one message the pump routes: checked, written to the registry
+(one open, call or answer), recorded in history. The conversation is written two ways, with the
+same 4 hops and the same 4 history entries:
+
+- *return style* (the rows without a style named): A returns ``HandlerResponse(Work, to="b")``
+  and is run again with B's answer, which it returns to the requester. Hops: request -> A (A
+  runs), A -> B (B runs), B -> A (A runs again), A -> requester. Three handler runs.
+- *meta.call style* (rows marked "meta.call"): A does ``done = await meta.call("b", Work)``
+  and returns ``done`` to the requester. Hops: request -> A (A runs), A -> B (B runs), B -> A
+  (resolves the future A awaits: A resumes, it is not run again), A -> requester. Two handler
+  runs, one of them suspended across B's.
+
+So CPU per hop compares the two styles for the same routed work; CPU per conversation (4x CPU
+per hop) is printed too. Rows in separate runs of a shared machine differ by up to 1.5x, more
+than the styles do, so the "paired" row measures the ratio itself: one organism of each style
+in the same event loop, short bursts of the same load taking turns, the median of the per-pair
+ratios; the line under the table is the median of that over runs.
 
 Rows take turns within every run (the machine is shared and noisy), and each figure is the
 median over runs; ratios are taken per run against the floor measured in that run. CPU per hop
@@ -67,9 +83,16 @@ async def b(msg: Work, meta: HandlerMetadata) -> HandlerResponse:
     return HandlerResponse.respond(Done(text=msg.text))
 
 
-def organism(**options: Any) -> Organism:
+async def a_call(msg: Task, meta: HandlerMetadata) -> HandlerResponse:
+    done = await meta.call("b", Work(text=msg.text))
+    return HandlerResponse.respond(done)
+
+
+def organism(style: str = "return", **options: Any) -> Organism:
+    """The 4-hop organism; ``style`` is how A calls B: ``"return"`` or ``"call"`` (meta.call)."""
+    handler = a_call if style == "call" else a
     listeners = [
-        Listener("a", Task, a, peers=("b",), max_concurrency=64),
+        Listener("a", Task, handler, peers=("b",), max_concurrency=64),
         Listener("b", Work, b, max_concurrency=64),
     ]
     return Organism(listeners, **options)
@@ -128,10 +151,12 @@ async def queue_floor(n: int) -> Measure:
 
 
 Row = Callable[[], Awaitable[dict[str, float]]]
+CALL_ROW = "pump, {:,} in flight, meta.call"
+PAIRED_ROW = "meta.call/return, {:,} in flight, paired"
 
 
 def rows(options: argparse.Namespace) -> dict[str, Row]:
-    def pump(inflight: int, history: bool = True, **observe: Any) -> Row:
+    def pump(inflight: int, history: bool = True, style: str = "return", **observe: Any) -> Row:
         async def measure() -> dict[str, float]:
             provider = spans = None
             if observe.pop("spans", False):
@@ -157,14 +182,18 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
                 )
                 sink = OtlpSinkConfig(meter_provider=provider)
                 observe["metrics"] = MetricsConfig(sinks=(sink,))
-            org = organism(ingress_limit=inflight, history=history, **observe)
+            org = organism(style, ingress_limit=inflight, history=history, **observe)
             async with org:
                 await load(org, 2000, 100)  # warm up
                 m = await load(org, max(options.conversations, 2 * inflight), inflight)
             for owned in (provider, spans):
                 if owned is not None:
                     owned.shutdown()
-            return {"hops_per_s": m.hops_per_s, "cpu_us_per_hop": m.cpu_us_per_hop}
+            return {
+                "hops_per_s": m.hops_per_s,
+                "cpu_us_per_hop": m.cpu_us_per_hop,
+                "cpu_us_per_conversation": m.cpu_us_per_hop * HOPS_PER_CONVERSATION,
+            }
 
         return measure
 
@@ -172,14 +201,41 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
         m = await queue_floor(100_000)
         return {"hops_per_s": m.hops_per_s, "cpu_us_per_hop": m.cpu_us_per_hop}
 
-    async def round_trip() -> dict[str, float]:
-        async with organism() as org:
-            await load(org, 500, 1)
-            p50, p99 = await latency(org, 3000)
-        return {"p50_us": p50, "p99_us": p99}
+    def round_trip(style: str = "return") -> Row:
+        async def measure() -> dict[str, float]:
+            async with organism(style) as org:
+                await load(org, 500, 1)
+                p50, p99 = await latency(org, 3000)
+            return {"p50_us": p50, "p99_us": p99}
 
+        return measure
+
+    async def paired(inflight: int, pairs: int = 4) -> dict[str, float]:
+        conversations = max(options.conversations // 4, 2 * inflight)
+        orgs = {style: organism(style, ingress_limit=inflight) for style in ("return", "call")}
+        cpu: dict[str, list[float]] = {"return": [], "call": []}
+        async with orgs["return"], orgs["call"]:
+            for org in orgs.values():
+                await load(org, 2000, 100)  # warm up
+            for turn in range(pairs):
+                for style in ("return", "call") if turn % 2 == 0 else ("call", "return"):
+                    m = await load(orgs[style], conversations, inflight)
+                    cpu[style].append(m.cpu_us_per_hop)
+        return {
+            "call_vs_return": statistics.median(
+                c / r for r, c in zip(cpu["return"], cpu["call"], strict=True)
+            ),
+            "return_cpu_us_per_hop": statistics.median(cpu["return"]),
+            "call_cpu_us_per_hop": statistics.median(cpu["call"]),
+        }
+
+    first = options.inflight[0]
     table: dict[str, Row] = {"floor: asyncio.Queue ping-pong": floor}
-    for inflight in options.inflight:
+    table[f"pump, {first:,} in flight"] = pump(first)
+    # next to the row it is compared with: they run back to back in most runs
+    table[CALL_ROW.format(first)] = pump(first, style="call")
+    table[PAIRED_ROW.format(first)] = lambda: paired(first)
+    for inflight in options.inflight[1:]:
         table[f"pump, {inflight:,} in flight"] = pump(inflight)
     table[f"pump, {options.inflight[0]:,} in flight, history off"] = pump(
         options.inflight[0], history=False
@@ -193,7 +249,8 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
         )
         table[f"pump, {first:,}, metrics: otel (in memory)"] = pump(first, otel=True)
         table[f"pump, {first:,}, tracing: otel spans (in memory)"] = pump(first, spans=True)
-    table["round trip, 1 in flight"] = round_trip
+    table["round trip, 1 in flight"] = round_trip()
+    table["round trip, 1 in flight, meta.call"] = round_trip("call")
     return table
 
 
@@ -240,7 +297,11 @@ def main() -> None:
             medians[name]["cpu_vs_first_row"] = statistics.median(
                 r[name]["cpu_us_per_hop"] / r[first]["cpu_us_per_hop"] for r in runs
             )
-    header = f"{'row':42} {'hops/s':>10} {'CPU us/hop':>10} {'/floor':>7} {'CPU vs 1st':>10}"
+    call_vs_return = medians[PAIRED_ROW.format(options.inflight[0])]["call_vs_return"]
+    header = (
+        f"{'row':42} {'hops/s':>10} {'CPU us/hop':>10} {'CPU us/conv':>11} {'/floor':>7} "
+        f"{'CPU vs 1st':>10}"
+    )
     print(header)
     print("-" * len(header))
     for name in names:
@@ -248,14 +309,29 @@ def main() -> None:
         if "p50_us" in m:
             print(f"{name:42} p50 {m['p50_us']:.1f} us, p99 {m['p99_us']:.1f} us")
             continue
+        if "call_vs_return" in m:
+            per_hop = f"{m['return_cpu_us_per_hop']:.2f} -> {m['call_cpu_us_per_hop']:.2f} us"
+            print(f"{name:42} {m['call_vs_return']:.2f}x CPU per hop ({per_hop})")
+            continue
         ratio = f"{m['ratio_to_floor']:>7.3f}" if "ratio_to_floor" in m else f"{'':>7}"
         vs = f"{m['cpu_vs_first_row']:>10.2f}" if "cpu_vs_first_row" in m else f"{'':>10}"
-        print(f"{name:42} {m['hops_per_s']:>10,.0f} {m['cpu_us_per_hop']:>10.2f} {ratio} {vs}")
+        conv = m.get("cpu_us_per_conversation")
+        per_conv = f"{conv:>11.1f}" if conv is not None else f"{'':>11}"
+        print(
+            f"{name:42} {m['hops_per_s']:>10,.0f} {m['cpu_us_per_hop']:>10.2f} {per_conv} "
+            f"{ratio} {vs}"
+        )
     print(
         f"(medians of {options.runs} runs, {options.loop}; {HOPS_PER_CONVERSATION} hops per "
         "conversation; rows took turns)"
     )
-    write_results("bench_pump", options, runs=runs, medians=medians)
+    print(
+        f"meta.call / return style, CPU per hop at {options.inflight[0]:,} in flight: "
+        f"{call_vs_return:.2f}x (paired bursts, median over runs; target <= 1.3x)"
+    )
+    write_results(
+        "bench_pump", options, runs=runs, medians=medians, call_vs_return_cpu=call_vs_return
+    )
 
 
 if __name__ == "__main__":
