@@ -48,7 +48,15 @@ from typing import Any
 
 from _results import write_results
 
-from xml_pipeline import HandlerMetadata, HandlerResponse, Listener, Organism, payload
+from xml_pipeline import (
+    CircuitSettings,
+    HandlerMetadata,
+    HandlerResponse,
+    Listener,
+    Organism,
+    RetrySettings,
+    payload,
+)
 
 HOPS_PER_CONVERSATION = 4
 
@@ -88,12 +96,16 @@ async def a_call(msg: Task, meta: HandlerMetadata) -> HandlerResponse:
     return HandlerResponse.respond(done)
 
 
-def organism(style: str = "return", **options: Any) -> Organism:
-    """The 4-hop organism; ``style`` is how A calls B: ``"return"`` or ``"call"`` (meta.call)."""
+def organism(style: str = "return", recovery: bool = False, **options: Any) -> Organism:
+    """The 4-hop organism; ``style`` is how A calls B: ``"return"`` or ``"call"`` (meta.call);
+    ``recovery``: both listeners have a retry policy and a circuit breaker (nothing fails)."""
     handler = a_call if style == "call" else a
+    policy: dict[str, Any] = (
+        {"retry": RetrySettings(), "circuit": CircuitSettings()} if recovery else {}
+    )
     listeners = [
-        Listener("a", Task, handler, peers=("b",), max_concurrency=64),
-        Listener("b", Work, b, max_concurrency=64),
+        Listener("a", Task, handler, peers=("b",), max_concurrency=64, **policy),
+        Listener("b", Work, b, max_concurrency=64, **policy),
     ]
     return Organism(listeners, **options)
 
@@ -240,6 +252,8 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
     table[f"pump, {options.inflight[0]:,} in flight, history off"] = pump(
         options.inflight[0], history=False
     )
+    if options.recovery:
+        table[f"pump, {first:,}, retry + circuit (no failures)"] = pump(first, recovery=True)
     if options.metrics:
         first = options.inflight[0]
         prometheus = {"sinks": [{"type": "prometheus", "listen": "127.0.0.1:0"}]}
@@ -267,6 +281,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--metrics", action="store_true", help="add rows with the metrics collector on"
+    )
+    parser.add_argument(
+        "--recovery",
+        action="store_true",
+        help="add a row with a retry policy and a circuit breaker on both listeners",
     )
     options = parser.parse_args()
     factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
