@@ -621,7 +621,7 @@ class StreamPump:
             ))  # fmt: skip
             return []
         circuit = state.circuit
-        if circuit is not None and not circuit.allow(self._now()):
+        if circuit is not None and circuit.state != "closed" and not circuit.allow(self._now()):
             return await self._circuit_open(hop)
         counters = self._counters
         counters.hops += 1
@@ -652,8 +652,8 @@ class StreamPump:
             if hooks:
                 self._emit_finished(hop, started, str(exc.reason))
             return await self._failed_run(hop, exc.reason, exc.message, exc.error)
-        if circuit is not None:
-            circuit.succeeded()
+        if circuit is not None and (circuit.failures_in_row or circuit.state != "closed"):
+            circuit.succeeded()  # only when there is something to reset: a closed circuit stays
         if hop.attempt > 1:
             state.recovery.recovered += 1
         nexts: list[Hop] = []
