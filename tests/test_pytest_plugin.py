@@ -145,7 +145,12 @@ def test_tests_marked_for_another_plugin_are_left_to_it(pytester: pytest.Pyteste
     result = pytester.runpytest("-v")
     result.assert_outcomes(passed=1, failed=2)
     result.stdout.fnmatch_lines(["*test_anyio.py::test_marked[[]asyncio[]] PASSED*"])
-    assert result.stdout.str().count("async def functions are not natively supported") == 2
+    # Each of the two failures is pytest's own "nobody runs this" report (pytest 9.2 repeats
+    # the text in the short summary, so count the reports by their section headers).
+    for name in ("test_module_marked", "TestClassMarked.test_it"):
+        result.stdout.fnmatch_lines(
+            [f"_* {name} _*", "async def functions are not natively supported*"], consecutive=True
+        )
 
 
 @pytest.mark.parametrize(
