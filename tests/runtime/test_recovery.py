@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.worker_handlers import Job, Result, fails_first_attempt
+from tests.worker_handlers import Job, Result, fails_first_attempt, looper
 from xml_pipeline import (
     BackoffSettings,
     CircuitSettings,
@@ -207,6 +207,111 @@ async def test_calls_a_failed_attempt_left_in_flight_are_withdrawn_and_their_wor
         await org.wait_idle()
         assert await org.registry.size() == 1  # the withdrawn call's thread is gone too
         assert org.listeners and org.stats.late_replies == 0
+
+
+async def test_history_leaves_out_what_a_rolled_back_attempt_did_answered_nested_or_in_flight() -> (
+    None
+):
+    """The retry reads the conversation as it was before the failed attempt: the calls that
+    attempt made (answered, in flight, and the calls made under them) are not current."""
+    views: list[list[str]] = []
+
+    def seen(history: list[Any]) -> list[str]:
+        return [f"{h.sender}>{h.to}:{h.payload_tag}" for h in history]
+
+    async def planner(msg: Task, meta: HandlerMetadata) -> HandlerResponse:
+        if meta.attempt == 1:
+            await meta.call("middle", Step(n=0))  # answered, with a nested call under it
+            await asyncio.gather(meta.call("slow", Step(n=1)), meta.call("fails", Step(n=2)))
+        await meta.call("middle", Step(n=3))
+        views.append(seen(await meta.history()))
+        return HandlerResponse.respond(Done(name="ok", attempt=meta.attempt))
+
+    async def middle(msg: Step, meta: HandlerMetadata) -> HandlerResponse:
+        await meta.call("leaf", msg)
+        return HandlerResponse.respond(msg)
+
+    async def leaf(msg: Step, meta: HandlerMetadata) -> HandlerResponse:
+        return HandlerResponse.respond(msg)
+
+    async def slow(msg: Step, meta: HandlerMetadata) -> HandlerResponse:
+        await anyio.sleep(30)
+        return HandlerResponse.respond(msg)
+
+    async def fails(msg: Step, meta: HandlerMetadata) -> HandlerResponse:
+        raise RuntimeError("the call fails")
+
+    org = Organism([
+        Listener("planner", Task, planner, peers=("middle", "slow", "fails"),
+                 retry=RetrySettings(attempts=2, backoff=FAST)),
+        Listener("middle", Step, middle, peers=("leaf",)),
+        Listener("leaf", Step, leaf),
+        Listener("slow", Step, slow),
+        Listener("fails", Step, fails),
+    ])  # fmt: skip
+    async with org:
+        assert (await org.request("planner", Task(), timeout=5)).attempt == 2
+    call, answer = ["planner>middle:Step", "middle>leaf:Step"], ["leaf>middle:Step"]
+    assert views == [["_external>planner:Task", *call, *answer, "middle>planner:Step"]]
+
+
+async def test_a_failed_callee_attempt_is_rolled_back_for_its_caller_too() -> None:
+    """A callee whose own attempt fails and is retried: its caller's later history shows
+    the callee's successful attempt only."""
+    views: list[list[str]] = []
+
+    async def planner(msg: Task, meta: HandlerMetadata) -> HandlerResponse:
+        await meta.call("middle", Step(n=1))
+        views.append([f"{h.sender}>{h.to}" for h in await meta.history()])
+        return HandlerResponse.respond(Done(name="ok"))
+
+    async def middle(msg: Step, meta: HandlerMetadata) -> HandlerResponse:
+        await meta.call("leaf", Step(n=meta.attempt))
+        if meta.attempt == 1:
+            raise ConnectionError("after its call was answered")
+        return HandlerResponse.respond(msg)
+
+    async def leaf(msg: Step, meta: HandlerMetadata) -> HandlerResponse:
+        return HandlerResponse.respond(msg)
+
+    org = Organism([
+        Listener("planner", Task, planner, peers=("middle",)),
+        Listener("middle", Step, middle, peers=("leaf",),
+                 retry=RetrySettings(attempts=2, backoff=FAST)),
+        Listener("leaf", Step, leaf),
+    ])  # fmt: skip
+    async with org:
+        await org.request("planner", Task(), timeout=5)
+    assert views == [
+        ["_external>planner", "planner>middle", "middle>leaf", "leaf>middle", "middle>planner"]
+    ]
+
+
+async def test_a_cpu_bound_handler_reads_history_without_a_rolled_back_attempt() -> None:
+    """A worker process gets the current history too (the pool path reads it apart)."""
+
+    async def planner(msg: Task, meta: HandlerMetadata) -> HandlerResponse:
+        if meta.attempt == 1:
+            await meta.call("echo", Step(n=1))
+            raise ConnectionError("after its call was answered")
+        seen = await meta.call("looper", Job())
+        return HandlerResponse.respond(Done(name="ok", seen=seen.tags))
+
+    async def echo(msg: Step, meta: HandlerMetadata) -> HandlerResponse:
+        return HandlerResponse.respond(msg)
+
+    org = Organism(
+        [
+            Listener("planner", Task, planner, peers=("echo", "looper"),
+                     retry=RetrySettings(attempts=2, backoff=FAST)),
+            Listener("echo", Step, echo),
+            Listener("looper", Job, looper, cpu_bound=True),
+        ],
+        process_pool=ProcessPoolConfig(workers=1),
+    )  # fmt: skip
+    async with org:
+        answer = await org.request("planner", Task(), timeout=30)
+    assert answer.seen == ["_external>planner:Task", "planner>looper:Job"]
 
 
 async def test_ledger_every_conversation_answered_once_and_no_failed_attempts_output_routed() -> (

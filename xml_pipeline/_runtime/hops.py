@@ -107,7 +107,7 @@ class Frame:
 
     # "maker": the loop time the hop that made this call started, set only while somebody
     # observes the hooks (traces tell which of a thread's hops made a call by it)
-    __slots__ = ("answered", "listener", "live", "maker", "parent", "thread", "waiter")
+    __slots__ = ("answered", "listener", "live", "maker", "parent", "scope", "thread", "waiter")
     maker: float | None  # unset unless observed: read with getattr(frame, "maker", None)
 
     def __init__(self, listener: str, thread: str, parent: Frame | None) -> None:
@@ -116,6 +116,9 @@ class Frame:
         self.parent = parent
         self.live = 1  # the hop that delivers the call
         self.answered = False
+        # the meta.call threads this call is made under, space-separated ("" under none): its
+        # history entries name them, so that rolling one back takes them along
+        self.scope: str = "" if parent is None else parent.scope
         # a call made with meta.call: its answer (or failure) resolves this future instead of
         # running the caller's handler again
         self.waiter: asyncio.Future[Any] | None = None

@@ -661,7 +661,9 @@ class StreamPump:
             if out.to is None:
                 nexts.extend(await self._respond(conv, frame, state.name, out.payload, xml))
                 continue
-            rec = await registry.call(frame.thread, out.to, state.name, out.payload, xml)
+            rec = await registry.call(
+                frame.thread, out.to, state.name, out.payload, xml, frame.scope
+            )
             if rec is None:  # this thread was retired meanwhile (answered, timed out, lost)
                 counters.late_replies += 1
                 if not conv.done and not await registry.exists(conv.id):
@@ -762,7 +764,9 @@ class StreamPump:
     async def _roll_back(self, hop: Hop) -> None:
         """Withdraw what a failed attempt left in flight: its ``meta.call``s not answered yet
         are failed in its handler's place (their awaiting tasks cancelled), the hops running
-        under them stopped, and their threads retired; answers to them are late replies."""
+        under them stopped, and their threads retired; answers to them are late replies. The
+        history entries of all its calls, answered or not, and of what ran under them, are
+        marked rolled back: history no longer shows them (`ThreadRegistry.roll_back`)."""
         calls, hop.calls = hop.calls or [], None
         conv = hop.conv
         for callee in calls:
@@ -780,6 +784,15 @@ class StreamPump:
                 await self._registry.withdraw(callee.thread)
             except Exception:  # the conversation's retirement and the TTL are the backstop
                 log.warning("could not retire the withdrawn call %s", callee.thread, exc_info=True)
+        try:
+            await self._registry.roll_back(
+                hop.frame.thread, hop.state.name, [callee.thread for callee in calls]
+            )
+        except Exception:
+            log.warning(
+                "could not mark the calls of a failed attempt of %r as rolled back in history",
+                hop.state.name, exc_info=True,
+            )  # fmt: skip
 
     async def _compensate(
         self, conversation: str, answers: list[tuple[ListenerState, object]], error: DeliveryError
@@ -833,8 +846,9 @@ class StreamPump:
         caller = frame.parent
         assert caller is not None, "the root frame is never answered"
         res = await self._registry.answer(
-            frame.thread, responder, caller.listener, payload, xml, leaves=caller.parent is None
-        )
+            frame.thread, responder, caller.listener, payload, xml,
+            leaves=caller.parent is None, scope=frame.scope,
+        )  # fmt: skip
         if res is None:
             self._counters.late_replies += 1
             if not conv.done and not await self._registry.exists(conv.id):
@@ -933,7 +947,9 @@ class StreamPump:
             raise DeliveryError(
                 f"{state.name!r} sent {exc.message}", reason="schema_violation", listener=peer
             ) from None
-        rec = await registry.call(frame.thread, peer, state.name, payload, xml)
+        thread = new_thread_id()  # named in its own scope: a rollback of it takes it along
+        scope = f"{frame.scope} {thread}" if frame.scope else thread
+        rec = await registry.call(frame.thread, peer, state.name, payload, xml, scope, thread)
         if rec is None:
             raise UsageError(
                 f"meta.call({peer!r}) from {state.name!r}: the thread was retired meanwhile "
@@ -942,6 +958,7 @@ class StreamPump:
         loop = self._loop or asyncio.get_running_loop()
         answer: asyncio.Future[Any] = loop.create_future()
         callee = Frame(peer, rec.thread_id, frame)
+        callee.scope = scope
         callee.waiter = answer
         if self.hooks.active:
             callee.maker = getattr(hop, "began", None)

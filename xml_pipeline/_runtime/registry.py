@@ -15,7 +15,14 @@ import os
 from collections.abc import Sequence
 
 from xml_pipeline._errors import BackendError
-from xml_pipeline._wire.history import HistoryEntry, decode_entry, encode_entry
+from xml_pipeline._wire.history import (
+    ROLLBACK_SENDER,
+    HistoryEntry,
+    current_entries,
+    decode_entry,
+    encode_entry,
+    rollback_entry,
+)
 from xml_pipeline._wire.payloads import to_xml
 from xml_pipeline.backends.base import Backend, DeadLetter, PruneResult, ThreadRecord
 
@@ -78,10 +85,12 @@ class ThreadRegistry:
         await self._backend.put_root(self.root_id, self._name)
         return self.root_id
 
-    def _entry(self, sender: str, to: str, payload: object, xml: bytes | None) -> bytes | None:
+    def _entry(
+        self, sender: str, to: str, payload: object, xml: bytes | None, scope: str = ""
+    ) -> bytes | None:
         if not self.history_on:
             return None
-        return encode_entry(sender, to, to_xml(payload) if xml is None else xml)
+        return encode_entry(sender, to, to_xml(payload) if xml is None else xml, scope)
 
     async def open(
         self,
@@ -121,9 +130,14 @@ class ThreadRegistry:
         sender: str,
         payload: object,
         xml: bytes | None = None,
+        scope: str = "",
+        thread_id: str | None = None,
     ) -> ThreadRecord | None:
         """Record a call from the thread ``parent`` (run by ``sender``) to ``listener`` under
-        a fresh thread id.
+        ``thread_id`` (a fresh one when not given).
+
+        ``scope``: the ``meta.call`` thread ids the call is made under (its history entry names
+        them, so that a rollback of one of them takes it along; see `_wire.history`).
 
         Returns:
             the new record, or ``None`` when ``parent`` was retired (the call is dropped).
@@ -131,10 +145,11 @@ class ThreadRegistry:
         Raises:
             BackendError: the backend failed.
         """
-        entry = self._entry(sender, listener, payload, xml)
+        entry = self._entry(sender, listener, payload, xml, scope)
+        child = thread_id or new_thread_id()
         if self._extend_now is not None:
-            return self._extend_now(parent, new_thread_id(), listener, entry)  # type: ignore[no-any-return]
-        return await self._backend.extend(parent, new_thread_id(), listener, entry)
+            return self._extend_now(parent, child, listener, entry)  # type: ignore[no-any-return]
+        return await self._backend.extend(parent, child, listener, entry)
 
     async def answer(
         self,
@@ -145,11 +160,12 @@ class ThreadRegistry:
         xml: bytes | None = None,
         *,
         leaves: bool = False,
+        scope: str = "",
     ) -> PruneResult | None:
         """Retire the responder's thread and say where its answer goes.
 
         ``leaves``: the answer leaves the organism, which ends the conversation, history and
-        all (nothing is recorded).
+        all (nothing is recorded). ``scope``: as for `call`.
 
         Returns:
             the caller and the caller's thread id, or ``None`` for a late reply.
@@ -157,7 +173,7 @@ class ThreadRegistry:
         Raises:
             BackendError: the backend failed.
         """
-        entry = None if leaves else self._entry(responder, receiver, payload, xml)
+        entry = None if leaves else self._entry(responder, receiver, payload, xml, scope)
         if self._prune_now is not None:
             return self._prune_now(thread, entry)  # type: ignore[no-any-return]
         return await self._backend.prune(thread, entry)
@@ -170,6 +186,25 @@ class ThreadRegistry:
             BackendError: the backend failed.
         """
         await self._backend.prune(thread, None)
+
+    async def roll_back(self, thread: str, listener: str, calls: Sequence[str]) -> None:
+        """Record that the ``meta.call``s with thread ids ``calls``, made by a failed attempt of
+        ``listener`` on ``thread``, were rolled back: their history entries, and those of all
+        that happened under them, are no longer read (`history`, `stored_history`). Nothing is
+        recorded when history is off.
+
+        Two backend steps (a short-lived record under ``thread`` carries the entry), on the
+        rollback path only.
+
+        Raises:
+            BackendError: the backend failed.
+        """
+        if not self.history_on or not calls:
+            return
+        marker = new_thread_id()
+        entry = rollback_entry(listener, calls)
+        if await self._backend.extend(thread, marker, ROLLBACK_SENDER, entry) is not None:
+            await self._backend.prune(marker, None)
 
     async def abandon(self, conversation: str) -> int:
         """Retire a conversation whose opening call may or may not have happened (the caller
@@ -194,14 +229,16 @@ class ThreadRegistry:
         return await self._backend.get(thread_id) is not None
 
     async def history(self, conversation: str) -> list[HistoryEntry]:
-        """The recorded hops of a conversation, oldest first (empty when history is off)."""
+        """The recorded hops of a conversation, oldest first (empty when history is off);
+        the entries of rolled-back attempts are left out (see `roll_back`)."""
         return [decode_entry(entry) for entry in await self.stored_history(conversation)]
 
     async def stored_history(self, conversation: str) -> list[bytes]:
-        """The stored entries of a conversation as they are kept (empty when history is off)."""
+        """The stored entries of a conversation that are current, as they are kept (empty when
+        history is off); the entries of rolled-back attempts are left out (see `roll_back`)."""
         if not self.history_on:
             return []
-        return await self._backend.history(conversation)
+        return current_entries(await self._backend.history(conversation))
 
     async def lookup(self, thread_id: str) -> list[str] | None:
         """The chain of listener names from the root to ``thread_id``, or ``None``."""
