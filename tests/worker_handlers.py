@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tests.pool_tasks import raise_kind, wait_for_release
-from xml_pipeline import HandlerMetadata, HandlerResponse, payload
+from xml_pipeline import HandlerMetadata, HandlerResponse, RetryLater, payload
 
 
 @payload
@@ -167,3 +167,15 @@ def fails_first_attempt(msg: Job, meta: HandlerMetadata) -> HandlerResponse:
     if meta.attempt == 1:
         raise ConnectionError("the peer hung up")
     return HandlerResponse.respond(Result(pid=os.getpid(), value=meta.attempt))
+
+
+def retry_later_first(msg: Job, meta: HandlerMetadata) -> HandlerResponse:
+    """Asks to be retried after ``msg.n`` ms on a first attempt; answers the attempt after."""
+    if meta.attempt == 1:
+        raise RetryLater("rate limited", after_seconds=msg.n / 1000)
+    return HandlerResponse.respond(Result(pid=os.getpid(), value=meta.attempt))
+
+
+def raises_key_error(msg: Job, meta: HandlerMetadata) -> HandlerResponse:
+    """Raises KeyError (a LookupError) on every attempt."""
+    raise KeyError(f"attempt {meta.attempt}")

@@ -329,8 +329,8 @@ class RetryLater(XmlPipelineError):
 
     The listener's ``retry`` policy still bounds the attempts (and its ``on`` list need not
     name ``handler_error``); a listener without a policy fails with ``handler_error``. The
-    delay replaces the policy's backoff for this attempt (a peer's ``Retry-After``, say). In a
-    ``cpu_bound`` handler the policy's backoff is used (the worker sends only the class).
+    delay replaces the policy's backoff for this attempt (a peer's ``Retry-After``, say), in
+    process and in a ``cpu_bound`` handler alike (the worker sends it back as plain data).
 
     Attributes:
         after_seconds: seconds to wait before the next attempt (at least 0).

@@ -11,7 +11,14 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.worker_handlers import Job, Result, fails_first_attempt, looper
+from tests.worker_handlers import (
+    Job,
+    Result,
+    fails_first_attempt,
+    looper,
+    raises_key_error,
+    retry_later_first,
+)
 from xml_pipeline import (
     BackoffSettings,
     CircuitSettings,
@@ -159,6 +166,30 @@ async def test_a_cpu_bound_handler_is_retried_and_sees_its_attempt() -> None:
     async with Organism([listener], process_pool=ProcessPoolConfig(workers=1)) as org:
         answer = await org.request("crunch", Job(), timeout=30)
     assert isinstance(answer, Result) and answer.value == 2
+
+
+async def test_a_cpu_bound_retry_later_sets_the_delay_as_in_process() -> None:
+    """The worker sends RetryLater's delay back: it replaces the policy's backoff (60 s here,
+    which would not fit the request's deadline) and stays bounded by that deadline."""
+    slow_backoff = BackoffSettings(initial_seconds=60, max_seconds=60, jitter="none")
+    settings = RetrySettings(attempts=2, backoff=slow_backoff)
+    listener = Listener("crunch", Job, retry_later_first, cpu_bound=True, retry=settings)
+    async with Organism([listener], process_pool=ProcessPoolConfig(workers=1)) as org:
+        answer = await org.request("crunch", Job(n=10), timeout=20)
+        assert isinstance(answer, Result) and answer.value == 2
+        with pytest.raises(DeliveryError) as failed:  # asks for 60 s: past the deadline
+            await org.request("crunch", Job(n=60_000), timeout=20)
+        assert "could not start before the request's deadline" in failed.value.message
+
+
+async def test_never_matches_a_base_class_of_what_a_cpu_bound_handler_raised() -> None:
+    settings = RetrySettings(attempts=3, backoff=FAST, never=("builtins.LookupError",))
+    listener = Listener("crunch", Job, raises_key_error, cpu_bound=True, retry=settings)
+    async with Organism([listener], process_pool=ProcessPoolConfig(workers=1)) as org:
+        with pytest.raises(DeliveryError) as failed:
+            await org.request("crunch", Job(), timeout=20)
+        assert "attempt 1" in failed.value.message
+        assert org.recovery_status()["crunch"].attempts == 1
 
 
 # -- rollback of a failed attempt -------------------------------------------------------------

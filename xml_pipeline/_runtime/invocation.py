@@ -243,13 +243,13 @@ def _attempt_failure(exc: BaseException) -> AttemptFailure:
 
 
 def _from_worker(error: DeliveryError) -> AttemptFailure:
-    """The same for a failure in a worker process, which sends the exception's class only
-    (``module.QualName``, builtins by their bare name)."""
+    """The same for a failure in a worker process, which sends the exception's class names
+    and a `RetryLater`'s delay as plain data."""
     cause = error.__cause__
     if not isinstance(cause, WorkerFailure):
         return AttemptFailure(error.reason)
-    name = cause.type_name if "." in cause.type_name else f"builtins.{cause.type_name}"
-    return AttemptFailure(error.reason, (name,), None, name == _PERMANENT)
+    types = cause.types
+    return AttemptFailure(error.reason, types, cause.after_seconds, _PERMANENT in types)
 
 
 _PERMANENT = f"{PermanentError.__module__}.{PermanentError.__qualname__}"

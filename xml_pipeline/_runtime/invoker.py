@@ -86,7 +86,7 @@ def _refused(listener: str, thread: str, result: Refusal | Raised) -> DeliveryEr
     if len(result) == 2:
         reason, message = result
         return DeliveryError(message, reason=reason, listener=listener, thread=thread)
-    _, name, text, code, trace = result
+    _, name, text, code, trace, types, after = result
     log.debug("handler of %r raised in a worker process:\n%s", listener, trace)
     short = name.rpartition(".")[2]  # the class's own name, as for an inline handler
     said = f"{listener!r} raised {short}: {text}" if text else f"{listener!r} raised {short}"
@@ -96,7 +96,7 @@ def _refused(listener: str, thread: str, result: Refusal | Raised) -> DeliveryEr
         listener=listener,
         thread=thread,
     )
-    error.__cause__ = WorkerFailure(name, text, code, trace)
+    error.__cause__ = WorkerFailure(name, text, code, trace, types, after)
     return error
 
 

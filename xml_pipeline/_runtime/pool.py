@@ -110,14 +110,27 @@ class WorkerFailure(Exception):
         message: ``str()`` of the exception (empty when it has none).
         reason: its ``reason`` attribute when that is a string (as on our own errors).
         traceback: the traceback formatted in the worker.
+        types: ``module.QualName`` of the exception's class and of its bases (builtins
+            included by their module: ``builtins.ValueError``); empty when not known.
+        after_seconds: the delay a `RetryLater` asked for, else ``None``.
     """
 
-    def __init__(self, type_name: str, message: str, reason: str | None, traceback: str) -> None:
+    def __init__(
+        self,
+        type_name: str,
+        message: str,
+        reason: str | None,
+        traceback: str,
+        types: tuple[str, ...] = (),
+        after_seconds: float | None = None,
+    ) -> None:
         super().__init__(type_name, message, reason, traceback)
         self.type_name = type_name
         self.message = message
         self.reason = reason
         self.traceback = traceback
+        self.types = types
+        self.after_seconds = after_seconds
 
     def __str__(self) -> str:
         return f"in the worker process:\n{self.traceback}".rstrip()
@@ -125,7 +138,7 @@ class WorkerFailure(Exception):
 
 def _failure_error(label: str, failed: Failed) -> DeliveryError:
     """The error `ProcessPool.run` raises for a call that failed in its worker."""
-    stage, name, message, reason, text = failed
+    stage, name, message, reason, text, types, after = failed
     what = f"{name}: {message}" if message else name
     if stage == "result":
         error = DeliveryError(
@@ -139,7 +152,7 @@ def _failure_error(label: str, failed: Failed) -> DeliveryError:
         )
     else:
         error = DeliveryError(f"{label}: raised {what}", reason=Reason.HANDLER_ERROR)
-    error.__cause__ = WorkerFailure(name, message, reason, text)
+    error.__cause__ = WorkerFailure(name, message, reason, text, types, after)
     return error
 
 

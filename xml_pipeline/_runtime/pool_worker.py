@@ -2,8 +2,8 @@
 
 Kept apart from the parent side (`xml_pipeline._runtime.pool`) so that what crosses the process
 boundary is plain to see: a worker reports each call's start on the start pipe, runs it, and
-sends back either its result pickled or, for every failure, plain strings (`failure_data`),
-never a pickled exception.
+sends back either its result pickled or, for every failure, plain data (`failure_data`: strings,
+the exception's class names, a `RetryLater`'s delay), never a pickled exception.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
+
+from xml_pipeline._errors import RetryLater
 
 __all__ = ["SLOTS", "START", "Failed", "Withdrawn", "failure_data", "init_worker", "run_attempt"]
 
@@ -42,9 +44,11 @@ def init_worker(
         initializer(*initargs)
 
 
-# (stage, type name, message, reason, traceback): stage is "call" (the function or its
-# arguments could not be rebuilt), "raised" (fn raised) or "result" (it could not be pickled)
-Failed = tuple[str, str, str, str | None, str]
+# (stage, type name, message, reason, traceback, class names, after_seconds): stage is "call"
+# (the function or its arguments could not be rebuilt), "raised" (fn raised) or "result" (it
+# could not be pickled); class names are the exception's class and its bases ("module.QualName",
+# for a retry policy's `never`); after_seconds is what a `RetryLater` carries (else None)
+Failed = tuple[str, str, str, str | None, str, tuple[str, ...], float | None]
 
 
 def failure_data(stage: str, exc: BaseException) -> Failed:
@@ -66,7 +70,9 @@ def failure_data(stage: str, exc: BaseException) -> Failed:
         text = "".join(traceback.format_exception(exc))
     except BaseException:
         text = f"{name}: {message}\n"
-    return stage, name, message, reason, text
+    types = tuple(f"{base.__module__}.{base.__qualname__}" for base in cls.__mro__)
+    after = exc.after_seconds if isinstance(exc, RetryLater) else None
+    return stage, name, message, reason, text, types, after
 
 
 def run_attempt(attempt: int, call: bytes) -> bytes | Failed | None:

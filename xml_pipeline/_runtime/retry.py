@@ -26,8 +26,8 @@ class AttemptFailure:
 
     Attributes:
         reason: its reason code (a `Reason` value: ``handler_error``, ``timeout``...).
-        exception_types: ``module.QualName`` of the exception's class and of its bases, when
-            the handler raised in process (a worker sends its class alone).
+        exception_types: ``module.QualName`` of the exception's class and of its bases (in
+            process or in a worker).
         retry_after: the delay a handler asked for by raising `RetryLater`.
         permanent: the handler raised `PermanentError`: never retried.
     """

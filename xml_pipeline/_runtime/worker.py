@@ -37,7 +37,7 @@ Output = tuple[str | None, str, bytes]
 # why the handler's result is refused: (reason, message)
 Refusal = tuple[str, str]
 # what the handler raised: ("raised", type name, message, reason, traceback): failure_data
-Raised = tuple[str, str, str, str | None, str]
+Raised = tuple[str, str, str, str | None, str, tuple[str, ...], float | None]
 
 _imported: dict[str, Any] = {}  # per process: import paths already resolved
 _loop: asyncio.AbstractEventLoop | None = None  # per worker process: runs async handlers
