@@ -283,11 +283,11 @@ def test_trace_prints_each_conversations_hop_tree_on_stderr_after_its_answer() -
     threads = dict(re.findall(r"line (\d+): .*?<thread>(\w+)</thread>", done.stdout))
     ms = r"[\d.]+ m?s"
     for line, thread in threads.items():
-        tree = re.search(
-            rf"^trace of line {line}: conversation {thread} answered in {ms}, 2 hops\n"
-            rf"  call   greeter <- _external <Greeting> {ms} ok\n"
-            rf"    call   shouter <- greeter <Shout> {ms} ok\n"
-            rf"    answer greeter <- shouter <Shout> \(awaited\) ok\n",
+        tree = re.search(  # as org.trace and `organism trace` draw it
+            rf"^trace of line {line}: conversation {thread} at greeter: answered in {ms} "
+            rf"\(2 hops\)\n"
+            rf"greeter <Greeting> \+{ms} {ms} ok\n"
+            rf"└── shouter <Shout> \+{ms} {ms} ok\n",
             done.stderr,
             re.MULTILINE,
         )
@@ -296,7 +296,9 @@ def test_trace_prints_each_conversations_hop_tree_on_stderr_after_its_answer() -
     send = organism("run", HELLO, "--trace", "--to", "greeter", "--send", greeting)
     assert send.stdout == "<Reply><message>HELLO, X!</message></Reply>\n"
     assert re.search(
-        r"^trace of --send: conversation \w+ answered in .*, 2 hops$", send.stderr, re.M
+        r"^trace of --send: conversation \w+ at greeter: answered in .* \(2 hops\)$",
+        send.stderr,
+        re.M,
     )
 
 

@@ -42,10 +42,10 @@ from anyio.from_thread import BlockingPortal
 
 from xml_pipeline._errors import DeliveryError, Reason, XmlInputError, XmlPipelineError
 from xml_pipeline._organism import Organism
-from xml_pipeline._runtime.tracing import HopTrace
 from xml_pipeline._wire.envelope import envelope_bytes
 from xml_pipeline._wire.framing import DocumentSplitter, Framed
 from xml_pipeline._wire.payloads import from_xml, to_xml
+from xml_pipeline.metrics.trace import LiveTraces
 
 __all__ = [
     "EXIT_CONFIG",
@@ -161,7 +161,7 @@ async def run(org: Organism, options: RunOptions) -> int:
     Raises:
         XmlPipelineError: the organism could not start (e.g. its backend is unreachable).
     """
-    tracer = HopTrace() if options.trace else None
+    tracer = LiveTraces() if options.trace else None
     if tracer is not None:
         org.hooks.subscribe(tracer.record)
     tally = _Tally()
@@ -262,7 +262,7 @@ class _Reading:
 
 
 async def _answer_stream(
-    org: Organism, options: RunOptions, source: BinaryIO, tally: _Tally, tracer: HopTrace | None
+    org: Organism, options: RunOptions, source: BinaryIO, tally: _Tally, tracer: LiveTraces | None
 ) -> None:
     limiter = anyio.Semaphore(org.ingress_limit)
     splitter = DocumentSplitter(org.limits) if options.multiline else None
@@ -322,7 +322,7 @@ async def _answer(
     item: Framed,
     options: RunOptions,
     tally: _Tally,
-    tracer: HopTrace | None,
+    tracer: LiveTraces | None,
     limiter: anyio.Semaphore,
 ) -> None:
     """Answer one envelope: its answer on stdout, or its failure on stderr."""
@@ -398,20 +398,27 @@ def _not_sent(signal_name: str, partial: bool) -> DeliveryError:
     )
 
 
-async def _trace(tracer: HopTrace, line: int, conversation: str | None) -> None:
+async def _trace(tracer: LiveTraces, line: int, conversation: str | None) -> None:
     """Print a conversation's hop tree on stderr, then forget it."""
     if conversation is None:
         return
-    await tracer.settled(conversation, _SETTLE)
-    lines = tracer.lines(conversation)
-    tracer.forget(conversation)
-    body = "".join(f"{text}\n" for text in lines[1:])
-    sys.stderr.write(f"trace of line {line}: {lines[0]}\n{body}")
+    sys.stderr.write(f"trace of line {line}: {await _drawn(tracer, conversation)}")
     sys.stderr.flush()
 
 
+async def _drawn(tracer: LiveTraces, conversation: str) -> str:
+    """A conversation's hop tree as `Trace.render` draws it (one line more for each hop),
+    once its last hop events came; then forgotten."""
+    await tracer.settled(conversation, _SETTLE)
+    found = tracer.trace(conversation)
+    tracer.forget(conversation)
+    if found is None:
+        return f"conversation {conversation}: no hops seen\n"
+    return found.render() + "\n"
+
+
 async def _send(
-    org: Organism, to: str, send: str, timeout: float, tracer: HopTrace | None, tally: _Tally
+    org: Organism, to: str, send: str, timeout: float, tracer: LiveTraces | None, tally: _Tally
 ) -> None:
     """``--to``/``--send``: one payload; its answer's payload XML on stdout."""
     answering = anyio.CancelScope()
@@ -431,10 +438,7 @@ async def _send(
             tally.failed[str(given_up.reason)] += 1
     if tracer is not None:
         for conversation in tracer.conversations():
-            await tracer.settled(conversation, _SETTLE)
-            lines = tracer.lines(conversation)
-            sys.stderr.write(f"trace of --send: {lines[0]}\n")
-            sys.stderr.write("".join(f"{text}\n" for text in lines[1:]))
+            sys.stderr.write(f"trace of --send: {await _drawn(tracer, conversation)}")
 
 
 def _listener_class(org: Organism, name: str) -> type:

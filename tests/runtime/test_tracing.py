@@ -1,4 +1,4 @@
-"""Hops made visible: the caller's thread on hop events, the DEBUG hop log, the hop tree."""
+"""Hops made visible: the caller's thread on hop events, the DEBUG hop log, the live hop tree."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from xml_pipeline import (
     Organism,
     payload,
 )
-from xml_pipeline._runtime.tracing import HopTrace
+from xml_pipeline.metrics.trace import LiveTraces
 
 pytestmark = pytest.mark.anyio
 
@@ -77,58 +77,58 @@ async def test_hop_events_carry_the_callers_thread() -> None:
     assert [(e.thread, e.caller_thread) for e in answered] == [on_middle, on_middle]
 
 
-async def test_the_hop_tree_nests_calls_under_the_hop_that_made_them() -> None:
-    trace = HopTrace()
+async def test_the_live_trace_nests_each_hop_under_the_hop_that_sent_its_payload() -> None:
+    """``organism run --trace``'s recorder draws with build_tree, as org.trace does."""
+    traces = LiveTraces()
     async with organism() as org:
-        org.hooks.subscribe(trace.record)
+        org.hooks.subscribe(traces.record)
         await org.request("front", Job(text="a"), timeout=5)
-        (conversation,) = trace.conversations()
-        assert await trace.settled(conversation)
-        lines = trace.lines(conversation)
-    assert re.fullmatch(rf"conversation {conversation} answered in [\d.]+ m?s, 5 hops", lines[0]), (
-        lines[0]
-    )
-    shape = [re.sub(r" [\d.]+ m?s ", " T ", line) for line in lines[1:]]
+        (conversation,) = traces.conversations()
+        assert await traces.settled(conversation)
+        found = traces.trace(conversation)
+    assert found is not None and found.outcome == "answered"
+    lines = found.render().splitlines()
+    assert re.fullmatch(
+        rf"conversation {conversation} at front: answered in [\d.]+ ms \(5 hops\)", lines[0]
+    ), lines[0]
+    shape = [re.sub(r" \+[\d.]+ ms [\d.]+ ms ", " T ", line) for line in lines[1:]]
     assert shape == [
-        "  call   front <- _external <Job> T ok",
-        "    call   middle <- front <Job> T ok",
-        "      call   back <- middle <Job> T ok",
-        "      answer middle <- back <Job> (awaited) ok",
-        "      call   back <- middle <Job> T ok",
-        "      answer middle <- back <Job> (awaited) ok",
-        "  answer front <- middle <Job> T ok",
+        "front <Job> T ok",
+        "└── middle <Job> T ok",
+        "    ├── back <Job> T ok",  # the two meta.calls it awaited
+        "    ├── back <Job> T ok",
+        "    └── front <Job> T ok",  # its answer, run by front again
     ]
-    trace.forget(conversation)
-    assert trace.conversations() == []
-    assert trace.conversation_of(conversation) is None
+    traces.forget(conversation)
+    assert traces.conversations() == []
+    assert traces.conversation_of(conversation) is None
 
 
 async def test_a_failed_conversation_shows_where_it_failed() -> None:
-    trace = HopTrace()
+    traces = LiveTraces()
     async with organism() as org:
-        org.hooks.subscribe(trace.record)
+        org.hooks.subscribe(traces.record)
         with pytest.raises(DeliveryError) as caught:
             await org.request("front", Job(text="fail"), timeout=5)
-        conversation = trace.conversation_of(caught.value.thread)
+        conversation = traces.conversation_of(caught.value.thread)
         assert conversation is not None
-        assert await trace.settled(conversation)
-        lines = trace.lines(conversation)
-    assert "failed (handler_error)" in lines[0]
-    assert [line.split()[:2] + line.split()[-1:] for line in lines[1:]] == [
-        ["call", "front", "ok"],
-        ["call", "middle", "handler_error"],  # it did not catch its callee's failure
-        ["call", "back", "handler_error"],
-        ["answer", "middle", "handler_error"],  # the ErrorReport handed to middle's meta.call
+        assert await traces.settled(conversation)
+        found = traces.trace(conversation)
+    assert found is not None and found.outcome == "handler_error"
+    assert [(depth, hop.listener, hop.outcome) for depth, hop in found.walk()] == [
+        (0, "front", "ok"),
+        (1, "middle", "handler_error"),  # it did not catch its callee's failure
+        (2, "back", "handler_error"),
     ]
 
 
-async def test_the_trace_keeps_at_most_its_limit_of_conversations() -> None:
-    trace = HopTrace(keep=2)
+async def test_the_live_trace_keeps_at_most_its_limit_of_conversations() -> None:
+    traces = LiveTraces(keep=2)
     async with organism() as org:
-        org.hooks.subscribe(trace.record)
+        org.hooks.subscribe(traces.record)
         for text in "abc":
             await org.request("front", Job(text=text), timeout=5)
-    assert len(trace.conversations()) == 2
+    assert len(traces.conversations()) == 2
 
 
 async def test_debug_on_the_hops_logger_at_start_logs_one_line_per_hop(
@@ -155,5 +155,5 @@ async def test_no_hop_log_and_no_events_below_debug(caplog: pytest.LogCaptureFix
     assert not [r for r in caplog.records if r.name == "xml_pipeline.hops"]
 
 
-def test_a_conversation_never_seen_is_said_so() -> None:
-    assert HopTrace().lines("nope") == ["conversation nope: no hops seen"]
+def test_a_conversation_never_seen_has_no_trace() -> None:
+    assert LiveTraces().trace("nope") is None

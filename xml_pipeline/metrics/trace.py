@@ -1,8 +1,9 @@
 """A conversation's hops as a tree: built from hook events, records or history; rendered as text.
 
 `build_tree` is the one builder: `Organism.trace` (events kept by the trace recorder), the
-``organism trace`` command (records read back from a JSON Lines file or a Redis stream) and
-anyone holding `HopEvent`/`ConversationEvent` objects (``organism run --trace``) use it.
+``organism trace`` command (records read back from a JSON Lines file or a Redis stream),
+``organism run --trace`` (`LiveTraces`, hook events kept as they come) and anyone holding
+`HopEvent`/`ConversationEvent` objects use it.
 
 A hop's parent is the hop that sent its payload. Events name each hop's thread, the thread it
 was called from (`HopEvent.parent`) and when the hop that made the call started
@@ -22,12 +23,15 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from xml_pipeline._runtime.hooks import Event
+import anyio
+
+from xml_pipeline._runtime.hooks import ConversationEvent, Event, HopEvent
 from xml_pipeline._wire.history import HistoryEntry
 from xml_pipeline.metrics.records import Row, payload_tag, process_name
 from xml_pipeline.metrics.settings import TracingConfig
 
 __all__ = [
+    "LiveTraces",
     "Trace",
     "TraceHop",
     "TraceRecorder",
@@ -451,3 +455,94 @@ class TraceRecorder:
 
     def __len__(self) -> int:
         return len(self._conversations)
+
+
+class LiveTraces:
+    """The hook events of the newest conversations, kept as they come and drawn with
+    `build_tree` (``organism run --trace``): no collector, no flush, no tracing section.
+
+    Subscribe `record`; after a conversation's answer, ``await settled(id)`` (a hop's last
+    event may come just after the answer), take `trace(id)`, then `forget(id)`. At most
+    ``keep`` conversations are kept: the oldest go first. Events keep their payloads until
+    forgotten.
+
+    ``traces = LiveTraces(); unsubscribe = org.hooks.subscribe(traces.record)``
+    """
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self._keep = keep
+        self._events: OrderedDict[str, list[Event]] = OrderedDict()
+        self._threads: dict[str, str] = {}  # thread id -> conversation id
+        self._running: dict[str, int] = defaultdict(int)  # hops started and not finished
+        self._ended: set[str] = set()
+        self._waiting: dict[str, anyio.Event] = {}
+        self._wall = time.time() - time.perf_counter()  # hook events use perf_counter
+
+    def record(self, event: Event) -> None:
+        """The `Hooks` subscriber: take one event."""
+        conversation = event.conversation
+        found = self._events.get(conversation)
+        if found is None:
+            found = self._events[conversation] = []
+            if len(self._events) > self._keep:
+                self.forget(next(iter(self._events)))
+        found.append(event)
+        if type(event) is HopEvent:
+            if event.kind == "started":
+                self._running[conversation] += 1
+                self._threads[event.thread] = conversation
+            elif event.kind == "finished":
+                self._running[conversation] -= 1
+        elif type(event) is ConversationEvent and event.kind == "ended":
+            self._ended.add(conversation)
+        waiter = self._waiting.get(conversation)
+        if waiter is not None and self._settled(conversation):
+            waiter.set()
+
+    def _settled(self, conversation: str) -> bool:
+        return conversation in self._ended and self._running.get(conversation, 0) <= 0
+
+    def conversation_of(self, thread: str | None) -> str | None:
+        """The conversation a thread id (of any of its calls) belongs to, if it was seen."""
+        if thread is None:
+            return None
+        return thread if thread in self._events else self._threads.get(thread)
+
+    def conversations(self) -> list[str]:
+        """The ids of the conversations kept, oldest first."""
+        return list(self._events)
+
+    async def settled(self, conversation: str, timeout: float = 1.0) -> bool:
+        """Wait until ``conversation`` ended and each of its hops finished, ``timeout``
+        seconds at most.
+
+        Returns:
+            whether it settled; a tree drawn after ``False`` shows hops still ``running``.
+        """
+        if conversation not in self._events:
+            return False
+        if self._settled(conversation):
+            return True
+        waiter = self._waiting.setdefault(conversation, anyio.Event())
+        with anyio.move_on_after(timeout):
+            await waiter.wait()
+            return True
+        return False
+
+    def trace(self, conversation: str) -> Trace | None:
+        """The conversation's hop tree (`build_tree`), or None when none of its events was
+        seen."""
+        events = self._events.get(conversation)
+        if not events:
+            return None
+        return build_tree(events, conversation=conversation, wall=self._wall)
+
+    def forget(self, conversation: str) -> None:
+        """Drop what is kept of ``conversation``."""
+        events = self._events.pop(conversation, None) or []
+        for event in events:
+            if type(event) is HopEvent:
+                self._threads.pop(event.thread, None)
+        self._running.pop(conversation, None)
+        self._ended.discard(conversation)
+        self._waiting.pop(conversation, None)
