@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -9,7 +10,15 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from tests.metrics.organisms import Plan, organism
-from xml_pipeline import DeliveryError, MetricsConfig
+from xml_pipeline import (
+    DeliveryError,
+    HandlerMetadata,
+    HandlerResponse,
+    Listener,
+    MetricsConfig,
+    Organism,
+    payload,
+)
 from xml_pipeline.metrics import OtlpSinkConfig
 
 pytestmark = pytest.mark.anyio
@@ -111,3 +120,146 @@ async def test_a_traced_conversation_becomes_spans_under_their_parents() -> None
     hop = next(s for s in spans if s.name == "plan <Plan>")
     assert hop.start_time is not None and root.start_time is not None
     assert root.start_time <= hop.start_time <= (hop.end_time or 0) <= (root.end_time or 0)
+
+
+# -- the W3C traceparent: spans join the caller's trace -----------------------------------------
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def plan_envelope(traceparent: str = "", text: str = "x") -> bytes:
+    carried = f"<traceparent>{traceparent}</traceparent>" if traceparent else ""
+    return (
+        '<message xmlns="https://xml-pipeline.org/ns/envelope/v1"><meta><from></from>'
+        f'<to>plan</to><thread></thread>{carried}</meta><Plan xmlns=""><text>{text}</text></Plan>'
+        "</message>"
+    ).encode()
+
+
+class Spans:
+    """An SDK tracer provider writing to an in-memory exporter."""
+
+    def __init__(self) -> None:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        self.exporter = InMemorySpanExporter()
+        self.provider = TracerProvider(shutdown_on_exit=False)
+        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+
+    def tracing(self) -> Any:
+        from xml_pipeline import TracingConfig
+
+        return TracingConfig(otel=True, tracer_provider=self.provider)
+
+    def finished(self) -> list[Any]:
+        self.provider.force_flush()
+        return list(self.exporter.get_finished_spans())
+
+
+async def written(org: Any, conversation: str) -> None:
+    """Hand the buffer to the recorder and span writer (the conversation has ended)."""
+    await org.wait_idle()
+    await org.metrics.flush()
+
+
+async def test_hop_spans_of_a_request_made_in_the_callers_span_are_in_its_trace() -> None:
+    spans = Spans()
+    org = organism(tracing=spans.tracing())
+    async with org:
+        with spans.provider.get_tracer("app").start_as_current_span("the caller") as caller:
+            await org.request("plan", Plan(text="x"), timeout=5)
+        await org.request("plan", Plan(text="y"), timeout=5)  # outside any span: a root
+        await written(org, "")
+    found = spans.finished()
+    mine = caller.get_span_context()
+    roots = [s for s in found if s.name == "conversation plan"]
+    assert len(roots) == 2
+    inside, outside = sorted(roots, key=lambda s: s.parent is None)
+    assert inside.parent is not None and inside.parent.span_id == mine.span_id
+    assert outside.parent is None and outside.context.trace_id != mine.trace_id
+    in_trace = [s for s in found if s.context.trace_id == mine.trace_id]
+    assert len(in_trace) == 1 + 1 + 5, "the caller's span, the conversation's, 5 hops"
+
+
+async def test_an_envelopes_traceparent_is_the_parent_of_its_conversations_spans() -> None:
+    spans = Spans()
+    org = organism(tracing=spans.tracing())
+    async with org:
+        await org.request_envelope(plan_envelope(TRACEPARENT), timeout=5)
+        await written(org, "")
+    found = spans.finished()
+    root = next(s for s in found if s.name == "conversation plan")
+    assert root.parent is not None and root.parent.is_remote
+    assert f"{root.parent.trace_id:032x}" == TRACEPARENT[3:35]
+    assert f"{root.parent.span_id:016x}" == TRACEPARENT[36:52]
+    assert {f"{s.context.trace_id:032x}" for s in found} == {TRACEPARENT[3:35]}
+    assert org.stats.traceparents_ignored == 0
+
+
+async def test_a_malformed_traceparent_is_ignored_counted_and_logged_never_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spans = Spans()
+    org = organism(tracing=spans.tracing())
+    bad = "00-" + "0" * 32 + TRACEPARENT[35:]  # an all-zero trace id
+    with caplog.at_level("DEBUG", logger="xml_pipeline.pump"):
+        async with org:
+            answer = await org.request_envelope(plan_envelope(bad), timeout=5)
+            assert b"<text>done</text>" in answer
+            await org.inject(plan_envelope("nonsense"))
+            await written(org, "")
+            assert org.stats.traceparents_ignored == 2 and org.stats.rejected == 0
+    said = [r.getMessage() for r in caplog.records if "traceparent" in r.getMessage()]
+    assert any("trace-id is all zeros" in m for m in said), said
+    assert any("inject() ignored" in m and "'nonsense'" in m for m in said), said
+    roots = [s for s in spans.finished() if s.name == "conversation plan"]
+    assert len(roots) == 2 and all(s.parent is None for s in roots), "new traces, no parent"
+
+
+@payload
+@dataclass
+class Relay:
+    text: str
+
+
+async def test_traces_join_across_organisms_through_envelope_bytes() -> None:
+    """Organism A's handler sends an envelope to organism B, stamping the trace context it
+    runs in (here the application's span) as its traceparent: B's spans join that trace."""
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    spans = Spans()
+    b = organism(name="b", tracing=spans.tracing())
+
+    async def front(msg: Relay, meta: HandlerMetadata) -> HandlerResponse:
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier)
+        answer = await b.request_envelope(plan_envelope(carrier["traceparent"]), timeout=5)
+        return HandlerResponse.respond(Relay(text=answer.decode()))
+
+    a = Organism([Listener("front", Relay, front)], name="a", tracing=spans.tracing())
+    async with a, b:
+        with spans.provider.get_tracer("app").start_as_current_span("the caller") as caller:
+            relayed = await a.request("front", Relay(text="go"), timeout=5)
+        assert "<text>done</text>" in relayed.text
+        await written(a, "")
+        await written(b, "")
+    found = spans.finished()
+    mine = caller.get_span_context()
+    assert {s.context.trace_id for s in found} == {mine.trace_id}, "one trace"
+    conversations = {s.name: s for s in found if s.name.startswith("conversation")}
+    assert set(conversations) == {"conversation front", "conversation plan"}
+    assert all(s.parent is not None for s in conversations.values())
+    assert conversations["conversation plan"].parent.span_id == mine.span_id
+    assert conversations["conversation plan"].parent.is_remote, "it came through the bytes"
+    assert len(found) == 1 + (1 + 1) + (1 + 5)
+
+
+async def test_a_dead_letter_keeps_the_traceparent_so_a_replay_joins_the_trace() -> None:
+    org = organism()
+    async with org:
+        await org.inject(plan_envelope(TRACEPARENT, text="fail"))
+        await org.wait_idle()
+        (letter,) = await org.dead_letters.list()
+    assert f"<traceparent>{TRACEPARENT}</traceparent>".encode() in letter.envelope

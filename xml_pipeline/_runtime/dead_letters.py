@@ -181,16 +181,19 @@ class DeadLetterRecorder:
 
 
 def _opening_envelope(conv: Conversation) -> bytes:
-    """The envelope that started ``conv``, with an empty thread (a replay starts anew)."""
+    """The envelope that started ``conv``, with an empty thread (a replay starts anew) and
+    its trace context (a replay joins the trace it came from)."""
     # names starting with '_' are the organism's own (the outside: `_external`); an envelope
     # from outside may not claim them, so the envelope leaves <from> empty instead
     sender = "" if conv.sender.startswith("_") else conv.sender
-    return _envelope(sender, conv.started_by, conv.payload, conv.id)
+    return _envelope(sender, conv.started_by, conv.payload, conv.id, conv.traceparent)
 
 
-def _envelope(sender: str, to: str, payload: object, conversation: str) -> bytes:
+def _envelope(
+    sender: str, to: str, payload: object, conversation: str, traceparent: str = ""
+) -> bytes:
     try:
-        return envelope_bytes(sender, to, "", to_xml(payload))
+        return envelope_bytes(sender, to, "", to_xml(payload), traceparent)
     except (XmlPipelineError, ValueError) as exc:  # changed after it was sent, say
         log.error(
             "the payload of conversation %s for %r cannot be written as XML any more (%s); "

@@ -74,6 +74,10 @@ class ConversationEvent(NamedTuple):
         listener: the listener it was started at.
         at: ``time.perf_counter()`` (seconds) when it happened.
         outcome: on ``ended``: ``None`` when it was answered, else the reason code.
+        traceparent: on ``opened``: the W3C ``traceparent`` its envelope carried (well formed;
+            a malformed one is ignored before), else ``None``. ``opened`` is emitted in the
+            task that opened the conversation, so a subscriber may read that task's context
+            (the caller's active OpenTelemetry span) too.
     """
 
     kind: Literal["opened", "ended"]
@@ -81,6 +85,7 @@ class ConversationEvent(NamedTuple):
     listener: str
     at: float
     outcome: str | None = None
+    traceparent: str | None = None
 
 
 Event = HopEvent | ConversationEvent

@@ -74,6 +74,7 @@ class Conversation:
     __slots__ = (
         "answered_by", "answers", "calls", "deadline", "done", "expired", "failed", "future",
         "hops", "id", "opening", "payload", "running", "sender", "started_by", "timer",
+        "traceparent",
     )  # fmt: skip
 
     def __init__(self, future: asyncio.Future[Any] | None, to: str) -> None:
@@ -95,6 +96,7 @@ class Conversation:
         self.payload: object = None  # set when its opening call is made
         self.sender = ""
         self.failed: tuple[Frame, int] | None = None
+        self.traceparent = ""  # the W3C trace context its envelope carried (checked), or ""
 
 
 class Frame:

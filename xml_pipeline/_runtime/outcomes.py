@@ -56,6 +56,8 @@ class PumpStats:
         dead_lettered: dead letters recorded (see `Organism.dead_letters`).
         dead_letters_lost: of those, the ones the backend could not keep (each logged at
             ERROR with its envelope).
+        traceparents_ignored: envelopes from outside whose ``<traceparent>`` was malformed:
+            the envelope was taken, the trace context ignored (each logged with the reason).
     """
 
     conversations: int = 0
@@ -75,6 +77,7 @@ class PumpStats:
     outcomes_dropped: int = 0
     dead_lettered: int = 0
     dead_letters_lost: int = 0
+    traceparents_ignored: int = 0
 
 
 class Counters:
@@ -83,7 +86,7 @@ class Counters:
     __slots__ = (
         "abandoned", "answered", "cancelled", "conversations", "dead_lettered",
         "dead_letters_lost", "failed", "handler_errors", "hops", "late_replies", "lost",
-        "no_answer", "overloaded", "rejected", "retries", "timeouts",
+        "no_answer", "overloaded", "rejected", "retries", "timeouts", "traceparents_ignored",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -91,7 +94,7 @@ class Counters:
         self.hops = self.handler_errors = self.timeouts = self.late_replies = 0
         self.overloaded = self.lost = self.cancelled = self.rejected = 0
         self.abandoned = self.retries = 0
-        self.dead_lettered = self.dead_letters_lost = 0
+        self.dead_lettered = self.dead_letters_lost = self.traceparents_ignored = 0
 
     def snapshot(self, overloaded: int, outcomes_dropped: int) -> PumpStats:
         """The counters now, frozen (``overloaded`` is counted by the ingress gate,

@@ -64,6 +64,7 @@ from xml_pipeline._wire.envelope import Envelope
 from xml_pipeline._wire.history import HistoryEntry
 from xml_pipeline._wire.parsing import ParseLimits
 from xml_pipeline._wire.payloads import check_payload, from_element, is_payload, to_xml
+from xml_pipeline._wire.traceparent import traceparent_problem
 
 __all__ = ["PumpStats", "StreamPump"]
 
@@ -250,8 +251,9 @@ class StreamPump:
         """Start a conversation from a raw envelope and answer with a raw envelope (see
         `Organism.request_envelope`)."""
         _check_timeout(timeout)
-        state, obj, sender = self._read_envelope(data)
+        state, obj, sender, traceparent = self._read_envelope(data)
         conv = Conversation(None, state.name)
+        conv.traceparent = traceparent
         sender = sender or EXTERNAL  # anonymous: the outside, as history records it
         answer = await self._converse(conv, state, obj, sender, None, timeout)
         return Envelope(conv.answered_by, sender, conv.id, answer).to_bytes()
@@ -307,16 +309,18 @@ class StreamPump:
 
     async def inject(self, data: bytes | str) -> str:
         """Start a conversation from a raw envelope; returns its first thread id."""
-        state, obj, sender = self._read_envelope(data, "inject()")
+        state, obj, sender, traceparent = self._read_envelope(data, "inject()")
         conv = Conversation(None, state.name)
+        conv.traceparent = traceparent
         self._transport.deliver(await self._open(conv, state, obj, sender or EXTERNAL))
         return conv.id
 
     def _read_envelope(
         self, data: bytes | str, where: str = "request_envelope()"
-    ) -> tuple[ListenerState, object, str]:
-        """The target, payload object and sender of an envelope from outside, checked with
-        the guarded parser; refusals are counted and logged.
+    ) -> tuple[ListenerState, object, str, str]:
+        """The target, payload object, sender and trace context of an envelope from outside,
+        checked with the guarded parser; refusals are counted and logged. A malformed
+        ``traceparent`` is no refusal: it is counted, logged and left out ("").
 
         Raises:
             UsageError, XmlInputError, SchemaViolation, DeliveryError (see `Organism.inject`).
@@ -352,7 +356,16 @@ class StreamPump:
             level = logging.DEBUG if where == "request_envelope()" else logging.WARNING
             log.log(level, "%s refused an envelope: %s", where, exc)
             raise
-        return state, obj, sender
+        traceparent = env.traceparent
+        if traceparent and (problem := traceparent_problem(traceparent)) is not None:
+            self._counters.traceparents_ignored += 1
+            level = logging.DEBUG if where == "request_envelope()" else logging.WARNING
+            log.log(
+                level, "%s ignored the envelope's traceparent %r: %s",
+                where, traceparent[:80], problem,
+            )  # fmt: skip
+            traceparent = ""
+        return state, obj, sender, traceparent
 
     def _is_reserved(self, sender: str) -> bool:
         name = _normal_name(sender)
@@ -435,7 +448,9 @@ class StreamPump:
         conv.payload, conv.sender = payload, sender  # a dead letter's envelope, if it fails
         self._conversations.opened(conv)
         if self.hooks.active:
-            self.hooks.emit(ConversationEvent("opened", conv.id, state.name, perf_counter()))
+            self.hooks.emit(ConversationEvent(
+                "opened", conv.id, state.name, perf_counter(), None, conv.traceparent or None
+            ))  # fmt: skip
         root = Frame(sender, self._registry.root_id, None)
         first = Frame(state.name, rec.thread_id, root)
         if self.hooks.active:

@@ -7,6 +7,11 @@ Wire format, compatible with upstream xml-pipeline v1::
       <Payload xmlns="">...</Payload>
     </message>
 
+``<meta>`` may also hold ``<traceparent>`` after ``<thread>``: the caller's W3C trace context
+(`xml_pipeline._wire.traceparent`). It is optional and written only when there is one, so an
+envelope without it is byte for byte what it was; this reader keeps its text as sent (checked
+by the pump, never a reason to refuse the envelope).
+
 The payload element has no namespace. lxml does not write ``xmlns=""`` on a namespace-less
 child of an element that declares a default namespace, so a tree-built envelope would move the
 payload into the envelope namespace on the next parse; `Envelope.to_bytes` therefore writes
@@ -32,6 +37,7 @@ ENVELOPE_NS = "https://xml-pipeline.org/ns/envelope/v1"
 _N = f"{{{ENVELOPE_NS}}}"
 _MESSAGE, _META = f"{_N}message", f"{_N}meta"
 _FROM, _TO, _THREAD = f"{_N}from", f"{_N}to", f"{_N}thread"
+_TRACEPARENT = f"{_N}traceparent"
 _META_FIELDS = {_FROM: "from", _TO: "to", _THREAD: "thread"}
 _HEAD = f'<message xmlns="{ENVELOPE_NS}"><meta>'.encode()
 _ATTRIBUTE = re.compile(rb"""\s+([^\s=/>]+)\s*=\s*(?:"[^"]*"|'[^']*')""")
@@ -42,13 +48,15 @@ class Envelope:
     """One message: who sent it, to whom, on which thread, and its payload.
 
     ``payload`` is a ``@payload`` object, or an lxml element when the envelope came from
-    bytes and has not been bound to a class yet.
+    bytes and has not been bound to a class yet. ``traceparent`` is the W3C trace context it
+    carries, as sent ("" for none; not checked here: see `xml_pipeline._wire.traceparent`).
     """
 
     sender: str
     to: str
     thread: str
     payload: object
+    traceparent: str = ""
 
     @property
     def payload_tag(self) -> str:
@@ -78,7 +86,9 @@ class Envelope:
                 payload has a namespace.
         """
         if not isinstance(self.payload, etree._Element):
-            return envelope_bytes(self.sender, self.to, self.thread, self.payload_bytes())
+            return envelope_bytes(
+                self.sender, self.to, self.thread, self.payload_bytes(), self.traceparent
+            )
         body = self.payload_bytes()
         tag = self.payload_tag
         if tag.startswith("{"):
@@ -91,14 +101,14 @@ class Envelope:
             end = body.index(b">")  # ends the start tag: lxml escapes '>' in attribute values
             attrs = _ATTRIBUTE.sub(_drop_default_ns, body[start:end])
             body = b"".join((body[:start], b' xmlns=""', attrs, body[end:]))
-        return _wrap(self.sender, self.to, self.thread, body)
+        return _wrap(self.sender, self.to, self.thread, body, self.traceparent)
 
     @classmethod
     def from_bytes(cls, data: bytes | str, limits: ParseLimits | None = None) -> Envelope:
         """Parse an envelope from outside with the guarded parser.
 
         The payload stays an element; the pump validates and binds it for its target.
-        ``from`` and ``thread`` may be empty or absent; ``to`` is required.
+        ``from``, ``thread`` and ``traceparent`` may be empty or absent; ``to`` is required.
 
         Raises:
             XmlInputError: too large, malformed, DOCTYPE, too deep, or ``not_an_envelope``
@@ -141,6 +151,7 @@ class Envelope:
     def _read_checked(cls, root: etree._Element) -> Envelope:
         """`from_element` for any other shape: accepts what it may, says what is wrong."""
         meta = body = None
+        traceparent: list[str] = []
         if len(root) == 2:
             meta, body = root[0], root[1]
             mtag, tag = meta.tag, body.tag
@@ -165,9 +176,13 @@ class Envelope:
             ctag = child.tag
             if ctag in _META_FIELDS and ctag not in fields and len(child) == 0:
                 fields[ctag] = child.text or ""  # kept as sent: ids may have spaces at the ends
+            elif ctag == _TRACEPARENT:
+                # never refused for it: what is odd (elements inside, twice) is kept so that
+                # the pump finds it malformed, counts and ignores it
+                traceparent.append("".join(child.itertext()) if len(child) else child.text or "")
             elif isinstance(ctag, str):
                 if ctag not in _META_FIELDS:
-                    what = f"unexpected <{_name(ctag)}> (expected from, to, thread)"
+                    what = f"unexpected <{_name(ctag)}> (expected from, to, thread, traceparent)"
                 elif ctag in fields:
                     what = f"<{_META_FIELDS[ctag]}> appears twice"
                 else:
@@ -186,11 +201,13 @@ class Envelope:
             raise _not_envelope(
                 f"payload <{_name(tag)}> must have no namespace{hint}", body, "/message"
             )
-        return cls(fields.get(_FROM, ""), fields[_TO], fields.get(_THREAD, ""), body)
+        return cls(
+            fields.get(_FROM, ""), fields[_TO], fields.get(_THREAD, ""), body, ",".join(traceparent)
+        )
 
 
-_SET_SENDER, _SET_TO, _SET_THREAD, _SET_PAYLOAD = (
-    getattr(Envelope, name).__set__ for name in ("sender", "to", "thread", "payload")
+_SET_SENDER, _SET_TO, _SET_THREAD, _SET_PAYLOAD, _SET_TRACEPARENT = (
+    getattr(Envelope, name).__set__ for name in ("sender", "to", "thread", "payload", "traceparent")
 )
 
 
@@ -201,6 +218,7 @@ def _new_envelope(cls: type[Envelope], sender: str, to: str, thread: str, body: 
     _SET_TO(env, to)
     _SET_THREAD(env, thread)
     _SET_PAYLOAD(env, body)
+    _SET_TRACEPARENT(env, "")
     return env
 
 
@@ -217,35 +235,45 @@ def _not_envelope(message: str, element: etree._Element, path: str) -> XmlInputE
     return XmlInputError(message, reason="not_an_envelope", line=element.sourceline, path=path)
 
 
-def envelope_bytes(sender: str, to: str, thread: str, payload_xml: bytes) -> bytes:
+def envelope_bytes(
+    sender: str, to: str, thread: str, payload_xml: bytes, traceparent: str = ""
+) -> bytes:
     """The v1 envelope around payload bytes written by `to_xml`.
 
     `to_xml` writes the root start tag bare (``<Tag>``), so ``xmlns=""`` goes right before its
     ``>``; this skips building an `Envelope` when the payload is already serialized.
 
     Raises:
-        SchemaViolation: ``sender``, ``to`` or ``thread`` holds a character XML cannot carry.
+        SchemaViolation: ``sender``, ``to``, ``thread`` or ``traceparent`` holds a character
+            XML cannot carry.
     """
     end = payload_xml.index(b">")
-    return _wrap(sender, to, thread, b"".join((payload_xml[:end], b' xmlns=""', payload_xml[end:])))
+    body = b"".join((payload_xml[:end], b' xmlns=""', payload_xml[end:]))
+    return _wrap(sender, to, thread, body, traceparent)
 
 
-def envelope_head(sender: str, to: str, thread: str) -> bytes:
-    """The envelope's bytes up to its payload: ``<message ...><meta>...</meta>``.
+def envelope_head(sender: str, to: str, thread: str, traceparent: str = "") -> bytes:
+    """The envelope's bytes up to its payload: ``<message ...><meta>...</meta>``
+    (``<traceparent>`` only when one is given).
 
     Raises:
-        SchemaViolation: ``sender``, ``to`` or ``thread`` holds a character XML cannot carry.
+        SchemaViolation: ``sender``, ``to``, ``thread`` or ``traceparent`` holds a character
+            XML cannot carry.
     """
+    trace = b""
+    if traceparent:
+        text = escape_text(traceparent, "/message/meta/traceparent").encode()
+        trace = b"<traceparent>" + text + b"</traceparent>"
     return b"".join(
         (
             _HEAD,
             b"<from>", escape_text(sender, "/message/meta/from").encode(), b"</from>",
             b"<to>", escape_text(to, "/message/meta/to").encode(), b"</to>",
-            b"<thread>", escape_text(thread, "/message/meta/thread").encode(),
-            b"</thread></meta>",
+            b"<thread>", escape_text(thread, "/message/meta/thread").encode(), b"</thread>",
+            trace, b"</meta>",
         )
     )  # fmt: skip
 
 
-def _wrap(sender: str, to: str, thread: str, body: bytes) -> bytes:
-    return b"".join((envelope_head(sender, to, thread), body, b"</message>"))
+def _wrap(sender: str, to: str, thread: str, body: bytes, traceparent: str = "") -> bytes:
+    return b"".join((envelope_head(sender, to, thread, traceparent), body, b"</message>"))

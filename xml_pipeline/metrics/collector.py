@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xml_pipeline._errors import SinkError
-from xml_pipeline._runtime.hooks import Event, Hooks
+from xml_pipeline._runtime.hooks import ConversationEvent, Event, Hooks
 from xml_pipeline._runtime.outcomes import PumpStats
 from xml_pipeline._runtime.pool import PoolStats
 from xml_pipeline._runtime.recovery import ListenerRecovery
@@ -100,7 +100,7 @@ class MetricsCollector:
         if tracing is not None and tracing.otel:
             from xml_pipeline.metrics.otel_trace import SpanWriter
 
-            self._spans = SpanWriter(organism, tracing.tracer_provider)
+            self._spans = SpanWriter(organism, tracing.tracer_provider, tracing.conversations)
         self._dead_letters = DeadLetters(config.dead_letter)
         context = SinkContext(organism, redis_url, self.stats)
         kinds = [_kind(sink) for sink in config.sinks]
@@ -183,7 +183,17 @@ class MetricsCollector:
             else:
                 collector._lost += 1
 
-        return count
+        if self._spans is None:
+            return count
+        opened = self._spans.opened
+
+        def count_and_join(event: Event) -> None:
+            # OTel spans: the parent of a conversation is read as it opens, in its task
+            if type(event) is ConversationEvent and event.kind == "opened":
+                opened(event)
+            count(event)
+
+        return count_and_join
 
     async def aclose(self) -> None:
         """Stop observing, flush what is buffered (a last sample included) and give the sinks

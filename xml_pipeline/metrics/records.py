@@ -280,6 +280,10 @@ STATS_METRICS: dict[str, tuple[str, str]] = {
     "outcomes_dropped": ("xml_pipeline_outcomes_dropped", "send/inject outcomes nobody read"),
     "dead_lettered": ("xml_pipeline_dead_lettered", "dead letters recorded"),
     "dead_letters_lost": ("xml_pipeline_dead_letters_lost", "dead letters the backend lost"),
+    "traceparents_ignored": (
+        "xml_pipeline_traceparents_ignored",
+        "envelopes whose malformed traceparent was ignored",
+    ),
 }
 # upper bounds (seconds) of the handler duration histogram's buckets
 DURATION_BUCKETS = (
