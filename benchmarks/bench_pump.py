@@ -29,7 +29,9 @@ a shared machine. Prints a table and writes benchmarks/results/bench_pump.json.
 settings): a Prometheus sink, the same with ``tracing: true``, an OpenTelemetry sink on an
 in-memory reader, and ``tracing: {otel: true}`` writing spans to an in-memory exporter. "CPU
 vs 1st" is then their CPU per hop against metrics off (the first pump row); the collector's
-flush tasks run in the same process, so their CPU is in the figure.
+flush tasks run in the same process, so their CPU is in the figure. A "prometheus/off, paired"
+row measures that ratio for the Prometheus sink the way the meta.call row does: both organisms
+in one loop, bursts taking turns, the median of per-pair ratios.
 
     python benchmarks/bench_pump.py [--runs 5] [--loop uvloop|asyncio]
         [--conversations 40000] [--inflight 1000,30000] [--metrics]
@@ -165,6 +167,7 @@ async def queue_floor(n: int) -> Measure:
 Row = Callable[[], Awaitable[dict[str, float]]]
 CALL_ROW = "pump, {:,} in flight, meta.call"
 PAIRED_ROW = "meta.call/return, {:,} in flight, paired"
+METRICS_PAIRED_ROW = "prometheus/off, {:,} in flight, paired"
 
 
 def rows(options: argparse.Namespace) -> dict[str, Row]:
@@ -241,6 +244,33 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
             "call_cpu_us_per_hop": statistics.median(cpu["call"]),
         }
 
+    async def metrics_paired(inflight: int, pairs: int = 6) -> dict[str, float]:
+        """Metrics off and the Prometheus sink alone, one organism each in one event loop,
+        short bursts taking turns: the median of the per-pair CPU ratios (rows in separate
+        runs differ by more than the metrics cost on a shared machine)."""
+        conversations = max(options.conversations // 4, 2 * inflight)
+        prometheus = {"sinks": [{"type": "prometheus", "listen": "127.0.0.1:0"}]}
+        orgs = {
+            "off": organism(ingress_limit=inflight),
+            "on": organism(ingress_limit=inflight, metrics=prometheus),
+        }
+        cpu: dict[str, list[float]] = {"off": [], "on": []}
+        async with orgs["off"], orgs["on"]:
+            for org in orgs.values():
+                await load(org, 2000, 100)  # warm up
+            for turn in range(pairs):
+                for name in ("off", "on") if turn % 2 == 0 else ("on", "off"):
+                    cpu[name].append(
+                        (await load(orgs[name], conversations, inflight)).cpu_us_per_hop
+                    )
+        return {
+            "on_vs_off": statistics.median(
+                on / off for off, on in zip(cpu["off"], cpu["on"], strict=True)
+            ),
+            "off_cpu_us_per_hop": statistics.median(cpu["off"]),
+            "on_cpu_us_per_hop": statistics.median(cpu["on"]),
+        }
+
     first = options.inflight[0]
     table: dict[str, Row] = {"floor: asyncio.Queue ping-pong": floor}
     table[f"pump, {first:,} in flight"] = pump(first)
@@ -263,6 +293,7 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
         )
         table[f"pump, {first:,}, metrics: otel (in memory)"] = pump(first, otel=True)
         table[f"pump, {first:,}, tracing: otel spans (in memory)"] = pump(first, spans=True)
+        table[METRICS_PAIRED_ROW.format(first)] = lambda: metrics_paired(first)
     table["round trip, 1 in flight"] = round_trip()
     table["round trip, 1 in flight, meta.call"] = round_trip("call")
     return table
@@ -327,6 +358,10 @@ def main() -> None:
         m = medians[name]
         if "p50_us" in m:
             print(f"{name:42} p50 {m['p50_us']:.1f} us, p99 {m['p99_us']:.1f} us")
+            continue
+        if "on_vs_off" in m:
+            per_hop = f"{m['off_cpu_us_per_hop']:.2f} -> {m['on_cpu_us_per_hop']:.2f} us"
+            print(f"{name:42} {m['on_vs_off']:.2f}x CPU per hop ({per_hop})")
             continue
         if "call_vs_return" in m:
             per_hop = f"{m['return_cpu_us_per_hop']:.2f} -> {m['call_cpu_us_per_hop']:.2f} us"

@@ -15,6 +15,7 @@ from xml_pipeline import (
     HopEvent,
     Listener,
     Organism,
+    UsageError,
     payload,
 )
 
@@ -132,3 +133,38 @@ async def test_an_answer_awaited_with_meta_call_is_seen_as_answered_on_the_calle
     started, answered = hops[0], next(e for e in hops if e.kind == "answered")
     assert (answered.sender, answered.payload) == ("back", Ask(text="HI"))
     assert answered.thread == started.thread  # the awaiting handler's own thread
+
+
+async def test_a_hop_tally_counts_finished_hops_and_hops_false_subscribers_see_no_hop_events() -> (
+    None
+):
+    tallied: list[tuple[str, str, int, str | None]] = []
+    seen: list[Event] = []
+    async with organism() as org:
+        hooks = org.hooks
+        stop_events = hooks.subscribe(seen.append, hops=False)
+        stop = hooks.count_hops(
+            lambda name, by, attempt, _, out: tallied.append((name, by, attempt, out))
+        )
+        assert hooks.active and not hooks.hop_events and not hooks.starters
+        with pytest.raises(UsageError):
+            hooks.count_hops(lambda *args: None)
+        await org.request("front", Ask(text="hi"), timeout=5)
+        with pytest.raises(DeliveryError):
+            await org.request("front", Ask(text="fail"), timeout=5)
+        stop()
+        stop_events()
+        assert not hooks.active
+    assert tallied == [
+        ("front", "_external", 1, None),
+        ("back", "front", 1, None),
+        ("front", "back", 1, None),
+        ("front", "_external", 1, None),
+        ("back", "front", 1, "handler_error"),
+    ]
+    assert [brief(e) for e in seen] == [
+        ("opened", "front", "None"),
+        ("ended", "front", "None"),
+        ("opened", "front", "None"),
+        ("ended", "front", "handler_error"),
+    ]

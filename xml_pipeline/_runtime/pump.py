@@ -711,8 +711,14 @@ class StreamPump:
 
     def _emit_finished(self, hop: Hop, started: float, outcome: str | None) -> None:
         now = perf_counter()
+        hooks = self.hooks
+        tally = hooks.tally
+        if tally is not None:  # counted where it happens (metrics alone): no event to build
+            tally(hop.state.name, hop.sender, hop.attempt, now - started, outcome)
+            if not hooks.hop_events:
+                return
         frame = hop.frame
-        self.hooks.emit(HopEvent(
+        hooks.emit_hop(HopEvent(
             "finished", hop.conv.id, frame.thread, hop.sender, hop.state.name, hop.payload,
             hop.attempt, now, now - started, outcome, frame.caller_thread,
             getattr(frame, "maker", None),

@@ -31,6 +31,7 @@ from xml_pipeline.metrics.lane import DeadLetters, SinkLane
 from xml_pipeline.metrics.records import Batch, Sample, Summary, rows_of
 from xml_pipeline.metrics.settings import MetricsConfig, SinkSettings, TracingConfig
 from xml_pipeline.metrics.sink import SinkContext, SinkStats
+from xml_pipeline.metrics.tally import HopCounts
 from xml_pipeline.metrics.trace import Trace, TraceRecorder
 
 __all__ = ["MetricsCollector", "Probes"]
@@ -123,6 +124,10 @@ class MetricsCollector:
         aggregating = [getattr(lane.sink, "aggregates", False) for lane in self._lanes]
         self._aggregating = [lane for lane, a in zip(self._lanes, aggregating, strict=True) if a]
         self._keeping = [lane for lane, a in zip(self._lanes, aggregating, strict=True) if not a]
+        # every sink aggregates and nothing traces: count at the source, keep no events
+        self._counts: HopCounts | None = None
+        if self._aggregating and not self._keeping and self._recorder is None:
+            self._counts = HopCounts(config.buffer, config.batch_size, self._wake)
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._running = False
@@ -160,7 +165,19 @@ class MetricsCollector:
         for lane in self._lanes:
             lane.task = loop.create_task(lane.run(), name=f"metrics sink {lane.name}")
         self._tasks.append(loop.create_task(self._flush_loop(), name="metrics flush"))
-        self._unsubscribe = hooks.subscribe(self._subscriber(), started=self._recorder is not None)
+        counts = self._counts
+        if counts is not None:
+            stop_events = hooks.subscribe(counts.event, started=False, hops=False)
+            stop_tally = hooks.count_hops(counts.hop)
+
+            def unsubscribe() -> None:
+                stop_tally()
+                stop_events()
+
+            self._unsubscribe = unsubscribe
+        else:
+            started = self._recorder is not None
+            self._unsubscribe = hooks.subscribe(self._subscriber(), started=started)
         self._running = True
 
     def _subscriber(self) -> Callable[[Event], None]:
@@ -223,18 +240,18 @@ class MetricsCollector:
 
         ``submitted == flushed + dropped + dead_lettered + depth`` for each.
         """
-        pending, lost = len(self._buffer), self._lost
+        pending, lost = self.depth, self.dropped
         return {lane.name: lane.stats(pending, lost) for lane in self._lanes}
 
     @property
     def dropped(self) -> int:
         """Records dropped because the buffer was full (each sink counts them too)."""
-        return self._lost
+        return self._lost + (0 if self._counts is None else self._counts.lost)
 
     @property
     def depth(self) -> int:
-        """Records in the buffer now, not yet cut into batches."""
-        return len(self._buffer)
+        """Records in the buffer now (or counted at the source), not yet cut into batches."""
+        return len(self._buffer) + (0 if self._counts is None else self._counts.held)
 
     async def flush(self, timeout: float = 5.0) -> bool:
         """Sample the organism now, hand everything buffered to the sinks and wait at most
@@ -316,7 +333,9 @@ class MetricsCollector:
             tuple((name, r.circuit) for name, r in sorted(recovery.items()) if r.circuit),
             tuple(sorted(recovery.items())),
         )
-        if len(self._buffer) < self.config.buffer:
+        if self._counts is not None:
+            self._counts.add_sample(sample)
+        elif len(self._buffer) < self.config.buffer:
             self._buffer.append(sample)
         else:
             self._lost += 1
@@ -333,6 +352,16 @@ class MetricsCollector:
 
     def _distribute(self) -> None:
         """Cut the buffer into batches and hand them to the recorder and every lane."""
+        if self._counts is not None:
+            taken = self._counts.take(self._probes.listeners)
+            if taken is not None:
+                held, counted = taken
+                self.received += held
+                wall = time.time() - time.perf_counter()
+                batch = Batch(self.organism, held, wall, None, counted)
+                for lane in self._lanes:
+                    lane.offer(batch)
+            return
         buffer = self._buffer
         if not buffer:
             return
