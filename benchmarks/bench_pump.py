@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import statistics
 import time
@@ -225,51 +226,47 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
 
         return measure
 
-    async def paired(inflight: int, pairs: int = 4) -> dict[str, float]:
+    async def bursts(
+        orgs: dict[str, Organism], inflight: int, pairs: int
+    ) -> dict[str, list[float]]:
+        """CPU per hop of each organism in one event loop, short bursts of the same load
+        taking turns (the order reversed every other turn)."""
         conversations = max(options.conversations // 4, 2 * inflight)
-        orgs = {style: organism(style, ingress_limit=inflight) for style in ("return", "call")}
-        cpu: dict[str, list[float]] = {"return": [], "call": []}
-        async with orgs["return"], orgs["call"]:
+        names = list(orgs)
+        cpu: dict[str, list[float]] = {name: [] for name in names}
+        async with contextlib.AsyncExitStack() as stack:
             for org in orgs.values():
+                await stack.enter_async_context(org)
                 await load(org, 2000, 100)  # warm up
             for turn in range(pairs):
-                for style in ("return", "call") if turn % 2 == 0 else ("call", "return"):
-                    m = await load(orgs[style], conversations, inflight)
-                    cpu[style].append(m.cpu_us_per_hop)
+                for name in names if turn % 2 == 0 else names[::-1]:
+                    m = await load(orgs[name], conversations, inflight)
+                    cpu[name].append(m.cpu_us_per_hop)
+        return cpu
+
+    def compared(cpu: dict[str, list[float]], name: str, base: str) -> dict[str, float]:
+        """``{name}_vs_{base}``: the median of the per-pair CPU ratios; and each median."""
         return {
-            "call_vs_return": statistics.median(
-                c / r for r, c in zip(cpu["return"], cpu["call"], strict=True)
+            f"{name}_vs_{base}": statistics.median(
+                n / b for b, n in zip(cpu[base], cpu[name], strict=True)
             ),
-            "return_cpu_us_per_hop": statistics.median(cpu["return"]),
-            "call_cpu_us_per_hop": statistics.median(cpu["call"]),
+            f"{base}_cpu_us_per_hop": statistics.median(cpu[base]),
+            f"{name}_cpu_us_per_hop": statistics.median(cpu[name]),
         }
 
+    async def paired(inflight: int, pairs: int = 4) -> dict[str, float]:
+        orgs = {style: organism(style, ingress_limit=inflight) for style in ("return", "call")}
+        return compared(await bursts(orgs, inflight, pairs), "call", "return")
+
     async def metrics_paired(inflight: int, pairs: int = 6) -> dict[str, float]:
-        """Metrics off and the Prometheus sink alone, one organism each in one event loop,
-        short bursts taking turns: the median of the per-pair CPU ratios (rows in separate
-        runs differ by more than the metrics cost on a shared machine)."""
-        conversations = max(options.conversations // 4, 2 * inflight)
+        """Metrics off and the Prometheus sink alone, measured as `paired` is (rows in
+        separate runs differ by more than the metrics cost on a shared machine)."""
         prometheus = {"sinks": [{"type": "prometheus", "listen": "127.0.0.1:0"}]}
         orgs = {
             "off": organism(ingress_limit=inflight),
             "on": organism(ingress_limit=inflight, metrics=prometheus),
         }
-        cpu: dict[str, list[float]] = {"off": [], "on": []}
-        async with orgs["off"], orgs["on"]:
-            for org in orgs.values():
-                await load(org, 2000, 100)  # warm up
-            for turn in range(pairs):
-                for name in ("off", "on") if turn % 2 == 0 else ("on", "off"):
-                    cpu[name].append(
-                        (await load(orgs[name], conversations, inflight)).cpu_us_per_hop
-                    )
-        return {
-            "on_vs_off": statistics.median(
-                on / off for off, on in zip(cpu["off"], cpu["on"], strict=True)
-            ),
-            "off_cpu_us_per_hop": statistics.median(cpu["off"]),
-            "on_cpu_us_per_hop": statistics.median(cpu["on"]),
-        }
+        return compared(await bursts(orgs, inflight, pairs), "on", "off")
 
     first = options.inflight[0]
     table: dict[str, Row] = {"floor: asyncio.Queue ping-pong": floor}

@@ -185,25 +185,18 @@ class Hooks:
 
     def emit(self, event: Event) -> None:
         """Hand ``event`` to every subscriber; one that raises is logged and dropped."""
-        for subscriber in self._subscribers:
-            try:
-                subscriber(event)
-            except Exception:
-                log.exception("a hook subscriber raised; it is unsubscribed: %r", subscriber)
-                self._drop(subscriber)
+        self._deliver(self._subscribers, event)
 
     def emit_hop(self, event: HopEvent) -> None:
         """Hand a ``finished`` event to the subscribers that want hop events."""
-        for subscriber in self._hop_subscribers:
-            try:
-                subscriber(event)
-            except Exception:
-                log.exception("a hook subscriber raised; it is unsubscribed: %r", subscriber)
-                self._drop(subscriber)
+        self._deliver(self._hop_subscribers, event)
 
     def emit_started(self, event: HopEvent) -> None:
         """Hand a ``started`` event to the subscribers that want those."""
-        for subscriber in self._starters:
+        self._deliver(self._starters, event)
+
+    def _deliver(self, subscribers: tuple[Subscriber, ...], event: Event) -> None:
+        for subscriber in subscribers:
             try:
                 subscriber(event)
             except Exception:
