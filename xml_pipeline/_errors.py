@@ -370,7 +370,7 @@ class UnknownIdError(UsageError):
         id: the id asked for, as given (a worker's pid as text).
     """
 
-    def __init__(self, message: str, *, kind: str, id: str) -> None:  # noqa: A002
+    def __init__(self, message: str, *, kind: str, id: str) -> None:
         super().__init__(message)
         self.kind = kind
         self.id = id

@@ -441,7 +441,6 @@ class BackendContract:
             assert await backend.count() == 1
             assert await backend.dead_letters() == [kept]
 
-
     # -- the run registry ---------------------------------------------------------------------
 
     async def test_run_snapshots_hold_each_process_once_with_what_it_wrote_last(

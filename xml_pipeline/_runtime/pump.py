@@ -56,10 +56,11 @@ from xml_pipeline._runtime.invoker import Invoker
 from xml_pipeline._runtime.outbox import Outbox
 from xml_pipeline._runtime.outcomes import Conversations, Counters, PumpStats
 from xml_pipeline._runtime.outputs import Failure, check_outputs, no_route, wrong_class
+from xml_pipeline._runtime.pool import ProcessPool
 from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry, new_thread_id
 from xml_pipeline._runtime.retry import AttemptFailure, NoRetry, RetryPolicy
-from xml_pipeline._runtime.runs import ACTIVE, Run, RunStatus
+from xml_pipeline._runtime.runs import ACTIVE, Run, RunStatus, Worker, rss_bytes
 from xml_pipeline._runtime.transport import LocalTransport, Transport
 from xml_pipeline._wire.codecs import xml_safe
 from xml_pipeline._wire.envelope import Envelope
@@ -154,6 +155,7 @@ class StreamPump:
         )
         self.process = process  # the instance id run ids end with ("r12@3fa9c1")
         self._suffix = f"@{process}" if process else ""
+        self._pool: ProcessPool | None = getattr(pool_invoker, "pool", None)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -469,6 +471,8 @@ class StreamPump:
     def runs(self, listener: str | None = None, status: str | None = None) -> list[Run]:
         """The handler runs of open conversations now (running, waiting in ``meta.call``, and
         queued for a slot), then the finished runs kept, newest first (see `Organism.runs`)."""
+        if self._pool is not None:
+            self._pool.drain_starts()  # the worker pids of cpu_bound runs
         now = time.time()
         found: list[Run] = []
         suffix = self._suffix
@@ -509,6 +513,16 @@ class StreamPump:
         raise UnknownIdError(
             f"no run {run_id} in this organism; list them with runs()", kind="run", id=run_id
         )
+
+    def workers(self, pool: ProcessPool) -> list[Worker]:
+        """The worker processes of ``pool`` now, with the run each one runs (see
+        `Organism.workers`)."""
+        found = []
+        for pid, busy, done, tag in pool.worker_states():
+            run = getattr(tag, "run", 0) if busy else 0
+            run_id = f"r{run}{self._suffix}" if run else None
+            found.append(Worker(pid, "busy" if busy else "idle", done, rss_bytes(pid), run_id))
+        return found
 
     def _run_number(self, run_id: str) -> int:
         number, _, process = run_id.partition("@") if isinstance(run_id, str) else ("", "", "")

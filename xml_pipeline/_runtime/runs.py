@@ -30,6 +30,7 @@ __all__ = [
     "RunStatus",
     "Worker",
     "WorkerStatus",
+    "rss_bytes",
 ]
 
 MAX_OUTPUT_LINES = 100
@@ -38,6 +39,16 @@ WorkerStatus = Literal["busy", "idle"]
 ACTIVE = frozenset({"queued", "running", "waiting"})  # not finished: what a lost process leaves
 _PID = os.getpid()
 _HOST = socket.gethostname()
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident memory of process ``pid`` in bytes (Linux ``/proc``), 0 where unknown."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class RunOutput:

@@ -597,9 +597,7 @@ class ManagerBackend:
         Raises:
             BackendError: the server is unreachable.
         """
-        result: list[bytes] = await self._call(
-            "put_runs", process, snapshot, forget_after_seconds
-        )
+        result: list[bytes] = await self._call("put_runs", process, snapshot, forget_after_seconds)
         return result
 
     async def run_snapshots(self) -> list[RunSnapshot]:
