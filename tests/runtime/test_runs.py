@@ -220,3 +220,18 @@ async def test_organisms_sharing_one_memory_backend_see_and_cancel_each_others_r
         with pytest.raises(UnknownIdError):  # three is invisible: nobody can reach it
             await one.cancel_conversation(three.runs(status="running")[0].conversation)
         tg.cancel_scope.cancel()
+
+
+async def test_a_snapshot_builds_at_most_its_limit_of_unfinished_runs_and_counts_the_rest() -> None:
+    listener = Listener("long", Work, long, max_concurrency=1)
+    async with Organism([listener], drain_timeout_seconds=0.2) as org:
+        for _ in range(5):
+            await org.send("long", Work())
+        await until(lambda: len(org.runs()) == 5)
+        pump = org._running()
+        runs, omitted = pump.active_runs(2)
+        assert [run.status for run in runs] == ["running", "queued"] and omitted == 3
+        assert pump.active_runs()[1] == 0 and len(pump.active_runs()[0]) == 5
+        await org.cancel_run(runs[0].run_id)
+        await until(lambda: pump.finished_runs())
+        assert [run.status for run in pump.finished_runs()] == ["cancelled"]

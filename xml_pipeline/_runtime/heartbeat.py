@@ -120,11 +120,8 @@ class Heartbeat:
             await self._carry_out(command)
 
     def _snapshot(self) -> bytes:
-        runs = self._pump.runs()
-        active = [run for run in runs if run.status in ACTIVE]
-        finished = [run for run in runs if run.status not in ACTIVE]
-        omitted = max(0, len(active) - MAX_SNAPSHOT_RUNS)
-        kept = active[:MAX_SNAPSHOT_RUNS] + finished
+        active, omitted = self._pump.active_runs(MAX_SNAPSHOT_RUNS)
+        kept = active + self._pump.finished_runs()
         document = {
             "process": self.process,
             "pid": os.getpid(),

@@ -471,18 +471,8 @@ class StreamPump:
     def runs(self, listener: str | None = None, status: str | None = None) -> list[Run]:
         """The handler runs of open conversations now (running, waiting in ``meta.call``, and
         queued for a slot), then the finished runs kept, newest first (see `Organism.runs`)."""
-        if self._pool is not None:
-            self._pool.drain_starts()  # the worker pids of cpu_bound runs
-        now = time.time()
-        found: list[Run] = []
+        found, _ = self.active_runs()
         suffix = self._suffix
-        for conv in self._conversations.all():
-            for hop in conv.running:
-                found.append(_run(hop, "waiting" if hop.waits else "running", now, suffix))
-        for state in self._states.values():
-            found.extend(
-                _run(hop, "queued", now, suffix) for hop in state.backlog if not hop.conv.done
-            )
         if self._finished is not None and status not in ACTIVE:
             for hop, outcome, message, at in reversed(self._finished):
                 if listener is None or hop.state.name == listener:
@@ -493,6 +483,38 @@ class StreamPump:
             if (listener is None or run.listener == listener)
             and (status is None or run.status == status)
         ]
+
+    def active_runs(self, limit: int | None = None) -> tuple[list[Run], int]:
+        """The unfinished runs now (running and waiting first, then queued), at most
+        ``limit`` of them, and how many more there are (a backlog is counted, not built)."""
+        if self._pool is not None:
+            self._pool.drain_starts()  # the worker pids of cpu_bound runs
+        now = time.time()
+        found: list[Run] = []
+        suffix = self._suffix
+        cap = math.inf if limit is None else limit
+        for conv in self._conversations.all():
+            for hop in conv.running:
+                if len(found) < cap:
+                    found.append(_run(hop, "waiting" if hop.waits else "running", now, suffix))
+        for state in self._states.values():
+            for hop in state.backlog:
+                if len(found) >= cap:
+                    break
+                if not hop.conv.done:
+                    found.append(_run(hop, "queued", now, suffix))
+        if limit is None or len(found) < limit:
+            return found, 0
+        running = sum(len(conv.running) for conv in self._conversations.all())
+        queued = sum(1 for st in self._states.values() for hop in st.backlog if not hop.conv.done)
+        return found, max(0, running + queued - len(found))
+
+    def finished_runs(self) -> list[Run]:
+        """The finished runs kept, newest first."""
+        if self._finished is None:
+            return []
+        suffix = self._suffix
+        return [_finished_run(*entry, suffix) for entry in reversed(self._finished)]
 
     def cancel_run(self, run_id: str) -> None:
         """Cancel a running handler: its caller gets ``cancelled`` (see `Organism.cancel_run`).
