@@ -33,8 +33,15 @@ flush tasks run in the same process, so their CPU is in the figure. A "prometheu
 row measures that ratio for the Prometheus sink the way the meta.call row does: both organisms
 in one loop, bursts taking turns, the median of per-pair ratios.
 
+``--registry`` adds paired rows for the run registry (issue 13): one organism with it on (the
+default: finished runs kept, a heartbeat every second) and one with it off (``runs:
+{keep_finished: 0, heartbeat_seconds: 0}``) in the same event loop, short bursts of the same
+load taking turns, the median of the per-pair CPU ratios; once on the memory backend and once
+on Redis (a private ``redis-server`` on a free port), where the heartbeat writes to Redis.
+A heartbeat's own cost (snapshot built, JSON, one backend call) is printed under the table.
+
     python benchmarks/bench_pump.py [--runs 5] [--loop uvloop|asyncio]
-        [--conversations 40000] [--inflight 1000,30000] [--metrics]
+        [--conversations 40000] [--inflight 1000,30000] [--metrics] [--recovery] [--registry]
 """
 
 from __future__ import annotations
@@ -44,9 +51,11 @@ import asyncio
 import contextlib
 import gc
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from _results import write_results
@@ -169,6 +178,7 @@ Row = Callable[[], Awaitable[dict[str, float]]]
 CALL_ROW = "pump, {:,} in flight, meta.call"
 PAIRED_ROW = "meta.call/return, {:,} in flight, paired"
 METRICS_PAIRED_ROW = "prometheus/off, {:,} in flight, paired"
+REGISTRY_ROW = "registry on/off, {:,} in flight, {}, paired"
 
 
 def rows(options: argparse.Namespace) -> dict[str, Row]:
@@ -227,10 +237,14 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
         return measure
 
     async def bursts(
-        orgs: dict[str, Organism], inflight: int, pairs: int
+        orgs: dict[str, Organism],
+        inflight: int,
+        pairs: int,
+        then: Callable[[], Awaitable[object]] | None = None,
     ) -> dict[str, list[float]]:
         """CPU per hop of each organism in one event loop, short bursts of the same load
-        taking turns (the order reversed every other turn)."""
+        taking turns (the order reversed every other turn); ``then`` runs after the bursts,
+        while the organisms still run."""
         conversations = max(options.conversations // 4, 2 * inflight)
         names = list(orgs)
         cpu: dict[str, list[float]] = {name: [] for name in names}
@@ -242,6 +256,8 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
                 for name in names if turn % 2 == 0 else names[::-1]:
                     m = await load(orgs[name], conversations, inflight)
                     cpu[name].append(m.cpu_us_per_hop)
+            if then is not None:
+                await then()
         return cpu
 
     def compared(cpu: dict[str, list[float]], name: str, base: str) -> dict[str, float]:
@@ -268,6 +284,41 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
         }
         return compared(await bursts(orgs, inflight, pairs), "on", "off")
 
+    async def registry(inflight: int, backend: str, pairs: int = 6) -> dict[str, float]:
+        """Registry on vs off, paired bursts in one loop (see the module docstring)."""
+        off = {"keep_finished": 0, "heartbeat_seconds": 0}
+        extra: dict[str, Any] = {}
+        server = None
+        if backend == "redis":
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.redis_server
+            from tests.redis_server import RedisServer
+
+            server = RedisServer()
+            server.start()
+            extra["backend"] = {"type": "redis", "redis_url": server.url}
+        orgs = {
+            "on": organism(ingress_limit=inflight, name="on", **extra),
+            "off": organism(ingress_limit=inflight, name="off", runs=off, **extra),
+        }
+        beat_us = 0.0
+
+        async def heartbeat_cost() -> None:
+            nonlocal beat_us
+            beat = orgs["on"]._heartbeat
+            assert beat is not None and beat.beats > 0
+            rounds = 50
+            started = time.process_time()
+            for _ in range(rounds):
+                await beat.beat()
+            beat_us = (time.process_time() - started) / rounds * 1e6
+
+        try:
+            cpu = await bursts(orgs, inflight, pairs, heartbeat_cost)
+        finally:
+            if server is not None:
+                server.stop()
+        return {**compared(cpu, "on", "off"), "heartbeat_cpu_us": beat_us}
+
     first = options.inflight[0]
     table: dict[str, Row] = {"floor: asyncio.Queue ping-pong": floor}
     table[f"pump, {first:,} in flight"] = pump(first)
@@ -291,6 +342,9 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
         table[f"pump, {first:,}, metrics: otel (in memory)"] = pump(first, otel=True)
         table[f"pump, {first:,}, tracing: otel spans (in memory)"] = pump(first, spans=True)
         table[METRICS_PAIRED_ROW.format(first)] = lambda: metrics_paired(first)
+    if options.registry:
+        table[REGISTRY_ROW.format(first, "memory")] = lambda: registry(first, "memory")
+        table[REGISTRY_ROW.format(first, "redis")] = lambda: registry(first, "redis")
     table["round trip, 1 in flight"] = round_trip()
     table["round trip, 1 in flight, meta.call"] = round_trip("call")
     return table
@@ -314,6 +368,11 @@ def main() -> None:
         "--recovery",
         action="store_true",
         help="add a row with a retry policy and a circuit breaker on both listeners",
+    )
+    parser.add_argument(
+        "--registry",
+        action="store_true",
+        help="add paired rows: the run registry on against off, memory and Redis",
     )
     options = parser.parse_args()
     factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
@@ -363,6 +422,11 @@ def main() -> None:
         if "call_vs_return" in m:
             per_hop = f"{m['return_cpu_us_per_hop']:.2f} -> {m['call_cpu_us_per_hop']:.2f} us"
             print(f"{name:42} {m['call_vs_return']:.2f}x CPU per hop ({per_hop})")
+            continue
+        if "on_vs_off" in m:
+            per_hop = f"{m['off_cpu_us_per_hop']:.2f} -> {m['on_cpu_us_per_hop']:.2f} us"
+            beat = f"one heartbeat {m['heartbeat_cpu_us']:.0f} us CPU"
+            print(f"{name:42} {m['on_vs_off']:.3f}x CPU per hop ({per_hop}; {beat})")
             continue
         ratio = f"{m['ratio_to_floor']:>7.3f}" if "ratio_to_floor" in m else f"{'':>7}"
         vs = f"{m['cpu_vs_first_row']:>10.2f}" if "cpu_vs_first_row" in m else f"{'':>10}"

@@ -32,6 +32,7 @@ from xml_pipeline._settings import (  # noqa: F401 - Retry/CircuitSettings name 
     ProcessPoolConfig,
     RetrySettings,
     Rule,
+    RunsConfig,
     Spec,
     default_of,
     defaults,
@@ -57,6 +58,7 @@ __all__ = [
     "MetricsConfig",
     "OrganismConfig",
     "ProcessPoolConfig",
+    "RunsConfig",
     "TracingConfig",
     "load_config",
     "parse_config",
@@ -130,6 +132,7 @@ class OrganismConfig(OrganismSettings):
     backend: BackendConfig = field(default_factory=BackendConfig)
     process_pool: ProcessPoolConfig = field(default_factory=ProcessPoolConfig)
     dead_letters: DeadLetterConfig = field(default_factory=DeadLetterConfig)
+    runs: RunsConfig = field(default_factory=RunsConfig)
     metrics: MetricsConfig | None = None
     tracing: TracingConfig | None = None
 
@@ -239,6 +242,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "backend": BackendConfig,
     "process_pool": ProcessPoolConfig,
     "dead_letters": DeadLetterConfig,
+    "runs": RunsConfig,
 }
 
 
@@ -406,6 +410,7 @@ class _Reader:
         process_pool = self.settings(pool, ProcessPoolConfig)
         letters = self.optional_section(top.fields.get("dead_letters"), "dead_letters")
         dead_letters = self.settings(letters, DeadLetterConfig)
+        runs = self.settings(self.optional_section(top.fields.get("runs"), "runs"), RunsConfig)
         metrics = self.metrics(top.fields.get("metrics"), file.parent)
         tracing = self.tracing(top.fields.get("tracing"))
         if self.problems:
@@ -416,6 +421,7 @@ class _Reader:
             backend=BackendConfig(**backend),
             process_pool=ProcessPoolConfig(**process_pool),
             dead_letters=DeadLetterConfig(**dead_letters),
+            runs=RunsConfig(**runs),
             metrics=metrics,
             tracing=tracing,
             **org,

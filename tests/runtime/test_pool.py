@@ -487,7 +487,7 @@ def test_a_withdrawn_call_reports_no_start_and_runs_nothing() -> None:
     kills the worker of an abandoned call when its start arrives) and does not run."""
     reader, writer = multiprocessing.Pipe(duplex=False)
     withdrawn = multiprocessing.RawArray(ctypes.c_uint64, pool_worker.SLOTS)
-    pool_worker.init_worker(writer, withdrawn, None, ())
+    pool_worker.init_worker(writer, withdrawn, None, None, ())
     try:
         call = pickle.dumps((pool_tasks.echo, ("ran",)))
         attempt = pool_worker.SLOTS + 5  # shares its slot with attempt 5
