@@ -42,6 +42,7 @@ from xml_pipeline._settings import (  # noqa: F401 - Retry/CircuitSettings name 
     settings_fields,
     spec_of,
 )
+from xml_pipeline.control.settings import ControlConfig
 from xml_pipeline.metrics.settings import (
     SINK_TYPES,
     MetricsConfig,
@@ -132,6 +133,7 @@ class OrganismConfig(OrganismSettings):
     dead_letters: DeadLetterConfig = field(default_factory=DeadLetterConfig)
     metrics: MetricsConfig | None = None
     tracing: TracingConfig | None = None
+    control: ControlConfig | None = None
 
     @property
     def folder(self) -> Path:
@@ -239,6 +241,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "backend": BackendConfig,
     "process_pool": ProcessPoolConfig,
     "dead_letters": DeadLetterConfig,
+    "control": ControlConfig,
 }
 
 
@@ -406,6 +409,12 @@ class _Reader:
         process_pool = self.settings(pool, ProcessPoolConfig)
         letters = self.optional_section(top.fields.get("dead_letters"), "dead_letters")
         dead_letters = self.settings(letters, DeadLetterConfig)
+        control_node = top.fields.get("control")
+        control = (
+            None
+            if control_node is None
+            else self.settings(self.optional_section(control_node, "control"), ControlConfig)
+        )
         metrics = self.metrics(top.fields.get("metrics"), file.parent)
         tracing = self.tracing(top.fields.get("tracing"))
         if self.problems:
@@ -416,6 +425,7 @@ class _Reader:
             backend=BackendConfig(**backend),
             process_pool=ProcessPoolConfig(**process_pool),
             dead_letters=DeadLetterConfig(**dead_letters),
+            control=None if control is None else ControlConfig(**control),
             metrics=metrics,
             tracing=tracing,
             **org,
