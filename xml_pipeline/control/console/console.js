@@ -23,7 +23,7 @@
     runs: [], // the last list the API gave, with `received` (performance.now()) per list
     runsReceived: 0,
     graph: null,
-    edgeCounts: new Map(), // "from\u0000to" -> hops
+    edgeCounts: new Map(), // "from → to" -> hops
     nodeCounts: new Map(), // listener -> hops finished
     hops: 0,
     stream: null, // AbortController of the event stream
@@ -121,6 +121,8 @@
 
   function duration(seconds) {
     if (seconds === null || seconds === undefined || Number.isNaN(seconds)) return "";
+    if (seconds < 0.001) return `${Math.round(seconds * 1e6)} µs`;
+    if (seconds < 0.01) return `${(seconds * 1000).toFixed(1)} ms`;
     if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
     if (seconds < 60) return `${seconds.toFixed(1)} s`;
     const s = Math.floor(seconds);
@@ -145,6 +147,11 @@
       if (child !== null && child !== undefined) node.append(child);
     }
     return node;
+  }
+
+  // replaceChildren, leaving out the columns not shown (null)
+  function replace(parent, ...children) {
+    parent.replaceChildren(...children.filter((c) => c !== null && c !== undefined));
   }
 
   function svg(tag, attrs = {}, ...children) {
@@ -224,7 +231,7 @@
       { class: active ? "active" : "finished", data: { runId: id, status } },
       el("td", { class: "mono" }, id || "—"),
       el("td", {}, run.listener ?? ""),
-      el("td", { class: "mono clip", title: conversation }, conversation),
+      el("td", { class: "mono clip conversation", title: conversation }, conversation),
       el(
         "td",
         {},
@@ -232,8 +239,12 @@
         el("span", { class: "muted" }, outcome),
       ),
       el("td", { class: "num elapsed" }, duration(elapsed(run))),
-      el("td", { class: "clip progress", title: run.progress ?? "" }, run.progress ?? ""),
-      el("td", { class: "mono clip output", title: lastLine(run) }, lastLine(run)),
+      el(
+        "td",
+        { class: "said" },
+        el("div", { class: "clip progress", title: run.progress ?? "" }, run.progress ?? ""),
+        el("div", { class: "mono clip output", title: lastLine(run) }, lastLine(run)),
+      ),
       el("td", {}, action),
     );
   }
@@ -290,40 +301,77 @@
     renderStats(body);
   }
 
+  // Always shown: hops and failures (the event hub's counts since the control plane started)
+  // and the runs listed now; the recovery counters only when some listener has any.
+  const ALWAYS = ["hops", "failed"];
+  const WHEN_USED = ["retries", "recovered", "exhausted", "circuit_rejections", "compensations"];
+
   function renderStats(body) {
     const listeners = body.listeners || {};
     const names = Object.keys(listeners);
-    const columns = [];
-    for (const name of names) {
-      for (const [key, value] of Object.entries(listeners[name] || {})) {
-        if ((typeof value === "number" || typeof value === "string") && !columns.includes(key)) {
-          columns.push(key);
-        }
+    for (const l of state.graph?.listeners || []) if (!names.includes(l.name)) names.push(l.name);
+    const value = (name, key) => (listeners[name] || {})[key];
+    const used = WHEN_USED.filter((key) => names.some((n) => value(n, key)));
+    const circuits = names.some((n) => value(n, "circuit"));
+    const errors = names.some((n) => value(n, "last_error"));
+    const running = new Map();
+    for (const run of state.runs) {
+      if (run.status === "running" || run.status === "waiting") {
+        running.set(run.listener, (running.get(run.listener) || 0) + 1);
       }
     }
     const head = $("stats").tHead.rows[0];
-    head.replaceChildren(
+    replace(
+      head,
       el("th", {}, "Listener"),
-      ...columns.map((c) => el("th", { class: "num" }, c.replaceAll("_", " "))),
+      el("th", { class: "num" }, "running"),
+      ...[...ALWAYS, ...used].map((c) => el("th", { class: "num" }, c.replaceAll("_", " "))),
+      circuits ? el("th", {}, "circuit") : null,
+      errors ? el("th", {}, "last error") : null,
     );
-    $("stats").tBodies[0].replaceChildren(
+    replace(
+      $("stats").tBodies[0],
       ...names.map((name) =>
         el(
           "tr",
           { data: { listener: name } },
           el("td", {}, name),
-          ...columns.map((c) => el("td", { class: "num" }, formatCounter(listeners[name][c]))),
+          el("td", { class: "num" }, String(running.get(name) || 0)),
+          ...[...ALWAYS, ...used].map((c) =>
+            el("td", { class: c === "failed" && value(name, c) ? "num outcome-bad" : "num" },
+              formatCounter(value(name, c) ?? 0)),
+          ),
+          circuits ? el("td", {}, value(name, "circuit") ?? "") : null,
+          errors
+            ? el("td", { class: "clip error-text mono", title: value(name, "last_error") ?? "" },
+              value(name, "last_error") ?? "")
+            : null,
         ),
       ),
     );
     $("stats-empty").hidden = names.length > 0;
     const organism = body.organism || {};
     const parts = [];
-    if (organism.name) $("organism").textContent = organism.name;
-    for (const key of ["open_conversations", "conversations", "hops"]) {
-      if (typeof organism[key] === "number") parts.push(`${organism[key]} ${key.replaceAll("_", " ")}`);
+    for (const key of ["conversations", "answered", "failed", "hops"]) {
+      if (typeof organism[key] === "number") parts.push(`${organism[key]} ${key}`);
     }
     $("stats-summary").textContent = parts.join(" · ");
+    if (Array.isArray(body.edges)) {
+      // the server's counts since it started: more than this page saw since it opened
+      for (const edge of body.edges) {
+        const key = edgeKey(edge.from, edge.to);
+        if (state.edgeCounts.has(key) && edge.hops > state.edgeCounts.get(key)) {
+          state.edgeCounts.set(key, edge.hops);
+          updateGraphCounts(key, null);
+        }
+      }
+      for (const [name, counts] of Object.entries(listeners)) {
+        if (counts.hops > (state.nodeCounts.get(name) || 0)) {
+          state.nodeCounts.set(name, counts.hops);
+          updateGraphCounts(null, name);
+        }
+      }
+    }
   }
 
   function formatCounter(value) {
@@ -346,10 +394,10 @@
       "tr",
       { data: { listener: hop.listener ?? "", conversation: hop.conversation ?? "" } },
       el("td", { class: "mono muted" }, clock(hop.at)),
-      el("td", {}, from || "outside"),
+      el("td", { class: from.startsWith("_") ? "muted" : "" }, from || "outside"),
       el("td", { class: "arrow" }, "→"),
       el("td", {}, hop.listener ?? ""),
-      el("td", { class: "mono clip", title: hop.conversation ?? "" }, hop.conversation ?? ""),
+      el("td", { class: "mono clip conversation", title: hop.conversation ?? "" }, hop.conversation ?? ""),
       el("td", { class: failed ? "outcome-bad" : "outcome-ok" }, failed ? hop.outcome : "ok"),
       el("td", { class: "num" }, duration(hop.duration_seconds)),
     );
@@ -357,13 +405,13 @@
     body.prepend(row);
     while (body.rows.length > MAX_HOPS) body.deleteRow(body.rows.length - 1);
     $("hops-empty").hidden = true;
-    $("hops-summary").textContent = `${state.hops} since this page opened`;
+    $("hops-summary").textContent = `${state.hops} since this page opened, newest first`;
     countHop(from, hop.listener ?? "");
   }
 
   // ---- the graph -----------------------------------------------------------------------
 
-  const edgeKey = (from, to) => `${from}\u0000${to}`;
+  const edgeKey = (from, to) => `${from} → ${to}`; // names hold no whitespace
 
   function countHop(from, to) {
     state.nodeCounts.set(to, (state.nodeCounts.get(to) || 0) + 1);
@@ -373,13 +421,13 @@
   }
 
   function updateGraphCounts(key, to) {
-    const edge = document.querySelector(`#graph .edge[data-key="${CSS.escape(key)}"]`);
+    const edge = key && document.querySelector(`#graph .edge[data-key="${CSS.escape(key)}"]`);
     if (edge) {
       edge.classList.add("hot");
       edge.querySelector(".label text").textContent = String(state.edgeCounts.get(key));
       fitLabel(edge);
     }
-    const node = document.querySelector(`#graph .node[data-listener="${CSS.escape(to)}"]`);
+    const node = to && document.querySelector(`#graph .node[data-listener="${CSS.escape(to)}"]`);
     if (node) node.querySelector(".count").textContent = hopsText(state.nodeCounts.get(to));
   }
 
@@ -553,7 +601,7 @@
           textNode(String(count), { x: label.x, y: label.y + 4, "text-anchor": "middle" }),
         ),
       );
-      group.append(svg("title", {}, `${from} → ${to}: ${count} hops since this page opened`));
+      group.append(svg("title", {}, `${from} → ${to}: hops since the control plane started`));
       edgeLayer.append(group);
     }
 
