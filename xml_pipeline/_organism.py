@@ -51,7 +51,12 @@ from xml_pipeline.backends.manager import ManagerBackend
 from xml_pipeline.backends.memory import MemoryBackend
 from xml_pipeline.control.settings import ControlConfig
 from xml_pipeline.metrics.collector import MetricsCollector, Probes
-from xml_pipeline.metrics.settings import MetricsConfig, TracingConfig
+from xml_pipeline.metrics.settings import (
+    DEFAULT_PROMETHEUS_LISTEN,
+    MetricsConfig,
+    PrometheusSinkConfig,
+    TracingConfig,
+)
 from xml_pipeline.metrics.trace import Trace, trace_from_history
 
 if TYPE_CHECKING:
@@ -328,8 +333,11 @@ class Organism:
             dead_letters=self._dead_letters_kept,
             recovery=pump.recovery_status,
         )
+        config = self._metrics_config or MetricsConfig()
+        if self._control_config is None:  # no control plane to serve /metrics: the default
+            config = replace(config, sinks=tuple(_own_listen(sink) for sink in config.sinks))
         return MetricsCollector(
-            self._metrics_config or MetricsConfig(),
+            config,
             self._tracing,
             organism=self.name,
             probes=probes,
@@ -668,6 +676,13 @@ _SECTION_TYPES: dict[str, tuple[type, ...]] = {
     "dead_letters": (DeadLetterConfig,),
     "control": (ControlConfig,),
 }
+
+
+def _own_listen(sink: object) -> object:
+    """A prometheus sink without ``listen`` given its default address (no control plane)."""
+    if isinstance(sink, PrometheusSinkConfig) and sink.listen is None:
+        return replace(sink, listen=DEFAULT_PROMETHEUS_LISTEN)
+    return sink
 
 
 def _durable(backend: BackendConfig | Backend) -> bool:
