@@ -12,6 +12,7 @@
   const TOKEN_KEY = "xml-pipeline-console-token";
   const POLL_MS = 1500; // runs (their progress and output) and counters between stream events
   const MAX_HOPS = 200; // hop log rows kept
+  const MAX_RUN_ROWS = 100; // runs shown: every active one first, then the latest finished
   const MAX_RETRY_MS = 10000;
   const ACTIVE = new Set(["queued", "running", "waiting"]);
   const STOPPABLE = new Set(["running", "waiting"]);
@@ -198,7 +199,7 @@
 
   function renderRuns() {
     const body = $("runs").tBodies[0];
-    const rows = sortedRuns().map(runRow);
+    const rows = sortedRuns().slice(0, MAX_RUN_ROWS).map(runRow);
     body.replaceChildren(...rows);
     $("runs-empty").hidden = rows.length > 0;
     const counts = {};
@@ -224,19 +225,20 @@
       action = el("button", { class: "stop", type: "button", title: `cancel run ${id}` }, "Stop");
       action.addEventListener("click", () => stopRun(id, action));
     }
-    const outcome = !active && run.outcome && run.outcome !== status ? ` (${run.outcome})` : "";
+    // a finished run's reason, when its status does not say it all (failed: handler_error...)
+    const reason = !active && run.outcome && !["ok", status].includes(run.outcome) ? run.outcome : "";
     const conversation = run.conversation ?? "";
     return el(
       "tr",
       { class: active ? "active" : "finished", data: { runId: id, status } },
-      el("td", { class: "mono" }, id || "—"),
+      el("td", { class: "mono clip run-id", title: id }, id || "—"),
       el("td", {}, run.listener ?? ""),
       el("td", { class: "mono clip conversation", title: conversation }, conversation),
       el(
         "td",
-        {},
-        el("span", { class: `status status-${status}`, title: run.reason ?? "" }, status),
-        el("span", { class: "muted" }, outcome),
+        { class: "status-cell", title: run.message ?? "" },
+        el("span", { class: `status status-${status}` }, status),
+        reason ? el("span", { class: "reason" }, reason) : null,
       ),
       el("td", { class: "num elapsed" }, duration(elapsed(run))),
       el(
@@ -324,10 +326,10 @@
     replace(
       head,
       el("th", {}, "Listener"),
-      el("th", { class: "num" }, "running"),
-      ...[...ALWAYS, ...used].map((c) => el("th", { class: "num" }, c.replaceAll("_", " "))),
-      circuits ? el("th", {}, "circuit") : null,
-      errors ? el("th", {}, "last error") : null,
+      el("th", { class: "num" }, "Running"),
+      ...[...ALWAYS, ...used].map((c) => el("th", { class: "num" }, heading(c))),
+      circuits ? el("th", {}, "Circuit") : null,
+      errors ? el("th", {}, "Last error") : null,
     );
     replace(
       $("stats").tBodies[0],
@@ -373,6 +375,8 @@
       }
     }
   }
+
+  const heading = (key) => key[0].toUpperCase() + key.slice(1).replaceAll("_", " ");
 
   function formatCounter(value) {
     if (value === undefined || value === null) return "";
