@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -81,6 +82,8 @@ class _Client:
     def __init__(self, args: argparse.Namespace) -> None:
         try:
             import httpx
+
+            logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
         except ImportError:
             raise _Refused(
                 "talking to a control plane needs httpx; pip install 'xml-pipeline[web]'"

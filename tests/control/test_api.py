@@ -232,7 +232,8 @@ async def test_a_client_that_stops_reading_is_dropped_and_the_pump_goes_on(token
                         asks.start_soon(org.request, "boss", Job(seconds=0.0))
                 sent += batch
                 # the reader keeps up before the next batch: it is never the one dropped
-                await wait_until(lambda: sum(k == "hop" for k, _ in got) == 2 * sent)
+                expected = 2 * sent
+                await wait_until(lambda: sum(k == "hop" for k, _ in got) == expected)  # noqa: B023
         stats = (await client.get("/api/stats")).json()
         group.cancel_scope.cancel()
         stalled.close()
