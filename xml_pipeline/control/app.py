@@ -29,6 +29,7 @@ __all__ = ["UNAUTHORIZED", "build_app", "console_folder"]
 
 UNAUTHORIZED = b'{"error": "unauthorized"}'
 _GUARDED = ("/api/", "/metrics")
+_END_SECONDS = 0.1  # how long ending an event stream may wait for its client
 
 
 def console_folder() -> Path:
@@ -112,6 +113,10 @@ class _EventStream:
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(_until_disconnect, receive, client.scope)
                     await stream(hub, client, body)
+            # ended by the hub (stopping, or the client stopped reading): end the response
+            # when the client still takes it; a stalled one is cut off (the server closes it)
+            with anyio.move_on_after(_END_SECONDS):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             hub.remove(client)
 

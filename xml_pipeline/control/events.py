@@ -111,6 +111,10 @@ class EventHub:
         client.dropped += 1
         self.dropped += 1
         if client.dropped == self.client_buffer:  # a whole queue lost: it does not read
+            log.warning(
+                "control plane: an event-stream client stopped reading; dropped after losing "
+                "%d events (control.client_buffer)", client.dropped,
+            )  # fmt: skip
             self.disconnected += 1
             self.remove(client)
             client.scope.cancel()

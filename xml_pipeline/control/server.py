@@ -50,6 +50,17 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve beyond this machine
 
 
+class _StalledStreams(logging.Filter):
+    """uvicorn logs an error when a response ends unfinished: that is how a stalled
+    event-stream client is cut off (the hub counts it), not a fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("ASGI callable returned without completing")
+
+
+logging.getLogger("uvicorn.error").addFilter(_StalledStreams())
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server without its signal handlers: signals belong to the organism's owner
     (`organism run` stops gracefully on SIGTERM; an embedding application has its own)."""
