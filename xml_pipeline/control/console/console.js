@@ -197,10 +197,39 @@
     return [...active, ...finished];
   }
 
+  // Rows are kept while their run is unchanged (elapsed time aside) and the table is touched
+  // only when a row changed or moved: a Stop button is never replaced under the pointer.
+  let rowCache = new Map(); // run key -> { signature, row }
+  const rowRun = new WeakMap(); // row -> the run it shows now (for the elapsed clock)
+
+  function runKey(run) {
+    return runId(run) || `queued ${run.listener} ${run.thread ?? ""}`;
+  }
+
+  function signature(run) {
+    const { elapsed_seconds: _, ...rest } = run;
+    return JSON.stringify(rest);
+  }
+
   function renderRuns() {
     const body = $("runs").tBodies[0];
-    const rows = sortedRuns().slice(0, MAX_RUN_ROWS).map(runRow);
-    body.replaceChildren(...rows);
+    const next = new Map();
+    const rows = [];
+    for (const run of sortedRuns().slice(0, MAX_RUN_ROWS)) {
+      const key = runKey(run);
+      const sig = signature(run);
+      let cached = rowCache.get(key);
+      if (!cached || cached.signature !== sig) cached = { signature: sig, row: runRow(run) };
+      rowRun.set(cached.row, run);
+      cached.row.querySelector(".elapsed").textContent = duration(elapsed(run));
+      next.set(key, cached);
+      rows.push(cached.row);
+    }
+    rowCache = next;
+    const shown = body.children;
+    if (rows.length !== shown.length || rows.some((row, i) => row !== shown[i])) {
+      body.replaceChildren(...rows);
+    }
     $("runs-empty").hidden = rows.length > 0;
     const counts = {};
     for (const run of state.runs) counts[run.status] = (counts[run.status] || 0) + 1;
@@ -252,14 +281,12 @@
   }
 
   function tickElapsed() {
-    const cells = document.querySelectorAll("#runs tbody tr");
-    const runs = sortedRuns();
-    cells.forEach((row, i) => {
-      const run = runs[i];
+    for (const row of $("runs").tBodies[0].rows) {
+      const run = rowRun.get(row);
       if (run && (run.status === "running" || run.status === "waiting")) {
         row.querySelector(".elapsed").textContent = duration(elapsed(run));
       }
-    });
+    }
   }
 
   async function stopRun(id, button) {
@@ -269,6 +296,8 @@
       await api(`api/runs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
       if (state.problemKind === "action") setProblem("");
     } catch (error) {
+      button.disabled = false;
+      button.textContent = "Stop";
       if (error.status === 409 || error.status === 404) {
         setProblem(`Run ${id} could not be stopped: ${error.message}`, "action");
       } else {
