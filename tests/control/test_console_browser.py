@@ -378,3 +378,65 @@ async def test_an_organism_that_stopped_is_reported_unreachable(
         waiting(driver).until(lambda d: "Cannot reach the control API" in banner(d))
 
     await anyio.to_thread.run_sync(partial(unreachable, browser))
+
+
+@payload
+@dataclass
+class Ball:
+    n: int = 0
+
+
+async def ping(msg: Ball, meta: HandlerMetadata) -> HandlerResponse:
+    return HandlerResponse.respond(await meta.call("pong", msg))
+
+
+async def pong(msg: Ball, meta: HandlerMetadata) -> HandlerResponse:
+    return HandlerResponse.respond(Ball(n=msg.n + 1))
+
+
+async def test_a_cyclic_graph_is_drawn_and_a_burst_of_hops_is_counted_and_capped(
+    browser: WebDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An arrow back (pong -> ping) is drawn inside the picture, as is a listener on its own;
+    300 hops arrive faster than they are drawn: every one counted, the newest 200 listed."""
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    listeners = [
+        Listener("ping", Ball, ping, peers=("pong",)),
+        Listener("pong", Ball, pong, peers=("ping",)),
+        Listener("solo", Ball, pong),
+    ]
+    control = {"listen": "127.0.0.1:0", "token_env": TOKEN_ENV}
+    async with Organism(listeners, name="rally", control=control) as org:
+
+        def drawn(driver: WebDriver) -> None:
+            driver.get(f"{org.control_url}/#token={TOKEN}")
+            wait = waiting(driver)
+            wait.until(
+                lambda d: d.find_element(By.ID, "connection").get_attribute("data-state") == "live"
+            )
+            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#graph .edge")) == 2)
+            box = driver.execute_script(
+                "const svg = document.querySelector('#graph svg');"
+                "const v = svg.viewBox.baseVal;"
+                "const shapes = [...svg.querySelectorAll('path, rect')].map((e) => e.getBBox());"
+                "const corners = shapes.map((b) => [b.x, b.y, b.x + b.width, b.y + b.height]);"
+                "return [v.width, v.height, corners];"
+            )
+            width, height, boxes = box
+            for x1, y1, x2, y2 in boxes:  # every shape inside the picture, none NaN
+                assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height, (box, x1, y1, x2, y2)
+            assert len(driver.find_elements(By.CSS_SELECTOR, "#graph .node")) == 3
+
+        await anyio.to_thread.run_sync(drawn, browser)
+        async with anyio.create_task_group() as tasks:
+            for n in range(150):
+                tasks.start_soon(partial(org.request, "ping", Ball(n=n), timeout=WAIT_SECONDS))
+
+        def counted(driver: WebDriver) -> None:
+            wait = waiting(driver)
+            wait.until(lambda d: d.find_element(By.ID, "hops-summary").text.startswith("300 since"))
+            assert len(driver.find_elements(By.CSS_SELECTOR, "#hops tbody tr")) == 200
+            label = '#graph .edge[data-key="ping → pong"] .label text'
+            wait.until(lambda d: d.find_element(By.CSS_SELECTOR, label).text == "150")
+
+        await anyio.to_thread.run_sync(counted, browser)

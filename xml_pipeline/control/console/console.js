@@ -12,6 +12,7 @@
   const TOKEN_KEY = "xml-pipeline-console-token";
   const POLL_MS = 1500; // runs (their progress and output) and counters between stream events
   const MAX_HOPS = 200; // hop log rows kept
+  const FLUSH_MS = 100; // the hop log and the graph's counts are drawn at most this often
   const MAX_RUN_ROWS = 100; // runs shown: every active one first, then the latest finished
   const MAX_RETRY_MS = 10000;
   const ACTIVE = new Set(["queued", "running", "waiting"]);
@@ -419,39 +420,64 @@
     return hop.caller ?? hop.sender ?? "";
   }
 
+  // Hops are counted as they come and drawn at most every FLUSH_MS, the newest MAX_HOPS of
+  // them: an organism making thousands of hops a second costs the page a few DOM updates.
+  const pending = [];
+  const touched = { edges: new Set(), nodes: new Set() };
+  let flushTimer = 0;
+
   function onHop(hop) {
     state.hops += 1;
     const from = caller(hop);
+    const to = hop.listener ?? "";
+    state.nodeCounts.set(to, (state.nodeCounts.get(to) || 0) + 1);
+    const key = edgeKey(from, to);
+    if (state.edgeCounts.has(key)) {
+      state.edgeCounts.set(key, state.edgeCounts.get(key) + 1);
+      touched.edges.add(key);
+    }
+    touched.nodes.add(to);
+    pending.push(hop);
+    if (pending.length > MAX_HOPS) pending.shift();
+    if (!flushTimer) flushTimer = setTimeout(flushHops, FLUSH_MS);
+  }
+
+  function hopRow(hop) {
+    const from = caller(hop);
     const failed = !OK_OUTCOMES.has(hop.outcome ?? "");
-    const row = el(
+    const conversation = hop.conversation ?? "";
+    return el(
       "tr",
-      { data: { listener: hop.listener ?? "", conversation: hop.conversation ?? "" } },
+      { data: { listener: hop.listener ?? "", conversation } },
       el("td", { class: "mono muted" }, clock(hop.at)),
       el("td", { class: from.startsWith("_") ? "muted" : "" }, from || "outside"),
       el("td", { class: "arrow" }, "→"),
       el("td", {}, hop.listener ?? ""),
-      el("td", { class: "mono clip conversation", title: hop.conversation ?? "" }, hop.conversation ?? ""),
+      el("td", { class: "mono clip conversation", title: conversation }, conversation),
       el("td", { class: failed ? "outcome-bad" : "outcome-ok" }, failed ? hop.outcome : "ok"),
       el("td", { class: "num" }, duration(hop.duration_seconds)),
     );
+  }
+
+  function flushHops() {
+    flushTimer = 0;
     const body = $("hops").tBodies[0];
-    body.prepend(row);
+    const fragment = document.createDocumentFragment();
+    for (let i = pending.length - 1; i >= 0; i--) fragment.append(hopRow(pending[i]));
+    pending.length = 0;
+    body.prepend(fragment);
     while (body.rows.length > MAX_HOPS) body.deleteRow(body.rows.length - 1);
-    $("hops-empty").hidden = true;
+    $("hops-empty").hidden = body.rows.length > 0;
     $("hops-summary").textContent = `${state.hops} since this page opened, newest first`;
-    countHop(from, hop.listener ?? "");
+    for (const key of touched.edges) updateGraphCounts(key, null);
+    for (const name of touched.nodes) updateGraphCounts(null, name);
+    touched.edges.clear();
+    touched.nodes.clear();
   }
 
   // ---- the graph -----------------------------------------------------------------------
 
   const edgeKey = (from, to) => `${from} → ${to}`; // names hold no whitespace
-
-  function countHop(from, to) {
-    state.nodeCounts.set(to, (state.nodeCounts.get(to) || 0) + 1);
-    const key = edgeKey(from, to);
-    if (state.edgeCounts.has(key)) state.edgeCounts.set(key, state.edgeCounts.get(key) + 1);
-    updateGraphCounts(key, to);
-  }
 
   function updateGraphCounts(key, to) {
     const edge = key && document.querySelector(`#graph .edge[data-key="${CSS.escape(key)}"]`);
@@ -533,7 +559,7 @@
       if (i > 0) {
         const weight = (n) => {
           const callers = incoming.get(n).filter((c) => position.has(c) && layer.get(c) < i);
-          if (!callers.length) return Infinity;
+          if (!callers.length) return Number.MAX_SAFE_INTEGER; // after those with callers
           return callers.reduce((sum, c) => sum + position.get(c), 0) / callers.length;
         };
         column.sort((a, b) => weight(a) - weight(b));
@@ -562,8 +588,10 @@
     const GAP_Y = 26;
     const PAD = 16;
     const tallest = Math.max(...layers.map((c) => c.length));
-    const height = PAD * 2 + tallest * H + (tallest - 1) * GAP_Y + 22;
-    const width = PAD * 2 + layers.length * W + (layers.length - 1) * GAP_X;
+    const SIDE = 44; // how far an arrow within one column bulges to the right
+    const sideways = edges.some(({ from, to }) => layer.get(to) === layer.get(from));
+    const height = PAD * 2 + tallest * H + (tallest - 1) * GAP_Y + 22; // 22: the backend's line
+    const width = PAD * 2 + layers.length * W + (layers.length - 1) * GAP_X + (sideways ? SIDE : 0);
     const at = new Map();
     layers.forEach((column, i) => {
       const columnHeight = column.length * H + (column.length - 1) * GAP_Y;
@@ -599,11 +627,7 @@
       const b = at.get(to);
       let d;
       let label;
-      if (from === to) {
-        const x = a.x + W - 18;
-        d = `M${x},${a.y} C${x - 10},${a.y - 34} ${x + 34},${a.y - 34} ${a.x + W},${a.y + 14}`;
-        label = { x: x + 10, y: a.y - 26 };
-      } else if (layer.get(to) > layer.get(from)) {
+      if (layer.get(to) > layer.get(from)) {
         const x1 = a.x + W;
         const y1 = a.y + H / 2;
         const x2 = b.x;
@@ -611,15 +635,24 @@
         const bend = (x2 - x1) / 2;
         d = `M${x1},${y1} C${x1 + bend},${y1} ${x2 - bend},${y2} ${x2},${y2}`;
         label = { x: (x1 + x2) / 2, y: (y1 + y2) / 2 };
+      } else if (layer.get(to) < layer.get(from)) {
+        // back: from the caller's left side to the callee's right side, below the arrows forward
+        // (so the two arrows of a pair calling each other run side by side)
+        const x1 = a.x;
+        const y1 = a.y + H * 0.8;
+        const x2 = b.x + W;
+        const y2 = b.y + H * 0.8;
+        const bend = (x1 - x2) / 2;
+        d = `M${x1},${y1} C${x1 - bend},${y1} ${x2 + bend},${y2} ${x2},${y2}`;
+        label = { x: (x1 + x2) / 2, y: (y1 + y2) / 2 };
       } else {
-        // back or sideways: under the nodes, from bottom to bottom
-        const x1 = a.x + W / 2 + 10;
-        const y1 = a.y + H;
-        const x2 = b.x + W / 2 - 10;
-        const y2 = b.y + H;
-        const dip = Math.max(y1, y2) + 30;
-        d = `M${x1},${y1} C${x1},${dip} ${x2},${dip} ${x2},${y2}`;
-        label = { x: (x1 + x2) / 2, y: dip - 7 };
+        // within one column: out to the right and back
+        const x1 = a.x + W;
+        const y1 = a.y + H / 2;
+        const y2 = b.y + H / 2;
+        const out = x1 + SIDE;
+        d = `M${x1},${y1} C${out},${y1} ${out},${y2} ${x1},${y2}`;
+        label = { x: x1 + SIDE * 0.75, y: (y1 + y2) / 2 };
       }
       const key = edgeKey(from, to);
       const count = state.edgeCounts.get(key) || 0;
