@@ -38,8 +38,16 @@ loop, short bursts of the same load taking turns; the median of the per-pair CPU
 same for the control plane on and nobody watching. Events the client lost are printed (none
 expected: a client that falls a whole queue behind is dropped, which would void the row).
 
+``--registry`` adds paired rows for the run registry (issue 13): one organism with it on (the
+default: finished runs kept, a heartbeat every second) and one with it off (``runs:
+{keep_finished: 0, heartbeat_seconds: 0}``) in the same event loop, short bursts of the same
+load taking turns, the median of the per-pair CPU ratios; once on the memory backend and once
+on Redis (a private ``redis-server`` on a free port), where the heartbeat writes to Redis.
+A heartbeat's own cost (snapshot built, JSON, one backend call) is printed under the table.
+
     python benchmarks/bench_pump.py [--runs 5] [--loop uvloop|asyncio]
-        [--conversations 40000] [--inflight 1000,30000] [--metrics] [--control]
+        [--conversations 40000] [--inflight 1000,30000] [--metrics] [--recovery] [--registry]
+        [--control]
 """
 
 from __future__ import annotations
@@ -48,9 +56,11 @@ import argparse
 import asyncio
 import gc
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from _results import write_results
@@ -191,6 +201,9 @@ def _event_stats(org: Organism) -> dict[str, int]:
     return plane.hub.stats()
 
 
+REGISTRY_ROW = "registry on/off, {:,} in flight, {}, paired"
+
+
 def rows(options: argparse.Namespace) -> dict[str, Row]:
     def pump(inflight: int, history: bool = True, style: str = "return", **observe: Any) -> Row:
         async def measure() -> dict[str, float]:
@@ -306,6 +319,51 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
             "clients_disconnected": events["disconnected"],
         }
 
+    async def registry(inflight: int, backend: str, pairs: int = 6) -> dict[str, float]:
+        """Registry on vs off, paired bursts in one loop (see the module docstring)."""
+        conversations = max(options.conversations // 4, 2 * inflight)
+        off = {"keep_finished": 0, "heartbeat_seconds": 0}
+        extra: dict[str, Any] = {}
+        server = None
+        if backend == "redis":
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.redis_server
+            from tests.redis_server import RedisServer
+
+            server = RedisServer()
+            server.start()
+            extra["backend"] = {"type": "redis", "redis_url": server.url}
+        orgs = {
+            "on": organism(ingress_limit=inflight, name="on", **extra),
+            "off": organism(ingress_limit=inflight, name="off", runs=off, **extra),
+        }
+        cpu: dict[str, list[float]] = {"on": [], "off": []}
+        try:
+            async with orgs["on"], orgs["off"]:
+                for org in orgs.values():
+                    await load(org, 2000, 100)  # warm up
+                for turn in range(pairs):
+                    for mode in ("on", "off") if turn % 2 == 0 else ("off", "on"):
+                        m = await load(orgs[mode], conversations, inflight)
+                        cpu[mode].append(m.cpu_us_per_hop)
+                beat = orgs["on"]._heartbeat
+                assert beat is not None and beat.beats > 0
+                rounds = 50
+                started = time.process_time()
+                for _ in range(rounds):
+                    await beat.beat()
+                beat_us = (time.process_time() - started) / rounds * 1e6
+        finally:
+            if server is not None:
+                server.stop()
+        return {
+            "on_vs_off": statistics.median(
+                n / f for f, n in zip(cpu["off"], cpu["on"], strict=True)
+            ),
+            "on_cpu_us_per_hop": statistics.median(cpu["on"]),
+            "off_cpu_us_per_hop": statistics.median(cpu["off"]),
+            "heartbeat_cpu_us": beat_us,
+        }
+
     first = options.inflight[0]
     table: dict[str, Row] = {"floor: asyncio.Queue ping-pong": floor}
     table[f"pump, {first:,} in flight"] = pump(first)
@@ -331,6 +389,9 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
     if options.control:
         table[CONTROL_ROW.format(first)] = lambda: control_paired(first, watched=False)
         table[WATCHED_ROW.format(first)] = lambda: control_paired(first, watched=True)
+    if options.registry:
+        table[REGISTRY_ROW.format(first, "memory")] = lambda: registry(first, "memory")
+        table[REGISTRY_ROW.format(first, "redis")] = lambda: registry(first, "redis")
     table["round trip, 1 in flight"] = round_trip()
     table["round trip, 1 in flight, meta.call"] = round_trip("call")
     return table
@@ -359,6 +420,11 @@ def main() -> None:
         "--recovery",
         action="store_true",
         help="add a row with a retry policy and a circuit breaker on both listeners",
+    )
+    parser.add_argument(
+        "--registry",
+        action="store_true",
+        help="add paired rows: the run registry on against off, memory and Redis",
     )
     options = parser.parse_args()
     factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
@@ -401,7 +467,7 @@ def main() -> None:
         if "p50_us" in m:
             print(f"{name:42} p50 {m['p50_us']:.1f} us, p99 {m['p99_us']:.1f} us")
             continue
-        if "on_vs_off" in m:
+        if "events_dropped" in m:  # a control plane row
             per_hop = f"{m['off_cpu_us_per_hop']:.2f} -> {m['on_cpu_us_per_hop']:.2f} us"
             lost = f", {m['events_dropped']:.0f} events dropped" if "SSE" in name else ""
             print(f"{name:42} {m['on_vs_off']:.2f}x CPU per hop ({per_hop}{lost})")
@@ -409,6 +475,11 @@ def main() -> None:
         if "call_vs_return" in m:
             per_hop = f"{m['return_cpu_us_per_hop']:.2f} -> {m['call_cpu_us_per_hop']:.2f} us"
             print(f"{name:42} {m['call_vs_return']:.2f}x CPU per hop ({per_hop})")
+            continue
+        if "on_vs_off" in m:
+            per_hop = f"{m['off_cpu_us_per_hop']:.2f} -> {m['on_cpu_us_per_hop']:.2f} us"
+            beat = f"one heartbeat {m['heartbeat_cpu_us']:.0f} us CPU"
+            print(f"{name:42} {m['on_vs_off']:.3f}x CPU per hop ({per_hop}; {beat})")
             continue
         ratio = f"{m['ratio_to_floor']:>7.3f}" if "ratio_to_floor" in m else f"{'':>7}"
         vs = f"{m['cpu_vs_first_row']:>10.2f}" if "cpu_vs_first_row" in m else f"{'':>10}"

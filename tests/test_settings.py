@@ -26,6 +26,7 @@ from xml_pipeline._settings import (
     ListenerSettings,
     OrganismSettings,
     ProcessPoolConfig,
+    RunsConfig,
     default_of,
     defaults,
     settings_fields,
@@ -44,6 +45,7 @@ SECTIONS: dict[str, type] = {
     "backend": BackendConfig,
     "process_pool": ProcessPoolConfig,
     "dead_letters": DeadLetterConfig,
+    "runs": RunsConfig,
 }
 SETTINGS = [(section, f) for section, cls in SECTIONS.items() for f in settings_fields(cls)]
 
@@ -106,6 +108,7 @@ def test_a_key_left_out_of_organism_yaml_takes_the_settings_default(
         "backend": config.backend,
         "process_pool": config.process_pool,
         "dead_letters": config.dead_letters,
+        "runs": config.runs,
     }[section]
     assert same(getattr(holder, f.name), default_of(f))
 
@@ -204,6 +207,7 @@ def test_the_readme_reference_lists_the_sections_keys_in_their_order() -> None:
     assert list(document["backend"]) == [f.name for f in settings_fields(BackendConfig)]
     assert list(document["process_pool"]) == [f.name for f in settings_fields(ProcessPoolConfig)]
     assert list(document["dead_letters"]) == [f.name for f in settings_fields(DeadLetterConfig)]
+    assert list(document["runs"]) == [f.name for f in settings_fields(RunsConfig)]
 
 
 def test_the_readme_listener_signature_gives_the_settings_defaults() -> None:
@@ -285,6 +289,8 @@ def code_problem(section: str, key: str, value: object) -> str:
             BackendConfig(**{key: value})
         elif section == "dead_letters":
             DeadLetterConfig(**{key: value})
+        elif section == "runs":
+            RunsConfig(**{key: value})
         else:
             ProcessPoolConfig(**{key: value})
     return str(info.value).removeprefix("[usage] ")

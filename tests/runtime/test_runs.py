@@ -175,3 +175,48 @@ async def test_a_run_round_trips_through_its_json_dict() -> None:
         assert set(data) >= {"run_id", "status", "outcome", "finished_at", "worker_pid", "process"}
         assert Run.from_dict(data) == run
         assert (await org.all_runs()) == [run]  # memory backend: this process only
+
+
+async def test_organisms_sharing_one_memory_backend_see_and_cancel_each_others_runs() -> None:
+    from xml_pipeline.backends import MemoryBackend
+
+    shared = MemoryBackend()
+    fast = {"heartbeat_seconds": 0.05, "lost_after_seconds": 1.0}
+    hidden = {"heartbeat_seconds": 0}
+    quick_stop = {"backend": shared, "drain_timeout_seconds": 0.2}
+    one = Organism(list(organism().listeners), runs=fast, **quick_stop)  # type: ignore[arg-type]
+    two = Organism([Listener("long", Work, long)], runs=fast, **quick_stop)  # type: ignore[arg-type]
+    three = Organism([Listener("long", Work, long)], runs=hidden, **quick_stop)  # type: ignore[arg-type]
+    async with one, two, three, anyio.create_task_group() as tg:
+        failures: list[DeliveryError] = []
+
+        async def ask() -> None:
+            with pytest.raises(DeliveryError) as failed:
+                await two.request("long", Work(), timeout=10)
+            failures.append(failed.value)
+
+        tg.start_soon(ask)
+        tg.start_soon(three.send, "long", Work())
+        await until(lambda: two.runs(status="running") and three.runs(status="running"))
+        [theirs] = two.runs(status="running")
+        with anyio.fail_after(5):
+            while theirs.run_id not in {r.run_id for r in await one.all_runs()}:
+                await anyio.sleep(0.01)
+        assert three.process not in {r.process for r in await one.all_runs()}  # heartbeat off
+        await one.cancel_run(theirs.run_id)  # taken by two at its next heartbeat
+        await until(lambda: failures)
+        assert failures[0].reason == "cancelled"
+        with anyio.fail_after(5):
+            while (await one.all_runs(status="cancelled")) == []:
+                await anyio.sleep(0.01)
+        tg.start_soon(two.send, "long", Work())
+        await until(lambda: two.runs(status="running"))
+        conversation = two.runs(status="running")[0].conversation
+        with anyio.fail_after(5):  # seen by the others from two's next heartbeat on
+            while conversation not in {r.conversation for r in await one.all_runs()}:
+                await anyio.sleep(0.01)
+        await one.cancel_conversation(conversation)
+        await until(lambda: not two.runs(status="running"))
+        with pytest.raises(UnknownIdError):  # three is invisible: nobody can reach it
+            await one.cancel_conversation(three.runs(status="running")[0].conversation)
+        tg.cancel_scope.cancel()
