@@ -31,8 +31,23 @@ in-memory reader, and ``tracing: {otel: true}`` writing spans to an in-memory ex
 vs 1st" is then their CPU per hop against metrics off (the first pump row); the collector's
 flush tasks run in the same process, so their CPU is in the figure.
 
+``--control`` adds a paired row at the first ``--inflight``: an organism with its control plane
+on and one event-stream client connected (``curl -N`` reading ``/api/events`` in a process of
+its own, so only the server's side is in the figure) against one without, in the same event
+loop, short bursts of the same load taking turns; the median of the per-pair CPU ratios. The
+same for the control plane on and nobody watching. Events the client lost are printed (none
+expected: a client that falls a whole queue behind is dropped, which would void the row).
+
+``--registry`` adds paired rows for the run registry (issue 13): one organism with it on (the
+default: finished runs kept, a heartbeat every second) and one with it off (``runs:
+{keep_finished: 0, heartbeat_seconds: 0}``) in the same event loop, short bursts of the same
+load taking turns, the median of the per-pair CPU ratios; once on the memory backend and once
+on Redis (a private ``redis-server`` on a free port), where the heartbeat writes to Redis.
+A heartbeat's own cost (snapshot built, JSON, one backend call) is printed under the table.
+
     python benchmarks/bench_pump.py [--runs 5] [--loop uvloop|asyncio]
-        [--conversations 40000] [--inflight 1000,30000] [--metrics]
+        [--conversations 40000] [--inflight 1000,30000] [--metrics] [--recovery] [--registry]
+        [--control]
 """
 
 from __future__ import annotations
@@ -41,9 +56,11 @@ import argparse
 import asyncio
 import gc
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from _results import write_results
@@ -165,6 +182,26 @@ async def queue_floor(n: int) -> Measure:
 Row = Callable[[], Awaitable[dict[str, float]]]
 CALL_ROW = "pump, {:,} in flight, meta.call"
 PAIRED_ROW = "meta.call/return, {:,} in flight, paired"
+CONTROL_ROW = "control plane on/off, {:,}, paired"
+WATCHED_ROW = "control + 1 SSE client/off, {:,}, paired"
+
+
+async def _until_clients(org: Organism, count: int) -> None:
+    """Wait until ``count`` event-stream clients are connected to ``org``'s control plane."""
+    for _ in range(2000):
+        if _event_stats(org)["clients"] >= count:
+            return
+        await asyncio.sleep(0.005)
+    raise RuntimeError("the event-stream client did not connect (is curl installed?)")
+
+
+def _event_stats(org: Organism) -> dict[str, int]:
+    plane = org._control  # the benchmark reads the hub's counters directly
+    assert plane is not None
+    return plane.hub.stats()
+
+
+REGISTRY_ROW = "registry on/off, {:,} in flight, {}, paired"
 
 
 def rows(options: argparse.Namespace) -> dict[str, Row]:
@@ -241,6 +278,92 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
             "call_cpu_us_per_hop": statistics.median(cpu["call"]),
         }
 
+    async def control_paired(inflight: int, watched: bool, pairs: int = 4) -> dict[str, float]:
+        import os
+        import subprocess
+
+        conversations = max(options.conversations // 4, 2 * inflight)
+        os.environ["XP_BENCH_TOKEN"] = "bench"
+        control = {"listen": "127.0.0.1:0", "token_env": "XP_BENCH_TOKEN"}
+        orgs = {
+            "off": organism(ingress_limit=inflight),
+            "on": organism(ingress_limit=inflight, control=control),
+        }
+        cpu: dict[str, list[float]] = {"off": [], "on": []}
+        async with orgs["off"], orgs["on"]:
+            client = None
+            if watched:
+                client = subprocess.Popen(
+                    ["curl", "-sN", "-H", "Authorization: Bearer bench",
+                     f"{orgs['on'].control_url}/api/events"],
+                    stdout=subprocess.DEVNULL,
+                )  # fmt: skip
+                await _until_clients(orgs["on"], 1)
+            for org in orgs.values():
+                await load(org, 2000, 100)  # warm up
+            for turn in range(pairs):
+                for name in ("off", "on") if turn % 2 == 0 else ("on", "off"):
+                    m = await load(orgs[name], conversations, inflight)
+                    cpu[name].append(m.cpu_us_per_hop)
+            events = _event_stats(orgs["on"])
+            if client is not None:
+                client.terminate()
+                client.wait()
+        return {
+            "on_vs_off": statistics.median(
+                on / off for off, on in zip(cpu["off"], cpu["on"], strict=True)
+            ),
+            "off_cpu_us_per_hop": statistics.median(cpu["off"]),
+            "on_cpu_us_per_hop": statistics.median(cpu["on"]),
+            "events_dropped": events["dropped"],
+            "clients_disconnected": events["disconnected"],
+        }
+
+    async def registry(inflight: int, backend: str, pairs: int = 6) -> dict[str, float]:
+        """Registry on vs off, paired bursts in one loop (see the module docstring)."""
+        conversations = max(options.conversations // 4, 2 * inflight)
+        off = {"keep_finished": 0, "heartbeat_seconds": 0}
+        extra: dict[str, Any] = {}
+        server = None
+        if backend == "redis":
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.redis_server
+            from tests.redis_server import RedisServer
+
+            server = RedisServer()
+            server.start()
+            extra["backend"] = {"type": "redis", "redis_url": server.url}
+        orgs = {
+            "on": organism(ingress_limit=inflight, name="on", **extra),
+            "off": organism(ingress_limit=inflight, name="off", runs=off, **extra),
+        }
+        cpu: dict[str, list[float]] = {"on": [], "off": []}
+        try:
+            async with orgs["on"], orgs["off"]:
+                for org in orgs.values():
+                    await load(org, 2000, 100)  # warm up
+                for turn in range(pairs):
+                    for mode in ("on", "off") if turn % 2 == 0 else ("off", "on"):
+                        m = await load(orgs[mode], conversations, inflight)
+                        cpu[mode].append(m.cpu_us_per_hop)
+                beat = orgs["on"]._heartbeat
+                assert beat is not None and beat.beats > 0
+                rounds = 50
+                started = time.process_time()
+                for _ in range(rounds):
+                    await beat.beat()
+                beat_us = (time.process_time() - started) / rounds * 1e6
+        finally:
+            if server is not None:
+                server.stop()
+        return {
+            "on_vs_off": statistics.median(
+                n / f for f, n in zip(cpu["off"], cpu["on"], strict=True)
+            ),
+            "on_cpu_us_per_hop": statistics.median(cpu["on"]),
+            "off_cpu_us_per_hop": statistics.median(cpu["off"]),
+            "heartbeat_cpu_us": beat_us,
+        }
+
     first = options.inflight[0]
     table: dict[str, Row] = {"floor: asyncio.Queue ping-pong": floor}
     table[f"pump, {first:,} in flight"] = pump(first)
@@ -263,6 +386,12 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
         )
         table[f"pump, {first:,}, metrics: otel (in memory)"] = pump(first, otel=True)
         table[f"pump, {first:,}, tracing: otel spans (in memory)"] = pump(first, spans=True)
+    if options.control:
+        table[CONTROL_ROW.format(first)] = lambda: control_paired(first, watched=False)
+        table[WATCHED_ROW.format(first)] = lambda: control_paired(first, watched=True)
+    if options.registry:
+        table[REGISTRY_ROW.format(first, "memory")] = lambda: registry(first, "memory")
+        table[REGISTRY_ROW.format(first, "redis")] = lambda: registry(first, "redis")
     table["round trip, 1 in flight"] = round_trip()
     table["round trip, 1 in flight, meta.call"] = round_trip("call")
     return table
@@ -283,9 +412,19 @@ def main() -> None:
         "--metrics", action="store_true", help="add rows with the metrics collector on"
     )
     parser.add_argument(
+        "--control",
+        action="store_true",
+        help="add paired rows with the control plane on (nobody watching, one SSE client)",
+    )
+    parser.add_argument(
         "--recovery",
         action="store_true",
         help="add a row with a retry policy and a circuit breaker on both listeners",
+    )
+    parser.add_argument(
+        "--registry",
+        action="store_true",
+        help="add paired rows: the run registry on against off, memory and Redis",
     )
     options = parser.parse_args()
     factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
@@ -328,9 +467,19 @@ def main() -> None:
         if "p50_us" in m:
             print(f"{name:42} p50 {m['p50_us']:.1f} us, p99 {m['p99_us']:.1f} us")
             continue
+        if "events_dropped" in m:  # a control plane row
+            per_hop = f"{m['off_cpu_us_per_hop']:.2f} -> {m['on_cpu_us_per_hop']:.2f} us"
+            lost = f", {m['events_dropped']:.0f} events dropped" if "SSE" in name else ""
+            print(f"{name:42} {m['on_vs_off']:.2f}x CPU per hop ({per_hop}{lost})")
+            continue
         if "call_vs_return" in m:
             per_hop = f"{m['return_cpu_us_per_hop']:.2f} -> {m['call_cpu_us_per_hop']:.2f} us"
             print(f"{name:42} {m['call_vs_return']:.2f}x CPU per hop ({per_hop})")
+            continue
+        if "on_vs_off" in m:
+            per_hop = f"{m['off_cpu_us_per_hop']:.2f} -> {m['on_cpu_us_per_hop']:.2f} us"
+            beat = f"one heartbeat {m['heartbeat_cpu_us']:.0f} us CPU"
+            print(f"{name:42} {m['on_vs_off']:.3f}x CPU per hop ({per_hop}; {beat})")
             continue
         ratio = f"{m['ratio_to_floor']:>7.3f}" if "ratio_to_floor" in m else f"{'':>7}"
         vs = f"{m['cpu_vs_first_row']:>10.2f}" if "cpu_vs_first_row" in m else f"{'':>10}"

@@ -21,6 +21,7 @@ from xml_pipeline._errors import (
     RetryLater,
     SchemaViolation,
     SinkError,
+    UnknownIdError,
     UsageError,
     XmlInputError,
     XmlPipelineError,
@@ -38,6 +39,7 @@ SAMPLES: dict[type[XmlPipelineError], XmlPipelineError] = {
     SinkError: SinkError("port in use", sink="prometheus"),
     NotFoundError: NotFoundError("no trace of conversation c1"),
     UsageError: UsageError("wrong"),
+    UnknownIdError: UnknownIdError("no run r9", kind="run", id="r9"),
     RetryLater: RetryLater("rate limited", after_seconds=1.5),
     PermanentError: PermanentError("the record is gone"),
 }

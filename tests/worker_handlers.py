@@ -167,3 +167,20 @@ def fails_first_attempt(msg: Job, meta: HandlerMetadata) -> HandlerResponse:
     if meta.attempt == 1:
         raise ConnectionError("the peer hung up")
     return HandlerResponse.respond(Result(pid=os.getpid(), value=meta.attempt))
+
+
+def chatty(msg: Job, meta: HandlerMetadata) -> HandlerResponse:
+    """Prints ``msg.n`` lines to stdout and one to stderr, reports progress, then waits for
+    ``msg.marker`` to exist (a file the test creates), or answers at once without a marker."""
+    import sys
+
+    for i in range(msg.n):
+        print(f"out {i}")
+    print("err line", file=sys.stderr)
+    meta.log("logged line")
+    meta.progress("halfway")
+    deadline = time.monotonic() + 30
+    while msg.marker and not Path(msg.marker).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("done", end="")  # no newline: still a line of output
+    return HandlerResponse.respond(Result(pid=os.getpid(), value=msg.n))

@@ -21,6 +21,7 @@ from xml_pipeline._errors import (
     RetryLater,
     SchemaViolation,
     SinkError,
+    UnknownIdError,
     UsageError,
     XmlInputError,
     XmlPipelineError,
@@ -41,7 +42,7 @@ from xml_pipeline._runtime.outcomes import PumpStats
 from xml_pipeline._runtime.pool import PoolStats, ProcessPool
 from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry
-from xml_pipeline._runtime.runs import Run
+from xml_pipeline._runtime.runs import Run, Worker
 from xml_pipeline._settings import (
     BackendConfig,
     BackoffSettings,
@@ -49,6 +50,7 @@ from xml_pipeline._settings import (
     DeadLetterConfig,
     ProcessPoolConfig,
     RetrySettings,
+    RunsConfig,
 )
 from xml_pipeline._wire.dicts import from_dict, to_dict
 from xml_pipeline._wire.envelope import ENVELOPE_NS, Envelope
@@ -126,6 +128,7 @@ __all__ = [
     "RetryLater",
     "RetrySettings",
     "Run",
+    "RunsConfig",
     "SchemaViolation",
     "SinkError",
     "SinkStats",
@@ -133,7 +136,9 @@ __all__ = [
     "Trace",
     "TraceHop",
     "TracingConfig",
+    "UnknownIdError",
     "UsageError",
+    "Worker",
     "XmlInputError",
     "XmlPipelineError",
     "check_payload",

@@ -32,6 +32,7 @@ from xml_pipeline._settings import (  # noqa: F401 - Retry/CircuitSettings name 
     ProcessPoolConfig,
     RetrySettings,
     Rule,
+    RunsConfig,
     Spec,
     default_of,
     defaults,
@@ -58,6 +59,7 @@ __all__ = [
     "MetricsConfig",
     "OrganismConfig",
     "ProcessPoolConfig",
+    "RunsConfig",
     "TracingConfig",
     "load_config",
     "parse_config",
@@ -131,6 +133,7 @@ class OrganismConfig(OrganismSettings):
     backend: BackendConfig = field(default_factory=BackendConfig)
     process_pool: ProcessPoolConfig = field(default_factory=ProcessPoolConfig)
     dead_letters: DeadLetterConfig = field(default_factory=DeadLetterConfig)
+    runs: RunsConfig = field(default_factory=RunsConfig)
     metrics: MetricsConfig | None = None
     tracing: TracingConfig | None = None
     control: ControlConfig | None = None
@@ -242,6 +245,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "process_pool": ProcessPoolConfig,
     "dead_letters": DeadLetterConfig,
     "control": ControlConfig,
+    "runs": RunsConfig,
 }
 
 
@@ -415,6 +419,7 @@ class _Reader:
             if control_node is None
             else self.settings(self.optional_section(control_node, "control"), ControlConfig)
         )
+        runs = self.settings(self.optional_section(top.fields.get("runs"), "runs"), RunsConfig)
         metrics = self.metrics(top.fields.get("metrics"), file.parent)
         tracing = self.tracing(top.fields.get("tracing"))
         if self.problems:
@@ -426,6 +431,7 @@ class _Reader:
             process_pool=ProcessPoolConfig(**process_pool),
             dead_letters=DeadLetterConfig(**dead_letters),
             control=None if control is None else ControlConfig(**control),
+            runs=RunsConfig(**runs),
             metrics=metrics,
             tracing=tracing,
             **org,

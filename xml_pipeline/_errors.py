@@ -35,6 +35,8 @@ codes each class may carry (``Class.reasons``)::
     ├── PermanentError                 raised by a handler: this failure must not be retried
     │                                    handler_error
     └── UsageError(ValueError)         the library was called the wrong way
+        │                                usage
+        └── UnknownIdError             no run, conversation or worker has that id
                                          usage
 
 Every class pickles and unpickles with its attributes (`XmlPipelineError.__reduce__`), so an
@@ -64,6 +66,7 @@ __all__ = [
     "RetryLater",
     "SchemaViolation",
     "SinkError",
+    "UnknownIdError",
     "UsageError",
     "XmlInputError",
     "XmlPipelineError",
@@ -356,6 +359,21 @@ class UsageError(XmlPipelineError, ValueError):
 
     reason = Reason.USAGE
     reasons = frozenset({Reason.USAGE})
+
+
+class UnknownIdError(UsageError):
+    """No run, conversation or worker has the id given (``Organism.cancel_run``,
+    ``cancel_conversation``, ``kill_worker``): it never existed, or is no longer listed.
+
+    Attributes:
+        kind: ``"run"``, ``"conversation"`` or ``"worker"``.
+        id: the id asked for, as given (a worker's pid as text).
+    """
+
+    def __init__(self, message: str, *, kind: str, id: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.id = id
 
 
 # where code that is not the user's lives: this package, the standard library, installed packages

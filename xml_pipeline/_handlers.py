@@ -170,17 +170,16 @@ class HandlerMetadata:
         return result
 
     def progress(self, text: str) -> None:
-        """Say how far the run has got (``"fetched 3 of 10"``), shown by `Organism.runs`.
-
-        A ``cpu_bound`` handler's progress is not seen (its worker has no link to the pump).
-        """
+        """Say how far the run has got (``"fetched 3 of 10"``), shown by `Organism.runs`
+        (from a ``cpu_bound`` handler too: its worker sends it to the organism's process)."""
         hop = self._hop
         if hop is not None:
             hop.progress = str(text)
 
     def log(self, line: str) -> None:
         """Write a line of live output to this run, shown by `Organism.runs` (the last 100
-        lines are kept, older ones counted). Not seen from ``cpu_bound`` handlers."""
+        lines are kept, older ones counted). A ``cpu_bound`` handler's lines, and what it
+        prints to stdout or stderr, are sent from its worker as it runs."""
         hop = self._hop
         if hop is not None:
             output = hop.output

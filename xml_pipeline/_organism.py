@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 from xml_pipeline._config import OrganismConfig, load_config, parse_section
 from xml_pipeline._dead_letters import DeadLetters
-from xml_pipeline._errors import ConfigError, NotFoundError, UsageError
+from xml_pipeline._errors import ConfigError, NotFoundError, UnknownIdError, UsageError
 from xml_pipeline._handlers import Listener, check_expected
 from xml_pipeline._loader import handler_signature_problem, load_organism, worker_import_problem
+from xml_pipeline._runtime.heartbeat import Heartbeat, new_process_id
 from xml_pipeline._runtime.hooks import Hooks
 from xml_pipeline._runtime.invoker import PoolInvoker
 from xml_pipeline._runtime.outbox import Outcome
@@ -31,7 +32,7 @@ from xml_pipeline._runtime.pool import ProcessPool
 from xml_pipeline._runtime.pump import PumpStats, StreamPump
 from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry
-from xml_pipeline._runtime.runs import Run
+from xml_pipeline._runtime.runs import Run, Worker
 from xml_pipeline._runtime.tracing import HopLog, hop_log_enabled
 from xml_pipeline._runtime.worker import extend_sys_path
 from xml_pipeline._settings import (
@@ -39,6 +40,7 @@ from xml_pipeline._settings import (
     DeadLetterConfig,
     OrganismSettings,
     ProcessPoolConfig,
+    RunsConfig,
     build,
     listener_set_problems,
     value_problem,
@@ -84,6 +86,7 @@ class Organism:
         backend: BackendConfig | Backend | None = None,
         process_pool: ProcessPoolConfig | None = None,
         dead_letters: DeadLetterConfig | None = None,
+        runs: RunsConfig | Mapping[str, Any] | None = None,
         max_message_bytes: int = _DEFAULT.max_message_bytes,
         ingress_limit: int = _DEFAULT.ingress_limit,
         ingress_wait_seconds: float = _DEFAULT.ingress_wait_seconds,
@@ -120,6 +123,8 @@ class Organism:
         )
         if dead_letters is not None and not isinstance(dead_letters, DeadLetterConfig):
             dead_letters = _section("dead_letters", dead_letters)
+        if runs is not None and not isinstance(runs, RunsConfig):
+            runs = _section("runs", runs)
         # the keyword arguments named after settings, checked by their specs
         given = {name: value for name, value in locals().items() if name in _SETTING_NAMES}
         settings = build(OrganismSettings, "Organism()", **given)
@@ -139,6 +144,8 @@ class Organism:
         self._backend: BackendConfig | Backend = spec  # what each run opens
         self._pool_config = process_pool or ProcessPoolConfig()
         self._dead_letter_config = dead_letters or DeadLetterConfig()
+        self._runs_config: RunsConfig = runs if isinstance(runs, RunsConfig) else RunsConfig()
+        self._heartbeat: Heartbeat | None = None
         self._limits = ParseLimits(max_bytes=settings.max_message_bytes)
         self._ingress = (settings.ingress_limit, settings.ingress_wait_seconds)
         self._drain_timeout = settings.drain_timeout_seconds
@@ -166,7 +173,7 @@ class Organism:
         """Load ``organism.yaml``, import its classes and handlers, and build the organism.
 
         ``overrides`` replace settings of the file's ``organism:`` section and its
-        ``backend``/``process_pool``/``dead_letters`` sections (e.g.
+        ``backend``/``process_pool``/``dead_letters``/``runs`` sections (e.g.
         ``backend=BackendConfig(type="redis")`` or ``backend={"type": "redis"}``).
 
         Raises:
@@ -196,6 +203,7 @@ class Organism:
             tracing=config.tracing,
             control=config.control,
             dead_letters=config.dead_letters,
+            runs=config.runs,
             **values_of(OrganismSettings, config),
         )
 
@@ -249,6 +257,8 @@ class Organism:
                 max_hops=self._max_hops,
                 outbox_size=self._settings.outbox_size,
                 dead_letters_max=self._dead_letter_config.max_entries,
+                keep_finished=self._runs_config.keep_finished,
+                process=new_process_id(),
             )
             pump.hooks = self.hooks
             if self._metrics_config is not None or self._tracing is not None:
@@ -258,6 +268,17 @@ class Organism:
                 self._collector = collector
             if hop_log_enabled():  # one DEBUG line per hop; no events are built otherwise
                 stack.callback(self.hooks.subscribe(HopLog()))
+            runs = self._runs_config
+            heartbeat = Heartbeat(
+                pump,
+                backend,
+                interval=runs.heartbeat_seconds,
+                lost_after=runs.lost_after_seconds,
+                forget_after=runs.forget_after_seconds,
+            )
+            await heartbeat.start()
+            stack.push_async_callback(heartbeat.aclose)  # after the pump drained
+            self._heartbeat = heartbeat
             if self._control_config is not None:
                 plane = self._start_control(self._control_config)
                 await plane.start()
@@ -285,6 +306,7 @@ class Organism:
         stack, pump = self._stack, self._pump
         self._stack = self._pump = None
         self._pool = None
+        self._heartbeat = None
         if stack is None or pump is None:
             return
         self._stopped = pump
@@ -545,35 +567,115 @@ class Organism:
         """
         return await self._running().inject(data)
 
+    @property
+    def process(self) -> str:
+        """The instance id of this organism process while it runs (six hex digits, new at
+        every start); its run ids end with it (``r12@3fa9c1``).
+
+        Raises:
+            UsageError: the organism is not running.
+        """
+        return self._running().process
+
     def runs(self, *, listener: str | None = None, status: str | None = None) -> list[Run]:
-        """The handler runs of the open conversations now, optionally of one listener or one
-        status (``queued``, ``running``, ``waiting`` in a ``meta.call``): what a task manager
-        shows, with progress and output lines (``meta.progress``, ``meta.log``). Built on
-        demand from the pump's own state: listing costs nothing per hop.
+        """The handler runs of this process: those of open conversations now, then the
+        finished ones kept (``runs.keep_finished``, newest first); optionally of one listener
+        or one status (``queued``, ``running``, ``waiting`` in a ``meta.call``,
+        ``completed``, ``failed``, ``cancelled``). What a task manager shows, with progress
+        and output lines (``meta.progress``, ``meta.log``, a ``cpu_bound`` handler's prints).
+        Built on demand from the pump's own state: a run costs one deque append when it ends.
 
         Raises:
             UsageError: the organism is not running.
         """
         return self._running().runs(listener, status)
 
-    def cancel_run(self, run_id: str) -> None:
-        """Cancel a running handler (a run of `runs`): its caller gets ``cancelled``, and the
-        conversation carries on as after any failure (a caller with ``handles_errors`` gets an
-        `ErrorReport`).
+    async def all_runs(
+        self, *, listener: str | None = None, status: str | None = None
+    ) -> list[Run]:
+        """The runs of every organism process sharing this backend (this one's first, read
+        live; the others' as their last heartbeat wrote them). The unfinished runs of a
+        process not heard from for ``runs.lost_after_seconds`` have status ``lost``. With the
+        memory backend: the runs of this process (and of organisms given the same
+        `MemoryBackend` object).
 
         Raises:
-            UsageError: the run finished already, no such run, or not running.
+            UsageError: the organism is not running.
+            BackendError: the backend is unreachable.
         """
-        self._running().cancel_run(run_id)
+        pump = self._running()
+        heartbeat = self._heartbeat
+        if heartbeat is None:
+            return pump.runs(listener, status)
+        return await heartbeat.all_runs(listener, status)
+
+    async def cancel_run(self, run_id: str) -> None:
+        """Cancel a running handler (a run of `runs` or `all_runs`): its caller gets
+        ``cancelled``, and the conversation carries on as after any failure (a caller with
+        ``handles_errors`` gets an `ErrorReport`). A run of another process is cancelled
+        through the backend: that process takes the command at its next heartbeat (within
+        ``runs.heartbeat_seconds``); this call returns once the command is queued.
+
+        Raises:
+            UnknownIdError: no run has that id (``.kind`` ``"run"``).
+            UsageError: the run finished already (or is lost), or the id is not a run id
+                (``r12`` or ``r12@3fa9c1``), or the organism is not running.
+            BackendError: the backend is unreachable (a run of another process).
+        """
+        pump = self._running()
+        process = run_id.partition("@")[2] if isinstance(run_id, str) else ""
+        if not process or process == pump.process or self._heartbeat is None:
+            pump.cancel_run(run_id)
+            return
+        await self._heartbeat.cancel_run(run_id, process)
 
     async def cancel_conversation(self, conversation: str) -> None:
         """End an open conversation with ``cancelled``: its handlers are cancelled, its
-        requester (or `outcomes`) gets the failure.
+        requester (or `outcomes`) gets the failure. A conversation open in another process
+        (found among its runs) is cancelled through the backend, as `cancel_run`.
 
         Raises:
-            UsageError: no open conversation has that id (ended, or never existed).
+            UnknownIdError: no open conversation has that id (ended, or never existed).
+            UsageError: the organism is not running.
+            BackendError: the backend is unreachable.
         """
-        await self._running().cancel_conversation(conversation)
+        pump = self._running()
+        if pump.has_conversation(conversation) or self._heartbeat is None:
+            await pump.cancel_conversation(conversation)
+            return
+        await self._heartbeat.cancel_conversation(conversation)
+
+    def workers(self) -> list[Worker]:
+        """The worker processes of the pool running ``cpu_bound`` listeners now: pid, busy
+        or idle, calls done, resident memory, the run each one runs (empty without a pool).
+
+        Raises:
+            UsageError: the organism is not running.
+        """
+        pump = self._running()
+        pool = self._pool
+        if pool is None:
+            return []
+        return pump.workers(pool)
+
+    async def kill_worker(self, pid: int) -> None:
+        """Kill a worker process of the pool with SIGKILL. The pool replaces it; the run it
+        was running fails as after any worker crash (``worker_crash`` once it crashed its
+        worker ``process_pool.max_crashes`` times running alone; it is run again before
+        that), and the other calls in flight are run again.
+
+        Raises:
+            UnknownIdError: no worker of this organism has that pid (``.kind`` ``"worker"``).
+            UsageError: the organism is not running.
+        """
+        self._running()
+        pool = self._pool
+        if pool is None or not pool.kill_worker(pid):
+            raise UnknownIdError(
+                f"no worker process {pid} in organism {self.name!r}; list them with workers()",
+                kind="worker",
+                id=str(pid),
+            )
 
     def recovery_status(self) -> dict[str, ListenerRecovery]:
         """Each listener's recovery since the organism started (or in its last run, once it
@@ -675,6 +777,7 @@ _SECTION_TYPES: dict[str, tuple[type, ...]] = {
     "tracing": (TracingConfig,),
     "dead_letters": (DeadLetterConfig,),
     "control": (ControlConfig,),
+    "runs": (RunsConfig,),
 }
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "ProcessPoolConfig",
     "RetrySettings",
     "Rule",
+    "RunsConfig",
     "Spec",
     "build",
     "check_fields",
@@ -512,6 +513,57 @@ class DeadLetterConfig:
             "integer",
             "dead letters kept per organism; beyond it the oldest are dropped and counted",
             minimum=1,
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, type(self).__name__)
+
+
+# -- the run registry -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunsConfig:
+    """The run registry: finished runs kept, and the heartbeat that shares them.
+
+    Raises:
+        UsageError: a setting has the wrong type or an impossible value.
+    """
+
+    keep_finished: int = field(
+        default=200,
+        metadata=setting(
+            "integer",
+            "finished runs Organism.runs keeps listed, newest first; 0 keeps none",
+            minimum=0,
+        ),
+    )
+    heartbeat_seconds: float = field(
+        default=1.0,
+        metadata=setting(
+            "seconds",
+            "how often this process writes its runs to the backend and takes the commands "
+            "other processes left it (cancel); 0 turns the heartbeat off",
+            minimum=0,
+        ),
+    )
+    lost_after_seconds: float = field(
+        default=3.0,
+        metadata=setting(
+            "seconds",
+            "a process not heard from for this long has its unfinished runs listed as lost",
+            minimum=0,
+            exclusive=True,
+        ),
+    )
+    forget_after_seconds: float = field(
+        default=60.0,
+        metadata=setting(
+            "seconds",
+            "a process not heard from for this long is no longer listed at all",
+            minimum=0,
+            exclusive=True,
         ),
     )
 

@@ -441,6 +441,51 @@ class BackendContract:
             assert await backend.count() == 1
             assert await backend.dead_letters() == [kept]
 
+    # -- the run registry ---------------------------------------------------------------------
+
+    async def test_run_snapshots_hold_each_process_once_with_what_it_wrote_last(
+        self, backend: Backend
+    ) -> None:
+        assert await backend.run_snapshots() == []
+        assert await backend.put_runs("p1", b"[1]", 60) == []
+        assert await backend.put_runs("p2", b"[2]", 60) == []
+        assert await backend.put_runs("p1", b"[1, 1]", 60) == []
+        found = {s.process: s for s in await backend.run_snapshots()}
+        assert {p: s.snapshot for p, s in found.items()} == {"p1": b"[1, 1]", "p2": b"[2]"}
+        assert all(0 <= s.age_seconds < 5 for s in found.values())
+        await anyio.sleep(0.3)
+        [aged] = [s for s in await backend.run_snapshots() if s.process == "p2"]
+        assert aged.age_seconds >= 0.25  # the backend's clock: age since the write
+
+    async def test_commands_queued_for_a_process_are_taken_once_in_order(
+        self, backend: Backend
+    ) -> None:
+        await backend.put_runs("p1", b"[]", 60)
+        assert await backend.push_run_command("p1", b"cancel r1") is True
+        assert await backend.push_run_command("p1", b"cancel r2") is True
+        assert await backend.put_runs("p1", b"[]", 60) == [b"cancel r1", b"cancel r2"]
+        assert await backend.put_runs("p1", b"[]", 60) == []
+
+    async def test_a_command_for_a_process_without_a_snapshot_is_refused(
+        self, backend: Backend
+    ) -> None:
+        assert await backend.push_run_command("nobody", b"cancel r1") is False
+        await backend.put_runs("p1", b"[]", 60)
+        await backend.delete_runs("p1")
+        assert await backend.push_run_command("p1", b"cancel r1") is False
+        assert await backend.run_snapshots() == []
+
+    async def test_a_process_that_stops_writing_is_forgotten_with_its_commands(
+        self, backend: Backend
+    ) -> None:
+        await backend.put_runs("gone", b"[0]", 0.2)
+        await backend.put_runs("here", b"[1]", 60)
+        assert await backend.push_run_command("gone", b"cancel r1") is True
+        await anyio.sleep(0.35)
+        assert [s.process for s in await backend.run_snapshots()] == ["here"]
+        assert await backend.push_run_command("gone", b"cancel r2") is False
+        assert await backend.put_runs("gone", b"[0]", 60) == []  # a new start: nothing queued
+
 
 class TestMemoryBackend(BackendContract):
     @pytest.fixture

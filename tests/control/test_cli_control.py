@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -182,3 +183,25 @@ def test_run_control_port_in_use_fails_naming_the_port(running: Running) -> None
     )  # fmt: skip
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port} (port {port})" in done.stderr
+
+
+def test_logs_follow_ends_with_the_run_and_top_ends_cleanly_on_ctrl_c(running: Running) -> None:
+    running.send("@worker <Job><seconds>1.5</seconds><lines>2</lines></Job>")
+    run = running_run(running, "worker")
+    followed = organism(running, "logs", str(run["run_id"]), "--follow")
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout.splitlines() == ["line 1 of 2", "line 2 of 2"]
+    assert running.process.stdout is not None
+    assert running.process.stdout.readline().startswith("line 1: ")  # it ended: answered
+    top = subprocess.Popen(
+        [sys.executable, "-m", "xml_pipeline", "top", "--interval", "0.1", "--control",
+         running.url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+    )  # fmt: skip
+    assert top.stdout is not None
+    first = top.stdout.readline()  # a refresh was drawn
+    assert running.url in first and "conversations" in first
+    top.send_signal(signal.SIGINT)
+    _, err = top.communicate(timeout=30)
+    assert top.returncode == 0, err
+    assert "Traceback" not in err

@@ -142,9 +142,11 @@ class Hop:
     __slots__ = (
         "abandoned", "attempt", "began", "calls", "cancels", "conv", "finished", "frame",
         "holds_slot", "output", "payload", "progress", "run", "sender", "settled", "started",
-        "state", "task", "waits",
+        "state", "task", "waits", "worker_pid",
     )  # fmt: skip
     began: float  # unset unless observed: read with getattr(hop, "began", None)
+    # set only for a cpu_bound run once its worker reported its start: read with getattr
+    worker_pid: int
 
     def __init__(
         self, state: ListenerState, frame: Frame, sender: str, payload: object, conv: Conversation

@@ -12,11 +12,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 from xml_pipeline._errors import DeliveryError, Reason, SchemaViolation, XmlInputError, raised_at
 from xml_pipeline._handlers import HandlerMetadata, HandlerResponse, Listener
 from xml_pipeline._imports import import_path
 from xml_pipeline._runtime.pool import ProcessPool, WorkerFailure
+from xml_pipeline._runtime.pool_worker import OUTPUT_DROPPED, OUTPUT_PROGRESS
+from xml_pipeline._runtime.runs import RunOutput
 from xml_pipeline._runtime.worker import Raised, Refusal, resolve, run_handler
 from xml_pipeline._wire.parsing import parse_internal
 from xml_pipeline._wire.payloads import from_element, is_payload, to_xml
@@ -60,6 +64,7 @@ class PoolInvoker:
             "attempt": meta.attempt,
             "history": history,
         }
+        hop = meta._hop  # the pump's run record: told the worker's pid and what it prints
         result = await self.pool.run(
             run_handler,
             import_path(listener.handler),
@@ -68,6 +73,9 @@ class PoolInvoker:
             plain,
             timeout=timeout,
             label=f"listener {listener.name!r} on thread {meta.thread_id}",
+            tag=hop,
+            on_start=None if hop is None else partial(_started, hop),
+            on_output=None if hop is None else partial(_said, hop),
         )
         if isinstance(result, tuple):
             raise _refused(listener.name, meta.thread_id, result)
@@ -79,6 +87,24 @@ class PoolInvoker:
             else:
                 outputs.append((HandlerResponse(answer, to=to), xml))
         return BoundOutputs(outputs)
+
+
+def _started(hop: Any, pid: int) -> None:
+    hop.worker_pid = pid
+
+
+def _said(hop: Any, kind: int, text: str) -> None:
+    """What a worker sent while the run ran: a line, its progress, or lines it lost."""
+    if kind == OUTPUT_PROGRESS:
+        hop.progress = text
+        return
+    output = hop.output
+    if output is None:
+        output = hop.output = RunOutput()
+    if kind == OUTPUT_DROPPED:
+        output.dropped += int(text) if text.isdigit() else 1
+    else:
+        output.write(text)
 
 
 def _refused(listener: str, thread: str, result: Refusal | Raised) -> DeliveryError:

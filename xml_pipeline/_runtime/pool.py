@@ -71,6 +71,7 @@ import anyio
 from xml_pipeline._errors import DeliveryError, Reason, UsageError
 from xml_pipeline._main_guard import guard_error, leave_if_importing_main, unimportable_main
 from xml_pipeline._runtime.pool_worker import (
+    OUTPUT,
     SLOTS,
     START,
     Failed,
@@ -302,6 +303,9 @@ class _Job(Generic[T]):
     cf: Future[T] = _UNSUBMITTED  # the latest submission
     pid: int | None = None  # the worker that reported starting the latest submission
     abandoned: bool = False  # the caller left; kill the worker once its pid is known
+    tag: Any = None  # the caller's, returned by worker_states()
+    on_start: Callable[[int], None] | None = None  # told the worker's pid when it starts
+    on_output: Callable[[int, str], None] | None = None  # told (kind, text) as it runs
 
 
 class ProcessPool:
@@ -366,6 +370,8 @@ class ProcessPool:
         self._watching = False  # the loop watches the start pipe (see _reap_abandoned)
         self._start_error: Exception | None = None  # why the workers could not start
         self._watcher: threading.Thread | None = None  # waits for the manager thread to end
+        self._starts: Counter[int] = Counter()  # calls each worker pid reported starting
+        self._output_partial = b""
 
     async def __aenter__(self) -> Self:
         if self._phase is not _Phase.NEW:
@@ -380,6 +386,10 @@ class ProcessPool:
         self._start_reader, self._start_writer = self._context.Pipe(duplex=False)
         os.set_blocking(self._start_reader.fileno(), False)
         self._withdrawn = self._context.RawArray(ctypes.c_uint64, SLOTS)
+        # what running calls print, read whenever it comes (nothing per call otherwise)
+        self._output_reader, self._output_writer = self._context.Pipe(duplex=False)
+        os.set_blocking(self._output_reader.fileno(), False)
+        self._loop.add_reader(self._output_reader.fileno(), self._drain_output)
         self._phase = _Phase.REBUILDING
         opening = self._rebuild = self._loop.create_task(self._replace_executor(None))
         try:
@@ -421,18 +431,32 @@ class ProcessPool:
                 await anyio.to_thread.run_sync(self._watcher.join)
             self._start_reader.close()
             self._start_writer.close()
+            self._loop.remove_reader(self._output_reader.fileno())
+            self._output_reader.close()
+            self._output_writer.close()
 
     async def run(
-        self, fn: Callable[..., T], *args: Any, timeout: float | None = None, label: str = ""
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        timeout: float | None = None,
+        label: str = "",
+        tag: Any = None,
+        on_start: Callable[[int], None] | None = None,
+        on_output: Callable[[int, str], None] | None = None,
     ) -> T:
         """Run ``fn(*args)`` in a worker process and return its result.
 
         ``timeout`` counts from this call, waiting for a worker included. When the call times
         out or its caller is cancelled while ``fn`` runs, that worker is killed and replaced;
         other calls are unaffected. Before ``fn`` starts, the call is withdrawn and nothing is
-        killed. An exception raised by ``fn`` (any ``BaseException``,
-        ``SystemExit`` included) fails this call alone: it is neither retried nor counted as a
-        crash, and it arrives as ``DeliveryError(reason="handler_error")`` whose message reads
+        killed. What ``fn`` prints to stdout or stderr is captured line by line: each line goes
+        to ``on_output(0, line)`` while it runs (``on_output(2, "n")``: n lines were lost, the
+        pipe being full); ``on_start(pid)`` is told its worker's pid once known (see
+        `worker_states`); ``tag`` is the caller's, given back by `worker_states`. An
+        exception raised by ``fn`` (any ``BaseException``, ``SystemExit`` included) fails
+        this call alone: it is neither retried nor counted as a crash, and it arrives as
+        ``DeliveryError(reason="handler_error")`` whose message reads
         ``"<label>: raised <type>: <message>"`` and whose ``__cause__`` is a `WorkerFailure`
         with the type's name, the message, its ``reason`` if any, and the worker's traceback.
         The exception object itself is never pickled (many cannot be unpickled).
@@ -452,6 +476,7 @@ class ProcessPool:
         name = label or f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
         call = pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)  # fails here, early
         job: _Job[T] = _Job(call, name, self._loop.create_future())
+        job.tag, job.on_start, job.on_output = tag, on_start, on_output
         if self._closed is not None:
             reason, why = self._closed
             raise DeliveryError(f"{name}: not run, {why}", reason=reason)
@@ -470,6 +495,57 @@ class ProcessPool:
     def stats(self) -> PoolStats:
         """A frozen snapshot of the pool's counters."""
         return PoolStats(**self._counts)
+
+    def worker_states(self) -> list[tuple[int, bool, int, Any]]:
+        """``(pid, busy, calls done, tag of the call it runs or None)`` of each live worker
+        process now."""
+        self._drain_starts()
+        processes = _live_processes(self._executor) if self._executor is not None else []
+        running = {
+            job.pid: job
+            for job in self._running.values()
+            if job.pid is not None and not job.cf.done()
+        }
+        states = []
+        for process in processes:
+            pid = process.pid
+            if pid is None:
+                continue
+            job = running.get(pid)
+            busy = job is not None
+            states.append((pid, busy, self._starts[pid] - busy, None if job is None else job.tag))
+        return sorted(states, key=lambda state: state[0])
+
+    def kill_worker(self, pid: int) -> bool:
+        """Kill worker process ``pid`` (SIGKILL) and replace it. The call it runs fails at
+        once with ``worker_crash`` (it was killed on purpose: it is not run again); the other
+        calls in flight are run again, nobody blamed.
+
+        Returns:
+            whether ``pid`` was a live worker of this pool.
+        """
+        if self._executor is None or self._phase is _Phase.CLOSED:
+            return False
+        self._drain_starts()
+        for process in _live_processes(self._executor):
+            if process.pid != pid:
+                continue
+            for attempt, job in list(self._running.items()):
+                if job.pid == pid and not job.cf.done():
+                    del self._running[attempt]
+                    if self._suspects and self._suspects[0] is job:
+                        self._suspects.popleft()
+                    why = f"its worker process {pid} was killed (kill_worker)"
+                    self._fail(job, "worker_crash", why)
+            process.kill()
+            self._break(culprit_known=True)
+            return True
+        return False
+
+    def drain_starts(self) -> None:
+        """Read the start reports waiting in the pipe now (each call's worker pid, passed to
+        its ``on_start``): the pool reads them only now and then otherwise."""
+        self._drain_starts()
 
     def worker_pids(self) -> list[int]:
         """The pids of the live worker processes (none while the executor is replaced)."""
@@ -515,6 +591,8 @@ class ProcessPool:
     def _settle(self, job: _Job[Any], attempt: int, cf: Future[Any]) -> None:
         if self._running.get(attempt) is not job:
             return  # superseded: requeued after a break, abandoned, or the pool closed
+        if job.on_output is not None:
+            self._drain_output()  # its last lines were written before its result was sent
         self._settled += 1
         if not self._settled % _DRAIN_EVERY:
             self._drain_starts()  # keeps the start pipe from filling up
@@ -620,7 +698,12 @@ class ProcessPool:
                 self._workers,
                 mp_context=self._context,
                 initializer=init_worker,
-                initargs=(self._start_writer, self._withdrawn, *self._initargs),
+                initargs=(
+                    self._start_writer,
+                    self._withdrawn,
+                    self._output_writer,
+                    *self._initargs,
+                ),
                 max_tasks_per_child=self._max_tasks_per_child,
             )
             started: dict[int, BaseProcess] = {}
@@ -741,10 +824,31 @@ class ProcessPool:
             whole = len(data) - len(data) % START.size
             self._partial = data[whole:]
             for attempt, pid in START.iter_unpack(data[:whole]):
+                self._starts[pid] += 1
                 if (job := self._running.get(attempt)) is not None:
                     job.pid = pid
+                    if job.on_start is not None:
+                        job.on_start(pid)
             if len(data) < 65536:
                 return  # the pipe is empty: spare the syscall that would say so
+
+    def _drain_output(self) -> None:
+        """The loop calls this when running calls printed: each record to its job."""
+        try:
+            data = self._output_partial + os.read(self._output_reader.fileno(), 65536)
+        except (BlockingIOError, OSError):
+            return
+        view, at, size = memoryview(data), 0, OUTPUT.size
+        while len(data) - at >= size:
+            attempt, kind, length = OUTPUT.unpack_from(view, at)
+            if len(data) - at - size < length:
+                break
+            text = bytes(view[at + size : at + size + length]).decode("utf-8", "replace")
+            at += size + length
+            job = self._running.get(attempt)
+            if job is not None and job.on_output is not None:
+                job.on_output(kind, text)
+        self._output_partial = data[at:]
 
     def _finish(self, job: _Job[Any], error: BaseException | None, result: Any = None) -> None:
         if job.deadline is not None:

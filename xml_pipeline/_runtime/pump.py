@@ -28,6 +28,7 @@ import logging
 import math
 import time
 import unicodedata
+from collections import deque
 from collections.abc import Sequence
 from time import perf_counter
 from typing import Any
@@ -40,6 +41,7 @@ from xml_pipeline._errors import (
     PayloadTypeError,
     Reason,
     SchemaViolation,
+    UnknownIdError,
     UsageError,
     XmlPipelineError,
     raised_at,
@@ -54,10 +56,11 @@ from xml_pipeline._runtime.invoker import Invoker
 from xml_pipeline._runtime.outbox import Outbox
 from xml_pipeline._runtime.outcomes import Conversations, Counters, PumpStats
 from xml_pipeline._runtime.outputs import Failure, check_outputs, no_route, wrong_class
+from xml_pipeline._runtime.pool import ProcessPool
 from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry, new_thread_id
 from xml_pipeline._runtime.retry import AttemptFailure, NoRetry, RetryPolicy
-from xml_pipeline._runtime.runs import Run, RunStatus
+from xml_pipeline._runtime.runs import ACTIVE, Run, RunStatus, Worker, rss_bytes
 from xml_pipeline._runtime.transport import LocalTransport, Transport
 from xml_pipeline._wire.codecs import xml_safe
 from xml_pipeline._wire.envelope import Envelope
@@ -98,6 +101,8 @@ class StreamPump:
         retry: RetryPolicy | None = None,
         outbox_size: int = 1000,
         dead_letters_max: int = 100_000,
+        keep_finished: int = 200,
+        process: str = "",
     ) -> None:
         policy = retry if retry is not None else NoRetry()
         self._states = {
@@ -144,6 +149,13 @@ class StreamPump:
         # listeners with a compensation: their answers are remembered per conversation
         self._compensating = frozenset(s.name for s in self._states.values() if s.compensate)
         self._last_run = 0  # run ids are given in order: a smaller one has started already
+        # finished runs, newest last: one append per run (None: none kept)
+        self._finished: deque[tuple[Hop, str, str, float]] | None = (
+            deque(maxlen=keep_finished) if keep_finished else None
+        )
+        self.process = process  # the instance id run ids end with ("r12@3fa9c1")
+        self._suffix = f"@{process}" if process else ""
+        self._pool: ProcessPool | None = getattr(pool_invoker, "pool", None)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -457,15 +469,24 @@ class StreamPump:
     # -- seeing and steering running work ------------------------------------------------------
 
     def runs(self, listener: str | None = None, status: str | None = None) -> list[Run]:
-        """The handler runs of open conversations now: running, waiting in ``meta.call``, and
-        queued for a slot (see `Organism.runs`)."""
+        """The handler runs of open conversations now (running, waiting in ``meta.call``, and
+        queued for a slot), then the finished runs kept, newest first (see `Organism.runs`)."""
+        if self._pool is not None:
+            self._pool.drain_starts()  # the worker pids of cpu_bound runs
         now = time.time()
         found: list[Run] = []
+        suffix = self._suffix
         for conv in self._conversations.all():
             for hop in conv.running:
-                found.append(_run(hop, "waiting" if hop.waits else "running", now))
+                found.append(_run(hop, "waiting" if hop.waits else "running", now, suffix))
         for state in self._states.values():
-            found.extend(_run(hop, "queued", now) for hop in state.backlog if not hop.conv.done)
+            found.extend(
+                _run(hop, "queued", now, suffix) for hop in state.backlog if not hop.conv.done
+            )
+        if self._finished is not None and status not in ACTIVE:
+            for hop, outcome, message, at in reversed(self._finished):
+                if listener is None or hop.state.name == listener:
+                    found.append(_finished_run(hop, outcome, message, at, suffix))
         return [
             run
             for run in found
@@ -474,8 +495,13 @@ class StreamPump:
         ]
 
     def cancel_run(self, run_id: str) -> None:
-        """Cancel a running handler: its caller gets ``cancelled`` (see `Organism.cancel_run`)."""
-        number = _run_number(run_id)
+        """Cancel a running handler: its caller gets ``cancelled`` (see `Organism.cancel_run`).
+
+        Raises:
+            UnknownIdError: no run of this process has that id.
+            UsageError: the run has finished, or the id is not a run id.
+        """
+        number = self._run_number(run_id)
         for conv in self._conversations.all():
             for hop in conv.running:
                 if hop.run == number and hop.settled is None:
@@ -484,17 +510,47 @@ class StreamPump:
                     return
         if 0 < number <= self._last_run:
             raise UsageError(f"run {run_id} is not running any more: it finished")
-        raise UsageError(f"no run {run_id} in this organism; list them with runs()")
+        raise UnknownIdError(
+            f"no run {run_id} in this organism; list them with runs()", kind="run", id=run_id
+        )
+
+    def workers(self, pool: ProcessPool) -> list[Worker]:
+        """The worker processes of ``pool`` now, with the run each one runs (see
+        `Organism.workers`)."""
+        found = []
+        for pid, busy, done, tag in pool.worker_states():
+            run = getattr(tag, "run", 0) if busy else 0
+            run_id = f"r{run}{self._suffix}" if run else None
+            found.append(Worker(pid, "busy" if busy else "idle", done, rss_bytes(pid), run_id))
+        return found
+
+    def _run_number(self, run_id: str) -> int:
+        number, _, process = run_id.partition("@") if isinstance(run_id, str) else ("", "", "")
+        if process and process != self.process:
+            raise UnknownIdError(
+                f"run {run_id} belongs to process {process}, not to this one ({self.process})",
+                kind="run",
+                id=run_id,
+            )
+        return _run_number(number if isinstance(run_id, str) else run_id)
 
     async def _report_cancel(self, hop: Hop) -> None:
         if hop.conv.done:
             return
-        message = f"run r{hop.run} of {hop.state.name!r} was cancelled (cancel_run)"
+        message = f"run r{hop.run}{self._suffix} of {hop.state.name!r} was cancelled (cancel_run)"
         for nxt in await self._failed_run(hop, Reason.CANCELLED, message):
             self._transport.deliver(nxt)
 
+    def has_conversation(self, conversation: str) -> bool:
+        """Whether a conversation with this id is open in this process."""
+        return any(conv.id == conversation for conv in self._conversations.all())
+
     async def cancel_conversation(self, conversation: str) -> None:
-        """End an open conversation with ``cancelled`` (see `Organism.cancel_conversation`)."""
+        """End an open conversation with ``cancelled`` (see `Organism.cancel_conversation`).
+
+        Raises:
+            UnknownIdError: no conversation with that id is open here.
+        """
         for conv in self._conversations.all():
             if conv.id == conversation:
                 self._counters.cancelled += 1
@@ -503,8 +559,10 @@ class StreamPump:
                     listener=conv.started_by, thread=conv.id,
                 ))  # fmt: skip
                 return
-        raise UsageError(
-            f"no open conversation {conversation!r}: it ended already or never existed"
+        raise UnknownIdError(
+            f"no open conversation {conversation!r}: it ended already or never existed",
+            kind="conversation",
+            id=str(conversation),
         )
 
     def recovery_status(self) -> dict[str, ListenerRecovery]:
@@ -635,6 +693,7 @@ class StreamPump:
         meta = HandlerMetadata._for_hop(
             frame.thread, hop.sender, state.name, self._history_reader, conv.id, self, hop
         )
+        finished = self._finished
         try:
             result = await self._invocation.run(hop, meta)
             outputs = check_outputs(state, result, self._states, registry.history_on)
@@ -643,6 +702,8 @@ class StreamPump:
                 circuit.released()  # no verdict: a half-open circuit may probe again
             if hooks:
                 self._emit_finished(hop, started, _SETTLED.get(hop.settled or "", "timeout"))
+            if finished is not None:
+                finished.append((hop, hop.settled or "ended", "", time.time()))
             return []  # the watchdog or the conversation's end decided this hop's outcome
         except Failure as exc:
             if exc.reason == Reason.HANDLER_ERROR:
@@ -651,7 +712,15 @@ class StreamPump:
                 counters.timeouts += 1
             if hooks:
                 self._emit_finished(hop, started, str(exc.reason))
+            if finished is not None:
+                finished.append((hop, str(exc.reason), exc.message, time.time()))
             return await self._failed_run(hop, exc.reason, exc.message, exc.error)
+        except asyncio.CancelledError:
+            if finished is not None:
+                finished.append((hop, Reason.SHUTDOWN, "the organism stopped", time.time()))
+            raise
+        if finished is not None:
+            finished.append((hop, "ok", "", time.time()))
         if circuit is not None and (circuit.failures_in_row or circuit.state != "closed"):
             circuit.succeeded()  # only when there is something to reset: a closed circuit stays
         if hop.attempt > 1:
@@ -1069,10 +1138,10 @@ class StreamPump:
 _SETTLED = {"ended": "ended", "timeout": "timeout", "cancelled": "cancelled"}
 
 
-def _run(hop: Hop, status: RunStatus, now: float) -> Run:
+def _run(hop: Hop, status: RunStatus, now: float, suffix: str) -> Run:
     output = hop.output
     return Run(
-        run_id=f"r{hop.run}" if hop.run else "",
+        run_id=f"r{hop.run}{suffix}" if hop.run else "",
         listener=hop.state.name,
         conversation=hop.conv.id,
         thread=hop.frame.thread,
@@ -1084,6 +1153,40 @@ def _run(hop: Hop, status: RunStatus, now: float) -> Run:
         progress=hop.progress,
         output=tuple(output.lines) if output is not None else (),
         output_dropped=output.dropped if output is not None else 0,
+        worker_pid=getattr(hop, "worker_pid", None),
+        process=suffix[1:],
+    )
+
+
+# a finished run's outcome -> its status (every other outcome is a failure)
+_FINISHED: dict[str, RunStatus] = {
+    "ok": "completed",
+    "cancelled": "cancelled",
+    "ended": "cancelled",
+    "shutdown": "cancelled",
+}
+
+
+def _finished_run(hop: Hop, outcome: str, message: str, at: float, suffix: str) -> Run:
+    output = hop.output
+    return Run(
+        run_id=f"r{hop.run}{suffix}",
+        listener=hop.state.name,
+        conversation=hop.conv.id,
+        thread=hop.frame.thread,
+        attempt=hop.attempt,
+        status=_FINISHED.get(outcome, "failed"),
+        started_at=hop.started,
+        elapsed_seconds=max(0.0, at - hop.started),
+        cpu_bound=hop.state.cpu_bound,
+        progress=hop.progress,
+        output=tuple(output.lines) if output is not None else (),
+        output_dropped=output.dropped if output is not None else 0,
+        outcome=outcome,
+        message=message,
+        finished_at=at,
+        worker_pid=getattr(hop, "worker_pid", None),
+        process=suffix[1:],
     )
 
 

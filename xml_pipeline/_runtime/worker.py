@@ -25,7 +25,7 @@ from typing import Any
 from xml_pipeline._errors import SchemaViolation
 from xml_pipeline._handlers import HandlerMetadata, HandlerResponse
 from xml_pipeline._imports import import_path, resolve_path
-from xml_pipeline._runtime.pool_worker import failure_data
+from xml_pipeline._runtime.pool_worker import OUTPUT_LINE, OUTPUT_PROGRESS, emit, failure_data
 from xml_pipeline._wire.history import HistoryEntry, decode_entry
 from xml_pipeline._wire.parsing import parse_internal
 from xml_pipeline._wire.payloads import from_element, is_payload, to_xml
@@ -80,10 +80,36 @@ def run_handler(
     metadata = HandlerMetadata(
         meta["thread_id"], meta["from_id"], meta["own_name"], snapshot, meta.get("attempt", 1)
     )
+    metadata._hop = _WorkerRun(meta.get("attempt", 1))  # meta.progress/log reach the parent
     try:
         return _outputs(meta["own_name"], _call(handler, message, metadata))
     except BaseException as exc:  # SystemExit and GeneratorExit too: they are the handler's
         return failure_data("raised", exc)
+
+
+class _Output:
+    __slots__ = ()
+
+    def write(self, line: str) -> None:
+        emit(OUTPUT_LINE, line)
+
+
+class _WorkerRun:
+    """What ``meta.progress``/``meta.log`` write to in a worker: sent to the parent's run."""
+
+    __slots__ = ("attempt", "output")
+
+    def __init__(self, attempt: int) -> None:
+        self.attempt = attempt
+        self.output = _Output()
+
+    @property
+    def progress(self) -> str:
+        return ""
+
+    @progress.setter
+    def progress(self, text: str) -> None:
+        emit(OUTPUT_PROGRESS, text)
 
 
 def _call(handler: Callable[..., Any], message: object, metadata: HandlerMetadata) -> object:

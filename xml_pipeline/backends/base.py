@@ -9,6 +9,12 @@ Every method is one atomic step against the shared state (a Lua script in Redis,
 manager server), so that several processes can extend and prune the same chains concurrently.
 The registry (`xml_pipeline._runtime.registry`) builds its vocabulary on this protocol.
 
+The *run registry* is one snapshot per organism process: its runs as opaque bytes (JSON),
+stamped with the backend's own clock when written (so ages never depend on the clocks of the
+processes), and a queue of commands other processes left for it (cancel a run). A process
+writes its snapshot and takes its commands in one step per heartbeat; a snapshot not written
+again within its ``forget_after_seconds`` is removed with its commands.
+
 A *dead letter* is a conversation the organism could not deliver, kept with the envelope that
 started it so that it can be replayed. Each backend keeps them where it keeps everything else
 (memory: this process; manager: its state server; Redis: a stream under the prefix), bounded
@@ -28,6 +34,7 @@ __all__ = [
     "DeadLetterCounts",
     "ImmediateBackend",
     "PruneResult",
+    "RunSnapshot",
     "ThreadRecord",
 ]
 
@@ -101,6 +108,20 @@ class DeadLetter:
     envelope: bytes = b""
     chain: tuple[str, ...] = ()
     attempts: int = 1
+
+
+class RunSnapshot(NamedTuple):
+    """The runs one organism process last wrote (`Backend.run_snapshots`).
+
+    Attributes:
+        process: the process's instance id.
+        age_seconds: how long ago it wrote them, by the backend's clock.
+        snapshot: what it wrote (opaque bytes; JSON from the organism).
+    """
+
+    process: str
+    age_seconds: float
+    snapshot: bytes
 
 
 class DeadLetterCounts(NamedTuple):
@@ -231,3 +252,30 @@ class Backend(Protocol):
 
     async def dead_letter_counts(self) -> DeadLetterCounts:
         """How many dead letters are kept, and how many were dropped beyond the bound."""
+
+    async def put_runs(
+        self, process: str, snapshot: bytes, forget_after_seconds: float
+    ) -> list[bytes]:
+        """Keep ``snapshot`` as the runs of ``process`` (replacing what it wrote before),
+        stamped now by the backend's clock and kept ``forget_after_seconds`` unless written
+        again; take the commands queued for ``process``, in one step. Snapshots of other
+        processes whose time ran out are removed, with their commands.
+
+        Returns:
+            the commands other processes queued for ``process`` since it last took them,
+            oldest first (each taken once).
+        """
+
+    async def run_snapshots(self) -> list[RunSnapshot]:
+        """The snapshot of every process whose snapshot has not been forgotten, oldest
+        process first (in the order they first wrote)."""
+
+    async def push_run_command(self, process: str, command: bytes) -> bool:
+        """Queue ``command`` for ``process`` to take with its next `put_runs`.
+
+        Returns:
+            whether ``process`` has a snapshot (else nothing is queued: nobody would take it).
+        """
+
+    async def delete_runs(self, process: str) -> None:
+        """Remove the snapshot of ``process`` and its queued commands (a process that stops)."""

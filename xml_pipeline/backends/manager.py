@@ -42,7 +42,13 @@ import anyio.to_thread
 
 from xml_pipeline._errors import BackendError
 from xml_pipeline._main_guard import guard_error, leave_if_importing_main, unimportable_main
-from xml_pipeline.backends.base import DeadLetter, DeadLetterCounts, PruneResult, ThreadRecord
+from xml_pipeline.backends.base import (
+    DeadLetter,
+    DeadLetterCounts,
+    PruneResult,
+    RunSnapshot,
+    ThreadRecord,
+)
 from xml_pipeline.backends.rules import DEFAULTS, StateCore, check_settings
 
 __all__ = ["ManagerBackend", "ManagerServer", "start_manager_server"]
@@ -71,6 +77,10 @@ _METHODS = frozenset(
         "get_dead_letter",
         "delete_dead_letters",
         "dead_letter_counts",
+        "put_runs",
+        "run_snapshots",
+        "push_run_command",
+        "delete_runs",
     }
 )
 
@@ -578,6 +588,43 @@ class ManagerBackend:
         """
         kept, dropped = await self._call("dead_letter_counts")
         return DeadLetterCounts(kept, dropped)
+
+    async def put_runs(
+        self, process: str, snapshot: bytes, forget_after_seconds: float
+    ) -> list[bytes]:
+        """Keep the runs of ``process``; take its commands (see `Backend.put_runs`).
+
+        Raises:
+            BackendError: the server is unreachable.
+        """
+        result: list[bytes] = await self._call("put_runs", process, snapshot, forget_after_seconds)
+        return result
+
+    async def run_snapshots(self) -> list[RunSnapshot]:
+        """Every process's runs not forgotten yet (see `Backend.run_snapshots`).
+
+        Raises:
+            BackendError: the server is unreachable.
+        """
+        found = await self._call("run_snapshots")
+        return [RunSnapshot(*item) for item in found]
+
+    async def push_run_command(self, process: str, command: bytes) -> bool:
+        """Queue ``command`` for ``process`` (see `Backend.push_run_command`).
+
+        Raises:
+            BackendError: the server is unreachable.
+        """
+        result: bool = await self._call("push_run_command", process, command)
+        return result
+
+    async def delete_runs(self, process: str) -> None:
+        """Remove the runs of ``process`` and its commands.
+
+        Raises:
+            BackendError: the server is unreachable.
+        """
+        await self._call("delete_runs", process)
 
     # -- requests -----------------------------------------------------------------------------
 

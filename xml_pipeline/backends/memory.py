@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from xml_pipeline.backends.base import DeadLetter, DeadLetterCounts, PruneResult, ThreadRecord
+from xml_pipeline.backends.base import (
+    DeadLetter,
+    DeadLetterCounts,
+    PruneResult,
+    RunSnapshot,
+    ThreadRecord,
+)
 from xml_pipeline.backends.rules import DEFAULTS, StateCore, check_settings
 
 __all__ = ["MemoryBackend"]
@@ -150,3 +156,21 @@ class MemoryBackend:
     async def dead_letter_counts(self) -> DeadLetterCounts:
         """How many dead letters are kept, and how many were dropped beyond the bound."""
         return self._state.dead_letter_counts()
+
+    async def put_runs(
+        self, process: str, snapshot: bytes, forget_after_seconds: float
+    ) -> list[bytes]:
+        """Keep the runs of ``process``; take its commands (see `Backend.put_runs`)."""
+        return self._state.put_runs(process, snapshot, forget_after_seconds)
+
+    async def run_snapshots(self) -> list[RunSnapshot]:
+        """Every process's runs not forgotten yet (see `Backend.run_snapshots`)."""
+        return self._state.run_snapshots()
+
+    async def push_run_command(self, process: str, command: bytes) -> bool:
+        """Queue ``command`` for ``process`` (see `Backend.push_run_command`)."""
+        return self._state.push_run_command(process, command)
+
+    async def delete_runs(self, process: str) -> None:
+        """Remove the runs of ``process`` and its commands."""
+        self._state.delete_runs(process)

@@ -15,6 +15,9 @@ share the data, and each hop is one round trip. Key layout, all under the ``pref
                                 m=message, l=listener, h=chain (names joined by spaces, which
                                 listener names never hold), a=attempts, e=envelope
     {prefix}dlq:dropped  string how many dead letters were trimmed beyond max_entries
+    {prefix}procs        zset   organism process -> when its run snapshot is forgotten (ms)
+    {prefix}r:{process}  hash   s=the process's run snapshot, t=when it was written (ms)
+    {prefix}q:{process}  list   commands other processes queued for it (cancel a run)
 
 The dead-letter stream has no TTL: it lives as long as Redis keeps its data (run Redis with
 AOF, ``appendonly yes``, to keep it across a restart of the server). It is trimmed exactly
@@ -69,6 +72,7 @@ from xml_pipeline.backends.base import (
     DeadLetter,
     DeadLetterCounts,
     PruneResult,
+    RunSnapshot,
     ThreadRecord,
 )
 from xml_pipeline.backends.rules import (
@@ -282,7 +286,60 @@ local dropped = redis.call('GET', P .. 'dlq:dropped') or '0'
 return {{redis.call('XLEN', P .. 'dlq'), tonumber(dropped)}}
 """
 
+# The run registry. Times are the server's, so ages never depend on the processes' clocks.
+# ARGV: process, snapshot, forget_ms -> the commands queued for the process
+_PUT_RUNS = """
+local now = now_ms()
+local procs = P .. 'procs'
+redis.call('ZREMRANGEBYSCORE', procs, '-inf', string.format('(%d', now))
+local rk, qk = P .. 'r:' .. ARGV[1], P .. 'q:' .. ARGV[1]
+redis.call('HSET', rk, 's', ARGV[2], 't', string.format('%d', now))
+redis.call('PEXPIRE', rk, ARGV[3])
+redis.call('ZADD', procs, string.format('%d', now + tonumber(ARGV[3])), ARGV[1])
+local commands = redis.call('LRANGE', qk, 0, -1)
+if #commands > 0 then redis.call('DEL', qk) end
+return commands
+"""
+
+# -> {{now_ms, process, written_ms, snapshot, process, written_ms, snapshot, ...}}
+_RUN_SNAPSHOTS = """
+local now = now_ms()
+local procs = P .. 'procs'
+redis.call('ZREMRANGEBYSCORE', procs, '-inf', string.format('(%d', now))
+local found = {{string.format('%d', now)}}
+for _, process in ipairs(redis.call('ZRANGE', procs, 0, -1)) do
+  local rec = redis.call('HMGET', P .. 'r:' .. process, 't', 's')
+  if rec[1] then
+    found[#found + 1] = process
+    found[#found + 1] = rec[1]
+    found[#found + 1] = rec[2]
+  end
+end
+return found
+"""
+
+# ARGV: process, command -> 1 queued | 0 no such process
+_PUSH_RUN_COMMAND = """
+local rk, qk = P .. 'r:' .. ARGV[1], P .. 'q:' .. ARGV[1]
+local ttl = redis.call('PTTL', rk)
+if ttl <= 0 then return 0 end
+if redis.call('RPUSH', qk, ARGV[2]) > 1000 then redis.call('LTRIM', qk, 0, 999) end
+redis.call('PEXPIRE', qk, ttl)
+return 1
+"""
+
+# ARGV: process
+_DELETE_RUNS = """
+redis.call('DEL', P .. 'r:' .. ARGV[1], P .. 'q:' .. ARGV[1])
+redis.call('ZREM', P .. 'procs', ARGV[1])
+return 1
+"""
+
 _SCRIPTS = {
+    "put_runs": _PUT_RUNS,
+    "run_snapshots": _RUN_SNAPSHOTS,
+    "push_run_command": _PUSH_RUN_COMMAND,
+    "delete_runs": _DELETE_RUNS,
     "add_dead_letters": _ADD_DEAD_LETTERS,
     "dead_letter_counts": _DEAD_LETTER_COUNTS,
     "extend": _EXTEND,
@@ -694,6 +751,47 @@ class RedisBackend:
         return DeadLetterCounts(int(kept), int(dropped))
 
     # -- internals ----------------------------------------------------------------------------
+
+    async def put_runs(
+        self, process: str, snapshot: bytes, forget_after_seconds: float
+    ) -> list[bytes]:
+        """Keep the runs of ``process``; take its commands (see `Backend.put_runs`).
+
+        Raises:
+            BackendError: Redis is unreachable or failed.
+        """
+        forget_ms = str(max(1, round(forget_after_seconds * 1000)))
+        commands: list[bytes] = await self._run("put_runs", process, snapshot, forget_ms)
+        return commands
+
+    async def run_snapshots(self) -> list[RunSnapshot]:
+        """Every process's runs not forgotten yet (see `Backend.run_snapshots`).
+
+        Raises:
+            BackendError: Redis is unreachable or failed.
+        """
+        reply = await self._run("run_snapshots")
+        now = int(reply[0])
+        return [
+            RunSnapshot(reply[i].decode(), max(0.0, (now - int(reply[i + 1])) / 1000), reply[i + 2])
+            for i in range(1, len(reply), 3)
+        ]
+
+    async def push_run_command(self, process: str, command: bytes) -> bool:
+        """Queue ``command`` for ``process`` (see `Backend.push_run_command`).
+
+        Raises:
+            BackendError: Redis is unreachable or failed.
+        """
+        return bool(await self._run("push_run_command", process, command))
+
+    async def delete_runs(self, process: str) -> None:
+        """Remove the runs of ``process`` and its commands.
+
+        Raises:
+            BackendError: Redis is unreachable or failed.
+        """
+        await self._run("delete_runs", process)
 
     async def _run(self, name: str, *args: str | bytes) -> Any:
         try:

@@ -34,6 +34,7 @@ from xml_pipeline.backends.base import (
     DeadLetter,
     DeadLetterCounts,
     PruneResult,
+    RunSnapshot,
     ThreadRecord,
 )
 
@@ -57,6 +58,9 @@ _EVICT_EVERY = 16
 # that costs twice as much, and extend and prune make one per hop
 _new = tuple.__new__
 _EVICT_BATCH = 2 * _EVICT_EVERY
+# Commands queued for one process between two of its heartbeats; beyond it they are dropped
+# (a process that stopped taking them is forgotten soon anyway).
+_MAX_COMMANDS = 1000
 
 
 class _Record:
@@ -95,6 +99,45 @@ class StateCore:
         self._letters: OrderedDict[str, DeadLetter] = OrderedDict()  # id -> letter, oldest first
         self._letters_dropped = 0
         self._last_letter = (0, -1)  # (ms, seq) of the newest id given
+        # the run registry: process -> [written at, forget at, snapshot, commands]
+        self._runs: dict[str, list[Any]] = {}
+
+    # -- the run registry ---------------------------------------------------------------------
+
+    def put_runs(self, process: str, snapshot: bytes, forget_after: float) -> list[bytes]:
+        now = time.monotonic()
+        self._forget_runs(now)
+        entry = self._runs.get(process)
+        if entry is None:
+            self._runs[process] = [now, now + forget_after, snapshot, []]
+            return []
+        commands: list[bytes] = entry[3]
+        entry[:] = [now, now + forget_after, snapshot, []]
+        return commands
+
+    def run_snapshots(self) -> list[RunSnapshot]:
+        now = time.monotonic()
+        self._forget_runs(now)
+        return [
+            RunSnapshot(process, max(0.0, now - entry[0]), entry[2])
+            for process, entry in self._runs.items()
+        ]
+
+    def push_run_command(self, process: str, command: bytes) -> bool:
+        self._forget_runs(time.monotonic())
+        entry = self._runs.get(process)
+        if entry is None:
+            return False
+        if len(entry[3]) < _MAX_COMMANDS:
+            entry[3].append(command)
+        return True
+
+    def delete_runs(self, process: str) -> None:
+        self._runs.pop(process, None)
+
+    def _forget_runs(self, now: float) -> None:
+        for process in [p for p, entry in self._runs.items() if entry[1] <= now]:
+            del self._runs[process]
 
     # -- the protocol -------------------------------------------------------------------------
 

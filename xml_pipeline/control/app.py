@@ -23,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from xml_pipeline.control.events import EventHub, stream
-from xml_pipeline.control.source import Finished, Missing, OrganismSource, Stopped
+from xml_pipeline.control.source import Finished, Invalid, Missing, OrganismSource, Stopped
 
 __all__ = ["UNAUTHORIZED", "build_app", "console_folder"]
 
@@ -81,6 +81,8 @@ def _answers(endpoint: Endpoint) -> Endpoint:
             return _error(404, exc.message, exc.id)
         except Finished as exc:
             return _error(409, exc.message, exc.id)
+        except Invalid as exc:
+            return _error(400, str(exc))
         except Stopped as exc:
             return _error(503, f"the organism is not running: {exc}")
 

@@ -1,9 +1,8 @@
 """The organism as the control plane sees it: one adapter over the public `Organism` API.
 
 Everything the HTTP API and the event stream read or do goes through `OrganismSource`, so a
-change of the organism's API (the run registry: ``all_runs``, async ``cancel_run``, workers,
-`UnknownIdError`) is a change of this module only. It never imports `Organism` (the organism
-imports the control plane): it calls what it is given, duck-typed as `Controlled`.
+change of the organism's API is a change of this module only. It never imports `Organism` (the
+organism imports the control plane): it calls what it is given, typed as `Controlled`.
 
 Errors are translated into two of the control plane's own: `Missing` (HTTP 404: no such run,
 conversation or worker) and `Finished` (HTTP 409: the run finished already).
@@ -12,19 +11,18 @@ conversation or worker) and `Finished` (HTTP 409: the run finished already).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from xml_pipeline import _errors
-from xml_pipeline._errors import NotFoundError, UsageError
+from xml_pipeline._errors import NotFoundError, UnknownIdError, UsageError
 from xml_pipeline.metrics.trace import Trace, TraceHop
 
 __all__ = [
     "Controlled",
     "Finished",
+    "Invalid",
     "Missing",
     "OrganismSource",
     "Stopped",
@@ -49,6 +47,10 @@ class Finished(ValueError):
         self.id, self.message = id, message
 
 
+class Invalid(ValueError):
+    """A query the organism refused (an unknown status to filter by): HTTP 400."""
+
+
 class Stopped(RuntimeError):
     """The organism is not running (stopping, or stopped): HTTP 503."""
 
@@ -65,24 +67,15 @@ class Controlled(Protocol):
     def stats(self) -> Any: ...
     @property
     def metrics(self) -> Any: ...
-    def runs(self, *, listener: str | None = ..., status: str | None = ...) -> list[Any]: ...
+    async def all_runs(
+        self, *, listener: str | None = ..., status: str | None = ...
+    ) -> list[Any]: ...
+    async def cancel_run(self, run_id: str) -> None: ...
     async def cancel_conversation(self, conversation: str) -> None: ...
+    def workers(self) -> list[Any]: ...
+    async def kill_worker(self, pid: int) -> None: ...
     async def trace(self, conversation: str) -> Trace: ...
     def recovery_status(self) -> dict[str, Any]: ...
-
-
-# the registry's error once it exists (UsageError subclass with .kind and .id); None before
-_UNKNOWN_ID: type[Exception] | None = getattr(_errors, "UnknownIdError", None)
-
-
-def run_dict(run: Any) -> dict[str, Any]:
-    """A `Run` as a JSON-ready dict (keys: its field names)."""
-    to_dict = getattr(run, "to_dict", None)
-    if to_dict is not None:
-        return dict(to_dict())
-    found = {f.name: getattr(run, f.name) for f in dataclasses.fields(run)}
-    found["output"] = list(found.get("output", ()))
-    return found
 
 
 class OrganismSource:
@@ -97,17 +90,13 @@ class OrganismSource:
 
     async def runs(self, listener: str | None = None, status: str | None = None) -> list[Any]:
         """The runs of every process sharing the backend (`all_runs`), or of this one."""
-        org = self.organism
         try:
-            all_runs = getattr(org, "all_runs", None)
-            if all_runs is not None:
-                return list(await all_runs(listener=listener, status=status))
-            return list(org.runs(listener=listener, status=status))
+            return await self.organism.all_runs(listener=listener, status=status)
         except UsageError as exc:
-            raise Stopped(str(exc)) from None
+            raise self._refused("run", "", exc) from None
 
     async def run_dicts(self, listener: str | None = None, status: str | None = None) -> list[Any]:
-        return [run_dict(run) for run in await self.runs(listener, status)]
+        return [run.to_dict() for run in await self.runs(listener, status)]
 
     async def run(self, run_id: str) -> dict[str, Any]:
         """One run, with its output lines.
@@ -116,8 +105,8 @@ class OrganismSource:
             Missing: no run has that id.
         """
         for run in await self.runs():
-            if run.run_id == run_id:
-                return run_dict(run)
+            if run.run_id == run_id or run.run_id.partition("@")[0] == run_id:
+                return dict(run.to_dict())
         raise Missing("run", run_id, f"no run {run_id!r} in organism {self.name!r}")
 
     async def cancel_run(self, run_id: str) -> None:
@@ -127,9 +116,7 @@ class OrganismSource:
             Missing: no run has that id. Finished: it finished already.
         """
         try:
-            result = self.organism.cancel_run(run_id)  # type: ignore[attr-defined]
-            if inspect.isawaitable(result):
-                await result
+            await self.organism.cancel_run(run_id)
         except UsageError as exc:
             raise self._refused("run", run_id, exc) from None
 
@@ -171,11 +158,8 @@ class OrganismSource:
 
     def workers(self) -> list[dict[str, Any]]:
         """The pool's worker processes (none before the run registry lists them)."""
-        workers = getattr(self.organism, "workers", None)
-        if workers is None:
-            return []
         try:
-            return [_plain(w) for w in workers()]
+            return [worker.to_dict() for worker in self.organism.workers()]
         except UsageError as exc:
             raise Stopped(str(exc)) from None
 
@@ -185,11 +169,8 @@ class OrganismSource:
         Raises:
             Missing: no worker has that pid.
         """
-        kill = getattr(self.organism, "kill_worker", None)
-        if kill is None:
-            raise Missing("worker", str(pid), f"no worker process {pid} in organism {self.name!r}")
         try:
-            await kill(pid)
+            await self.organism.kill_worker(pid)
         except UsageError as exc:
             raise self._refused("worker", str(pid), exc) from None
 
@@ -247,22 +228,16 @@ class OrganismSource:
         }
 
     def _refused(self, kind: str, id: str, exc: UsageError) -> Exception:
-        if _UNKNOWN_ID is not None and isinstance(exc, _UNKNOWN_ID):
-            return Missing(kind, id, exc.message)
-        if "not running" in exc.message and f"organism {self.name!r}" in exc.message:
+        """The organism's refusal as the control plane's: 404, 409, 503 or 400."""
+        if isinstance(exc, UnknownIdError):
+            return Missing(exc.kind, exc.id, exc.message)
+        if f"organism {self.name!r} is not running" in exc.message:
             return Stopped(exc.message)
-        if kind == "run" and "finished" in exc.message:
+        if kind == "run" and "not running any more" in exc.message:
             return Finished(id, exc.message)
-        return Missing(kind, id, exc.message)
-
-
-def _plain(value: Any) -> dict[str, Any]:
-    to_dict = getattr(value, "to_dict", None)
-    if to_dict is not None:
-        return dict(to_dict())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    return dict(value)
+        if id:  # an id of the wrong form names nothing
+            return Missing(kind, id, exc.message)
+        return Invalid(exc.message)
 
 
 def _mermaid(name: str, listeners: Iterable[Any]) -> str:
