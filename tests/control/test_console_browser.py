@@ -394,16 +394,24 @@ async def pong(msg: Ball, meta: HandlerMetadata) -> HandlerResponse:
     return HandlerResponse.respond(Ball(n=msg.n + 1))
 
 
+HOSTILE = "solo<img/src=x/onerror=window.hacked=1>"  # a listener name: anything but whitespace
+
+
+def graph_nodes(driver: WebDriver) -> list[Any]:
+    return list(driver.find_elements(By.CSS_SELECTOR, "#graph .node"))
+
+
 async def test_a_cyclic_graph_is_drawn_and_a_burst_of_hops_is_counted_and_capped(
     browser: WebDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An arrow back (pong -> ping) is drawn inside the picture, as is a listener on its own;
-    300 hops arrive faster than they are drawn: every one counted, the newest 200 listed."""
+    """An arrow back (pong -> ping) is drawn inside the picture, as is a listener on its own
+    whose name is markup (shown as text, never run); 300 hops arrive faster than they are
+    drawn: every one counted, the newest 200 listed."""
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     listeners = [
         Listener("ping", Ball, ping, peers=("pong",)),
         Listener("pong", Ball, pong, peers=("ping",)),
-        Listener("solo", Ball, pong),
+        Listener(HOSTILE, Ball, pong),
     ]
     control = {"listen": "127.0.0.1:0", "token_env": TOKEN_ENV}
     async with Organism(listeners, name="rally", control=control) as org:
@@ -425,7 +433,11 @@ async def test_a_cyclic_graph_is_drawn_and_a_burst_of_hops_is_counted_and_capped
             width, height, boxes = box
             for x1, y1, x2, y2 in boxes:  # every shape inside the picture, none NaN
                 assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height, (box, x1, y1, x2, y2)
-            assert len(driver.find_elements(By.CSS_SELECTOR, "#graph .node")) == 3
+            names = [n.get_attribute("data-listener") for n in graph_nodes(driver)]
+            assert names == ["ping", "pong", HOSTILE]
+            wait.until(lambda d: HOSTILE in d.find_element(By.ID, "stats").text)
+            assert driver.find_elements(By.TAG_NAME, "img") == []
+            assert driver.execute_script("return window.hacked === undefined")
 
         await anyio.to_thread.run_sync(drawn, browser)
         async with anyio.create_task_group() as tasks:

@@ -22,8 +22,8 @@
 
   const state = {
     token: "",
-    runs: [], // the last list the API gave, with `received` (performance.now()) per list
-    runsReceived: 0,
+    runs: [], // the last list of runs the API gave
+    runsReceived: 0, // when (performance.now()): running runs' elapsed time counts on from it
     graph: null,
     edgeCounts: new Map(), // "from → to" -> hops
     nodeCounts: new Map(), // listener -> hops finished
