@@ -325,3 +325,16 @@ async def test_the_control_section_is_read_from_the_file_with_key_paths(tmp_path
     assert any(p.key_path == "control.tokn" and "token_env" in p.message
                for p in caught.value.problems)  # fmt: skip
     assert load_config(SLOW).control == ControlConfig(listen="127.0.0.1:0")
+
+
+async def test_without_the_web_extra_the_start_says_what_to_install(
+    token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now fails
+    monkeypatch.delitem(sys.modules, "xml_pipeline.control.server")
+    org = Organism.from_yaml(SLOW)
+    with pytest.raises(UsageError, match=r"pip install 'xml-pipeline\[web\]'"):
+        async with org:
+            pass
