@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,14 @@ from xml_pipeline import Organism
 SLOW = Path(__file__).resolve().parent / "slow" / "organism.yaml"
 TOKEN = "t0ken-for-tests"
 
-sys.path.insert(0, str(SLOW.parent))  # the handlers' module, for the payload classes
-from handlers import Done, Job  # noqa: E402
+__all__ = ["SLOW", "TOKEN", "client_of", "job"]
 
-__all__ = ["SLOW", "TOKEN", "Done", "Job", "client_of"]
+
+def job(org: Organism, seconds: float, lines: int = 0) -> object:
+    """A ``Job`` payload of the slow organism, of the class its listeners were loaded with
+    (its slow_handlers module is imported by the organism loader, never by the tests: a plain
+    ``import`` here would take the module name from other tests)."""
+    return org.listeners[0].payload_class(seconds=seconds, lines=lines)
 
 
 def client_of(org: Organism, token: str | None = TOKEN) -> httpx.AsyncClient:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.control.conftest import SLOW, TOKEN, Job, client_of
+from tests.control.conftest import SLOW, TOKEN, client_of, job
 from xml_pipeline import ControlConfig, DeliveryError, Organism, UsageError
 from xml_pipeline.metrics.records import STATS_METRICS
 
@@ -95,7 +95,7 @@ async def test_a_run_is_listed_with_its_output_and_cancelled_its_caller_answered
 
         async def ask() -> None:
             try:
-                await slow.request("worker", Job(seconds=60.0, lines=3), timeout=30)
+                await slow.request("worker", job(slow, seconds=60.0, lines=3), timeout=30)
             except DeliveryError as exc:
                 failures.append(exc)
 
@@ -135,7 +135,7 @@ async def test_a_conversation_is_listed_and_cancelled(slow: Organism) -> None:
 
         async def ask() -> None:
             try:
-                await slow.request("boss", Job(seconds=60.0), timeout=30)
+                await slow.request("boss", job(slow, seconds=60.0), timeout=30)
             except DeliveryError as exc:
                 failures.append(exc.reason)
 
@@ -150,7 +150,7 @@ async def test_a_conversation_is_listed_and_cancelled(slow: Organism) -> None:
 
 
 async def test_stats_and_graph(slow: Organism) -> None:
-    await slow.request("boss", Job(seconds=0.0), timeout=10)
+    await slow.request("boss", job(slow, seconds=0.0), timeout=10)
     async with client_of(slow) as client:
         stats = (await client.get("/api/stats")).json()
         graph = (await client.get("/api/graph")).json()
@@ -193,7 +193,7 @@ async def test_the_event_stream_carries_hops_and_run_changes(slow: Organism) -> 
         group.start_soon(events, client, got)
         await wait_until(lambda: any(kind == "runs" for kind, _ in got))  # the first: now
         async with anyio.create_task_group() as asks:
-            asks.start_soon(slow.request, "boss", Job(seconds=1.0))
+            asks.start_soon(slow.request, "boss", job(slow, seconds=1.0))
             await wait_until(
                 lambda: any(k == "runs" and '"worker"' in d for k, d in got), seconds=10.0
             )
@@ -229,7 +229,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_the_pump_goes_on(token
             while (await client.get("/api/stats")).json()["events"]["disconnected"] == 0:
                 async with anyio.create_task_group() as asks:
                     for _ in range(batch):
-                        asks.start_soon(org.request, "boss", Job(seconds=0.0))
+                        asks.start_soon(org.request, "boss", job(org, seconds=0.0))
                 sent += batch
                 # the reader keeps up before the next batch: it is never the one dropped
                 expected = 2 * sent
@@ -258,9 +258,9 @@ async def test_metrics_parse_with_prometheus_client_and_counters_equal_stats(tok
     org = Organism.from_yaml(SLOW, metrics=metrics)
     async with org, client_of(org) as client:
         for seconds in (0.0, 0.0, 0.0):
-            await org.request("boss", Job(seconds=seconds), timeout=10)
+            await org.request("boss", job(org, seconds=seconds), timeout=10)
         with contextlib.suppress(DeliveryError):
-            await org.request("worker", Job(seconds=5.0), timeout=0.2)  # a timeout
+            await org.request("worker", job(org, seconds=5.0), timeout=0.2)  # a timeout
         await org.wait_idle()
         assert org.metrics is not None and await org.metrics.flush()
         response = await client.get("/metrics")
@@ -325,3 +325,16 @@ async def test_the_control_section_is_read_from_the_file_with_key_paths(tmp_path
     assert any(p.key_path == "control.tokn" and "token_env" in p.message
                for p in caught.value.problems)  # fmt: skip
     assert load_config(SLOW).control == ControlConfig(listen="127.0.0.1:0")
+
+
+async def test_without_the_web_extra_the_start_says_what_to_install(
+    token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now fails
+    monkeypatch.delitem(sys.modules, "xml_pipeline.control.server")
+    org = Organism.from_yaml(SLOW)
+    with pytest.raises(UsageError, match=r"pip install 'xml-pipeline\[web\]'"):
+        async with org:
+            pass

@@ -183,6 +183,11 @@ def test_run_control_port_in_use_fails_naming_the_port(running: Running) -> None
     )  # fmt: skip
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port} (port {port})" in done.stderr
+    wrong = subprocess.run(
+        [sys.executable, "-m", "xml_pipeline", "run", str(SLOW), "--control", "here:"],
+        input="", capture_output=True, text=True, timeout=60, check=False, env=env(),
+    )  # fmt: skip
+    assert wrong.returncode == 2 and "--control here:: expected [HOST:]PORT" in wrong.stderr
 
 
 def test_logs_follow_ends_with_the_run_and_top_ends_cleanly_on_ctrl_c(running: Running) -> None:
