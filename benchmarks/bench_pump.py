@@ -33,6 +33,13 @@ flush tasks run in the same process, so their CPU is in the figure. A "prometheu
 row measures that ratio for the Prometheus sink the way the meta.call row does: both organisms
 in one loop, bursts taking turns, the median of per-pair ratios.
 
+``--control`` adds a paired row at the first ``--inflight``: an organism with its control plane
+on and one event-stream client connected (``curl -N`` reading ``/api/events`` in a process of
+its own, so only the server's side is in the figure) against one without, in the same event
+loop, short bursts of the same load taking turns; the median of the per-pair CPU ratios. The
+same for the control plane on and nobody watching. Events the client lost are printed (none
+expected: a client that falls a whole queue behind is dropped, which would void the row).
+
 ``--registry`` adds paired rows for the run registry (issue 13): one organism with it on (the
 default: finished runs kept, a heartbeat every second) and one with it off (``runs:
 {keep_finished: 0, heartbeat_seconds: 0}``) in the same event loop, short bursts of the same
@@ -42,6 +49,7 @@ A heartbeat's own cost (snapshot built, JSON, one backend call) is printed under
 
     python benchmarks/bench_pump.py [--runs 5] [--loop uvloop|asyncio]
         [--conversations 40000] [--inflight 1000,30000] [--metrics] [--recovery] [--registry]
+        [--control]
 """
 
 from __future__ import annotations
@@ -178,6 +186,25 @@ Row = Callable[[], Awaitable[dict[str, float]]]
 CALL_ROW = "pump, {:,} in flight, meta.call"
 PAIRED_ROW = "meta.call/return, {:,} in flight, paired"
 METRICS_PAIRED_ROW = "prometheus/off, {:,} in flight, paired"
+CONTROL_ROW = "control plane on/off, {:,}, paired"
+WATCHED_ROW = "control + 1 SSE client/off, {:,}, paired"
+
+
+async def _until_clients(org: Organism, count: int) -> None:
+    """Wait until ``count`` event-stream clients are connected to ``org``'s control plane."""
+    for _ in range(2000):
+        if _event_stats(org)["clients"] >= count:
+            return
+        await asyncio.sleep(0.005)
+    raise RuntimeError("the event-stream client did not connect (is curl installed?)")
+
+
+def _event_stats(org: Organism) -> dict[str, int]:
+    plane = org._control  # the benchmark reads the hub's counters directly
+    assert plane is not None
+    return plane.hub.stats()
+
+
 REGISTRY_ROW = "registry on/off, {:,} in flight, {}, paired"
 
 
@@ -241,16 +268,20 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
         inflight: int,
         pairs: int,
         then: Callable[[], Awaitable[object]] | None = None,
+        before: Callable[[], Awaitable[object]] | None = None,
     ) -> dict[str, list[float]]:
         """CPU per hop of each organism in one event loop, short bursts of the same load
-        taking turns (the order reversed every other turn); ``then`` runs after the bursts,
-        while the organisms still run."""
+        taking turns (the order reversed every other turn); ``before`` runs once they all
+        run, before the warm-up; ``then`` after the bursts, while the organisms still run."""
         conversations = max(options.conversations // 4, 2 * inflight)
         names = list(orgs)
         cpu: dict[str, list[float]] = {name: [] for name in names}
         async with contextlib.AsyncExitStack() as stack:
             for org in orgs.values():
                 await stack.enter_async_context(org)
+            if before is not None:
+                await before()
+            for org in orgs.values():
                 await load(org, 2000, 100)  # warm up
             for turn in range(pairs):
                 for name in names if turn % 2 == 0 else names[::-1]:
@@ -283,6 +314,47 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
             "on": organism(ingress_limit=inflight, metrics=prometheus),
         }
         return compared(await bursts(orgs, inflight, pairs), "on", "off")
+
+    async def control_paired(inflight: int, watched: bool, pairs: int = 4) -> dict[str, float]:
+        import os
+        import subprocess
+
+        conversations = max(options.conversations // 4, 2 * inflight)
+        os.environ["XP_BENCH_TOKEN"] = "bench"
+        control = {"listen": "127.0.0.1:0", "token_env": "XP_BENCH_TOKEN"}
+        orgs = {
+            "off": organism(ingress_limit=inflight),
+            "on": organism(ingress_limit=inflight, control=control),
+        }
+        cpu: dict[str, list[float]] = {"off": [], "on": []}
+        async with orgs["off"], orgs["on"]:
+            client = None
+            if watched:
+                client = subprocess.Popen(
+                    ["curl", "-sN", "-H", "Authorization: Bearer bench",
+                     f"{orgs['on'].control_url}/api/events"],
+                    stdout=subprocess.DEVNULL,
+                )  # fmt: skip
+                await _until_clients(orgs["on"], 1)
+            for org in orgs.values():
+                await load(org, 2000, 100)  # warm up
+            for turn in range(pairs):
+                for name in ("off", "on") if turn % 2 == 0 else ("on", "off"):
+                    m = await load(orgs[name], conversations, inflight)
+                    cpu[name].append(m.cpu_us_per_hop)
+            events = _event_stats(orgs["on"])
+            if client is not None:
+                client.terminate()
+                client.wait()
+        return {
+            "on_vs_off": statistics.median(
+                on / off for off, on in zip(cpu["off"], cpu["on"], strict=True)
+            ),
+            "off_cpu_us_per_hop": statistics.median(cpu["off"]),
+            "on_cpu_us_per_hop": statistics.median(cpu["on"]),
+            "events_dropped": events["dropped"],
+            "clients_disconnected": events["disconnected"],
+        }
 
     async def registry(inflight: int, backend: str, pairs: int = 6) -> dict[str, float]:
         """Registry on vs off, paired bursts in one loop (see the module docstring)."""
@@ -342,6 +414,9 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
         table[f"pump, {first:,}, metrics: otel (in memory)"] = pump(first, otel=True)
         table[f"pump, {first:,}, tracing: otel spans (in memory)"] = pump(first, spans=True)
         table[METRICS_PAIRED_ROW.format(first)] = lambda: metrics_paired(first)
+    if options.control:
+        table[CONTROL_ROW.format(first)] = lambda: control_paired(first, watched=False)
+        table[WATCHED_ROW.format(first)] = lambda: control_paired(first, watched=True)
     if options.registry:
         table[REGISTRY_ROW.format(first, "memory")] = lambda: registry(first, "memory")
         table[REGISTRY_ROW.format(first, "redis")] = lambda: registry(first, "redis")
@@ -363,6 +438,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--metrics", action="store_true", help="add rows with the metrics collector on"
+    )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="add paired rows with the control plane on (nobody watching, one SSE client)",
     )
     parser.add_argument(
         "--recovery",
@@ -415,6 +495,10 @@ def main() -> None:
         if "p50_us" in m:
             print(f"{name:42} p50 {m['p50_us']:.1f} us, p99 {m['p99_us']:.1f} us")
             continue
+        if "events_dropped" in m:  # a control plane row
+            per_hop = f"{m['off_cpu_us_per_hop']:.2f} -> {m['on_cpu_us_per_hop']:.2f} us"
+            lost = f", {m['events_dropped']:.0f} events dropped" if "SSE" in name else ""
+            print(f"{name:42} {m['on_vs_off']:.2f}x CPU per hop ({per_hop}{lost})")
         if "on_vs_off" in m:
             per_hop = f"{m['off_cpu_us_per_hop']:.2f} -> {m['on_cpu_us_per_hop']:.2f} us"
             print(f"{name:42} {m['on_vs_off']:.2f}x CPU per hop ({per_hop})")

@@ -36,6 +36,7 @@ EXPECTED = {
     "ListenerConfig",
     "ListenerRecovery",
     "MetricsCollector",
+    "ControlConfig",
     "MetricsConfig",
     "NotFoundError",
     "Organism",

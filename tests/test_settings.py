@@ -33,6 +33,7 @@ from xml_pipeline._settings import (
     spec_of,
     values_of,
 )
+from xml_pipeline.control import ControlConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = Path(xml_pipeline.__file__).resolve().parent
@@ -46,6 +47,7 @@ SECTIONS: dict[str, type] = {
     "process_pool": ProcessPoolConfig,
     "dead_letters": DeadLetterConfig,
     "runs": RunsConfig,
+    "control": ControlConfig,
 }
 SETTINGS = [(section, f) for section, cls in SECTIONS.items() for f in settings_fields(cls)]
 
@@ -101,7 +103,7 @@ def test_a_key_left_out_of_organism_yaml_takes_the_settings_default(
     case: tuple[str, dataclasses.Field[Any]],
 ) -> None:
     section, f = case
-    config = parse_config(MINIMAL, file="organism.yaml")
+    config = parse_config(MINIMAL + "control:\n", file="organism.yaml")  # empty: defaults
     holder = {
         "organism": config,
         "listeners": config.listeners[0],
@@ -109,6 +111,7 @@ def test_a_key_left_out_of_organism_yaml_takes_the_settings_default(
         "process_pool": config.process_pool,
         "dead_letters": config.dead_letters,
         "runs": config.runs,
+        "control": config.control,
     }[section]
     assert same(getattr(holder, f.name), default_of(f))
 
@@ -208,6 +211,7 @@ def test_the_readme_reference_lists_the_sections_keys_in_their_order() -> None:
     assert list(document["process_pool"]) == [f.name for f in settings_fields(ProcessPoolConfig)]
     assert list(document["dead_letters"]) == [f.name for f in settings_fields(DeadLetterConfig)]
     assert list(document["runs"]) == [f.name for f in settings_fields(RunsConfig)]
+    assert list(document["control"]) == [f.name for f in settings_fields(ControlConfig)]
 
 
 def test_the_readme_listener_signature_gives_the_settings_defaults() -> None:
@@ -253,6 +257,9 @@ REFUSED: list[tuple[str, str, str, object]] = (
         ("backend", "redis_url", "http://cache", "http://cache"),
         ("backend", "redis_prefix", "''", ""),
         ("backend", "manager_address", "localhost", "localhost"),
+        ("control", "listen", "nowhere", "nowhere"),
+        ("control", "listen", "127.0.0.1:99999", "127.0.0.1:99999"),
+        ("control", "token_env", "'A=B'", "A=B"),
     ]
 )
 
@@ -291,6 +298,8 @@ def code_problem(section: str, key: str, value: object) -> str:
             DeadLetterConfig(**{key: value})
         elif section == "runs":
             RunsConfig(**{key: value})
+        elif section == "control":
+            ControlConfig(**{key: value})
         else:
             ProcessPoolConfig(**{key: value})
     return str(info.value).removeprefix("[usage] ")

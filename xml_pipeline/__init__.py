@@ -69,6 +69,7 @@ from xml_pipeline._wire.payloads import (
 )
 from xml_pipeline._wire.repair import Repair, RepairResult, repair
 from xml_pipeline.backends.base import DeadLetter, DeadLetterCounts
+from xml_pipeline.control import ControlConfig
 from xml_pipeline.metrics import (
     MetricsCollector,
     MetricsConfig,
@@ -86,6 +87,7 @@ __all__ = [
     "CircuitSettings",
     "ConfigError",
     "ConfigProblem",
+    "ControlConfig",
     "ConversationEvent",
     "DeadLetter",
     "DeadLetterConfig",

@@ -43,6 +43,7 @@ from xml_pipeline._settings import (  # noqa: F401 - Retry/CircuitSettings name 
     settings_fields,
     spec_of,
 )
+from xml_pipeline.control.settings import ControlConfig
 from xml_pipeline.metrics.settings import (
     SINK_TYPES,
     MetricsConfig,
@@ -135,6 +136,7 @@ class OrganismConfig(OrganismSettings):
     runs: RunsConfig = field(default_factory=RunsConfig)
     metrics: MetricsConfig | None = None
     tracing: TracingConfig | None = None
+    control: ControlConfig | None = None
 
     @property
     def folder(self) -> Path:
@@ -242,6 +244,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "backend": BackendConfig,
     "process_pool": ProcessPoolConfig,
     "dead_letters": DeadLetterConfig,
+    "control": ControlConfig,
     "runs": RunsConfig,
 }
 
@@ -410,6 +413,12 @@ class _Reader:
         process_pool = self.settings(pool, ProcessPoolConfig)
         letters = self.optional_section(top.fields.get("dead_letters"), "dead_letters")
         dead_letters = self.settings(letters, DeadLetterConfig)
+        control_node = top.fields.get("control")
+        control = (
+            None
+            if control_node is None
+            else self.settings(self.optional_section(control_node, "control"), ControlConfig)
+        )
         runs = self.settings(self.optional_section(top.fields.get("runs"), "runs"), RunsConfig)
         metrics = self.metrics(top.fields.get("metrics"), file.parent)
         tracing = self.tracing(top.fields.get("tracing"))
@@ -421,6 +430,7 @@ class _Reader:
             backend=BackendConfig(**backend),
             process_pool=ProcessPoolConfig(**process_pool),
             dead_letters=DeadLetterConfig(**dead_letters),
+            control=None if control is None else ControlConfig(**control),
             runs=RunsConfig(**runs),
             metrics=metrics,
             tracing=tracing,

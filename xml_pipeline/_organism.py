@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 from xml_pipeline._config import OrganismConfig, load_config, parse_section
 from xml_pipeline._dead_letters import DeadLetters
@@ -51,9 +51,18 @@ from xml_pipeline.backends.base import Backend
 from xml_pipeline.backends.factory import open_backend
 from xml_pipeline.backends.manager import ManagerBackend
 from xml_pipeline.backends.memory import MemoryBackend
+from xml_pipeline.control.settings import ControlConfig
 from xml_pipeline.metrics.collector import MetricsCollector, Probes
-from xml_pipeline.metrics.settings import MetricsConfig, TracingConfig
+from xml_pipeline.metrics.settings import (
+    DEFAULT_PROMETHEUS_LISTEN,
+    MetricsConfig,
+    PrometheusSinkConfig,
+    TracingConfig,
+)
 from xml_pipeline.metrics.trace import Trace, trace_from_history
+
+if TYPE_CHECKING:
+    from xml_pipeline.control.server import ControlPlane
 
 __all__ = ["Organism"]
 
@@ -87,6 +96,7 @@ class Organism:
         outbox_size: int = _DEFAULT.outbox_size,
         metrics: MetricsConfig | Mapping[str, Any] | None = None,
         tracing: TracingConfig | bool | Mapping[str, Any] | None = None,
+        control: ControlConfig | Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(listeners, Listener) or not isinstance(listeners, Sequence):
             raise UsageError(
@@ -107,6 +117,9 @@ class Organism:
         )
         traced = (
             tracing if isinstance(tracing, TracingConfig | None) else _section("tracing", tracing)
+        )
+        controlled = (
+            control if isinstance(control, ControlConfig | None) else _section("control", control)
         )
         if dead_letters is not None and not isinstance(dead_letters, DeadLetterConfig):
             dead_letters = _section("dead_letters", dead_letters)
@@ -144,6 +157,8 @@ class Organism:
         self._metrics_config: MetricsConfig | None = measured
         self._tracing: TracingConfig | None = traced
         self._collector: MetricsCollector | None = None  # the last one, kept after a stop
+        self._control_config: ControlConfig | None = controlled
+        self._control: ControlPlane | None = None
         self.hooks = Hooks()  # every hop and conversation event, for observers (see Hooks)
         self._dead_letters = DeadLetters._of(
             name,
@@ -186,6 +201,7 @@ class Organism:
             process_pool=config.process_pool,
             metrics=config.metrics,
             tracing=config.tracing,
+            control=config.control,
             dead_letters=config.dead_letters,
             runs=config.runs,
             **values_of(OrganismSettings, config),
@@ -200,8 +216,13 @@ class Organism:
         is logged on it (one line: sender -> listener, payload tag, short conversation id,
         duration, outcome) until the organism stops.
 
+        With a ``control:`` section (or ``control=``), the control plane starts too (see
+        `control_url`) and stops after the organism drained.
+
         Raises:
-            UsageError: the organism is running already.
+            UsageError: the organism is running already; or its control plane cannot start
+                (the ``[web]`` extra is missing, its port is in use, or it would listen beyond
+                loopback without a token).
             BackendError: its backend cannot be opened (``backend_unreachable``).
         """
         if self._stack is not None:
@@ -258,6 +279,11 @@ class Organism:
             await heartbeat.start()
             stack.push_async_callback(heartbeat.aclose)  # after the pump drained
             self._heartbeat = heartbeat
+            if self._control_config is not None:
+                plane = self._start_control(self._control_config)
+                await plane.start()
+                stack.push_async_callback(plane.aclose)  # after the pump drained
+                self._control = plane
             pump.start()
         except BaseException:
             await stack.aclose()
@@ -289,6 +315,29 @@ class Organism:
         finally:
             await stack.aclose()
 
+    def _start_control(self, config: ControlConfig) -> ControlPlane:
+        """The control plane of this run (imported here: it needs the ``[web]`` extra).
+
+        Raises:
+            UsageError: the extra is not installed, or it would listen beyond loopback
+                without a token.
+        """
+        from xml_pipeline.control.server import ControlPlane
+
+        return ControlPlane(self, config, self.hooks)
+
+    @property
+    def control_url(self) -> str | None:
+        """The base URL of the control plane (``http://127.0.0.1:8750``, the port bound when
+        ``listen`` gave 0), while it runs; None without one."""
+        plane = self._control
+        return None if plane is None or self._pump is None else plane.url
+
+    @property
+    def backend_description(self) -> str:
+        """Where the organism keeps its shared state, in words (for people)."""
+        return _describe_backend(self._backend_spec)
+
     def _collect(self, pump: StreamPump, registry: ThreadRegistry) -> MetricsCollector:
         """The collector of this run, reading the pump, registry and pool when it samples."""
         pool = self._pool
@@ -306,8 +355,11 @@ class Organism:
             dead_letters=self._dead_letters_kept,
             recovery=pump.recovery_status,
         )
+        config = self._metrics_config or MetricsConfig()
+        if self._control_config is None:  # no control plane to serve /metrics: the default
+            config = replace(config, sinks=tuple(_own_listen(sink) for sink in config.sinks))
         return MetricsCollector(
-            self._metrics_config or MetricsConfig(),
+            config,
             self._tracing,
             organism=self.name,
             probes=probes,
@@ -724,8 +776,16 @@ _SECTION_TYPES: dict[str, tuple[type, ...]] = {
     "metrics": (MetricsConfig,),
     "tracing": (TracingConfig,),
     "dead_letters": (DeadLetterConfig,),
+    "control": (ControlConfig,),
     "runs": (RunsConfig,),
 }
+
+
+def _own_listen(sink: object) -> object:
+    """A prometheus sink without ``listen`` given its default address (no control plane)."""
+    if isinstance(sink, PrometheusSinkConfig) and sink.listen is None:
+        return replace(sink, listen=DEFAULT_PROMETHEUS_LISTEN)
+    return sink
 
 
 def _durable(backend: BackendConfig | Backend) -> bool:
@@ -781,7 +841,7 @@ def _section(key: str, value: object) -> Any:
         UsageError: not a mapping, or a setting the section does not have or cannot take (every
             problem listed, by key path, as the file reader reports them).
     """
-    if value is None and key in ("metrics", "tracing"):
+    if value is None and key in ("metrics", "tracing", "control"):
         return None  # an override that turns it off
     if key == "tracing" and isinstance(value, bool):
         return TracingConfig() if value else None

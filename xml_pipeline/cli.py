@@ -9,6 +9,9 @@ organism schema FILE [LISTENER] --json            JSON Schema and example object
 organism graph FILE [--format mermaid|dot|svg]    the organism's listeners and peers, drawn
 organism dlq list|show|replay|purge FILE ...      the dead-letter queue (see xml_pipeline._cli_dlq)
 organism trace FILE CONVERSATION                  a conversation's hop tree, from stored records
+organism trace CONVERSATION --control URL         the same, from a running organism
+organism ps|top|logs|kill|cancel|stats ...        a running organism, through its control plane
+                                                  (see xml_pipeline._cli_control)
 
 SIGTERM or SIGINT stops ``organism run`` gracefully (see xml_pipeline._cli_run): it reads no more
 input, lets what is in flight finish for up to ``drain_timeout_seconds``, keeps the rest as dead
@@ -24,6 +27,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,7 +35,7 @@ from typing import Any, BinaryIO
 import anyio
 from redis.exceptions import RedisError
 
-from xml_pipeline import _cli_run
+from xml_pipeline import _cli_control, _cli_run
 from xml_pipeline._cli_dlq import add_dlq_parser, dlq_command
 from xml_pipeline._cli_run import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, RunOptions
 from xml_pipeline._config import load_config
@@ -41,6 +45,7 @@ from xml_pipeline._loader import cpu_bound_call_warnings, validate_organism
 from xml_pipeline._organism import Organism
 from xml_pipeline._wire.json_schema import json_schema
 from xml_pipeline._wire.payloads import payload_spec
+from xml_pipeline.control.settings import ControlConfig, parse_listen
 
 __all__ = ["main"]
 
@@ -106,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--trace", action="store_true", help="print each conversation's hop tree on stderr"
     )
+    run.add_argument(
+        "--control",
+        metavar="[HOST:]PORT",
+        help="serve the control plane there (overrides control.listen; port 0: a free one)",
+    )
     validate = sub.add_parser(
         "validate", parents=[common], help="check an organism file and what it names"
     )
@@ -128,10 +138,13 @@ def _parser() -> argparse.ArgumentParser:
     trace = sub.add_parser(
         "trace",
         parents=[common],
-        help="print a conversation's hop tree from the records its jsonl/redis_stream sinks kept",
+        help="print a conversation's hop tree from the records its jsonl/redis_stream sinks "
+        "kept (FILE), or from a running organism (--control URL)",
     )
-    trace.add_argument("file")
+    trace.add_argument("file", nargs="?", help="path of organism.yaml (not with --control)")
     trace.add_argument("conversation", help="the conversation id (its first thread id)")
+    _cli_control.add_control_options(trace)
+    _cli_control.add_control_parsers(sub, common)
     return parser
 
 
@@ -150,7 +163,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _graph(args.file, args.format, args.output)
         if args.command == "dlq":
             return _run_async(dlq_command(args))
+        if args.command in _cli_control.CONTROL_COMMANDS:
+            return _cli_control.control_command(args)
         if args.command == "trace":
+            if args.file is None or args.control is not None:
+                if args.file is not None:
+                    print("error: give FILE or --control URL, not both", file=sys.stderr)
+                    return EXIT_CONFIG
+                return _cli_control.trace_command(args)
             return _run_async(_trace(args.file, args.conversation))
         if (args.to is None) != (args.send is None):
             print("error: --to and --send go together", file=sys.stderr)
@@ -158,13 +178,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.send is not None and args.input is not None:
             print("error: --send and --file do not go together", file=sys.stderr)
             return EXIT_CONFIG
+        if args.control is not None and parse_listen(args.control) is None:
+            print(f"error: --control {args.control}: expected [HOST:]PORT, like 8750 or "
+                  "127.0.0.1:8750", file=sys.stderr)  # fmt: skip
+            return EXIT_CONFIG
         try:
             opened = _open_input(args.input)
         except OSError as exc:
             print(f"error: --file {args.input}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_CONFIG
         with opened as source:
-            org = Organism.from_yaml(args.file)
+            org = _organism(args.file, args.control)
             options = RunOptions(
                 timeout=args.timeout,
                 trace=args.trace,
@@ -186,6 +210,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _organism(file: str, control: str | None) -> Organism:
+    """The organism of ``file``, its control plane on ``control`` when given.
+
+    Raises:
+        ConfigError: the file is wrong.
+    """
+    config = load_config(file)
+    if control is None:
+        return Organism.from_config(config)
+    if ":" not in control:
+        control = f"127.0.0.1:{control}"
+    return Organism.from_config(
+        config, control=replace(config.control or ControlConfig(), listen=control)
+    )
 
 
 def _open_input(path: str | None) -> contextlib.AbstractContextManager[BinaryIO]:

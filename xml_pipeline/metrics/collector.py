@@ -243,6 +243,16 @@ class MetricsCollector:
         pending, lost = self.depth, self.dropped
         return {lane.name: lane.stats(pending, lost) for lane in self._lanes}
 
+    def exposition(self) -> tuple[bytes, str] | None:
+        """The Prometheus exposition (text, content type) of a ``prometheus`` sink without
+        ``listen:`` (the control plane serves it on its ``/metrics``); None without one. Its
+        counters are those of the last flush (every ``flush_interval_seconds``, or `flush`)."""
+        for lane in self._lanes:
+            if getattr(lane.sink, "served_by_control", False):
+                found: tuple[bytes, str] = lane.sink.exposition()  # type: ignore[attr-defined]
+                return found
+        return None
+
     @property
     def dropped(self) -> int:
         """Records dropped because the buffer was full (each sink counts them too)."""

@@ -32,7 +32,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -227,12 +232,15 @@ def _gauge(org: str, name: str, help_: str, value: float) -> GaugeMetricFamily:
 
 class PrometheusSink:
     """Serves ``/metrics`` for one organism on ``listen`` (`prometheus_client`'s threaded
-    HTTP server, its own `CollectorRegistry`: never the global one)."""
+    HTTP server, its own `CollectorRegistry`: never the global one), or, without ``listen``,
+    gives the control plane its exposition (`exposition`)."""
 
     aggregates = True
 
     def __init__(self, config: PrometheusSinkConfig, context: SinkContext) -> None:
-        self._host, self._port = config.host_port
+        where = config.host_port
+        self.served_by_control = where is None
+        self._host, self._port = where or ("", 0)
         self._totals = _Totals()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Exposition(self._totals, context))
@@ -242,6 +250,8 @@ class PrometheusSink:
     @property
     def target(self) -> str:
         """The URL of its ``/metrics`` (with the port bound once started)."""
+        if self.served_by_control:
+            return "the control plane's /metrics"
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"http://{host}:{self._port}/metrics"
 
@@ -256,10 +266,16 @@ class PrometheusSink:
         Raises:
             OSError: the address is in use or cannot be bound.
         """
+        if self.served_by_control:
+            return
         self._server, self._thread = start_http_server(
             self._port, addr=self._host, registry=self.registry
         )
         self._port = int(self._server.server_address[1])
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The metrics now in the Prometheus text format, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     async def write(self, batch: Batch) -> None:
         """Add a batch's counts to the totals served."""

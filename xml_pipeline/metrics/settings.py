@@ -61,7 +61,12 @@ def _otel(value: bool, values: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _listen(value: str, values: Mapping[str, Any]) -> str | None:
+DEFAULT_PROMETHEUS_LISTEN = "127.0.0.1:9464"  # a prometheus sink's, without a control plane
+
+
+def _listen(value: str | None, values: Mapping[str, Any]) -> str | None:
+    if value is None:
+        return None
     host, sep, port = value.rpartition(":")
     if sep and host.strip("[]") and port.isdigit() and 0 <= int(port) < 65536:
         return None
@@ -121,20 +126,28 @@ class SinkSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrometheusSinkConfig(SinkSettings):
-    """Prometheus exposition (``/metrics``) on an address of its own, served by
-    ``prometheus_client`` from a registry of this organism's own."""
+    """Prometheus exposition (``/metrics``) of a registry of this organism's own, served by
+    ``prometheus_client`` on an address of its own (``listen``), or without ``listen`` on the
+    control plane's ``/metrics`` (when the organism has a ``control:`` section; otherwise on
+    `DEFAULT_PROMETHEUS_LISTEN`)."""
 
-    listen: str = field(
-        default="127.0.0.1:9464",
+    listen: str | None = field(
+        default=None,
         metadata=setting(
-            "text", "host:port to serve /metrics on; port 0: a free one", rule=_listen
+            "text",
+            "host:port to serve /metrics on (port 0: a free one); none: the control plane's "
+            f"/metrics, or {DEFAULT_PROMETHEUS_LISTEN} without a control plane",
+            nullable=True,
+            rule=_listen,
         ),
     )
     kind: ClassVar[str] = "prometheus"
 
     @property
-    def host_port(self) -> tuple[str, int]:
-        """``listen`` split into ``(host, port)``."""
+    def host_port(self) -> tuple[str, int] | None:
+        """``listen`` split into ``(host, port)``; None: served by the control plane."""
+        if self.listen is None:
+            return None
         host, _, port = self.listen.rpartition(":")
         return host.removeprefix("[").removesuffix("]"), int(port)
 

@@ -1,0 +1,340 @@
+"""The control plane's HTTP API: a real server on a free port, called with a real client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+import anyio
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.control.conftest import SLOW, TOKEN, client_of, job
+from xml_pipeline import ControlConfig, DeliveryError, Organism, UsageError
+from xml_pipeline.metrics.records import STATS_METRICS
+
+pytestmark = pytest.mark.anyio
+
+
+async def wait_for_run(client: httpx.AsyncClient, listener: str) -> dict[str, object]:
+    """The first run of ``listener`` listed as running (polled: it starts in a task)."""
+    with anyio.fail_after(10):
+        while True:
+            runs = (await client.get("/api/runs", params={"listener": listener})).json()["runs"]
+            running = [r for r in runs if r["status"] == "running"]
+            if running:
+                return running[0]  # type: ignore[no-any-return]
+            await anyio.sleep(0.01)
+
+
+# -- auth --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", f"Bearer {TOKEN}x", TOKEN, "Basic x"])
+async def test_a_missing_or_wrong_token_gets_401_and_nothing_else(
+    slow: Organism, header: str | None
+) -> None:
+    headers = {} if header is None else {"Authorization": header}
+    async with client_of(slow, token=None) as client:
+        for method, path in [
+            ("GET", "/api/runs"), ("GET", "/api/stats"), ("GET", "/api/runs/r1"),
+            ("POST", "/api/runs/r1/cancel"), ("GET", "/api/events"), ("GET", "/metrics"),
+            ("GET", "/api/nothing-here"),
+        ]:  # fmt: skip
+            response = await client.request(method, path, headers=headers)
+            assert response.status_code == 401, path
+            assert response.content == b'{"error": "unauthorized"}', path
+
+
+async def test_the_right_token_is_served_and_the_console_shell_needs_none(slow: Organism) -> None:
+    async with client_of(slow) as client:
+        assert (await client.get("/api/runs")).json() == {"runs": []}
+    async with client_of(slow, token=None) as anonymous:
+        page = await anonymous.get("/")
+        assert page.status_code == 200 and "<html" in page.text
+        assert (await anonymous.get("/api/runs")).status_code == 401
+
+
+async def test_listening_beyond_loopback_without_a_token_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("XP_CONTROL_TOKEN", raising=False)
+    org = Organism.from_yaml(SLOW, control={"listen": "0.0.0.0:0"})
+    with pytest.raises(UsageError, match=r"beyond loopback and \$XP_CONTROL_TOKEN is not set"):
+        async with org:
+            pass
+    monkeypatch.setenv("XP_CONTROL_TOKEN", TOKEN)  # with a token it starts
+    async with org:
+        assert org.control_url is not None
+
+
+async def test_a_port_in_use_fails_at_start_naming_the_port(token: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        org = Organism.from_yaml(SLOW, control=ControlConfig(listen=f"127.0.0.1:{port}"))
+        with pytest.raises(
+            UsageError, match=rf"cannot listen on 127\.0\.0\.1:{port} \(port {port}\)"
+        ):
+            async with org:
+                pass
+        assert org.control_url is None
+
+
+# -- runs, cancel, 404, 409 --------------------------------------------------------------------
+
+
+async def test_a_run_is_listed_with_its_output_and_cancelled_its_caller_answered_cancelled(
+    slow: Organism,
+) -> None:
+    async with client_of(slow) as client, anyio.create_task_group() as group:
+        failures: list[DeliveryError] = []
+
+        async def ask() -> None:
+            try:
+                await slow.request("worker", job(slow, seconds=60.0, lines=3), timeout=30)
+            except DeliveryError as exc:
+                failures.append(exc)
+
+        group.start_soon(ask)
+        run = await wait_for_run(client, "worker")
+        one = (await client.get(f"/api/runs/{run['run_id']}")).json()
+        assert one["output"] == ["line 1 of 3", "line 2 of 3", "line 3 of 3"]
+        assert one["progress"] == "wrote 3 lines"
+        cancelled = await client.post(f"/api/runs/{run['run_id']}/cancel")
+        assert cancelled.status_code == 202
+        assert cancelled.json() == {"cancelled": run["run_id"]}
+    assert [f.reason for f in failures] == ["cancelled"]
+    async with client_of(slow) as client:
+        again = await client.post(f"/api/runs/{run['run_id']}/cancel")
+    assert again.status_code == 409
+    assert again.json()["id"] == run["run_id"] and "finished" in again.json()["error"]
+
+
+async def test_unknown_ids_get_404_with_the_id(slow: Organism) -> None:
+    async with client_of(slow) as client:
+        for method, path, id in [
+            ("GET", "/api/runs/r999", "r999"),
+            ("POST", "/api/runs/r999/cancel", "r999"),
+            ("POST", "/api/conversations/nope/cancel", "nope"),
+            ("GET", "/api/trace/nope", "nope"),
+            ("POST", "/api/workers/12345/kill", "12345"),
+        ]:
+            response = await client.request(method, path)
+            assert response.status_code == 404, path
+            assert response.json()["id"] == id, path
+            assert id in response.json()["error"], path
+
+
+async def test_a_conversation_is_listed_and_cancelled(slow: Organism) -> None:
+    async with client_of(slow) as client, anyio.create_task_group() as group:
+        failures: list[str] = []
+
+        async def ask() -> None:
+            try:
+                await slow.request("boss", job(slow, seconds=60.0), timeout=30)
+            except DeliveryError as exc:
+                failures.append(exc.reason)
+
+        group.start_soon(ask)
+        run = await wait_for_run(client, "worker")
+        listed = (await client.get("/api/conversations")).json()["conversations"]
+        assert [c["id"] for c in listed] == [run["conversation"]]
+        assert listed[0]["started_by"] == "boss"
+        response = await client.post(f"/api/conversations/{run['conversation']}/cancel")
+        assert response.status_code == 202
+    assert failures == ["cancelled"]
+
+
+async def test_stats_and_graph(slow: Organism) -> None:
+    await slow.request("boss", job(slow, seconds=0.0), timeout=10)
+    async with client_of(slow) as client:
+        stats = (await client.get("/api/stats")).json()
+        graph = (await client.get("/api/graph")).json()
+    assert stats["organism"]["answered"] == 1 and stats["organism"]["hops"] == slow.stats.hops
+    assert stats["listeners"]["worker"]["hops"] == 1
+    assert {"from": "boss", "to": "worker", "hops": 1} in stats["edges"]
+    assert stats["events"]["dropped"] == 0
+    assert [x["name"] for x in graph["listeners"]] == ["boss", "worker"]
+    assert graph["edges"] == [{"from": "boss", "to": "worker"}]
+    assert graph["mermaid"].startswith("flowchart LR")
+
+
+# -- the event stream --------------------------------------------------------------------------
+
+
+async def events(client: httpx.AsyncClient, into: list[tuple[str, str]]) -> None:
+    """Append ``(event, data)`` for each server-sent event until cancelled."""
+    async with client.stream("GET", "/api/events") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        kind = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                into.append((kind, line.removeprefix("data: ")))
+
+
+async def wait_until(condition: object, seconds: float = 10) -> None:
+    with anyio.fail_after(seconds):
+        while not condition():  # type: ignore[operator]
+            await anyio.sleep(0.01)
+
+
+async def test_the_event_stream_carries_hops_and_run_changes(slow: Organism) -> None:
+    import json
+
+    got: list[tuple[str, str]] = []
+    async with client_of(slow) as client, anyio.create_task_group() as group:
+        group.start_soon(events, client, got)
+        await wait_until(lambda: any(kind == "runs" for kind, _ in got))  # the first: now
+        async with anyio.create_task_group() as asks:
+            asks.start_soon(slow.request, "boss", job(slow, seconds=1.0))
+            await wait_until(
+                lambda: any(k == "runs" and '"worker"' in d for k, d in got), seconds=10.0
+            )
+        await wait_until(lambda: sum(k == "hop" for k, _ in got) == 2)
+        group.cancel_scope.cancel()
+    hops = [json.loads(d) for k, d in got if k == "hop"]
+    assert [(h["listener"], h["caller"], h["outcome"]) for h in hops] == [
+        ("worker", "boss", "ok"),
+        ("boss", "_external", "ok"),
+    ]
+    assert {"conversation", "duration_seconds", "at"} <= set(hops[0])
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_the_pump_goes_on(token: str) -> None:
+    """Count-based: a raw socket that never reads fills its queue, loses a queue's worth of
+    events and is disconnected; meanwhile a reading client gets every hop and every request
+    is answered."""
+    buffer, batch = 500, 100  # a batch's events (two hops each) fit the reader's queue
+    org = Organism.from_yaml(SLOW, control={"listen": "127.0.0.1:0", "client_buffer": buffer})
+    async with org, client_of(org) as client, anyio.create_task_group() as group:
+        url = httpx.URL(org.control_url or "")
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect((url.host, url.port))
+        stalled.sendall(
+            f"GET /api/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+        )
+        got: list[tuple[str, str]] = []
+        group.start_soon(events, client, got)
+        await wait_until_clients(client, 2)
+        sent = 0
+        with anyio.fail_after(100):
+            while (await client.get("/api/stats")).json()["events"]["disconnected"] == 0:
+                async with anyio.create_task_group() as asks:
+                    for _ in range(batch):
+                        asks.start_soon(org.request, "boss", job(org, seconds=0.0))
+                sent += batch
+                # the reader keeps up before the next batch: it is never the one dropped
+                expected = 2 * sent
+                await wait_until(lambda: sum(k == "hop" for k, _ in got) == expected)  # noqa: B023
+        stats = (await client.get("/api/stats")).json()
+        group.cancel_scope.cancel()
+        stalled.close()
+    assert stats["events"]["disconnected"] == 1
+    assert stats["events"]["dropped"] >= buffer
+    assert stats["events"]["clients"] == 1  # the reader, still connected
+    assert org.stats.answered == sent and org.stats.failed == 0
+    assert sum(k == "hop" for k, _ in got) == org.stats.hops == 2 * sent
+
+
+async def wait_until_clients(client: httpx.AsyncClient, count: int) -> None:
+    with anyio.fail_after(10):
+        while (await client.get("/api/stats")).json()["events"]["clients"] < count:
+            await anyio.sleep(0.01)
+
+
+# -- /metrics ----------------------------------------------------------------------------------
+
+
+async def test_metrics_parse_with_prometheus_client_and_counters_equal_stats(token: str) -> None:
+    metrics = {"flush_interval_seconds": 60, "sinks": [{"type": "prometheus"}]}
+    org = Organism.from_yaml(SLOW, metrics=metrics)
+    async with org, client_of(org) as client:
+        for seconds in (0.0, 0.0, 0.0):
+            await org.request("boss", job(org, seconds=seconds), timeout=10)
+        with contextlib.suppress(DeliveryError):
+            await org.request("worker", job(org, seconds=5.0), timeout=0.2)  # a timeout
+        await org.wait_idle()
+        assert org.metrics is not None and await org.metrics.flush()
+        response = await client.get("/metrics")
+        stats = org.stats
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    seen: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            seen[f"{sample.name}{{{labels}}}"] = sample.value
+    for field, (name, _) in STATS_METRICS.items():
+        assert seen[f"{name}_total{{organism=slow}}"] == getattr(stats, field), name
+    assert stats.answered == 3 and stats.hops == 7
+
+
+async def test_metrics_without_a_prometheus_sink_say_how_to_get_one(slow: Organism) -> None:
+    async with client_of(slow) as client:
+        response = await client.get("/metrics")
+    assert response.status_code == 404
+    assert "type: prometheus" in response.json()["error"]
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+async def test_stopping_the_organism_ends_open_event_streams_and_frees_the_port(
+    token: str,
+) -> None:
+    org = Organism.from_yaml(SLOW)
+    got: list[tuple[str, str]] = []
+    async with org:
+        url = org.control_url
+        assert url is not None
+        client = client_of(org)
+        reader = asyncio.get_running_loop().create_task(events(client, got))
+        await wait_until(lambda: bool(got))
+    with anyio.fail_after(10):
+        with contextlib.suppress(httpx.HTTPError):
+            await reader  # the stream ended with the organism
+    await client.aclose()
+    port = httpx.URL(url).port
+    with socket.socket() as again:  # as a new server would (connections may be in TIME_WAIT)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+        again.listen()
+
+
+async def test_the_control_section_is_read_from_the_file_with_key_paths(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from xml_pipeline import ConfigError, load_config
+
+    file = Path(str(tmp_path)) / "organism.yaml"
+    text = SLOW.read_text().replace("listen: 127.0.0.1:0", "listen: nowhere\n  tokn: x")
+    file.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(file)
+    problems = {(p.key_path, p.line) for p in caught.value.problems}
+    line = text.splitlines().index("  listen: nowhere") + 1
+    assert ("control.listen", line) in problems
+    assert any(p.key_path == "control.tokn" and "token_env" in p.message
+               for p in caught.value.problems)  # fmt: skip
+    assert load_config(SLOW).control == ControlConfig(listen="127.0.0.1:0")
+
+
+async def test_without_the_web_extra_the_start_says_what_to_install(
+    token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now fails
+    monkeypatch.delitem(sys.modules, "xml_pipeline.control.server")
+    org = Organism.from_yaml(SLOW)
+    with pytest.raises(UsageError, match=r"pip install 'xml-pipeline\[web\]'"):
+        async with org:
+            pass

@@ -1,0 +1,264 @@
+"""The event stream's pump side: hop events and run-set changes fanned out to each client.
+
+`EventHub` subscribes to the organism's hooks for as long as the control plane runs (finished
+hops only, so the pump builds no ``started`` events for it). Per hop its subscriber appends the
+event, as the hook built it, to one list, and the first hop of a loop iteration schedules a
+distribution (``call_soon``): no awaiting, no lock, no JSON on the hop's time. A distribution
+counts the batch per listener and per edge (sender -> listener: the console's live counts),
+encodes it once as server-sent events and queues that chunk for every client, in a queue
+bounded in events (``control.client_buffer``). A client whose queue cannot take a batch loses
+it (counted); one that has lost a whole queue's worth is disconnected (its cancel scope
+cancelled), so a client that stops reading never slows the pump. Every
+`RUNS_INTERVAL_SECONDS` a task compares the runs listed with the last ones sent and, when they
+changed, queues a ``runs`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from xml_pipeline._runtime.hooks import Event, Hooks, HopEvent
+from xml_pipeline.control.source import OrganismSource, Stopped
+
+__all__ = ["RUNS_INTERVAL_SECONDS", "EventClient", "EventHub"]
+
+log = logging.getLogger("xml_pipeline.control")
+
+RUNS_INTERVAL_SECONDS = 0.5  # run-set changes are sent at most this often
+_RUNS_SHARE = 0.02  # of the loop's time, listing runs for the event stream takes at most
+
+
+class EventClient:
+    """One connected event-stream client: its queue of encoded chunks, what it lost, its
+    cancel scope."""
+
+    __slots__ = ("dropped", "queue", "queued", "scope", "sent", "wake")
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[bytes, int]] = deque()  # (chunk, events in it)
+        self.queued = 0  # events in the queue
+        self.dropped = 0
+        self.sent = 0
+        self.wake = asyncio.Event()
+        self.scope = anyio.CancelScope()
+
+
+class EventHub:
+    """Hop events and run changes for the event-stream clients of one control plane."""
+
+    def __init__(self, source: OrganismSource, *, client_buffer: int) -> None:
+        self._source = source
+        self.client_buffer = client_buffer
+        self.clients: tuple[EventClient, ...] = ()
+        self.hops: Counter[str] = Counter()  # finished hops per listener
+        self.failures: Counter[str] = Counter()  # of those, failed ones
+        self.edges: Counter[tuple[str, str]] = Counter()  # (sender, listener) -> hops
+        self.dropped = 0  # events dropped from full client queues, all clients
+        self.disconnected = 0  # clients dropped for not reading
+        self.served = 0  # clients ever connected
+        self._pending: list[HopEvent] = []  # finished hops since the last distribution
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runs_key: list[tuple[str, str, str, int]] | None = None
+        self._runs_task: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._prefixes: dict[tuple[str, str, str | None], str] = {}
+        # hook events are stamped with perf_counter; clients get seconds since the epoch
+        self._wall = time.time() - time.perf_counter()
+
+    def start(self, hooks: Hooks) -> None:
+        """Subscribe to ``hooks`` and start the run-change task."""
+        self._loop = asyncio.get_running_loop()
+        self._unsubscribe = hooks.subscribe(self._subscriber(), started=False)
+        self._runs_task = self._loop.create_task(self._watch_runs(), name="control plane: runs")
+
+    async def aclose(self) -> None:
+        """Unsubscribe, stop the run-change task and end every client's stream."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        task, self._runs_task = self._runs_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        for client in self.clients:
+            client.scope.cancel()
+
+    def _subscriber(self) -> Callable[[Event], None]:
+        """The hot path: keep a finished hop's event; the first of a loop iteration schedules
+        the distribution (counting, encoding, queueing happen there, once per batch)."""
+        hub = self
+        append = self._pending.append
+        distribute = self._distribute
+
+        def on_event(event: Event) -> None:
+            if event.kind == "finished":
+                append(event)  # only hop events finish
+                if not hub._scheduled:
+                    hub._scheduled = True
+                    hub._loop.call_soon(distribute)  # type: ignore[union-attr]
+
+        return on_event
+
+    def _distribute(self) -> None:
+        """Count the hops kept since the last call and queue them, encoded once, for every
+        client (a client whose queue cannot take them loses them, counted)."""
+        self._scheduled = False
+        batch = self._pending.copy()
+        self._pending.clear()
+        if not batch:
+            return
+        self.hops.update([e.listener for e in batch])
+        self.edges.update([(e.sender, e.listener) for e in batch])
+        failed = [e.listener for e in batch if e.outcome is not None]
+        if failed:
+            self.failures.update(failed)
+        if self.clients:
+            self._queue(self._encode(batch), len(batch))
+
+    def _queue(self, chunk: bytes, count: int) -> None:
+        limit = self.client_buffer
+        for client in self.clients:
+            if client.queued < limit:  # room: the batch goes in whole (limit + a batch at most)
+                client.queue.append((chunk, count))
+                client.queued += count
+                client.wake.set()
+            else:
+                self._overflow(client, count)
+
+    def _overflow(self, client: EventClient, count: int) -> None:
+        client.dropped += count
+        self.dropped += count
+        if client.dropped >= self.client_buffer:  # a whole queue lost: it does not read
+            log.warning(
+                "control plane: an event-stream client stopped reading; dropped after losing "
+                "%d events (control.client_buffer)", client.dropped,
+            )  # fmt: skip
+            self.disconnected += 1
+            self.remove(client)
+            client.scope.cancel()
+
+    def add(self) -> EventClient:
+        """A new client."""
+        client = EventClient()
+        self.clients = (*self.clients, client)
+        self.served += 1
+        return client
+
+    def remove(self, client: EventClient) -> None:
+        """Stop queueing events for ``client`` (idempotent)."""
+        self.clients = tuple(c for c in self.clients if c is not client)
+
+    def stats(self) -> dict[str, Any]:
+        """What the event stream did: clients, events dropped from full queues, clients
+        disconnected for not reading."""
+        return {
+            "clients": len(self.clients),
+            "served": self.served,
+            "dropped": self.dropped,
+            "disconnected": self.disconnected,
+            "client_buffer": self.client_buffer,
+            "queued": sum(c.queued for c in self.clients),
+        }
+
+    def listener_counts(self) -> dict[str, dict[str, int]]:
+        """Finished hops and failures per listener since the control plane started."""
+        self._distribute()
+        return {
+            name: {"hops": self.hops[name], "failed": self.failures[name]}
+            for name in sorted(self.hops)
+        }
+
+    def edge_counts(self) -> list[dict[str, Any]]:
+        """Finished hops per (sender, listener) since the control plane started."""
+        self._distribute()
+        return [
+            {"from": sender, "to": listener, "hops": count}
+            for (sender, listener), count in sorted(self.edges.items())
+        ]
+
+    def _prefix(self, listener: str, sender: str, outcome: str | None) -> str:
+        """The start of a hop event, the same for every hop of a listener, caller, outcome."""
+        key = (listener, sender, outcome)
+        found = self._prefixes.get(key)
+        if found is None:
+            found = self._prefixes[key] = (
+                f'event: hop\ndata: {{"listener": {json.dumps(listener)}, '
+                f'"caller": {json.dumps(sender)}, "outcome": {json.dumps(outcome or "ok")}, '
+            )
+        return found
+
+    def _encode(self, batch: list[HopEvent]) -> bytes:
+        """The hops as ``hop`` server-sent events (data: one JSON object each)."""
+        prefix, wall = self._prefix, self._wall
+        parts = []
+        for e in batch:
+            conversation, thread = e.conversation, e.thread
+            # ids the organism makes are hex; anything else is quoted by json
+            c = f'"{conversation}"' if conversation.isalnum() else json.dumps(conversation)
+            t = f'"{thread}"' if thread.isalnum() else json.dumps(thread)
+            parts.append(
+                f'{prefix(e.listener, e.sender, e.outcome)}"conversation": {c}, "thread": {t}, '
+                f'"attempt": {e.attempt}, "duration_seconds": {e.duration!r}, '
+                f'"at": {wall + e.at:.6f}}}\n\n'
+            )
+        return "".join(parts).encode()
+
+    async def runs_event(self) -> bytes:
+        """The runs listed now, as a ``runs`` event."""
+        runs = await self._source.run_dicts()
+        return _runs_event(runs)
+
+    async def _watch_runs(self) -> None:
+        """Queue a ``runs`` event when the runs changed: at most every
+        `RUNS_INTERVAL_SECONDS`, and at most `_RUNS_SHARE` of the loop's time (thousands of
+        runs in flight take milliseconds to list and encode)."""
+        loop = asyncio.get_running_loop()
+        wait = RUNS_INTERVAL_SECONDS
+        while True:
+            await asyncio.sleep(wait)
+            if not self.clients:
+                continue
+            began = loop.time()
+            try:
+                runs = await self._source.runs()
+            except Stopped:  # not started yet, or stopping
+                continue
+            except Exception:  # a backend that fails now: say so, try again next time
+                log.exception("control plane: listing the runs failed")
+                continue
+            key = [(r.run_id, r.status, r.progress, r.output_dropped + len(r.output)) for r in runs]
+            if key != self._runs_key:
+                self._runs_key = key
+                self._queue(_runs_event([r.to_dict() for r in runs]), 1)
+            wait = max(RUNS_INTERVAL_SECONDS, (loop.time() - began) / _RUNS_SHARE)
+
+
+def _runs_event(runs: list[dict[str, Any]]) -> bytes:
+    return b"event: runs\ndata: " + json.dumps(runs, default=str).encode() + b"\n\n"
+
+
+async def stream(hub: EventHub, client: EventClient, send: Callable[[bytes], Any]) -> None:
+    """Send ``client``'s queue as it fills until cancelled (the client left, was dropped, or
+    the control plane stops): what is queued at each wake-up goes in one write."""
+    queue = client.queue
+    while True:
+        if queue:
+            chunks = []
+            while queue:
+                chunk, count = queue.popleft()
+                client.queued -= count
+                client.sent += count
+                chunks.append(chunk)
+            await send(b"".join(chunks))
+            continue
+        client.wake.clear()
+        await client.wake.wait()
