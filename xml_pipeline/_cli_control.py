@@ -292,13 +292,19 @@ def _elapsed(seconds: float | None) -> str:
 
 
 def render_runs(runs: list[dict[str, Any]], width: int = 80) -> str:
-    """The runs as a table of ``width`` columns at most (``no runs`` when there are none)."""
+    """The runs as a table of ``width`` columns at most (``no runs`` when there are none).
+
+    ``PID`` is the organism process that owns the run (a run id ends with that process's
+    instance id, ``r12@3fa9c1``): with several processes sharing a backend, it says which one
+    to look at, or which one died when its runs are ``lost``.
+    """
     if not runs:
         return "no runs"
-    header = ["RUN", "LISTENER", "STATUS", "ELAPSED", "CONVERSATION", "PROGRESS"]
+    header = ["RUN", "PID", "LISTENER", "STATUS", "ELAPSED", "CONVERSATION", "PROGRESS"]
     rows = [
         [
             run.get("run_id") or "-",
+            str(run.get("pid") or "-"),
             run.get("listener", ""),
             run.get("status", ""),
             _elapsed(run.get("elapsed_seconds")),

@@ -115,8 +115,9 @@ def test_ps_logs_and_kill_a_run_its_caller_answered_cancelled(running: Running) 
     table = organism(running, "ps")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["RUN", "LISTENER", "STATUS", "ELAPSED", "CONVERSATION", "PROGRESS"]
-    assert lines[1].split()[:3] == [run["run_id"], "worker", "running"]
+    header = ["RUN", "PID", "LISTENER", "STATUS", "ELAPSED", "CONVERSATION", "PROGRESS"]
+    assert lines[0].split() == header
+    assert lines[1].split()[:4] == [run["run_id"], str(running.process.pid), "worker", "running"]
     assert lines[1].endswith("wrote 3 lines")
     assert all(len(line) <= 80 for line in lines)
     logs = organism(running, "logs", str(run["run_id"]))
