@@ -253,10 +253,11 @@ def _plain(run: Run) -> dict[str, Any]:
 
 def _aged(run: Run, age: float, lost: bool) -> Run:
     """A run as read from a snapshot ``age`` seconds old: unfinished runs have run that much
-    longer, or are lost."""
+    longer, or are lost (their elapsed time is what it was when their process was last heard
+    from: nobody knows how long they ran after that)."""
     if run.status not in ACTIVE:
         return run
-    elapsed = run.elapsed_seconds + age if run.started_at is not None else 0.0
     if lost:
-        return dataclasses.replace(run, status="lost", outcome="lost", elapsed_seconds=elapsed)
+        return dataclasses.replace(run, status="lost", outcome="lost")
+    elapsed = run.elapsed_seconds + age if run.started_at is not None else 0.0
     return dataclasses.replace(run, elapsed_seconds=elapsed)

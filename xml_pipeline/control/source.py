@@ -40,7 +40,8 @@ class Missing(LookupError):
 
 
 class Finished(ValueError):
-    """The run finished already: there is nothing to cancel (HTTP 409)."""
+    """The run finished already, or is lost (its process stopped heartbeating): there is
+    nothing to cancel (HTTP 409)."""
 
     def __init__(self, id: str, message: str) -> None:
         super().__init__(message)
@@ -233,8 +234,8 @@ class OrganismSource:
             return Missing(exc.kind, exc.id, exc.message)
         if f"organism {self.name!r} is not running" in exc.message:
             return Stopped(exc.message)
-        if kind == "run" and "not running any more" in exc.message:
-            return Finished(id, exc.message)
+        if kind == "run" and ("not running any more" in exc.message or " is lost: " in exc.message):
+            return Finished(id, exc.message)  # listed, but nothing runs to cancel: 409, not 404
         if id:  # an id of the wrong form names nothing
             return Missing(kind, id, exc.message)
         return Invalid(exc.message)
