@@ -187,7 +187,7 @@ def test_ps_lists_both_kill_stops_a_run_in_either_and_a_killed_process_is_lost(
 
     # organism ps, from a third process: the runs of both, told apart by process and pid
     def four_running(runs: list[dict[str, Any]]) -> bool:
-        return sum(run["status"] == "running" for run in runs) == 4
+        return [run["status"] for run in runs].count("running") == 4
 
     runs = until(url, four_running, 30)
     mine, theirs = of(runs, first.pid), of(runs, second.pid)
