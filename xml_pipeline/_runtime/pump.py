@@ -459,13 +459,13 @@ class StreamPump:
         conv.opening = False
         conv.payload, conv.sender = payload, sender  # a dead letter's envelope, if it fails
         self._conversations.opened(conv)
-        if self.hooks.active:
+        if self.hooks.events:
             self.hooks.emit(ConversationEvent(
                 "opened", conv.id, state.name, perf_counter(), None, conv.traceparent or None
             ))  # fmt: skip
         root = Frame(sender, self._registry.root_id, None)
         first = Frame(state.name, rec.thread_id, root)
-        if self.hooks.active:
+        if self.hooks.events:
             first.maker = None  # observed: every frame has it (no AttributeError when read)
         return Hop(state, first, sender, payload, conv)
 
@@ -619,7 +619,7 @@ class StreamPump:
         if error is not None and conv.answers:
             answers, conv.answers = conv.answers, None
             self._spawn_call(self._compensate(conv.id, answers, error))
-        if self.hooks.active:
+        if self.hooks.events:
             outcome = None if error is None else str(error.reason)
             self.hooks.emit(
                 ConversationEvent("ended", conv.id, conv.started_by, perf_counter(), outcome)
@@ -978,7 +978,7 @@ class StreamPump:
         if waiter is not None:  # a meta.call: the answer goes to the handler awaiting it
             frame.waiter = None
             caller.live -= 1
-            if self.hooks.active:
+            if self.hooks.events:
                 self.hooks.emit(HopEvent(
                     "answered", conv.id, caller.thread, responder, caller.listener, payload, 1,
                     perf_counter(), caller_thread=caller.caller_thread,
@@ -1072,7 +1072,7 @@ class StreamPump:
         callee = Frame(peer, rec.thread_id, frame)
         callee.scope = scope
         callee.waiter = answer
-        if self.hooks.active:
+        if self.hooks.events:
             callee.maker = getattr(hop, "began", None)
         if hop.calls is None:
             hop.calls = []
