@@ -186,8 +186,14 @@ async def test_tallies_alone_make_the_pump_build_no_event(monkeypatch: pytest.Mo
                 built.append(cls.__name__)
                 return super().__new__(klass, *args, **kwargs)
 
+        Watched.__name__ = cls.__name__
         return Watched
 
+    def new_event(cls: type, fields: tuple[object, ...]) -> object:
+        built.append(cls.__name__)  # the pump builds finished events with tuple.__new__
+        return tuple.__new__(cls, fields)  # type: ignore[type-var]
+
+    monkeypatch.setattr(pump, "_new_event", new_event)
     monkeypatch.setattr(pump, "HopEvent", watched(HopEvent))
     monkeypatch.setattr(pump, "ConversationEvent", watched(ConversationEvent))
     tallied: list[str] = []

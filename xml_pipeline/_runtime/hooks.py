@@ -111,17 +111,19 @@ class Hooks:
     """
 
     __slots__ = (
-        "_hop_subscribers", "_starters", "_subscribers", "_tallies", "active", "events",
-        "hop_events", "starters", "tally",
+        "_conversation_subscribers", "_hop_subscribers", "_starters", "_subscribers", "_tallies",
+        "active", "events", "hop_events", "starters", "tally",
     )  # fmt: skip
 
     def __init__(self) -> None:
         self._subscribers: tuple[Subscriber, ...] = ()  # replaced, never changed: emit reads it
         self._starters: tuple[Subscriber, ...] = ()  # those that want started events
         self._hop_subscribers: tuple[Subscriber, ...] = ()  # those that want finished events
+        # those that want conversation and answered events
+        self._conversation_subscribers: tuple[Subscriber, ...] = ()
         self._tallies: tuple[HopTally, ...] = ()
         self.active = False  # whether anybody observes (subscribers or tallies): hops timed
-        self.events = False  # whether anybody subscribed: the pump builds no event otherwise
+        self.events = False  # whether anybody wants conversation and answered events
         self.starters = False  # whether anybody wants started events
         self.hop_events = False  # whether anybody wants finished events
         self.tally: HopTally | None = None  # calls every tally (the one itself when alone)
@@ -131,11 +133,18 @@ class Hooks:
         return self.active
 
     def subscribe(
-        self, subscriber: Subscriber, *, started: bool = True, hops: bool = True
+        self,
+        subscriber: Subscriber,
+        *,
+        started: bool = True,
+        hops: bool = True,
+        conversations: bool = True,
     ) -> Callable[[], None]:
         """Call ``subscriber(event)`` for every event from now on (``started``: the
         ``started`` hop events too; ``hops=False``: no ``started`` or ``finished`` hop events,
-        for a subscriber that counts finished hops with `count_hops`).
+        for a subscriber that counts finished hops with `count_hops`; ``conversations=False``:
+        no `ConversationEvent` and no ``answered`` hop events, for one that shows finished hops
+        only: when no subscriber wants those, the pump does not build them).
 
         Returns:
             a function that unsubscribes it (calling it twice does nothing).
@@ -145,6 +154,8 @@ class Hooks:
             self._starters = (*self._starters, subscriber)
         if hops:
             self._hop_subscribers = (*self._hop_subscribers, subscriber)
+        if conversations:
+            self._conversation_subscribers = (*self._conversation_subscribers, subscriber)
         self._update()
 
         def unsubscribe() -> None:
@@ -175,8 +186,8 @@ class Hooks:
         return stop
 
     def _update(self) -> None:
-        self.events = bool(self._subscribers)
-        self.active = self.events or bool(self._tallies)
+        self.events = bool(self._conversation_subscribers)
+        self.active = bool(self._subscribers) or bool(self._tallies)
         self.starters = bool(self._starters)
         self.hop_events = bool(self._hop_subscribers)
         self.tally = _fan_out(self._tallies)
@@ -185,15 +196,22 @@ class Hooks:
         self._subscribers = _without(self._subscribers, subscriber)
         self._starters = _without(self._starters, subscriber)
         self._hop_subscribers = _without(self._hop_subscribers, subscriber)
+        self._conversation_subscribers = _without(self._conversation_subscribers, subscriber)
         self._update()
 
     def emit(self, event: Event) -> None:
-        """Hand ``event`` to every subscriber; one that raises is logged and dropped."""
-        self._deliver(self._subscribers, event)
+        """Hand a conversation or ``answered`` event to the subscribers that want those; one
+        that raises is logged and dropped."""
+        self._deliver(self._conversation_subscribers, event)
 
     def emit_hop(self, event: HopEvent) -> None:
         """Hand a ``finished`` event to the subscribers that want hop events."""
-        self._deliver(self._hop_subscribers, event)
+        for subscriber in self._hop_subscribers:  # _deliver, written out: it runs every hop
+            try:
+                subscriber(event)
+            except Exception:
+                log.exception("a hook subscriber raised; it is unsubscribed: %r", subscriber)
+                self._drop(subscriber)
 
     def emit_started(self, event: HopEvent) -> None:
         """Hand a ``started`` event to the subscribers that want those."""

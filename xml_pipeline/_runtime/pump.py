@@ -80,6 +80,8 @@ _RETIRE_BACKOFF = (0.05, 2.0)
 # How long closing waits for dead letters to reach the backend; the rest are logged and counted.
 _DEAD_LETTER_FLUSH = 5.0
 
+_new_event: Any = tuple.__new__  # builds a `HopEvent` from all its fields at once
+
 
 class StreamPump:
     """Routes payloads between listeners; owned by an `Organism`, one per organism.
@@ -465,7 +467,7 @@ class StreamPump:
             ))  # fmt: skip
         root = Frame(sender, self._registry.root_id, None)
         first = Frame(state.name, rec.thread_id, root)
-        if self.hooks.events:
+        if self.hooks.active:
             first.maker = None  # observed: every frame has it (no AttributeError when read)
         return Hop(state, first, sender, payload, conv)
 
@@ -809,11 +811,12 @@ class StreamPump:
             if not hooks.hop_events:
                 return
         frame = hop.frame
-        hooks.emit_hop(HopEvent(
+        # tuple.__new__ with every field: a third of the time of the named tuple's own __new__
+        hooks.emit_hop(_new_event(HopEvent, (
             "finished", hop.conv.id, frame.thread, hop.sender, hop.state.name, hop.payload,
             hop.attempt, now, now - started, outcome, frame.caller_thread,
             getattr(frame, "maker", None),
-        ))  # fmt: skip
+        )))  # fmt: skip
 
     async def read_history(self, conversation: str) -> list[HistoryEntry]:
         """The recorded hops of a conversation, oldest first."""
@@ -1072,7 +1075,7 @@ class StreamPump:
         callee = Frame(peer, rec.thread_id, frame)
         callee.scope = scope
         callee.waiter = answer
-        if self.hooks.events:
+        if self.hooks.active:
             callee.maker = getattr(hop, "began", None)
         if hop.calls is None:
             hop.calls = []

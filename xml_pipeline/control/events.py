@@ -103,7 +103,9 @@ class EventHub:
 
     def _subscribe(self) -> None:
         if self._unsubscribe is None and self._hooks is not None:
-            self._unsubscribe = self._hooks.subscribe(self._subscriber(), started=False)
+            self._unsubscribe = self._hooks.subscribe(
+                self._subscriber(), started=False, conversations=False
+            )
 
     def _unsubscribe_hops(self) -> None:
         unsubscribe, self._unsubscribe = self._unsubscribe, None
@@ -121,11 +123,10 @@ class EventHub:
         assert loop is not None
 
         def on_event(event: Event) -> None:
-            if event[0] == "finished":  # only hop events finish
-                append(event)
-                if not hub._scheduled:
-                    hub._scheduled = True
-                    loop.call_soon(distribute)
+            append(event)  # type: ignore[arg-type]  # subscribed to finished hop events only
+            if not hub._scheduled:
+                hub._scheduled = True
+                loop.call_soon(distribute)
 
         return on_event
 
@@ -232,8 +233,10 @@ class EventHub:
 
     def _encode(self, batch: list[HopEvent]) -> bytes:
         """The hops as ``hop`` server-sent events (data: one JSON object each). This runs for
-        every hop a client sees: the event is unpacked once, not read field by field."""
+        every hop a client sees: each event is unpacked once, not read field by field."""
         prefixes, make, wall = self._prefixes, self._prefix, self._wall
+        # ids the organism makes are hex, which JSON takes as they are: checked once a batch
+        plain = "".join([e[1] + e[2] for e in batch]).isalnum()
         dumps = json.dumps
         parts: list[str] = []
         append = parts.append
@@ -248,17 +251,17 @@ class EventHub:
             at,
             duration,
             outcome,
-            *_,
+            _,
+            _,
         ) in batch:
             prefix = prefixes.get((listener, sender, outcome))
             if prefix is None:
                 prefix = make(listener, sender, outcome)
-            # ids the organism makes are hex; anything else is quoted by json
-            c = f'"{conversation}"' if conversation.isalnum() else dumps(conversation)
-            t = f'"{thread}"' if thread.isalnum() else dumps(thread)
+            if not plain:
+                conversation, thread = dumps(conversation)[1:-1], dumps(thread)[1:-1]
+            # duration and time fixed to the ns and us: a shortest float repr takes twice as long
             append(
-                f'{prefix}{c}, "thread": {t}, "attempt": {attempt}, '
-                # fixed to the ns and us: a shortest repr of a float takes twice as long
+                f'{prefix}"{conversation}", "thread": "{thread}", "attempt": {attempt}, '
                 f'"duration_seconds": {duration:.9f}, "at": {wall + at:.6f}}}\n\n'
             )
         return "".join(parts).encode()
