@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import string
 import time
 from collections import deque
 from collections.abc import Callable
@@ -227,44 +228,29 @@ class EventHub:
         found = self._prefixes[listener, sender, outcome] = (
             f'event: hop\ndata: {{"listener": {json.dumps(listener)}, '
             f'"caller": {json.dumps(sender)}, "outcome": {json.dumps(outcome or "ok")}, '
-            '"conversation": '
+            '"conversation": "'
         )
         return found
 
     def _encode(self, batch: list[HopEvent]) -> bytes:
         """The hops as ``hop`` server-sent events (data: one JSON object each). This runs for
-        every hop a client sees: each event is unpacked once, not read field by field."""
-        prefixes, make, wall = self._prefixes, self._prefix, self._wall
-        # ids the organism makes are hex, which JSON takes as they are: checked once a batch
-        plain = "".join([e[1] + e[2] for e in batch]).isalnum()
-        dumps = json.dumps
-        parts: list[str] = []
-        append = parts.append
-        for (
-            _,
-            conversation,
-            thread,
-            sender,
-            listener,
-            _,
-            attempt,
-            at,
-            duration,
-            outcome,
-            _,
-            _,
-        ) in batch:
-            prefix = prefixes.get((listener, sender, outcome))
+        every hop a client sees: the batch's fields go in one flat tuple, formatted by one
+        ``%`` (the per-event work left is picking the fields)."""
+        get, wall = self._prefixes.get, self._wall
+        flat: list[Any] = []
+        for e in batch:  # kind, conversation, thread, sender, listener, payload, attempt, at,
+            prefix = get((e[4], e[3], e[9]))  # duration, outcome, ...
             if prefix is None:
-                prefix = make(listener, sender, outcome)
-            if not plain:
-                conversation, thread = dumps(conversation)[1:-1], dumps(thread)[1:-1]
-            # duration and time fixed to the ns and us: a shortest float repr takes twice as long
-            append(
-                f'{prefix}"{conversation}", "thread": "{thread}", "attempt": {attempt}, '
-                f'"duration_seconds": {duration:.9f}, "at": {wall + at:.6f}}}\n\n'
-            )
-        return "".join(parts).encode()
+                prefix = self._prefix(e[4], e[3], e[9])
+            flat += (prefix, e[1], e[2], e[6], e[8], wall + e[7])
+        # ids the organism makes are hex, which JSON takes as they are: checked once a batch
+        # (translate deleting the safe bytes: a tenth of the time of str.isalnum)
+        ids = "".join(flat[1::6] + flat[2::6])
+        if not ids.isascii() or ids.encode().translate(None, _PLAIN_ID):
+            for i in range(0, len(flat), 6):
+                flat[i + 1] = json.dumps(flat[i + 1])[1:-1]
+                flat[i + 2] = json.dumps(flat[i + 2])[1:-1]
+        return ((_HOP_EVENT * len(batch)) % tuple(flat)).encode()
 
     async def runs_event(self) -> bytes:
         """The runs listed now, as a ``runs`` event."""
@@ -296,6 +282,12 @@ class EventHub:
                 self._runs_key = key
                 self._queue(_runs_event([r.to_dict() for r in runs]), 1)
             wait = max(RUNS_INTERVAL_SECONDS, (loop.time() - began) / _RUNS_SHARE)
+
+
+_PLAIN_ID = (string.ascii_letters + string.digits + "-_.:@").encode()  # bytes JSON takes as is
+# the rest of a hop event after its prefix (`EventHub._prefix`): conversation, thread, attempt,
+# duration and time (fixed to the ns and us: a shortest float repr takes twice as long)
+_HOP_EVENT = '%s%s", "thread": "%s", "attempt": %d, "duration_seconds": %.9f, "at": %.6f}\n\n'
 
 
 def _runs_event(runs: list[dict[str, Any]]) -> bytes:
