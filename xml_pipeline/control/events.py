@@ -1,15 +1,20 @@
-"""The event stream's pump side: hop events and run-set changes fanned out to each client.
+"""The event stream's pump side: hop events, counts and run-set changes fanned out to each client.
 
-`EventHub` subscribes to the organism's hooks for as long as the control plane runs (finished
-hops only, so the pump builds no ``started`` events for it). Per hop its subscriber appends the
-event, as the hook built it, to one list, and the first hop of a loop iteration schedules a
-distribution (``call_soon``): no awaiting, no lock, no JSON on the hop's time. A distribution
-counts the batch per listener and per edge (sender -> listener: the console's live counts),
-encodes it once as server-sent events and queues that chunk for every client, in a queue
-bounded in events (``control.client_buffer``). A client whose queue cannot take a batch loses
-it (counted); one that has lost a whole queue's worth is disconnected (its cancel scope
-cancelled), so a client that stops reading never slows the pump. Every
-`RUNS_INTERVAL_SECONDS` a task compares the runs listed with the last ones sent and, when they
+`EventHub` counts finished hops at the source for as long as the control plane runs: a
+`HopTotals` registered with `Hooks.count_hops` (no event built), which ``/api/stats`` and the
+``counts`` events read, so the counts are the same whether or not anybody watched. Only while
+an event-stream client is connected does it subscribe to the hooks, for finished hops only (the
+pump builds no ``started``, conversation or ``answered`` event for it); the last client leaving
+unsubscribes. Per hop its subscriber appends the event, as the hook built it, to one list, and
+the first hop of a loop iteration schedules a distribution (``call_soon``): no awaiting, no
+lock, no JSON on the hop's time. A distribution encodes the batch once as server-sent events
+(one ``%`` over the batch's fields) and queues that chunk for every client, in a queue bounded
+in events (``control.client_buffer``). A client whose queue cannot take a batch loses it
+(counted); one that has lost a whole queue's worth is disconnected (its cancel scope
+cancelled), so a client that stops reading never slows the pump. A client's stream starts with
+a ``counts`` event (the totals when it connected: every hop after it comes as a ``hop`` event);
+every `RUNS_INTERVAL_SECONDS` a task queues a ``counts`` event when the totals changed (after
+the hops they count) and compares the runs listed with the last ones sent and, when they
 changed, queues a ``runs`` event.
 """
 
