@@ -427,8 +427,9 @@
   function onCounts(counts) {
     state.streamCounts = true;
     for (const edge of counts.edges || []) {
+      // every edge, drawn yet or not: the graph may load after the stream's first event
       const key = edgeKey(edge.from, edge.to);
-      if (state.edgeCounts.has(key) && state.edgeCounts.get(key) !== edge.hops) {
+      if (state.edgeCounts.get(key) !== edge.hops) {
         state.edgeCounts.set(key, edge.hops);
         touched.edges.add(key);
       }
