@@ -250,6 +250,106 @@ async def wait_until_clients(client: httpx.AsyncClient, count: int) -> None:
             await anyio.sleep(0.01)
 
 
+# -- counts: at the source, the same watched or not --------------------------------------------
+
+
+async def test_counts_are_exact_with_nobody_watching_and_no_hop_event_is_built(
+    slow: Organism,
+) -> None:
+    """With no event-stream client the control plane only tallies: nobody subscribes to
+    the hooks (so the pump builds no event), and /api/stats counts every hop and failure."""
+    hooks = slow.hooks
+    assert hooks.active and not (hooks.events or hooks.hop_events or hooks.starters)
+    for _ in range(20):
+        await slow.request("boss", job(slow, seconds=0.0), timeout=10)
+    with contextlib.suppress(DeliveryError):
+        await slow.request("worker", job(slow, seconds=5.0), timeout=0.2)  # a failure
+    await slow.wait_idle()
+    async with client_of(slow) as client:
+        stats = (await client.get("/api/stats")).json()
+    assert not (hooks.events or hooks.hop_events or hooks.starters)
+    listeners = stats["listeners"]
+    assert (listeners["boss"]["hops"], listeners["boss"]["failed"]) == (20, 0)
+    assert (listeners["worker"]["hops"], listeners["worker"]["failed"]) == (21, 1)
+    assert stats["edges"] == [
+        {"from": "_external", "to": "boss", "hops": 20},
+        {"from": "_external", "to": "worker", "hops": 1},
+        {"from": "boss", "to": "worker", "hops": 20},
+    ]
+    assert sum(e["hops"] for e in stats["edges"]) == slow.stats.hops == 41
+
+
+async def test_counts_stay_exact_across_a_client_connecting_mid_load(slow: Organism) -> None:
+    """Requests run before, while and after a client connects: /api/stats counts every hop
+    whether or not it was watched; the stream's first ``counts`` event plus the hops it sent
+    after it make its last ``counts`` event (none counted twice); hop events are subscribed
+    to only while the client is connected."""
+    import json
+
+    sent = 0
+    stop, stopped = anyio.Event(), anyio.Event()
+
+    async def keep_asking() -> None:
+        nonlocal sent
+        while not stop.is_set():
+            async with anyio.create_task_group() as asks:
+                for _ in range(20):
+                    asks.start_soon(slow.request, "boss", job(slow, seconds=0.0))
+            sent += 20
+        stopped.set()
+
+    got: list[tuple[str, str]] = []
+    async with client_of(slow) as client, anyio.create_task_group() as group:
+        group.start_soon(keep_asking)
+        await wait_until(lambda: sent >= 100)  # unwatched hops first
+        assert not slow.hooks.hop_events
+        watching = anyio.CancelScope()
+
+        async def watch() -> None:
+            with watching:
+                await events(client, got)
+
+        group.start_soon(watch)
+        await wait_until(lambda: sum(k == "hop" for k, _ in got) >= 200)  # watched, mid-load
+        # finished hops only: no started, conversation or answered events built for it
+        hooks = slow.hooks
+        assert hooks.hop_events and not (hooks.starters or hooks.events)
+        stop.set()
+        await stopped.wait()
+        await slow.wait_idle()
+        total = 2 * sent
+        assert slow.stats.hops == total
+
+        def last_counts() -> dict[str, object]:
+            found = [json.loads(d) for k, d in got if k == "counts"]
+            return found[-1] if found else {}
+
+        edges_total = lambda: sum(e["hops"] for e in last_counts().get("edges", []))  # noqa: E731
+        await wait_until(lambda: edges_total() == total)  # sent within RUNS_INTERVAL_SECONDS
+        stats = (await client.get("/api/stats")).json()
+        watching.cancel()
+        await wait_until(lambda: not slow.hooks.hop_events)  # the last client left
+        group.cancel_scope.cancel()
+    assert stats["edges"] == [
+        {"from": "_external", "to": "boss", "hops": sent},
+        {"from": "boss", "to": "worker", "hops": sent},
+    ]
+    assert stats["listeners"]["boss"]["hops"] == stats["listeners"]["worker"]["hops"] == sent
+    assert stats["events"]["dropped"] == 0
+    kinds = [k for k, _ in got if k in ("hop", "counts")]
+    assert kinds[0] == "counts"  # the totals when the client connected, then its hops
+    first = json.loads(next(d for k, d in got if k == "counts"))
+    counted = {(e["from"], e["to"]): e["hops"] for e in first["edges"]}
+    assert 0 < sum(counted.values()) < total  # it connected mid-load
+    for k, d in got:
+        if k == "hop":
+            hop = json.loads(d)
+            counted[hop["caller"], hop["listener"]] = counted.get(
+                (hop["caller"], hop["listener"]), 0) + 1  # fmt: skip
+    assert counted == {(e["from"], e["to"]): e["hops"] for e in stats["edges"]}
+    assert last_counts()["edges"] == stats["edges"]
+
+
 # -- /metrics ----------------------------------------------------------------------------------
 
 
@@ -338,3 +438,35 @@ async def test_without_the_web_extra_the_start_says_what_to_install(
     with pytest.raises(UsageError, match=r"pip install 'xml-pipeline\[web\]'"):
         async with org:
             pass
+
+
+def test_hop_events_are_json_whatever_the_ids_and_names_hold() -> None:
+    """Ids the organism makes go out as they are; any other id or name is escaped by json
+    (one odd id in a batch quotes the whole batch), and every field comes back exact."""
+    import json
+
+    from xml_pipeline import HopEvent
+    from xml_pipeline.control.events import EventHub
+    from xml_pipeline.control.source import OrganismSource
+
+    hub = EventHub(OrganismSource(None), client_buffer=10)  # type: ignore[arg-type]
+    odd = ['c"1\\x', "t\n2\x7f", "é</script>", "0123abcdef", "run-1@host:9"]
+    for batch_ids in ([("0a1b", "2c3d")], [("0a1b", "2c3d"), (odd[0], odd[1])], [(odd[2], odd[4])]):
+        batch = [
+            HopEvent("finished", c, t, 'a"<b>', "l\\1", None, 2, 100.25, 1.5e-05, "timeout")
+            for c, t in batch_ids
+        ]
+        text = hub._encode(batch).decode()
+        blocks = text.split("\n\n")[:-1]
+        assert len(blocks) == len(batch)
+        for (c, t), block in zip(batch_ids, blocks, strict=True):
+            assert block.startswith("event: hop\ndata: ")
+            data = json.loads(block.removeprefix("event: hop\ndata: "))
+            assert (data["conversation"], data["thread"]) == (c, t)
+            assert (data["caller"], data["listener"], data["outcome"]) == (
+                'a"<b>',
+                "l\\1",
+                "timeout",
+            )
+            assert data["attempt"] == 2 and data["duration_seconds"] == 1.5e-05
+            assert abs(data["at"] - (hub._wall + 100.25)) < 1e-5

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
@@ -452,3 +453,48 @@ async def test_a_cyclic_graph_is_drawn_and_a_burst_of_hops_is_counted_and_capped
             wait.until(lambda d: d.find_element(By.CSS_SELECTOR, label).text == "150")
 
         await anyio.to_thread.run_sync(counted, browser)
+
+
+async def test_the_graph_counts_hops_made_before_the_page_opened_and_after_none_twice(
+    browser: WebDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The arrows' counts are the server's, counted where hops finish whether or not anybody
+    watched: 40 exchanges made before the page opens are on the arrow once it is live (the
+    stream's first ``counts`` event), 60 more made while it watches come on top, none twice."""
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    listeners = [
+        Listener("ping", Ball, ping, peers=("pong",)),
+        Listener("pong", Ball, pong, peers=("ping",)),
+    ]
+    control = {"listen": "127.0.0.1:0", "token_env": TOKEN_ENV}
+    label = '#graph .edge[data-key="ping → pong"] .label text'
+    async with Organism(listeners, name="rally", control=control) as org:
+        for n in range(40):
+            await org.request("ping", Ball(n=n), timeout=WAIT_SECONDS)
+
+        def before(driver: WebDriver) -> None:
+            driver.get(f"{org.control_url}/#token={TOKEN}")
+            wait = waiting(driver)
+            wait.until(
+                lambda d: d.find_element(By.ID, "connection").get_attribute("data-state") == "live"
+            )
+            wait.until(lambda d: d.find_element(By.CSS_SELECTOR, label).text == "40")
+
+        await anyio.to_thread.run_sync(before, browser)
+        async with anyio.create_task_group() as tasks:
+            for n in range(60):
+                tasks.start_soon(partial(org.request, "ping", Ball(n=n), timeout=WAIT_SECONDS))
+
+        def after(driver: WebDriver) -> None:
+            wait = waiting(driver)
+            wait.until(lambda d: d.find_element(By.ID, "hops-summary").text.startswith("120 since"))
+            wait.until(lambda d: d.find_element(By.CSS_SELECTOR, label).text == "100")
+
+        await anyio.to_thread.run_sync(after, browser)
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with httpx.AsyncClient(base_url=org.control_url or "", headers=headers) as client:
+            stats = (await client.get("/api/stats")).json()
+            assert stats["edges"] == [
+                {"from": "_external", "to": "ping", "hops": 100},
+                {"from": "ping", "to": "pong", "hops": 100},
+            ]

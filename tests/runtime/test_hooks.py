@@ -15,7 +15,6 @@ from xml_pipeline import (
     HopEvent,
     Listener,
     Organism,
-    UsageError,
     payload,
 )
 
@@ -139,6 +138,7 @@ async def test_a_hop_tally_counts_finished_hops_and_hops_false_subscribers_see_n
     None
 ):
     tallied: list[tuple[str, str, int, str | None]] = []
+    second: list[str] = []
     seen: list[Event] = []
     async with organism() as org:
         hooks = org.hooks
@@ -147,14 +147,16 @@ async def test_a_hop_tally_counts_finished_hops_and_hops_false_subscribers_see_n
             lambda name, by, attempt, _, out: tallied.append((name, by, attempt, out))
         )
         assert hooks.active and not hooks.hop_events and not hooks.starters
-        with pytest.raises(UsageError):
-            hooks.count_hops(lambda *args: None)
+        stop_second = hooks.count_hops(lambda name, *_: second.append(name))  # both count
         await org.request("front", Ask(text="hi"), timeout=5)
+        stop_second()
+        stop_second()  # twice does nothing
         with pytest.raises(DeliveryError):
             await org.request("front", Ask(text="fail"), timeout=5)
         stop()
         stop_events()
         assert not hooks.active
+    assert second == ["front", "back", "front"]  # the first request's hops: stopped after it
     assert tallied == [
         ("front", "_external", 1, None),
         ("back", "front", 1, None),
@@ -168,3 +170,49 @@ async def test_a_hop_tally_counts_finished_hops_and_hops_false_subscribers_see_n
         ("opened", "front", "None"),
         ("ended", "front", "handler_error"),
     ]
+
+
+async def test_tallies_alone_make_the_pump_build_no_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a tally and no subscriber, the hooks count but want no event: no `HopEvent` or
+    `ConversationEvent` is built (the pump's constructors are watched), and a subscriber that
+    comes later gets every event from then on."""
+    from xml_pipeline._runtime import pump
+
+    built: list[str] = []
+
+    def watched(cls: type) -> type:
+        class Watched(cls):  # type: ignore[misc,valid-type]
+            def __new__(klass, *args: object, **kwargs: object) -> object:
+                built.append(cls.__name__)
+                return super().__new__(klass, *args, **kwargs)
+
+        Watched.__name__ = cls.__name__
+        return Watched
+
+    def new_event(cls: type, fields: tuple[object, ...]) -> object:
+        built.append(cls.__name__)  # the pump builds finished events with tuple.__new__
+        return tuple.__new__(cls, fields)  # type: ignore[type-var]
+
+    monkeypatch.setattr(pump, "_new_event", new_event)
+    monkeypatch.setattr(pump, "HopEvent", watched(HopEvent))
+    monkeypatch.setattr(pump, "ConversationEvent", watched(ConversationEvent))
+    tallied: list[str] = []
+    async with organism() as org:
+        stop = org.hooks.count_hops(lambda name, *_: tallied.append(name))
+        assert org.hooks.active and not org.hooks.events
+        await org.request("front", Ask(text="hi"), timeout=5)
+        assert tallied == ["front", "back", "front"] and built == []
+        seen: list[Event] = []
+        unsubscribe = org.hooks.subscribe(seen.append, started=False)
+        await org.request("front", Ask(text="hi"), timeout=5)
+        unsubscribe()
+        stop()
+    assert tallied == ["front", "back", "front"] * 2
+    assert [brief(e) for e in seen] == [
+        ("opened", "front", "None"),
+        ("finished", "front", "None"),
+        ("finished", "back", "None"),
+        ("ended", "front", "None"),
+        ("finished", "front", "None"),
+    ]
+    assert built.count("HopEvent") == 3 and built.count("ConversationEvent") == 2

@@ -10,11 +10,13 @@ work). A subscriber that raises is logged and unsubscribed; the hop goes on.
 Events are named tuples: immutable, and about a quarter of a frozen dataclass to build (0.25 us
 against 1.1 us; a hop makes two), which is most of what observing a hop costs.
 
-An observer that only counts (metrics with aggregating sinks alone) need not have an event
-built per hop: it subscribes with ``hops=False`` (conversation and ``answered`` events only)
-and registers a `HopTally` with `Hooks.count_hops`, which the pump calls with the finished
-hop's fields as plain arguments. A finished hop then costs a call, not a tuple that lives in
-a buffer until the next flush.
+An observer that only counts (metrics with aggregating sinks alone, the control plane's
+per-listener and per-edge counters) need not have an event built per hop: it registers a
+`HopTally` with `Hooks.count_hops`, which the pump calls with the finished hop's fields as
+plain arguments (and subscribes with ``hops=False`` if it wants conversation and ``answered``
+events too). A finished hop then costs a call, not a tuple that lives in a buffer until the
+next flush. Several tallies may count at once (each is called, in registration order); with
+tallies alone and no subscriber, the pump builds no event at all.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import Literal, NamedTuple
-
-from xml_pipeline._errors import UsageError
 
 __all__ = ["ConversationEvent", "Event", "Hooks", "HopEvent", "HopTally"]
 
@@ -103,37 +103,48 @@ HopTally = Callable[[str, str, int, float, "str | None"], None]
 
 
 class Hooks:
-    """The subscribers of one organism's events.
+    """The subscribers of one organism's events, and the tallies of its finished hops.
 
     ``started`` events go only to subscribers that asked for them (the default); when none
     did (``subscribe(fn, started=False)``, as the metrics collector does without tracing), the
-    pump does not build them.
+    pump does not build them. With tallies alone (`count_hops`) it builds no event at all.
     """
 
     __slots__ = (
-        "_hop_subscribers", "_starters", "_subscribers", "active", "hop_events", "starters",
-        "tally",
+        "_conversation_subscribers", "_hop_subscribers", "_starters", "_subscribers", "_tallies",
+        "active", "events", "hop_events", "starters", "tally",
     )  # fmt: skip
 
     def __init__(self) -> None:
         self._subscribers: tuple[Subscriber, ...] = ()  # replaced, never changed: emit reads it
         self._starters: tuple[Subscriber, ...] = ()  # those that want started events
         self._hop_subscribers: tuple[Subscriber, ...] = ()  # those that want finished events
-        self.active = False  # whether anybody listens: the pump builds no event otherwise
+        # those that want conversation and answered events
+        self._conversation_subscribers: tuple[Subscriber, ...] = ()
+        self._tallies: tuple[HopTally, ...] = ()
+        self.active = False  # whether anybody observes (subscribers or tallies): hops timed
+        self.events = False  # whether anybody wants conversation and answered events
         self.starters = False  # whether anybody wants started events
         self.hop_events = False  # whether anybody wants finished events
-        self.tally: HopTally | None = None  # counts finished hops without an event
+        self.tally: HopTally | None = None  # calls every tally (the one itself when alone)
 
     def __bool__(self) -> bool:
         """Whether anybody listens (as `active`)."""
         return self.active
 
     def subscribe(
-        self, subscriber: Subscriber, *, started: bool = True, hops: bool = True
+        self,
+        subscriber: Subscriber,
+        *,
+        started: bool = True,
+        hops: bool = True,
+        conversations: bool = True,
     ) -> Callable[[], None]:
         """Call ``subscriber(event)`` for every event from now on (``started``: the
         ``started`` hop events too; ``hops=False``: no ``started`` or ``finished`` hop events,
-        for a subscriber that counts finished hops with `count_hops`).
+        for a subscriber that counts finished hops with `count_hops`; ``conversations=False``:
+        no `ConversationEvent` and no ``answered`` hop events, for one that shows finished hops
+        only: when no subscriber wants those, the pump does not build them).
 
         Returns:
             a function that unsubscribes it (calling it twice does nothing).
@@ -143,6 +154,8 @@ class Hooks:
             self._starters = (*self._starters, subscriber)
         if hops:
             self._hop_subscribers = (*self._hop_subscribers, subscriber)
+        if conversations:
+            self._conversation_subscribers = (*self._conversation_subscribers, subscriber)
         self._update()
 
         def unsubscribe() -> None:
@@ -153,43 +166,52 @@ class Hooks:
     def count_hops(self, tally: HopTally) -> Callable[[], None]:
         """Call ``tally(listener, sender, attempt, duration, outcome)`` for every finished hop
         from now on (the fields of its ``finished`` `HopEvent`), without building the event.
+        Tallies registered together are each called, in registration order; a tally must not
+        raise (it runs on the hop's time, like a subscriber, but is not guarded: keep it to
+        counting).
 
         Returns:
-            a function that stops it.
-
-        Raises:
-            UsageError: another tally is registered (one per organism: its metrics).
+            a function that stops it (calling it twice does nothing).
         """
-        if self.tally is not None:
-            raise UsageError("a hop tally is registered already; stop it first")
-        self.tally = tally
+        self._tallies = (*self._tallies, tally)
+        self._update()
 
         def stop() -> None:
-            if self.tally is tally:
-                self.tally = None
+            if tally in self._tallies:
+                kept = list(self._tallies)
+                kept.remove(tally)
+                self._tallies = tuple(kept)
                 self._update()
 
-        self._update()
         return stop
 
     def _update(self) -> None:
-        self.active = bool(self._subscribers) or self.tally is not None
+        self.events = bool(self._conversation_subscribers)
+        self.active = bool(self._subscribers) or bool(self._tallies)
         self.starters = bool(self._starters)
         self.hop_events = bool(self._hop_subscribers)
+        self.tally = _fan_out(self._tallies)
 
     def _drop(self, subscriber: Subscriber) -> None:
         self._subscribers = _without(self._subscribers, subscriber)
         self._starters = _without(self._starters, subscriber)
         self._hop_subscribers = _without(self._hop_subscribers, subscriber)
+        self._conversation_subscribers = _without(self._conversation_subscribers, subscriber)
         self._update()
 
     def emit(self, event: Event) -> None:
-        """Hand ``event`` to every subscriber; one that raises is logged and dropped."""
-        self._deliver(self._subscribers, event)
+        """Hand a conversation or ``answered`` event to the subscribers that want those; one
+        that raises is logged and dropped."""
+        self._deliver(self._conversation_subscribers, event)
 
     def emit_hop(self, event: HopEvent) -> None:
         """Hand a ``finished`` event to the subscribers that want hop events."""
-        self._deliver(self._hop_subscribers, event)
+        for subscriber in self._hop_subscribers:  # _deliver, written out: it runs every hop
+            try:
+                subscriber(event)
+            except Exception:
+                log.exception("a hook subscriber raised; it is unsubscribed: %r", subscriber)
+                self._drop(subscriber)
 
     def emit_started(self, event: HopEvent) -> None:
         """Hand a ``started`` event to the subscribers that want those."""
@@ -202,6 +224,20 @@ class Hooks:
             except Exception:
                 log.exception("a hook subscriber raised; it is unsubscribed: %r", subscriber)
                 self._drop(subscriber)
+
+
+def _fan_out(tallies: tuple[HopTally, ...]) -> HopTally | None:
+    """One `HopTally` calling each of ``tallies`` (None for none; the tally itself for one)."""
+    if len(tallies) < 2:
+        return tallies[0] if tallies else None
+
+    def every(
+        listener: str, sender: str, attempt: int, duration: float, outcome: str | None
+    ) -> None:
+        for tally in tallies:
+            tally(listener, sender, attempt, duration, outcome)
+
+    return every
 
 
 def _without(subscribers: tuple[Subscriber, ...], subscriber: Subscriber) -> tuple[Subscriber, ...]:

@@ -80,6 +80,8 @@ _RETIRE_BACKOFF = (0.05, 2.0)
 # How long closing waits for dead letters to reach the backend; the rest are logged and counted.
 _DEAD_LETTER_FLUSH = 5.0
 
+_new_event: Any = tuple.__new__  # builds a `HopEvent` from all its fields at once
+
 
 class StreamPump:
     """Routes payloads between listeners; owned by an `Organism`, one per organism.
@@ -459,7 +461,7 @@ class StreamPump:
         conv.opening = False
         conv.payload, conv.sender = payload, sender  # a dead letter's envelope, if it fails
         self._conversations.opened(conv)
-        if self.hooks.active:
+        if self.hooks.events:
             self.hooks.emit(ConversationEvent(
                 "opened", conv.id, state.name, perf_counter(), None, conv.traceparent or None
             ))  # fmt: skip
@@ -619,7 +621,7 @@ class StreamPump:
         if error is not None and conv.answers:
             answers, conv.answers = conv.answers, None
             self._spawn_call(self._compensate(conv.id, answers, error))
-        if self.hooks.active:
+        if self.hooks.events:
             outcome = None if error is None else str(error.reason)
             self.hooks.emit(
                 ConversationEvent("ended", conv.id, conv.started_by, perf_counter(), outcome)
@@ -809,11 +811,12 @@ class StreamPump:
             if not hooks.hop_events:
                 return
         frame = hop.frame
-        hooks.emit_hop(HopEvent(
+        # tuple.__new__ with every field: a third of the time of the named tuple's own __new__
+        hooks.emit_hop(_new_event(HopEvent, (
             "finished", hop.conv.id, frame.thread, hop.sender, hop.state.name, hop.payload,
             hop.attempt, now, now - started, outcome, frame.caller_thread,
             getattr(frame, "maker", None),
-        ))  # fmt: skip
+        )))  # fmt: skip
 
     async def read_history(self, conversation: str) -> list[HistoryEntry]:
         """The recorded hops of a conversation, oldest first."""
@@ -978,7 +981,7 @@ class StreamPump:
         if waiter is not None:  # a meta.call: the answer goes to the handler awaiting it
             frame.waiter = None
             caller.live -= 1
-            if self.hooks.active:
+            if self.hooks.events:
                 self.hooks.emit(HopEvent(
                     "answered", conv.id, caller.thread, responder, caller.listener, payload, 1,
                     perf_counter(), caller_thread=caller.caller_thread,

@@ -1,4 +1,7 @@
-"""Counting at the source: what aggregating sinks need, counted as hops finish, no event kept.
+"""Counting at the source: hops counted as they finish (a `HopTally`), no event built or kept.
+
+Two tallies, registered with `Hooks.count_hops` (several count at once): `HopCounts` for the
+metrics collector, `HopTotals` for the control plane's counters.
 
 When every sink aggregates (Prometheus, OpenTelemetry metrics) and nothing traces, the collector
 needs a batch's `Summary`, not its events. `HopCounts` is then the pump's `HopTally` (called
@@ -11,6 +14,11 @@ conversations by outcome, samples.
 
 Like the event buffer it replaces, it holds ``capacity`` records at most between flushes (new
 ones are dropped and counted), and wakes the flush task when ``batch_size`` are held.
+
+`HopTotals` keeps running totals since it started: finished hops per edge (sender ->
+listener) and failures per listener, what the control plane's ``/api/stats`` and its console
+show. Per hop: one counter bumped (two when it failed); the same whether or not anybody reads
+the event stream, so the counts never depend on who watched.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from typing import Any
 
 from xml_pipeline.metrics.records import Sample, Summary
 
-__all__ = ["HopCounts"]
+__all__ = ["HopCounts", "HopTotals"]
 
 
 class HopCounts:
@@ -120,3 +128,40 @@ class HopCounts:
         self.held = 0
         self._reset()
         return held, summary
+
+
+class HopTotals:
+    """Finished hops per (sender, listener) and failures per listener, since it was made.
+
+    Register `hop` with `Hooks.count_hops`. A failure is a finished hop with an outcome (a
+    reason code, or ``"ended"``: the conversation ended while the handler ran).
+    """
+
+    __slots__ = ("edges", "failures")
+
+    def __init__(self) -> None:
+        self.edges: Counter[tuple[str, str]] = Counter()  # (sender, listener) -> hops
+        self.failures: Counter[str] = Counter()  # listener -> failed hops
+
+    def hop(
+        self, listener: str, sender: str, attempt: int, duration: float, outcome: str | None
+    ) -> None:
+        """The `HopTally`: one finished hop (the fields of its ``finished`` event)."""
+        self.edges[sender, listener] += 1
+        if outcome is not None:
+            self.failures[listener] += 1
+
+    def listeners(self) -> dict[str, dict[str, int]]:
+        """``{listener: {"hops": n, "failed": n}}`` for each listener that finished a hop,
+        by name."""
+        hops: Counter[str] = Counter()
+        for (_, listener), count in self.edges.items():
+            hops[listener] += count
+        return {name: {"hops": hops[name], "failed": self.failures[name]} for name in sorted(hops)}
+
+    def edge_list(self) -> list[dict[str, Any]]:
+        """``[{"from": sender, "to": listener, "hops": n}]``, sorted by sender then listener."""
+        return [
+            {"from": sender, "to": listener, "hops": count}
+            for (sender, listener), count in sorted(self.edges.items())
+        ]

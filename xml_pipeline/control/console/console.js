@@ -27,6 +27,7 @@
     graph: null,
     edgeCounts: new Map(), // "from → to" -> hops
     nodeCounts: new Map(), // listener -> hops finished
+    streamCounts: false, // the stream's counts events set the counts (api/stats' do not then)
     hops: 0,
     stream: null, // AbortController of the event stream
     poller: 0,
@@ -388,8 +389,8 @@
       if (typeof organism[key] === "number") parts.push(`${organism[key]} ${key}`);
     }
     $("stats-summary").textContent = parts.join(" · ");
-    if (Array.isArray(body.edges)) {
-      // the server's counts since it started: more than this page saw since it opened
+    if (!state.streamCounts && Array.isArray(body.edges)) {
+      // the server's counts since it started (until the stream's counts events take over)
       for (const edge of body.edges) {
         const key = edgeKey(edge.from, edge.to);
         if (state.edgeCounts.has(key) && edge.hops > state.edgeCounts.get(key)) {
@@ -418,6 +419,28 @@
 
   function caller(hop) {
     return hop.caller ?? hop.sender ?? "";
+  }
+
+  // The server's totals, counted where hops finish (the same whether or not anybody watched):
+  // the stream sends them first and then when they changed, each after the hops it counts,
+  // so the hops that come after it are counted on top of it, none twice.
+  function onCounts(counts) {
+    state.streamCounts = true;
+    for (const edge of counts.edges || []) {
+      // every edge, drawn yet or not: the graph may load after the stream's first event
+      const key = edgeKey(edge.from, edge.to);
+      if (state.edgeCounts.get(key) !== edge.hops) {
+        state.edgeCounts.set(key, edge.hops);
+        touched.edges.add(key);
+      }
+    }
+    for (const [name, c] of Object.entries(counts.listeners || {})) {
+      if (state.nodeCounts.get(name) !== c.hops) {
+        state.nodeCounts.set(name, c.hops);
+        touched.nodes.add(name);
+      }
+    }
+    if (!flushTimer) flushTimer = setTimeout(flushHops, FLUSH_MS);
   }
 
   // Hops are counted as they come and drawn at most every FLUSH_MS, the newest MAX_HOPS of
@@ -737,6 +760,7 @@
       return;
     }
     if (event.type === "hop") onHop(data);
+    else if (event.type === "counts") onCounts(data);
     else if (event.type === "runs") setRuns(Array.isArray(data) ? data : data.runs);
   }
 
