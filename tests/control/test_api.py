@@ -13,6 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.control.conftest import SLOW, TOKEN, client_of, job
 from xml_pipeline import ControlConfig, DeliveryError, Organism, UsageError
+from xml_pipeline.backends.manager import ManagerBackend, start_manager_server
+from xml_pipeline.backends.memory import MemoryBackend
+from xml_pipeline.backends.redis import RedisBackend
 from xml_pipeline.metrics.records import STATS_METRICS
 
 pytestmark = pytest.mark.anyio
@@ -161,6 +164,37 @@ async def test_stats_and_graph(slow: Organism) -> None:
     assert [x["name"] for x in graph["listeners"]] == ["boss", "worker"]
     assert graph["edges"] == [{"from": "boss", "to": "worker"}]
     assert graph["mermaid"].startswith("flowchart LR")
+
+
+async def test_graph_and_backend_description_name_the_backend_of_every_kind(
+    slow: Organism,
+) -> None:
+    """A memory organism is not described as a manager server it never starts; each kind of
+    backend (config or object) is named as what it is."""
+    async with client_of(slow) as client:
+        graph = (await client.get("/api/graph")).json()
+    assert graph["backend"] == "the memory of this process" == slow.backend_description
+    server = start_manager_server()
+    try:
+        kinds: list[tuple[object, str]] = [
+            ({"type": "memory"}, "the memory of this process"),
+            (MemoryBackend(), "the memory of this process"),
+            ({"type": "manager"}, "the manager server this organism starts"),
+            ({"type": "manager", "manager_address": "10.0.0.5:5000", "manager_authkey": "k"},
+             "the manager server at 10.0.0.5:5000"),
+            ({"type": "redis", "redis_url": "redis://:secret@db:6379/0", "redis_prefix": "p:"},
+             "redis at db:6379/0, prefix 'p:'"),
+            (RedisBackend("redis://db:6379/0", prefix="p:"), "RedisBackend("),
+            (ManagerBackend(server.address, server.authkey, server=server),
+             "the manager server this process started (ManagerBackend(address="),
+            (ManagerBackend(("10.0.0.5", 5000), b"k"), "ManagerBackend(address=('10.0.0.5'"),
+        ]  # fmt: skip
+        for backend, expected in kinds:
+            described = Organism.from_yaml(SLOW, backend=backend).backend_description
+            assert described.startswith(expected), (backend, described)
+            assert "secret" not in described
+    finally:
+        server.shutdown()
 
 
 # -- the event stream --------------------------------------------------------------------------
