@@ -132,6 +132,53 @@ async def test_unknown_ids_get_404_with_the_id(slow: Organism) -> None:
             assert id in response.json()["error"], path
 
 
+async def test_ids_are_taken_by_a_unique_prefix_an_ambiguous_one_lists_the_candidates(
+    monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    """What `organism ps` and the console show (a conversation id cut to 12 characters, a run
+    number) works wherever an id does; a prefix of several ids is refused naming them."""
+    from xml_pipeline._runtime import pump, registry
+
+    # every conversation id starts alike, so that an 8-digit prefix names them all
+    monkeypatch.setattr(pump, "new_thread_id", lambda: "abcdef12" + registry.new_thread_id()[8:])
+    async with (
+        Organism.from_yaml(SLOW, tracing=True) as org,
+        client_of(org) as client,
+        anyio.create_task_group() as group,
+    ):
+        failures: list[str] = []
+
+        async def ask() -> None:
+            try:
+                await org.request("boss", job(org, seconds=60.0, lines=1), timeout=30)
+            except DeliveryError as exc:
+                failures.append(exc.reason)
+
+        await org.request("worker", job(org, seconds=0.0), timeout=10)
+        group.start_soon(ask)
+        run = await wait_for_run(client, "worker")
+        conversation, run_id = str(run["conversation"]), str(run["run_id"])
+        short = run_id.partition("@")[0]
+        got = await client.get(f"/api/runs/{short}")
+        assert got.status_code == 200 and got.json()["run_id"] == run_id
+        prefix = await client.get(f"/api/runs/{run_id[:-2]}")
+        assert prefix.status_code == 200 and prefix.json()["run_id"] == run_id
+        traced = await client.get(f"/api/trace/{conversation[:12]}")
+        assert traced.status_code == 200, traced.text
+        assert traced.json()["conversation"] == conversation
+        ambiguous = await client.get("/api/trace/abcdef12")
+        assert ambiguous.status_code == 400
+        body = ambiguous.json()
+        assert conversation in body["candidates"] and len(body["candidates"]) == 2
+        assert "'abcdef12' is the start of 2 conversation ids" in body["error"]
+        too_short = await client.post(f"/api/conversations/{conversation[:7]}/cancel")
+        assert too_short.status_code == 404
+        cancelled = await client.post(f"/api/conversations/{conversation[:12]}/cancel")
+        assert cancelled.status_code == 202
+        assert cancelled.json() == {"cancelled": conversation}
+    assert failures == ["cancelled"]
+
+
 async def test_a_conversation_is_listed_and_cancelled(slow: Organism) -> None:
     async with client_of(slow) as client, anyio.create_task_group() as group:
         failures: list[str] = []
