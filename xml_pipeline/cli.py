@@ -221,8 +221,10 @@ def _organism(file: str, control: str | None) -> Organism:
     config = load_config(file)
     if control is None:
         return Organism.from_config(config)
-    if ":" not in control:
-        control = f"127.0.0.1:{control}"
+    found = parse_listen(control)  # checked by the caller; the file's listen: reads the same
+    assert found is not None
+    host, port = found
+    control = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return Organism.from_config(
         config, control=replace(config.control or ControlConfig(), listen=control)
     )

@@ -408,6 +408,35 @@ async def test_the_control_section_is_read_from_the_file_with_key_paths(tmp_path
     assert load_config(SLOW).control == ControlConfig(listen="127.0.0.1:0")
 
 
+async def test_a_port_alone_listens_on_loopback_as_an_integer_or_text_as_control_does(
+    tmp_path: object, token: str
+) -> None:
+    """``listen: 8750`` (YAML reads an integer) is taken as ``--control 8750`` is: one parser;
+    a port out of range or a bool is refused with its key path."""
+    from pathlib import Path
+
+    from xml_pipeline import ConfigError, load_config
+
+    with socket.socket() as probe:  # a port free now, to serve on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    file = Path(str(tmp_path)) / "organism.yaml"
+    handlers = SLOW.parent / "slow_handlers.py"
+    (file.parent / handlers.name).write_text(handlers.read_text())
+    file.write_text(SLOW.read_text().replace("listen: 127.0.0.1:0", f"listen: {port}"))
+    config = load_config(file).control
+    assert config is not None and config.host_port == ("127.0.0.1", port)
+    assert ControlConfig(listen=port).host_port == ControlConfig(listen=str(port)).host_port  # type: ignore[arg-type]
+    async with Organism.from_yaml(file) as org:
+        assert org.control_url == f"http://127.0.0.1:{port}"
+    for wrong in ("70000", "true"):
+        file.write_text(SLOW.read_text().replace("listen: 127.0.0.1:0", f"listen: {wrong}"))
+        with pytest.raises(ConfigError) as caught:
+            load_config(file)
+        [problem] = caught.value.problems
+        assert problem.key_path == "control.listen" and "[host:]port" in problem.message
+
+
 async def test_without_the_web_extra_the_start_says_what_to_install(
     token: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
