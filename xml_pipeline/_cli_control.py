@@ -1,7 +1,8 @@
 """``organism ps|top|logs|kill|cancel|stats``: a running organism's control plane, from a shell.
 
 organism ps [--listener L] [--status S]       the runs: running, waiting, queued, recent
-organism top [--interval SECONDS]             the same, refreshed (Ctrl-C ends it)
+organism top [--interval S] [--count N]       the same, refreshed (Ctrl-C ends it); --json:
+                                              one JSON line per refresh
 organism logs RUN [--follow]                  a run's output lines (--follow: until it ends)
 organism kill RUN                             cancel a running handler (its caller: cancelled)
 organism cancel CONVERSATION                  end a conversation with cancelled
@@ -40,8 +41,11 @@ class _Refused(Exception):
     """The control plane could not be reached, or said no: the message says why."""
 
 
-def add_control_options(parser: argparse.ArgumentParser) -> None:
-    """``--control URL``, ``--token-env NAME`` and ``--json``."""
+def add_control_options(
+    parser: argparse.ArgumentParser, json_help: str = "print the API's JSON answer"
+) -> None:
+    """``--control URL``, ``--token-env NAME`` and ``--json`` (``json_help`` says what it
+    prints)."""
     parser.add_argument(
         "--control",
         metavar="URL",
@@ -53,7 +57,7 @@ def add_control_options(parser: argparse.ArgumentParser) -> None:
         default="XP_CONTROL_TOKEN",
         help="the environment variable holding the token (default XP_CONTROL_TOKEN)",
     )
-    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    parser.add_argument("--json", action="store_true", help=json_help)
 
 
 def add_control_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -72,8 +76,13 @@ def add_control_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     cancel = sub.add_parser("cancel", parents=[common], help="end a conversation (cancelled)")
     cancel.add_argument("conversation", help="the conversation id")
     stats = sub.add_parser("stats", parents=[common], help="the organism's counters")
-    for parser in (ps, top, logs, kill, cancel, stats):
+    for parser in (ps, logs, kill, cancel, stats):
         add_control_options(parser)
+    add_control_options(
+        top,
+        json_help='one JSON line per refresh: {"at": epoch seconds, "organism": counters, '
+        '"runs": [...]}',
+    )
 
 
 class _Client:
@@ -183,17 +192,26 @@ def _top(client: _Client, args: argparse.Namespace) -> int:
     while args.count is None or shown < args.count:
         runs = client.call("GET", "/api/runs")["runs"]
         stats = client.call("GET", "/api/stats")["organism"]
-        if sys.stdout.isatty():
-            sys.stdout.write("\x1b[H\x1b[2J")  # home, clear screen
-        counts = ", ".join(
-            f"{stats.get(k, 0)} {k}" for k in ("conversations", "answered", "failed", "hops")
-        )
-        print(f"{client.url}  {time.strftime('%H:%M:%S')}  {counts}")
-        print(render_runs(runs, _width()), flush=True)
+        if args.json:  # one JSON line per refresh, for scripts (jq -c, a log)
+            print(json.dumps({"at": time.time(), "organism": stats, "runs": runs}), flush=True)
+        else:
+            _draw_top(client.url, stats, runs)
         shown += 1
         if args.count is None or shown < args.count:
             time.sleep(args.interval)
     return EXIT_OK
+
+
+def _draw_top(url: str, stats: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    """One refresh of `organism top`: the counters, then the runs' table (a terminal is
+    cleared first)."""
+    if sys.stdout.isatty():
+        sys.stdout.write("\x1b[H\x1b[2J")  # home, clear screen
+    counts = ", ".join(
+        f"{stats.get(k, 0)} {k}" for k in ("conversations", "answered", "failed", "hops")
+    )
+    print(f"{url}  {time.strftime('%H:%M:%S')}  {counts}")
+    print(render_runs(runs, _width()), flush=True)
 
 
 def _logs(client: _Client, args: argparse.Namespace) -> int:

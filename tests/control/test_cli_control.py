@@ -211,3 +211,14 @@ def test_logs_follow_ends_with_the_run_and_top_ends_cleanly_on_ctrl_c(running: R
     _, err = top.communicate(timeout=30)
     assert top.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_top_json_prints_one_json_line_per_refresh(running: Running) -> None:
+    done = organism(running, "top", "--json", "--count", "2", "--interval", "0.05")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stdout
+    for line in lines:
+        snapshot = json.loads(line)
+        assert set(snapshot) == {"at", "organism", "runs"}
+        assert "conversations" in snapshot["organism"] and snapshot["runs"] == []
