@@ -548,6 +548,42 @@ class DeadLetterConfig:
 # -- the run registry -------------------------------------------------------------------------
 
 
+_HEARTBEAT_SECONDS = 1.0
+_LOST_AFTER_SECONDS = 3.0
+
+
+def _seconds_of(values: Mapping[str, Any], key: str, default: float) -> float | None:
+    """A sibling setting's value (its default when not given; None when of the wrong type or
+    not finite: that is reported on its own key)."""
+    value = values.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _after_heartbeat(value: float, values: Mapping[str, Any]) -> str | None:
+    heartbeat = _seconds_of(values, "heartbeat_seconds", _HEARTBEAT_SECONDS)
+    if not heartbeat or value > heartbeat:  # 0: no heartbeat, nothing is ever listed lost
+        return None
+    return (
+        f"must be more than heartbeat_seconds ({heartbeat:g}), found {value:g}: a live process "
+        "is heard from only once per heartbeat, so its running handlers would be listed lost; "
+        f"set lost_after_seconds to {3 * heartbeat:g} (3 heartbeats) or more, or lower "
+        "heartbeat_seconds"
+    )
+
+
+def _after_lost(value: float, values: Mapping[str, Any]) -> str | None:
+    lost = _seconds_of(values, "lost_after_seconds", _LOST_AFTER_SECONDS)
+    if lost is None or value > lost:
+        return None
+    return (
+        f"must be more than lost_after_seconds ({lost:g}), found {value:g}: a process that "
+        "died would be forgotten before its runs are listed lost; set forget_after_seconds to "
+        f"{20 * lost:g} or more"
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunsConfig:
     """The run registry: finished runs kept, and the heartbeat that shares them.
@@ -565,7 +601,7 @@ class RunsConfig:
         ),
     )
     heartbeat_seconds: float = field(
-        default=1.0,
+        default=_HEARTBEAT_SECONDS,
         metadata=setting(
             "seconds",
             "how often this process writes its runs to the backend and takes the commands "
@@ -574,21 +610,25 @@ class RunsConfig:
         ),
     )
     lost_after_seconds: float = field(
-        default=3.0,
+        default=_LOST_AFTER_SECONDS,
         metadata=setting(
             "seconds",
-            "a process not heard from for this long has its unfinished runs listed as lost",
+            "a process not heard from for this long has its unfinished runs listed as lost; "
+            "more than heartbeat_seconds",
             minimum=0,
             exclusive=True,
+            rule=_after_heartbeat,
         ),
     )
     forget_after_seconds: float = field(
         default=60.0,
         metadata=setting(
             "seconds",
-            "a process not heard from for this long is no longer listed at all",
+            "a process not heard from for this long is no longer listed at all; more than "
+            "lost_after_seconds",
             minimum=0,
             exclusive=True,
+            rule=_after_lost,
         ),
     )
 
