@@ -9,10 +9,12 @@ organism cancel CONVERSATION                  end a conversation with cancelled
 organism stats                                the organism's counters and per-listener ones
 organism trace CONVERSATION --control URL     a conversation's hop tree
 
-Each talks to ``--control URL`` (default: $XP_CONTROL_URL, else http://127.0.0.1:8750) with the
+Each talks to ``--control URL`` (or HOST:PORT, or a port alone; default: $XP_CONTROL_URL, else
+http://127.0.0.1:8750) with the
 token in $XP_CONTROL_TOKEN (or the variable ``--token-env NAME`` names); ``--json`` prints what
 the API answered, for scripts. Tables fit the terminal (80 columns when it is not one).
-Exit status: 0 done, 1 refused or unreachable (the message says why), 2 wrong arguments.
+Exit status: 0 done, 1 refused or unreachable (the message says why), 2 wrong arguments (a
+--control that is no address).
 """
 
 from __future__ import annotations
@@ -41,6 +43,39 @@ class _Refused(Exception):
     """The control plane could not be reached, or said no: the message says why."""
 
 
+class _Usage(Exception):
+    """The arguments are wrong (exit status 2): the message says which and what to give."""
+
+
+def control_url(given: str, where: str, httpx: Any) -> str:
+    """The control plane's base URL from ``--control`` (or ``$XP_CONTROL_URL``): a URL, or
+    ``HOST:PORT`` or ``PORT`` alone (``http://`` put in front; a port alone on 127.0.0.1).
+
+    Raises:
+        _Usage: it is neither (``where`` names the option or variable it came from).
+    """
+    url = given.strip()
+    if "://" not in url:
+        url = f"http://127.0.0.1:{url}" if url.isdigit() else f"http://{url}"
+    try:
+        parsed = httpx.URL(url)
+        valid = (
+            parsed.scheme in ("http", "https")
+            and bool(parsed.host)
+            and not url.partition("://")[2].partition("/")[0].endswith(":")  # no port after :
+            and not any(c.isspace() for c in url)
+        )
+        parsed.port  # noqa: B018 - a port that is not a number raises here
+    except (httpx.InvalidURL, ValueError):
+        valid = False
+    if not valid:
+        raise _Usage(
+            f"{where} {given!r} is not a control plane address: give a URL "
+            "(http://127.0.0.1:8750), HOST:PORT (127.0.0.1:8750) or a port alone (8750)"
+        )
+    return url.rstrip("/")
+
+
 def add_control_options(
     parser: argparse.ArgumentParser, json_help: str = "print the API's JSON answer"
 ) -> None:
@@ -49,7 +84,8 @@ def add_control_options(
     parser.add_argument(
         "--control",
         metavar="URL",
-        help="the control plane's URL (default: $XP_CONTROL_URL, else " + DEFAULT_URL + ")",
+        help="the control plane's URL, or HOST:PORT, or a port alone (default: "
+        "$XP_CONTROL_URL, else " + DEFAULT_URL + ")",
     )
     parser.add_argument(
         "--token-env",
@@ -97,10 +133,13 @@ class _Client:
             raise _Refused(
                 "talking to a control plane needs httpx; pip install 'xml-pipeline[web]'"
             ) from None
-        self.url = (args.control or os.environ.get("XP_CONTROL_URL") or DEFAULT_URL).rstrip("/")
+        given = args.control or os.environ.get("XP_CONTROL_URL") or DEFAULT_URL
+        where = "--control" if args.control else "$XP_CONTROL_URL"
+        self.url = control_url(given, where, httpx)
         token = os.environ.get(args.token_env)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._token_env = args.token_env
+        self._token_sent = bool(token)
         self._httpx = httpx
         self._client = httpx.Client(base_url=self.url, headers=headers, timeout=10.0)
 
@@ -119,10 +158,16 @@ class _Client:
                 "with a control: section (or organism run --control PORT), and is --control "
                 "(or $XP_CONTROL_URL) its address?"
             ) from None
+        if response.status_code == 401 and not self._token_sent:
+            raise _Refused(
+                f"the control plane at {self.url} needs a token and none was sent (401): "
+                f"${self._token_env} is not set; set it to the token the organism was started "
+                "with (or name another variable with --token-env NAME)"
+            )
         if response.status_code == 401:
             raise _Refused(
-                f"the control plane at {self.url} refused the token (401); set "
-                f"${self._token_env} to the token the organism was started with"
+                f"the control plane at {self.url} refused the token in ${self._token_env} "
+                f"(401); set ${self._token_env} to the token the organism was started with"
             )
         try:
             body = response.json()
@@ -141,6 +186,9 @@ def control_command(args: argparse.Namespace) -> int:
     """Run one of `CONTROL_COMMANDS`; returns the exit status."""
     try:
         client = _Client(args)
+    except _Usage as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except _Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -165,6 +213,9 @@ def trace_command(args: argparse.Namespace) -> int:
             found = client.call("GET", f"/api/trace/{args.conversation}")
         finally:
             client.close()
+    except _Usage as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except _Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

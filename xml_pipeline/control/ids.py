@@ -10,8 +10,9 @@ control plane takes such a prefix wherever it takes an id (``/api/runs/{id}``, i
 - a run id (``r12@3fa9c1``): the whole id, a prefix of it (``r12@3f``), or the run number alone
   (``r12``): the run of the process serving the control plane, else the one other process's.
 
-A prefix naming several is `Ambiguous` (HTTP 400, the candidates listed); one naming none is
-passed on as given, for the organism to answer 404 with what it knows.
+A prefix naming several is `Ambiguous` (HTTP 400, the candidates listed). A run id naming none
+is `Missing` (404, one message for every route); a conversation id naming none is passed on
+as given, for the organism to answer 404 saying what it keeps.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import string
 from collections.abc import Iterable
 
 from xml_pipeline._errors import UsageError
-from xml_pipeline.control.source import OrganismSource
+from xml_pipeline.control.source import Missing, OrganismSource
 
 __all__ = ["MIN_PREFIX", "Ambiguous", "resolve_conversation", "resolve_run"]
 
@@ -50,20 +51,30 @@ def _one(kind: str, given: str, found: Iterable[str]) -> str:
 
 
 async def resolve_run(source: OrganismSource, given: str) -> str:
-    """The run id ``given`` names (itself when it names none: the organism answers 404).
+    """The run id ``given`` names.
 
     Raises:
         Ambiguous: it names runs of several processes, or starts several run ids.
+        Missing: it names no run listed (one message for every route that takes a run id).
     """
     ids = [run.run_id for run in await source.runs()]
     if given in ids:
         return given
-    if "@" in given:
-        return _one("run", given, (i for i in ids if i.startswith(given)))
     here = f"{given}@{_process(source)}"
     if here in ids:  # the number alone: this process's run first, as `Organism.cancel_run`
         return here
-    return _one("run", given, (i for i in ids if i.partition("@")[0] == given))
+    if "@" in given:
+        found = _one("run", given, (i for i in ids if i.startswith(given)))
+    else:
+        found = _one("run", given, (i for i in ids if i.partition("@")[0] == given))
+    if found not in ids:
+        raise Missing(
+            "run",
+            given,
+            f"no run {given!r} in organism {source.name!r} or the processes sharing its "
+            "backend; list them with GET /api/runs or organism ps",
+        )
+    return found
 
 
 def _process(source: OrganismSource) -> str:
