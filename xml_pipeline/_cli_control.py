@@ -360,10 +360,22 @@ def _elapsed(seconds: float | None) -> str:
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
+def _status(run: dict[str, Any]) -> str:
+    """A run's status, with its outcome when the status does not say it all
+    (``failed:handler_error``, ``cancelled:ended``; ``completed``, ``cancelled`` alone), as the
+    console shows it; PROGRESS keeps what the handler reported."""
+    status = str(run.get("status", ""))
+    outcome = run.get("outcome")
+    if outcome and outcome not in ("ok", status):
+        return f"{status}:{outcome}"
+    return status
+
+
 def render_runs(runs: list[dict[str, Any]], width: int = 80) -> str:
     """The runs as a table of ``width`` columns at most (``no runs`` when there are none).
 
-    ``PID`` is the organism process that owns the run (a run id ends with that process's
+    ``STATUS`` carries a finished run's outcome (``failed:timeout``); ``PROGRESS`` is what the
+    handler last reported (``meta.progress``). ``PID`` is the organism process that owns the run (a run id ends with that process's
     instance id, ``r12@3fa9c1``): with several processes sharing a backend, it says which one
     to look at, or which one died when its runs are ``lost``.
     """
@@ -375,10 +387,10 @@ def render_runs(runs: list[dict[str, Any]], width: int = 80) -> str:
             run.get("run_id") or "-",
             str(run.get("pid") or "-"),
             run.get("listener", ""),
-            run.get("status", ""),
+            _status(run),
             _elapsed(run.get("elapsed_seconds")),
             str(run.get("conversation", ""))[:12],
-            run.get("progress") or run.get("outcome") or "",
+            run.get("progress") or "",
         ]
         for run in runs
     ]

@@ -276,3 +276,18 @@ def test_an_unknown_run_gets_one_message_from_every_command_pointing_to_ps(
     assert "no run 'r999' in organism 'slow'" in message
     assert "list them with GET /api/runs or organism ps (HTTP 404)" in message
     assert "runs()" not in message
+
+
+def test_a_finished_runs_outcome_is_in_its_status_and_progress_stays_progress(
+    running: Running,
+) -> None:
+    running.send("@worker <Job><seconds>0</seconds><lines>1</lines><fail>true</fail></Job>")
+    assert "[handler_error]" in running.wait_for(r"^line 1: failed")
+    running.send("@worker <Job><seconds>0</seconds><lines>2</lines></Job>")
+    assert running.process.stdout is not None
+    assert running.process.stdout.readline().startswith("line 2: ")
+    table = organism(running, "ps")
+    assert table.returncode == 0, table.stderr
+    rows = {line.split()[0]: line.split() for line in table.stdout.splitlines()[1:]}
+    statuses = {row[3]: " ".join(row[6:]) for row in rows.values()}
+    assert statuses == {"failed:handler_error": "wrote 1 lines", "completed": "wrote 2 lines"}
