@@ -375,9 +375,10 @@ def render_runs(runs: list[dict[str, Any]], width: int = 80) -> str:
     """The runs as a table of ``width`` columns at most (``no runs`` when there are none).
 
     ``STATUS`` carries a finished run's outcome (``failed:timeout``); ``PROGRESS`` is what the
-    handler last reported (``meta.progress``). ``PID`` is the organism process that owns the run (a run id ends with that process's
-    instance id, ``r12@3fa9c1``): with several processes sharing a backend, it says which one
-    to look at, or which one died when its runs are ``lost``.
+    handler last reported (``meta.progress``). ``PID`` is the organism process that owns the
+    run (a run id ends with that process's instance id, ``r12@3fa9c1``): with several
+    processes sharing a backend, it says which one to look at, or which one died when its
+    runs are ``lost``.
     """
     if not runs:
         return "no runs"
