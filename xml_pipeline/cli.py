@@ -69,7 +69,8 @@ drain_timeout_seconds to finish, the rest fails with reason shutdown and is kept
 letter (organism dlq list FILE); every line read is accounted for in the summary
 (stopped by SIGTERM after reading N lines: ...). A second signal gives up on the pending
 answers (reason cancelled).
-Exit status: 0 every envelope answered, 1 some failed, 2 the organism file or the arguments
+Exit status: 0 every envelope answered, 1 some failed or the organism could not start (its
+backend unreachable, the control plane's port in use), 2 the organism file or the arguments
 are wrong, 130 stopped by SIGINT, 143 stopped by SIGTERM.
 """
 
@@ -206,6 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
     except XmlPipelineError as exc:  # e.g. the backend is unreachable, the pool cannot start
+        problem = getattr(exc, "listen_problem", None)
+        if problem is not None and getattr(args, "control", None) is not None:
+            # the port came from --control, not from the file's control.listen
+            print(f"error: control plane: {problem}; stop what uses the port or give --control "
+                  "another one (--control 0 picks a free one)", file=sys.stderr)  # fmt: skip
+            return EXIT_FAILED
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -177,7 +178,9 @@ def test_trace_of_a_running_organism(running: Running) -> None:
     assert done.returncode == 1 and "tracing is off" in done.stderr
 
 
-def test_run_control_port_in_use_fails_naming_the_port(running: Running) -> None:
+def test_run_control_port_in_use_fails_naming_the_port_and_the_flag_or_setting_used(
+    running: Running, tmp_path: Path
+) -> None:
     port = running.url.rpartition(":")[2]
     done = subprocess.run(
         [sys.executable, "-m", "xml_pipeline", "run", str(SLOW), "--control", port],
@@ -185,6 +188,18 @@ def test_run_control_port_in_use_fails_naming_the_port(running: Running) -> None
     )  # fmt: skip
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port} (port {port})" in done.stderr
+    assert "give --control another one" in done.stderr and "control.listen" not in done.stderr
+    # from the file's control.listen, the message names that setting
+    in_file = tmp_path / "organism.yaml"
+    in_file.write_text(SLOW.read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}"))
+    handlers = SLOW.parent / "slow_handlers.py"
+    (tmp_path / handlers.name).write_text(handlers.read_text())
+    from_file = subprocess.run(
+        [sys.executable, "-m", "xml_pipeline", "run", str(in_file)],
+        input="", capture_output=True, text=True, timeout=60, check=False, env=env(),
+    )  # fmt: skip
+    assert from_file.returncode == 1
+    assert "set control.listen to another one" in from_file.stderr
     wrong = subprocess.run(
         [sys.executable, "-m", "xml_pipeline", "run", str(SLOW), "--control", "here:"],
         input="", capture_output=True, text=True, timeout=60, check=False, env=env(),

@@ -111,11 +111,17 @@ class ControlPlane:
             sock.listen(128)
         except OSError as exc:
             sock.close()
-            raise UsageError(
-                f"control plane: cannot listen on {self.config.listen} "
-                f"(port {self.port}): {exc.strerror or exc}; stop what uses the port or set "
-                "control.listen to another one (port 0 picks a free one)"
-            ) from None
+            problem = (
+                f"cannot listen on {self.config.listen} (port {self.port}): {exc.strerror or exc}"
+            )
+            refused = UsageError(
+                f"control plane: {problem}; stop what uses the port or set control.listen to "
+                "another one (port 0 picks a free one)"
+            )
+            # what went wrong without the setting to change: `organism run --control` names its
+            # flag instead
+            refused.listen_problem = problem  # type: ignore[attr-defined]
+            raise refused from None
         sock.setblocking(False)
         self._socket = sock
         self.port = int(sock.getsockname()[1])
