@@ -73,6 +73,24 @@ async def test_listening_beyond_loopback_without_a_token_is_refused_at_start(
         assert org.control_url is not None
 
 
+async def test_without_a_token_the_start_warns_that_the_control_plane_is_open(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("XP_CONTROL_TOKEN", raising=False)
+    with caplog.at_level("INFO", logger="xml_pipeline.control"):
+        async with Organism.from_yaml(SLOW) as org, client_of(org, token=None) as client:
+            assert (await client.get("/api/runs")).status_code == 200  # open, as it warned
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "has no token" in warning.getMessage()
+    assert "set $XP_CONTROL_TOKEN to a secret token" in warning.getMessage()
+    caplog.clear()
+    monkeypatch.setenv("XP_CONTROL_TOKEN", TOKEN)
+    with caplog.at_level("INFO", logger="xml_pipeline.control"):
+        async with Organism.from_yaml(SLOW):
+            pass
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 async def test_a_port_in_use_fails_at_start_naming_the_port(token: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

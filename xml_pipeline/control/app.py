@@ -1,6 +1,7 @@
 """The control plane's HTTP routes: a Starlette app over an `OrganismSource` and an `EventHub`.
 
-Every ``/api/*`` and ``/metrics`` request needs ``Authorization: Bearer <token>`` (compared
+With a token (its variable set when the organism started), every ``/api/*`` and ``/metrics``
+request needs ``Authorization: Bearer <token>`` (compared
 with `hmac.compare_digest`); without it the answer is 401 with a fixed body and nothing is
 read. The console's static files (``/``, ``/console/*``: package files, no data) need no token.
 Errors are JSON: ``{"error": "...", "id": "..."}``.

@@ -145,6 +145,13 @@ class ControlPlane:
             await self.aclose()
             raise UsageError(f"control plane: uvicorn did not start on {self.url}")
         log.info("control plane on %s", self.url)
+        if self.token is None:
+            log.warning(
+                "control plane on %s has no token: any local user or process can read and "
+                "steer the organism; set $%s to a secret token before starting it to require "
+                "one (clients send it the same way)",
+                self.url, self.config.token_env,
+            )  # fmt: skip
 
     async def aclose(self) -> None:
         """End the event streams and stop serving (open requests get a few seconds)."""

@@ -58,7 +58,8 @@ class ControlConfig:
         default="XP_CONTROL_TOKEN",
         metadata=setting(
             "text",
-            "the environment variable holding the bearer token every request must carry",
+            "the environment variable holding the bearer token every request must carry; "
+            "unset when the organism starts: no token (loopback only, a WARNING at start)",
             rule=_env_name,
         ),
     )
