@@ -1,4 +1,5 @@
-"""The ``organism`` command: run, validate and inspect organisms. Thin: it calls the public API.
+"""The ``organism`` command: run, validate and inspect organisms. Thin: it calls the public API
+(its ``--help`` text is written for users, in `_parser`).
 
 organism run FILE                                 envelopes from stdin, one per line
 organism run FILE --file PATH                     envelopes from a file, over several lines
@@ -76,7 +77,11 @@ are wrong, 130 stopped by SIGINT, 143 stopped by SIGTERM.
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="organism", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="organism",
+        description="Run, validate and inspect organisms; see and steer running ones through "
+        "their control plane (ps, top, logs, kill, cancel, stats, trace --control).",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     # accepted before or after the subcommand, in any case; the subcommand's copy leaves the
     # value alone unless given there (SUPPRESS), so `organism --log-level debug run` works too
@@ -146,7 +151,20 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("conversation", help="the conversation id (its first thread id)")
     _cli_control.add_control_options(trace)
     _cli_control.add_control_parsers(sub, common)
+    _describe(parser)
     return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Give every subcommand (nested ones too) without a description its one-line help as one,
+    so that ``organism ps --help`` says what ``ps`` does."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:  # the (name, help) of each subcommand
+                command = action.choices[choice.dest]
+                if command.description is None and choice.help:
+                    command.description = choice.help[0].upper() + choice.help[1:] + "."
+                _describe(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
