@@ -11,7 +11,8 @@ organism trace CONVERSATION --control URL     a conversation's hop tree
 
 Each talks to ``--control URL`` (or HOST:PORT, or a port alone; default: $XP_CONTROL_URL, else
 http://127.0.0.1:8750) with the token in $XP_CONTROL_TOKEN (or the variable ``--token-env
-NAME`` names); ``--json`` prints what the API answered, for scripts. Tables fit the terminal (80 columns when it is not one).
+NAME`` names); ``--json`` prints what the API answered, for scripts. Tables fit the terminal
+(80 columns when it is not one).
 Exit status: 0 done, 1 refused or unreachable (the message says why), 2 wrong arguments (a
 --control that is no address).
 """
