@@ -502,3 +502,27 @@ def test_run_prints_a_recovery_summary_at_exit_for_listeners_that_retried(tmp_pa
     assert done.returncode == 0, done.stderr
     assert "recovery of 'flaky': 2 retries (2 recovered, 0 exhausted)" in done.stderr
     assert "recovery of 'steady'" not in done.stderr
+
+
+def test_help_is_for_users_and_every_command_has_a_description_and_a_readme_line() -> None:
+    """``organism --help`` shows no RST markup or notes for developers; ``organism CMD --help``
+    says in a line what CMD does; the README's overview lists every command with its flags."""
+    top = organism("--help")
+    assert top.returncode == 0
+    assert "``" not in top.stdout and "Thin" not in top.stdout and "public API" not in top.stdout
+    commands = re.search(r"\{(run,[a-z,]+)\}", top.stdout)
+    assert commands, top.stdout
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    overview = readme.split("## The `organism` command", 1)[1].split("```", 2)[1]
+    nested = {"dlq": ["list", "show", "replay", "purge"]}
+    for command in commands[1].split(","):
+        for path in [[command]] + [[command, n] for n in nested.get(command, [])]:
+            done = organism(*path, "--help")
+            assert done.returncode == 0, path
+            description = done.stdout.split("\n\n")[1]
+            assert not description.startswith(("positional", "options")), (path, done.stdout)
+            assert "``" not in done.stdout, path
+        assert f"organism {command} " in overview, command
+    for flags in ("--count N", "--interval S", "--follow", "CONVERSATION_ID --control URL"):
+        assert flags in overview, flags
+    assert "`--json`" in readme.split("## The `organism` command", 1)[1].split("##", 1)[0]

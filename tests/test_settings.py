@@ -260,6 +260,9 @@ REFUSED: list[tuple[str, str, str, object]] = (
         ("control", "listen", "nowhere", "nowhere"),
         ("control", "listen", "127.0.0.1:99999", "127.0.0.1:99999"),
         ("control", "token_env", "'A=B'", "A=B"),
+        ("runs", "lost_after_seconds", "0.5", 0.5),
+        ("runs", "lost_after_seconds", "1", 1),
+        ("runs", "forget_after_seconds", "3", 3.0),
     ]
 )
 
@@ -379,3 +382,22 @@ def test_settings_objects_check_themselves_and_store_normal_values() -> None:
         BackendConfig(type="manager", manager_address="h:1")
     with pytest.raises(UsageError, match=r"Organism\(\): max_hops takes int, not '5' \(str\)"):
         Organism([Listener("front", Msg, echo)], max_hops="5")  # type: ignore[arg-type]
+
+
+def test_lost_after_must_outlast_the_heartbeat_and_forget_after_must_outlast_lost_after() -> None:
+    """A live process is heard from once per heartbeat: ``lost_after_seconds`` at or below it
+    would list its running handlers lost. Refused with file, key path, line and what to set."""
+    text = MINIMAL + "runs:\n  heartbeat_seconds: 2\n  lost_after_seconds: 1.5\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(dedent(text), file="organism.yaml")
+    [problem] = info.value.problems
+    assert problem.key_path == "runs.lost_after_seconds"
+    assert problem.line == dedent(text).splitlines().index("  lost_after_seconds: 1.5") + 1
+    assert "must be more than heartbeat_seconds (2)" in problem.message
+    assert "set lost_after_seconds to 6 (3 heartbeats) or more" in problem.message
+    assert "organism.yaml:" in str(info.value)
+    # no heartbeat: nothing is listed lost, any positive value goes; above it: fine
+    assert RunsConfig(heartbeat_seconds=0, lost_after_seconds=0.5).lost_after_seconds == 0.5
+    assert RunsConfig(heartbeat_seconds=0.2, lost_after_seconds=1.0).lost_after_seconds == 1.0
+    with pytest.raises(UsageError, match="forget_after_seconds must be more than lost_after"):
+        RunsConfig(lost_after_seconds=10, forget_after_seconds=10)

@@ -1,17 +1,20 @@
 """``organism ps|top|logs|kill|cancel|stats``: a running organism's control plane, from a shell.
 
 organism ps [--listener L] [--status S]       the runs: running, waiting, queued, recent
-organism top [--interval SECONDS]             the same, refreshed (Ctrl-C ends it)
+organism top [--interval S] [--count N]       the same, refreshed (Ctrl-C ends it); --json:
+                                              one JSON line per refresh
 organism logs RUN [--follow]                  a run's output lines (--follow: until it ends)
 organism kill RUN                             cancel a running handler (its caller: cancelled)
 organism cancel CONVERSATION                  end a conversation with cancelled
 organism stats                                the organism's counters and per-listener ones
 organism trace CONVERSATION --control URL     a conversation's hop tree
 
-Each talks to ``--control URL`` (default: $XP_CONTROL_URL, else http://127.0.0.1:8750) with the
-token in $XP_CONTROL_TOKEN (or the variable ``--token-env NAME`` names); ``--json`` prints what
-the API answered, for scripts. Tables fit the terminal (80 columns when it is not one).
-Exit status: 0 done, 1 refused or unreachable (the message says why), 2 wrong arguments.
+Each talks to ``--control URL`` (or HOST:PORT, or a port alone; default: $XP_CONTROL_URL, else
+http://127.0.0.1:8750) with the token in $XP_CONTROL_TOKEN (or the variable ``--token-env
+NAME`` names); ``--json`` prints what the API answered, for scripts. Tables fit the terminal
+(80 columns when it is not one).
+Exit status: 0 done, 1 refused or unreachable (the message says why), 2 wrong arguments (a
+--control that is no address).
 """
 
 from __future__ import annotations
@@ -40,12 +43,49 @@ class _Refused(Exception):
     """The control plane could not be reached, or said no: the message says why."""
 
 
-def add_control_options(parser: argparse.ArgumentParser) -> None:
-    """``--control URL``, ``--token-env NAME`` and ``--json``."""
+class _Usage(Exception):
+    """The arguments are wrong (exit status 2): the message says which and what to give."""
+
+
+def control_url(given: str, where: str, httpx: Any) -> str:
+    """The control plane's base URL from ``--control`` (or ``$XP_CONTROL_URL``): a URL, or
+    ``HOST:PORT`` or ``PORT`` alone (``http://`` put in front; a port alone on 127.0.0.1).
+
+    Raises:
+        _Usage: it is neither (``where`` names the option or variable it came from).
+    """
+    url = given.strip()
+    if "://" not in url:
+        url = f"http://127.0.0.1:{url}" if url.isdigit() else f"http://{url}"
+    try:
+        parsed = httpx.URL(url)
+        valid = (
+            parsed.scheme in ("http", "https")
+            and bool(parsed.host)
+            and not url.partition("://")[2].partition("/")[0].endswith(":")  # no port after :
+            and not any(c.isspace() for c in url)
+        )
+        parsed.port  # noqa: B018 - a port that is not a number raises here
+    except (httpx.InvalidURL, ValueError):
+        valid = False
+    if not valid:
+        raise _Usage(
+            f"{where} {given!r} is not a control plane address: give a URL "
+            "(http://127.0.0.1:8750), HOST:PORT (127.0.0.1:8750) or a port alone (8750)"
+        )
+    return url.rstrip("/")
+
+
+def add_control_options(
+    parser: argparse.ArgumentParser, json_help: str = "print the API's JSON answer"
+) -> None:
+    """``--control URL``, ``--token-env NAME`` and ``--json`` (``json_help`` says what it
+    prints)."""
     parser.add_argument(
         "--control",
         metavar="URL",
-        help="the control plane's URL (default: $XP_CONTROL_URL, else " + DEFAULT_URL + ")",
+        help="the control plane's URL, or HOST:PORT, or a port alone (default: "
+        "$XP_CONTROL_URL, else " + DEFAULT_URL + ")",
     )
     parser.add_argument(
         "--token-env",
@@ -53,7 +93,7 @@ def add_control_options(parser: argparse.ArgumentParser) -> None:
         default="XP_CONTROL_TOKEN",
         help="the environment variable holding the token (default XP_CONTROL_TOKEN)",
     )
-    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    parser.add_argument("--json", action="store_true", help=json_help)
 
 
 def add_control_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -72,8 +112,13 @@ def add_control_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     cancel = sub.add_parser("cancel", parents=[common], help="end a conversation (cancelled)")
     cancel.add_argument("conversation", help="the conversation id")
     stats = sub.add_parser("stats", parents=[common], help="the organism's counters")
-    for parser in (ps, top, logs, kill, cancel, stats):
+    for parser in (ps, logs, kill, cancel, stats):
         add_control_options(parser)
+    add_control_options(
+        top,
+        json_help='one JSON line per refresh: {"at": epoch seconds, "organism": counters, '
+        '"runs": [...]}',
+    )
 
 
 class _Client:
@@ -88,10 +133,13 @@ class _Client:
             raise _Refused(
                 "talking to a control plane needs httpx; pip install 'xml-pipeline[web]'"
             ) from None
-        self.url = (args.control or os.environ.get("XP_CONTROL_URL") or DEFAULT_URL).rstrip("/")
+        given = args.control or os.environ.get("XP_CONTROL_URL") or DEFAULT_URL
+        where = "--control" if args.control else "$XP_CONTROL_URL"
+        self.url = control_url(given, where, httpx)
         token = os.environ.get(args.token_env)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._token_env = args.token_env
+        self._token_sent = bool(token)
         self._httpx = httpx
         self._client = httpx.Client(base_url=self.url, headers=headers, timeout=10.0)
 
@@ -110,10 +158,16 @@ class _Client:
                 "with a control: section (or organism run --control PORT), and is --control "
                 "(or $XP_CONTROL_URL) its address?"
             ) from None
+        if response.status_code == 401 and not self._token_sent:
+            raise _Refused(
+                f"the control plane at {self.url} needs a token and none was sent (401): "
+                f"${self._token_env} is not set; set it to the token the organism was started "
+                "with (or name another variable with --token-env NAME)"
+            )
         if response.status_code == 401:
             raise _Refused(
-                f"the control plane at {self.url} refused the token (401); set "
-                f"${self._token_env} to the token the organism was started with"
+                f"the control plane at {self.url} refused the token in ${self._token_env} "
+                f"(401); set ${self._token_env} to the token the organism was started with"
             )
         try:
             body = response.json()
@@ -132,6 +186,9 @@ def control_command(args: argparse.Namespace) -> int:
     """Run one of `CONTROL_COMMANDS`; returns the exit status."""
     try:
         client = _Client(args)
+    except _Usage as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except _Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -156,6 +213,9 @@ def trace_command(args: argparse.Namespace) -> int:
             found = client.call("GET", f"/api/trace/{args.conversation}")
         finally:
             client.close()
+    except _Usage as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except _Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -183,17 +243,26 @@ def _top(client: _Client, args: argparse.Namespace) -> int:
     while args.count is None or shown < args.count:
         runs = client.call("GET", "/api/runs")["runs"]
         stats = client.call("GET", "/api/stats")["organism"]
-        if sys.stdout.isatty():
-            sys.stdout.write("\x1b[H\x1b[2J")  # home, clear screen
-        counts = ", ".join(
-            f"{stats.get(k, 0)} {k}" for k in ("conversations", "answered", "failed", "hops")
-        )
-        print(f"{client.url}  {time.strftime('%H:%M:%S')}  {counts}")
-        print(render_runs(runs, _width()), flush=True)
+        if args.json:  # one JSON line per refresh, for scripts (jq -c, a log)
+            print(json.dumps({"at": time.time(), "organism": stats, "runs": runs}), flush=True)
+        else:
+            _draw_top(client.url, stats, runs)
         shown += 1
         if args.count is None or shown < args.count:
             time.sleep(args.interval)
     return EXIT_OK
+
+
+def _draw_top(url: str, stats: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    """One refresh of `organism top`: the counters, then the runs' table (a terminal is
+    cleared first)."""
+    if sys.stdout.isatty():
+        sys.stdout.write("\x1b[H\x1b[2J")  # home, clear screen
+    counts = ", ".join(
+        f"{stats.get(k, 0)} {k}" for k in ("conversations", "answered", "failed", "hops")
+    )
+    print(f"{url}  {time.strftime('%H:%M:%S')}  {counts}")
+    print(render_runs(runs, _width()), flush=True)
 
 
 def _logs(client: _Client, args: argparse.Namespace) -> int:
@@ -291,12 +360,25 @@ def _elapsed(seconds: float | None) -> str:
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
+def _status(run: dict[str, Any]) -> str:
+    """A run's status, with its outcome when the status does not say it all
+    (``failed:handler_error``, ``cancelled:ended``; ``completed``, ``cancelled`` alone), as the
+    console shows it; PROGRESS keeps what the handler reported."""
+    status = str(run.get("status", ""))
+    outcome = run.get("outcome")
+    if outcome and outcome not in ("ok", status):
+        return f"{status}:{outcome}"
+    return status
+
+
 def render_runs(runs: list[dict[str, Any]], width: int = 80) -> str:
     """The runs as a table of ``width`` columns at most (``no runs`` when there are none).
 
-    ``PID`` is the organism process that owns the run (a run id ends with that process's
-    instance id, ``r12@3fa9c1``): with several processes sharing a backend, it says which one
-    to look at, or which one died when its runs are ``lost``.
+    ``STATUS`` carries a finished run's outcome (``failed:timeout``); ``PROGRESS`` is what the
+    handler last reported (``meta.progress``). ``PID`` is the organism process that owns the
+    run (a run id ends with that process's instance id, ``r12@3fa9c1``): with several
+    processes sharing a backend, it says which one to look at, or which one died when its
+    runs are ``lost``.
     """
     if not runs:
         return "no runs"
@@ -306,10 +388,10 @@ def render_runs(runs: list[dict[str, Any]], width: int = 80) -> str:
             run.get("run_id") or "-",
             str(run.get("pid") or "-"),
             run.get("listener", ""),
-            run.get("status", ""),
+            _status(run),
             _elapsed(run.get("elapsed_seconds")),
             str(run.get("conversation", ""))[:12],
-            run.get("progress") or run.get("outcome") or "",
+            run.get("progress") or "",
         ]
         for run in runs
     ]

@@ -68,7 +68,10 @@ def add_dlq_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     show = actions.add_parser("show", parents=[common], help="one dead letter, envelope and all")
     show.add_argument("file", help="path of organism.yaml")
     show.add_argument("id")
-    for name, what in (("replay", "inject again as new conversations"), ("purge", "remove")):
+    for name, what in (
+        ("replay", "inject dead letters again, as new conversations"),
+        ("purge", "remove dead letters for good"),
+    ):
         action = actions.add_parser(name, parents=[common], help=what)
         action.add_argument("file", help="path of organism.yaml")
         action.add_argument("ids", nargs="*", metavar="ID")

@@ -798,10 +798,16 @@ def _durable(backend: BackendConfig | Backend) -> bool:
 
 
 def _describe_backend(backend: BackendConfig | Backend) -> str:
-    """Where the backend keeps its data, for messages."""
-    if isinstance(backend, MemoryBackend):
+    """Where the backend keeps its data, for people (messages, the console, ``/api/graph``):
+    a `BackendConfig` by its ``type`` (memory, redis, manager with or without an address), a
+    `Backend` object by what it is (its repr names its address)."""
+    if isinstance(backend, MemoryBackend) or (
+        isinstance(backend, BackendConfig) and backend.type == "memory"
+    ):
         return "the memory of this process"
     if not isinstance(backend, BackendConfig):
+        if isinstance(backend, ManagerBackend) and backend.server is not None:
+            return f"the manager server this process started ({backend!r})"
         return repr(backend)
     if backend.type == "redis":
         return f"redis at {backend.redis_url.rpartition('@')[2]}, prefix {backend.redis_prefix!r}"

@@ -59,6 +59,7 @@ __all__ = [
     "defaults",
     "did_you_mean",
     "listener_set_problems",
+    "parse_address",
     "problems",
     "setting",
     "settings_fields",
@@ -67,7 +68,9 @@ __all__ = [
     "values_of",
 ]
 
-Kind = Literal["text", "integer", "seconds", "number", "flag", "names", "words", "section"]
+Kind = Literal[
+    "text", "address", "integer", "seconds", "number", "flag", "names", "words", "section"
+]
 # a further check of a value of the right type: the value, and every value of its section
 Rule = Callable[[Any, Mapping[str, Any]], "str | None"]
 _SPEC = "xml_pipeline.setting"  # the metadata key of a field's Spec
@@ -79,8 +82,10 @@ class Spec:
     """How one setting is read and checked.
 
     Attributes:
-        kind: ``text`` (str), ``integer`` (int, not bool), ``seconds`` (a finite int or
-            float, stored as float), ``number`` (the same, not a duration), ``flag`` (bool),
+        kind: ``text`` (str), ``address`` (``[host:]port`` as text, or a port number alone
+            as an int: stored as text, read by `parse_address`), ``integer`` (int, not
+            bool), ``seconds`` (a finite int or float, stored as float), ``number`` (the
+            same, not a duration), ``flag`` (bool),
             ``names`` (a list of listener names, stored as a tuple), ``words`` (a list of
             other text items, stored as a tuple) or ``section`` (a nested mapping read into
             the dataclass ``section``).
@@ -118,6 +123,8 @@ class Spec:
         """Whether ``value`` is of this setting's type (None aside; ``names`` item by item)."""
         if self.kind == "text":
             return isinstance(value, str)
+        if self.kind == "address":
+            return isinstance(value, str) or (isinstance(value, int) and type(value) is not bool)
         if self.kind == "flag":
             return isinstance(value, bool)
         if isinstance(value, bool):
@@ -170,6 +177,7 @@ class Spec:
 
 _EXPECTED: dict[Kind, str] = {
     "text": "text",
+    "address": "[host:]port (like 127.0.0.1:8750, or a port number)",
     "integer": "an integer",
     "seconds": "a number of seconds",
     "number": "a number",
@@ -180,6 +188,7 @@ _EXPECTED: dict[Kind, str] = {
 }
 _TYPE_NAMES: dict[Kind, str] = {
     "text": "str",
+    "address": "str or int",
     "integer": "int",
     "seconds": "float",
     "number": "float",
@@ -188,6 +197,20 @@ _TYPE_NAMES: dict[Kind, str] = {
     "words": "a list of str",
     "section": "a settings object",
 }
+
+
+def parse_address(value: str | int, *, host: str = "127.0.0.1") -> tuple[str, int] | None:
+    """``[HOST:]PORT`` (``[::1]:8750`` for IPv6; a port alone, text or int, on ``host``) as
+    ``(host, port)``: how every ``address`` setting and ``--control`` are read. None when it is
+    not that shape or the port is out of range (0: a free one)."""
+    if isinstance(value, bool):
+        return None
+    given, sep, port = str(value).strip().rpartition(":")
+    if sep:
+        host = given.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        return None
+    return host, int(port)
 
 
 def setting(
@@ -269,6 +292,8 @@ def _type_problem(spec: Spec, value: object) -> str | None:
 
 
 def _normal(spec: Spec, value: Any) -> Any:
+    if spec.kind == "address" and isinstance(value, int):
+        return str(value)
     if spec.kind in ("seconds", "number") and value is not None:
         return float(value)
     if spec.kind in ("names", "words"):
@@ -523,6 +548,42 @@ class DeadLetterConfig:
 # -- the run registry -------------------------------------------------------------------------
 
 
+_HEARTBEAT_SECONDS = 1.0
+_LOST_AFTER_SECONDS = 3.0
+
+
+def _seconds_of(values: Mapping[str, Any], key: str, default: float) -> float | None:
+    """A sibling setting's value (its default when not given; None when of the wrong type or
+    not finite: that is reported on its own key)."""
+    value = values.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _after_heartbeat(value: float, values: Mapping[str, Any]) -> str | None:
+    heartbeat = _seconds_of(values, "heartbeat_seconds", _HEARTBEAT_SECONDS)
+    if not heartbeat or value > heartbeat:  # 0: no heartbeat, nothing is ever listed lost
+        return None
+    return (
+        f"must be more than heartbeat_seconds ({heartbeat:g}), found {value:g}: a live process "
+        "is heard from only once per heartbeat, so its running handlers would be listed lost; "
+        f"set lost_after_seconds to {3 * heartbeat:g} (3 heartbeats) or more, or lower "
+        "heartbeat_seconds"
+    )
+
+
+def _after_lost(value: float, values: Mapping[str, Any]) -> str | None:
+    lost = _seconds_of(values, "lost_after_seconds", _LOST_AFTER_SECONDS)
+    if lost is None or value > lost:
+        return None
+    return (
+        f"must be more than lost_after_seconds ({lost:g}), found {value:g}: a process that "
+        "died would be forgotten before its runs are listed lost; set forget_after_seconds to "
+        f"{20 * lost:g} or more"
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunsConfig:
     """The run registry: finished runs kept, and the heartbeat that shares them.
@@ -540,7 +601,7 @@ class RunsConfig:
         ),
     )
     heartbeat_seconds: float = field(
-        default=1.0,
+        default=_HEARTBEAT_SECONDS,
         metadata=setting(
             "seconds",
             "how often this process writes its runs to the backend and takes the commands "
@@ -549,21 +610,25 @@ class RunsConfig:
         ),
     )
     lost_after_seconds: float = field(
-        default=3.0,
+        default=_LOST_AFTER_SECONDS,
         metadata=setting(
             "seconds",
-            "a process not heard from for this long has its unfinished runs listed as lost",
+            "a process not heard from for this long has its unfinished runs listed as lost; "
+            "more than heartbeat_seconds",
             minimum=0,
             exclusive=True,
+            rule=_after_heartbeat,
         ),
     )
     forget_after_seconds: float = field(
         default=60.0,
         metadata=setting(
             "seconds",
-            "a process not heard from for this long is no longer listed at all",
+            "a process not heard from for this long is no longer listed at all; more than "
+            "lost_after_seconds",
             minimum=0,
             exclusive=True,
+            rule=_after_lost,
         ),
     )
 

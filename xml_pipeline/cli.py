@@ -1,4 +1,5 @@
-"""The ``organism`` command: run, validate and inspect organisms. Thin: it calls the public API.
+"""The ``organism`` command: run, validate and inspect organisms. Thin: it calls the public API
+(its ``--help`` text is written for users, in `_parser`).
 
 organism run FILE                                 envelopes from stdin, one per line
 organism run FILE --file PATH                     envelopes from a file, over several lines
@@ -69,13 +70,18 @@ drain_timeout_seconds to finish, the rest fails with reason shutdown and is kept
 letter (organism dlq list FILE); every line read is accounted for in the summary
 (stopped by SIGTERM after reading N lines: ...). A second signal gives up on the pending
 answers (reason cancelled).
-Exit status: 0 every envelope answered, 1 some failed, 2 the organism file or the arguments
+Exit status: 0 every envelope answered, 1 some failed or the organism could not start (its
+backend unreachable, the control plane's port in use), 2 the organism file or the arguments
 are wrong, 130 stopped by SIGINT, 143 stopped by SIGTERM.
 """
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="organism", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="organism",
+        description="Run, validate and inspect organisms; see and steer running ones through "
+        "their control plane (ps, top, logs, kill, cancel, stats, trace --control).",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     # accepted before or after the subcommand, in any case; the subcommand's copy leaves the
     # value alone unless given there (SUPPRESS), so `organism --log-level debug run` works too
@@ -145,7 +151,20 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("conversation", help="the conversation id (its first thread id)")
     _cli_control.add_control_options(trace)
     _cli_control.add_control_parsers(sub, common)
+    _describe(parser)
     return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Give every subcommand (nested ones too) without a description its one-line help as one,
+    so that ``organism ps --help`` says what ``ps`` does."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:  # the (name, help) of each subcommand
+                command = action.choices[choice.dest]
+                if command.description is None and choice.help:
+                    command.description = choice.help[0].upper() + choice.help[1:] + "."
+                _describe(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,6 +225,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
     except XmlPipelineError as exc:  # e.g. the backend is unreachable, the pool cannot start
+        problem = getattr(exc, "listen_problem", None)
+        if problem is not None and getattr(args, "control", None) is not None:
+            # the port came from --control, not from the file's control.listen
+            print(f"error: control plane: {problem}; stop what uses the port or give --control "
+                  "another one (--control 0 picks a free one)", file=sys.stderr)  # fmt: skip
+            return EXIT_FAILED
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -221,8 +246,10 @@ def _organism(file: str, control: str | None) -> Organism:
     config = load_config(file)
     if control is None:
         return Organism.from_config(config)
-    if ":" not in control:
-        control = f"127.0.0.1:{control}"
+    found = parse_listen(control)  # checked by the caller; the file's listen: reads the same
+    assert found is not None
+    host, port = found
+    control = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return Organism.from_config(
         config, control=replace(config.control or ControlConfig(), listen=control)
     )

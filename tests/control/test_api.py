@@ -13,6 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.control.conftest import SLOW, TOKEN, client_of, job
 from xml_pipeline import ControlConfig, DeliveryError, Organism, UsageError
+from xml_pipeline.backends.manager import ManagerBackend, start_manager_server
+from xml_pipeline.backends.memory import MemoryBackend
+from xml_pipeline.backends.redis import RedisBackend
 from xml_pipeline.metrics.records import STATS_METRICS
 
 pytestmark = pytest.mark.anyio
@@ -68,6 +71,24 @@ async def test_listening_beyond_loopback_without_a_token_is_refused_at_start(
     monkeypatch.setenv("XP_CONTROL_TOKEN", TOKEN)  # with a token it starts
     async with org:
         assert org.control_url is not None
+
+
+async def test_without_a_token_the_start_warns_that_the_control_plane_is_open(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("XP_CONTROL_TOKEN", raising=False)
+    with caplog.at_level("INFO", logger="xml_pipeline.control"):
+        async with Organism.from_yaml(SLOW) as org, client_of(org, token=None) as client:
+            assert (await client.get("/api/runs")).status_code == 200  # open, as it warned
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "has no token" in warning.getMessage()
+    assert "set $XP_CONTROL_TOKEN to a secret token" in warning.getMessage()
+    caplog.clear()
+    monkeypatch.setenv("XP_CONTROL_TOKEN", TOKEN)
+    with caplog.at_level("INFO", logger="xml_pipeline.control"):
+        async with Organism.from_yaml(SLOW):
+            pass
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 async def test_a_port_in_use_fails_at_start_naming_the_port(token: str) -> None:
@@ -129,6 +150,53 @@ async def test_unknown_ids_get_404_with_the_id(slow: Organism) -> None:
             assert id in response.json()["error"], path
 
 
+async def test_ids_are_taken_by_a_unique_prefix_an_ambiguous_one_lists_the_candidates(
+    monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    """What `organism ps` and the console show (a conversation id cut to 12 characters, a run
+    number) works wherever an id does; a prefix of several ids is refused naming them."""
+    from xml_pipeline._runtime import pump, registry
+
+    # every conversation id starts alike, so that an 8-digit prefix names them all
+    monkeypatch.setattr(pump, "new_thread_id", lambda: "abcdef12" + registry.new_thread_id()[8:])
+    async with (
+        Organism.from_yaml(SLOW, tracing=True) as org,
+        client_of(org) as client,
+        anyio.create_task_group() as group,
+    ):
+        failures: list[str] = []
+
+        async def ask() -> None:
+            try:
+                await org.request("boss", job(org, seconds=60.0, lines=1), timeout=30)
+            except DeliveryError as exc:
+                failures.append(exc.reason)
+
+        await org.request("worker", job(org, seconds=0.0), timeout=10)
+        group.start_soon(ask)
+        run = await wait_for_run(client, "worker")
+        conversation, run_id = str(run["conversation"]), str(run["run_id"])
+        short = run_id.partition("@")[0]
+        got = await client.get(f"/api/runs/{short}")
+        assert got.status_code == 200 and got.json()["run_id"] == run_id
+        prefix = await client.get(f"/api/runs/{run_id[:-2]}")
+        assert prefix.status_code == 200 and prefix.json()["run_id"] == run_id
+        traced = await client.get(f"/api/trace/{conversation[:12]}")
+        assert traced.status_code == 200, traced.text
+        assert traced.json()["conversation"] == conversation
+        ambiguous = await client.get("/api/trace/abcdef12")
+        assert ambiguous.status_code == 400
+        body = ambiguous.json()
+        assert conversation in body["candidates"] and len(body["candidates"]) == 2
+        assert "'abcdef12' is the start of 2 conversation ids" in body["error"]
+        too_short = await client.post(f"/api/conversations/{conversation[:7]}/cancel")
+        assert too_short.status_code == 404
+        cancelled = await client.post(f"/api/conversations/{conversation[:12]}/cancel")
+        assert cancelled.status_code == 202
+        assert cancelled.json() == {"cancelled": conversation}
+    assert failures == ["cancelled"]
+
+
 async def test_a_conversation_is_listed_and_cancelled(slow: Organism) -> None:
     async with client_of(slow) as client, anyio.create_task_group() as group:
         failures: list[str] = []
@@ -161,6 +229,37 @@ async def test_stats_and_graph(slow: Organism) -> None:
     assert [x["name"] for x in graph["listeners"]] == ["boss", "worker"]
     assert graph["edges"] == [{"from": "boss", "to": "worker"}]
     assert graph["mermaid"].startswith("flowchart LR")
+
+
+async def test_graph_and_backend_description_name_the_backend_of_every_kind(
+    slow: Organism,
+) -> None:
+    """A memory organism is not described as a manager server it never starts; each kind of
+    backend (config or object) is named as what it is."""
+    async with client_of(slow) as client:
+        graph = (await client.get("/api/graph")).json()
+    assert graph["backend"] == "the memory of this process" == slow.backend_description
+    server = start_manager_server()
+    try:
+        kinds: list[tuple[object, str]] = [
+            ({"type": "memory"}, "the memory of this process"),
+            (MemoryBackend(), "the memory of this process"),
+            ({"type": "manager"}, "the manager server this organism starts"),
+            ({"type": "manager", "manager_address": "10.0.0.5:5000", "manager_authkey": "k"},
+             "the manager server at 10.0.0.5:5000"),
+            ({"type": "redis", "redis_url": "redis://:secret@db:6379/0", "redis_prefix": "p:"},
+             "redis at db:6379/0, prefix 'p:'"),
+            (RedisBackend("redis://db:6379/0", prefix="p:"), "RedisBackend("),
+            (ManagerBackend(server.address, server.authkey, server=server),
+             "the manager server this process started (ManagerBackend(address="),
+            (ManagerBackend(("10.0.0.5", 5000), b"k"), "ManagerBackend(address=('10.0.0.5'"),
+        ]  # fmt: skip
+        for backend, expected in kinds:
+            described = Organism.from_yaml(SLOW, backend=backend).backend_description
+            assert described.startswith(expected), (backend, described)
+            assert "secret" not in described
+    finally:
+        server.shutdown()
 
 
 # -- the event stream --------------------------------------------------------------------------
@@ -425,6 +524,35 @@ async def test_the_control_section_is_read_from_the_file_with_key_paths(tmp_path
     assert any(p.key_path == "control.tokn" and "token_env" in p.message
                for p in caught.value.problems)  # fmt: skip
     assert load_config(SLOW).control == ControlConfig(listen="127.0.0.1:0")
+
+
+async def test_a_port_alone_listens_on_loopback_as_an_integer_or_text_as_control_does(
+    tmp_path: object, token: str
+) -> None:
+    """``listen: 8750`` (YAML reads an integer) is taken as ``--control 8750`` is: one parser;
+    a port out of range or a bool is refused with its key path."""
+    from pathlib import Path
+
+    from xml_pipeline import ConfigError, load_config
+
+    with socket.socket() as probe:  # a port free now, to serve on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    file = Path(str(tmp_path)) / "organism.yaml"
+    handlers = SLOW.parent / "slow_handlers.py"
+    (file.parent / handlers.name).write_text(handlers.read_text())
+    file.write_text(SLOW.read_text().replace("listen: 127.0.0.1:0", f"listen: {port}"))
+    config = load_config(file).control
+    assert config is not None and config.host_port == ("127.0.0.1", port)
+    assert ControlConfig(listen=port).host_port == ControlConfig(listen=str(port)).host_port  # type: ignore[arg-type]
+    async with Organism.from_yaml(file) as org:
+        assert org.control_url == f"http://127.0.0.1:{port}"
+    for wrong in ("70000", "true"):
+        file.write_text(SLOW.read_text().replace("listen: 127.0.0.1:0", f"listen: {wrong}"))
+        with pytest.raises(ConfigError) as caught:
+            load_config(file)
+        [problem] = caught.value.problems
+        assert problem.key_path == "control.listen" and "[host:]port" in problem.message
 
 
 async def test_without_the_web_extra_the_start_says_what_to_install(

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -155,7 +156,8 @@ def test_unknown_ids_a_wrong_token_and_no_server_fail_with_status_1(running: Run
     trace = organism(running, "trace", "c-nope")
     assert trace.returncode == 1 and "no trace of conversation 'c-nope'" in trace.stderr
     wrong = organism(running, "ps", XP_CONTROL_TOKEN="nope")
-    assert wrong.returncode == 1 and "refused the token (401)" in wrong.stderr
+    assert wrong.returncode == 1
+    assert "refused the token in $XP_CONTROL_TOKEN (401)" in wrong.stderr
     other = organism(running, "ps", "--token-env", "MY_TOKEN", MY_TOKEN=TOKEN, XP_CONTROL_TOKEN="")
     assert other.returncode == 0, other.stderr
     nowhere = subprocess.run(
@@ -176,7 +178,9 @@ def test_trace_of_a_running_organism(running: Running) -> None:
     assert done.returncode == 1 and "tracing is off" in done.stderr
 
 
-def test_run_control_port_in_use_fails_naming_the_port(running: Running) -> None:
+def test_run_control_port_in_use_fails_naming_the_port_and_the_flag_or_setting_used(
+    running: Running, tmp_path: Path
+) -> None:
     port = running.url.rpartition(":")[2]
     done = subprocess.run(
         [sys.executable, "-m", "xml_pipeline", "run", str(SLOW), "--control", port],
@@ -184,6 +188,18 @@ def test_run_control_port_in_use_fails_naming_the_port(running: Running) -> None
     )  # fmt: skip
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port} (port {port})" in done.stderr
+    assert "give --control another one" in done.stderr and "control.listen" not in done.stderr
+    # from the file's control.listen, the message names that setting
+    in_file = tmp_path / "organism.yaml"
+    in_file.write_text(SLOW.read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}"))
+    handlers = SLOW.parent / "slow_handlers.py"
+    (tmp_path / handlers.name).write_text(handlers.read_text())
+    from_file = subprocess.run(
+        [sys.executable, "-m", "xml_pipeline", "run", str(in_file)],
+        input="", capture_output=True, text=True, timeout=60, check=False, env=env(),
+    )  # fmt: skip
+    assert from_file.returncode == 1
+    assert "set control.listen to another one" in from_file.stderr
     wrong = subprocess.run(
         [sys.executable, "-m", "xml_pipeline", "run", str(SLOW), "--control", "here:"],
         input="", capture_output=True, text=True, timeout=60, check=False, env=env(),
@@ -211,3 +227,82 @@ def test_logs_follow_ends_with_the_run_and_top_ends_cleanly_on_ctrl_c(running: R
     _, err = top.communicate(timeout=30)
     assert top.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_top_json_prints_one_json_line_per_refresh(running: Running) -> None:
+    done = organism(running, "top", "--json", "--count", "2", "--interval", "0.05")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stdout
+    for line in lines:
+        snapshot = json.loads(line)
+        assert set(snapshot) == {"at", "organism", "runs"}
+        assert "conversations" in snapshot["organism"] and snapshot["runs"] == []
+
+
+def test_no_token_sent_is_named_as_such_with_the_variable_to_set(running: Running) -> None:
+    """Not "refused the token" when none was sent: which variable to set, and --token-env."""
+    none = organism(running, "ps", XP_CONTROL_TOKEN="")
+    assert none.returncode == 1
+    assert "needs a token and none was sent (401): $XP_CONTROL_TOKEN is not set" in none.stderr
+    assert "--token-env" in none.stderr and "refused" not in none.stderr
+    other = organism(running, "ps", "--token-env", "MY_TOKEN", XP_CONTROL_TOKEN=TOKEN)
+    assert other.returncode == 1 and "$MY_TOKEN is not set" in other.stderr
+
+
+def test_control_takes_host_port_or_a_port_alone_and_a_malformed_url_is_a_usage_error(
+    running: Running,
+) -> None:
+    host_port = running.url.removeprefix("http://")
+    port = host_port.rpartition(":")[2]
+    for given in (host_port, port, running.url + "/"):
+        done = subprocess.run(
+            [sys.executable, "-m", "xml_pipeline", "ps", "--control", given],
+            capture_output=True, text=True, timeout=60, check=False, env=env(),
+        )  # fmt: skip
+        assert done.returncode == 0, (given, done.stderr)
+        assert done.stdout.strip() == "no runs"
+    for wrong in ("ftp://127.0.0.1:1", "http://127.0.0.1:port", "127.0.0.1:", "not a url"):
+        for command in (["ps"], ["trace", "abcdef12"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "xml_pipeline", *command, "--control", wrong],
+                capture_output=True, text=True, timeout=60, check=False, env=env(),
+            )  # fmt: skip
+            assert done.returncode == 2, (wrong, done.stderr)
+            assert f"--control {wrong!r} is not a control plane address" in done.stderr
+            assert "cannot reach" not in done.stderr
+    from_env = subprocess.run(
+        [sys.executable, "-m", "xml_pipeline", "ps"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env=env(XP_CONTROL_URL="ftp://x"),
+    )  # fmt: skip
+    assert from_env.returncode == 2 and "$XP_CONTROL_URL 'ftp://x'" in from_env.stderr
+
+
+def test_an_unknown_run_gets_one_message_from_every_command_pointing_to_ps(
+    running: Running,
+) -> None:
+    said = set()
+    for command in ("kill", "logs"):
+        done = organism(running, command, "r999")
+        assert done.returncode == 1
+        said.add(done.stderr)
+    [message] = said  # the same words from kill and logs
+    assert "no run 'r999' in organism 'slow'" in message
+    assert "list them with GET /api/runs or organism ps (HTTP 404)" in message
+    assert "runs()" not in message
+
+
+def test_a_finished_runs_outcome_is_in_its_status_and_progress_stays_progress(
+    running: Running,
+) -> None:
+    running.send("@worker <Job><seconds>0</seconds><lines>1</lines><fail>true</fail></Job>")
+    assert "[handler_error]" in running.wait_for(r"^line 1: failed")
+    running.send("@worker <Job><seconds>0</seconds><lines>2</lines></Job>")
+    assert running.process.stdout is not None
+    assert running.process.stdout.readline().startswith("line 2: ")
+    table = organism(running, "ps")
+    assert table.returncode == 0, table.stderr
+    rows = {line.split()[0]: line.split() for line in table.stdout.splitlines()[1:]}
+    statuses = {row[3]: " ".join(row[6:]) for row in rows.values()}
+    assert statuses == {"failed:handler_error": "wrote 1 lines", "completed": "wrote 2 lines"}

@@ -334,6 +334,12 @@ async def test_a_wrong_token_says_401_and_the_form_connects_with_the_right_one(
             assert "refused the token" in banner(driver)
             assert driver.find_element(By.ID, "connection").get_attribute("data-state") == "error"
             assert driver.find_elements(By.CSS_SELECTOR, "#runs tbody tr, #graph .node") == []
+            # the graph panel says why it is empty, not "Loading the graph…"
+            graph = driver.find_element(By.ID, "graph").text
+            assert "needs the token" in graph and "401" in graph, graph
+            # the hop log: empty since this page opened, though the counters have hops
+            empty = driver.find_element(By.ID, "hops-empty").text
+            assert "since this page opened" in empty, empty
             field = driver.find_element(By.ID, "token-input")
             field.clear()
             field.send_keys(TOKEN)
@@ -356,6 +362,7 @@ async def test_without_a_token_the_page_asks_for_one(
         def no_token(driver: WebDriver) -> None:
             driver.get(f"{org.control_url}/")
             waiting(driver).until(lambda d: "No token" in banner(d))
+            assert "needs the token" in driver.find_element(By.ID, "graph").text
 
         await anyio.to_thread.run_sync(no_token, browser)
 

@@ -214,6 +214,11 @@ async def test_a_malformed_traceparent_is_ignored_counted_and_logged_never_refus
     said = [r.getMessage() for r in caplog.records if "traceparent" in r.getMessage()]
     assert any("trace-id is all zeros" in m for m in said), said
     assert any("inject() ignored" in m and "'nonsense'" in m for m in said), said
+    # as the README says: a WARNING for inject/send, DEBUG for request_envelope (a gateway's
+    # callers, organism run's input: anyone could fill the log)
+    levels = {r.getMessage().partition(" ")[0]: r.levelname for r in caplog.records
+              if "traceparent" in r.getMessage()}  # fmt: skip
+    assert levels == {"request_envelope()": "DEBUG", "inject()": "WARNING"}, levels
     roots = [s for s in spans.finished() if s.name == "conversation plan"]
     assert len(roots) == 2 and all(s.parent is None for s in roots), "new traces, no parent"
 

@@ -148,3 +148,4 @@ def test_organism_trace_without_a_record_keeping_sink_says_where_traces_live(
     done = trace_command(file, "abc")
     assert done.returncode == 1
     assert "no jsonl or redis_stream sink" in done.stderr and "Organism.trace()" in done.stderr
+    assert "organism trace abc --control URL" in done.stderr

@@ -1,6 +1,7 @@
 """The control plane's HTTP routes: a Starlette app over an `OrganismSource` and an `EventHub`.
 
-Every ``/api/*`` and ``/metrics`` request needs ``Authorization: Bearer <token>`` (compared
+With a token (its variable set when the organism started), every ``/api/*`` and ``/metrics``
+request needs ``Authorization: Bearer <token>`` (compared
 with `hmac.compare_digest`); without it the answer is 401 with a fixed body and nothing is
 read. The console's static files (``/``, ``/console/*``: package files, no data) need no token.
 Errors are JSON: ``{"error": "...", "id": "..."}``.
@@ -23,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from xml_pipeline.control.events import EventHub, stream
+from xml_pipeline.control.ids import Ambiguous, resolve_conversation, resolve_run
 from xml_pipeline.control.source import Finished, Invalid, Missing, OrganismSource, Stopped
 
 __all__ = ["UNAUTHORIZED", "build_app", "console_folder"]
@@ -81,6 +83,11 @@ def _answers(endpoint: Endpoint) -> Endpoint:
             return _error(404, exc.message, exc.id)
         except Finished as exc:
             return _error(409, exc.message, exc.id)
+        except Ambiguous as exc:
+            return JSONResponse(
+                {"error": exc.message, "id": exc.id, "candidates": exc.candidates},
+                status_code=400,
+            )
         except Invalid as exc:
             return _error(400, str(exc))
         except Stopped as exc:
@@ -140,10 +147,10 @@ def build_app(source: OrganismSource, hub: EventHub, token: str | None) -> ASGIA
         return JSONResponse({"runs": runs})
 
     async def get_run(request: Request) -> Response:
-        return JSONResponse(await source.run(request.path_params["id"]))
+        return JSONResponse(await source.run(await resolve_run(source, request.path_params["id"])))
 
     async def cancel_run(request: Request) -> Response:
-        run_id = request.path_params["id"]
+        run_id = await resolve_run(source, request.path_params["id"])
         await source.cancel_run(run_id)
         return JSONResponse({"cancelled": run_id}, status_code=202)
 
@@ -151,7 +158,7 @@ def build_app(source: OrganismSource, hub: EventHub, token: str | None) -> ASGIA
         return JSONResponse({"conversations": await source.conversations()})
 
     async def cancel_conversation(request: Request) -> Response:
-        conversation = request.path_params["id"]
+        conversation = await resolve_conversation(source, request.path_params["id"])
         await source.cancel_conversation(conversation)
         return JSONResponse({"cancelled": conversation}, status_code=202)
 
@@ -181,7 +188,8 @@ def build_app(source: OrganismSource, hub: EventHub, token: str | None) -> ASGIA
         return JSONResponse(source.graph())
 
     async def trace(request: Request) -> Response:
-        return JSONResponse(await source.trace(request.path_params["id"]))
+        conversation = await resolve_conversation(source, request.path_params["id"])
+        return JSONResponse(await source.trace(conversation))
 
     async def metrics(request: Request) -> Response:
         found = source.exposition()

@@ -111,11 +111,17 @@ class ControlPlane:
             sock.listen(128)
         except OSError as exc:
             sock.close()
-            raise UsageError(
-                f"control plane: cannot listen on {self.config.listen} "
-                f"(port {self.port}): {exc.strerror or exc}; stop what uses the port or set "
-                "control.listen to another one (port 0 picks a free one)"
-            ) from None
+            problem = (
+                f"cannot listen on {self.config.listen} (port {self.port}): {exc.strerror or exc}"
+            )
+            refused = UsageError(
+                f"control plane: {problem}; stop what uses the port or set control.listen to "
+                "another one (port 0 picks a free one)"
+            )
+            # what went wrong without the setting to change: `organism run --control` names its
+            # flag instead
+            refused.listen_problem = problem  # type: ignore[attr-defined]
+            raise refused from None
         sock.setblocking(False)
         self._socket = sock
         self.port = int(sock.getsockname()[1])
@@ -139,6 +145,13 @@ class ControlPlane:
             await self.aclose()
             raise UsageError(f"control plane: uvicorn did not start on {self.url}")
         log.info("control plane on %s", self.url)
+        if self.token is None:
+            log.warning(
+                "control plane on %s has no token: any local user or process can read and "
+                "steer the organism; set $%s to a secret token before starting it to require "
+                "one (clients send it the same way)",
+                self.url, self.config.token_env,
+            )  # fmt: skip
 
     async def aclose(self) -> None:
         """End the event streams and stop serving (open requests get a few seconds)."""

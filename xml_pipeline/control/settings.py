@@ -10,26 +10,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from xml_pipeline._settings import check_fields, setting
+from xml_pipeline._settings import check_fields, parse_address, setting
 
 __all__ = ["DEFAULT_LISTEN", "ControlConfig", "parse_listen"]
 
 DEFAULT_LISTEN = "127.0.0.1:8750"
 
 
-def parse_listen(value: str) -> tuple[str, int] | None:
-    """``[HOST:]PORT`` (``[::1]:8750`` for IPv6) as ``(host, port)``; a bare port listens on
-    127.0.0.1. None when it is not that shape or the port is out of range (0: a free one)."""
-    host, sep, port = value.rpartition(":")
-    if not sep:
-        host = "127.0.0.1"
-    host = host.removeprefix("[").removesuffix("]")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        return None
-    return host, int(port)
+def parse_listen(value: str | int) -> tuple[str, int] | None:
+    """``[HOST:]PORT`` (``[::1]:8750`` for IPv6) as ``(host, port)``; a bare port (text or int,
+    as in ``listen: 8750`` or ``--control 8750``) listens on 127.0.0.1. None when it is not that
+    shape or the port is out of range (0: a free one). One parser for the file and the CLI."""
+    return parse_address(value)
 
 
-def _listen(value: str, values: Mapping[str, Any]) -> str | None:
+def _listen(value: str | int, values: Mapping[str, Any]) -> str | None:
     if parse_listen(value) is not None:
         return None
     return f"must be [host:]port (like {DEFAULT_LISTEN}; port 0 picks a free one), found {value!r}"
@@ -53,8 +48,9 @@ class ControlConfig:
     listen: str = field(
         default=DEFAULT_LISTEN,
         metadata=setting(
-            "text",
-            "[host:]port to serve on; port 0: a free one; beyond loopback needs a token",
+            "address",
+            "[host:]port to serve on (a port alone: on 127.0.0.1); port 0: a free one; "
+            "beyond loopback needs a token",
             rule=_listen,
         ),
     )
@@ -62,7 +58,8 @@ class ControlConfig:
         default="XP_CONTROL_TOKEN",
         metadata=setting(
             "text",
-            "the environment variable holding the bearer token every request must carry",
+            "the environment variable holding the bearer token every request must carry; "
+            "unset when the organism starts: no token (loopback only, a WARNING at start)",
             rule=_env_name,
         ),
     )

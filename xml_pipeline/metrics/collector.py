@@ -285,6 +285,14 @@ class MetricsCollector:
         self._distribute()  # what the buffer holds goes to the recorder first
         return self._recorder.trace(conversation)
 
+    def traced_conversations(self) -> list[str]:
+        """The ids of the conversations whose trace is kept (oldest first; empty with tracing
+        off): what `trace` can answer, for finding an id by its prefix."""
+        if self._recorder is None:
+            return []
+        self._distribute()
+        return self._recorder.conversations()
+
     @property
     def tracing(self) -> TracingConfig | None:
         """The tracing settings, or None when tracing is off."""

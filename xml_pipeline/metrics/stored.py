@@ -36,7 +36,8 @@ async def read_trace(metrics: MetricsConfig | None, conversation: str, *, redis_
         raise NotFoundError(
             "the organism file has no jsonl or redis_stream sink, so no trace outlives its "
             "process: add one under metrics: sinks: (hop records are written there), or read "
-            "traces from the running organism with Organism.trace()"
+            f"the trace from the running organism: organism trace {conversation} --control URL "
+            "(its control plane), or Organism.trace() in code"
         )
     records: list[dict[str, Any]] = []
     searched = []

@@ -453,6 +453,10 @@ class TraceRecorder:
             truncated=conversation in self._cut,
         )
 
+    def conversations(self) -> list[str]:
+        """The ids of the conversations kept, oldest first."""
+        return list(self._conversations)
+
     def __len__(self) -> int:
         return len(self._conversations)
 

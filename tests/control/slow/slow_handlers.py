@@ -11,10 +11,11 @@ from xml_pipeline import HandlerMetadata, HandlerResponse, payload
 @payload
 @dataclass
 class Job:
-    """Run for ``seconds``, writing ``lines`` output lines first."""
+    """Run for ``seconds``, writing ``lines`` output lines first; then fail if ``fail``."""
 
     seconds: float
     lines: int = 0
+    fail: bool = False
 
 
 @payload
@@ -31,6 +32,8 @@ async def work(msg: Job, meta: HandlerMetadata) -> HandlerResponse:
         meta.log(f"line {i + 1} of {msg.lines}")
     meta.progress(f"wrote {msg.lines} lines")
     await asyncio.sleep(msg.seconds)
+    if msg.fail:
+        raise RuntimeError("asked to fail")
     return HandlerResponse.respond(Done(lines=msg.lines))
 
 

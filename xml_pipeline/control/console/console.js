@@ -96,6 +96,10 @@
       stopAll();
       setConnection("error", "unauthorized");
       setProblem(text, "auth");
+      graphWaits(
+        "The graph needs the token: the control API refused this one (401). " +
+          "Enter the right one above.",
+      );
     } else if (error.status === 0) {
       text =
         `Cannot reach the control API at ${location.origin}: ${error.message}.\n` +
@@ -105,6 +109,12 @@
     } else {
       setProblem(`The control API answered ${error.status}: ${error.message}`, "http");
     }
+  }
+
+  // what the graph panel says while there is no graph to draw (not yet loaded, or refused)
+  function graphWaits(text) {
+    if (state.graph) return;
+    $("graph").replaceChildren(el("p", { class: "empty" }, text));
   }
 
   function setProblem(text, kind = "") {
@@ -825,6 +835,7 @@
     stopAll();
     if (!state.token) {
       setConnection("idle", "no token");
+      graphWaits("The graph needs the token: enter it above.");
       setProblem(
         "No token: open this page as …/#token=YOUR_TOKEN, or enter the token above " +
           "(the value of the variable the organism's control: token_env names).",
@@ -834,6 +845,7 @@
     }
     setProblem("");
     setConnection("retrying", "connecting…");
+    graphWaits("Loading the graph…");
     const generation = state.generation;
     loadGraph();
     refreshRuns();
