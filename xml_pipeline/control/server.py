@@ -30,7 +30,8 @@ try:
 except ImportError as exc:  # the [web] extra is not installed
     raise UsageError(
         f"the control plane needs starlette and uvicorn ({exc.name} is missing); "
-        "pip install 'xml-pipeline[web]', or remove the organism's control: section"
+        "pip install 'xml-pipeline[web]', or run without a control plane (no control: section, "
+        "no --control, no Organism(control=...))"
     ) from None
 
 __all__ = ["ControlPlane"]
