@@ -617,6 +617,11 @@ async def test_a_manager_thread_that_dies_while_workers_start_is_replaced(
     with anyio.fail_after(30):
         async with ProcessPool(workers, max_tasks_per_child=1) as pool:
             assert await pool.run(pool_tasks.echo, 1) == 1
+            if answered:
+                # the answer can come before the worker's exit kills the manager thread: wait
+                # for the pool to hear of it (without the replacement this never ends: fail_after)
+                while not pool.stats.rebuilds:
+                    await anyio.sleep(0.01)
             stats = pool.stats
     assert _died_of_the_race(manager_race)
     assert stats.crashes == 0
