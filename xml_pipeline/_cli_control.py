@@ -184,6 +184,19 @@ class _Client:
 
 def control_command(args: argparse.Namespace) -> int:
     """Run one of `CONTROL_COMMANDS`; returns the exit status."""
+    return _with_client(args, _COMMANDS[args.command])
+
+
+def trace_command(args: argparse.Namespace) -> int:
+    """``organism trace CONVERSATION --control URL``: the hop tree the organism keeps."""
+    return _with_client(args, _trace)
+
+
+def _with_client(
+    args: argparse.Namespace, command: Callable[[_Client, argparse.Namespace], int]
+) -> int:
+    """Run ``command`` with a client of ``--control``: a bad address or token setting exits
+    `EXIT_CONFIG`, a refusal `EXIT_FAILED`, each said on stderr."""
     try:
         client = _Client(args)
     except _Usage as exc:
@@ -193,7 +206,6 @@ def control_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     try:
-        command: Callable[[_Client, argparse.Namespace], int] = _COMMANDS[args.command]
         return command(client, args)
     except _Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -203,27 +215,6 @@ def control_command(args: argparse.Namespace) -> int:
         return EXIT_OK if args.command in ("top", "logs") else 130
     finally:
         client.close()
-
-
-def trace_command(args: argparse.Namespace) -> int:
-    """``organism trace CONVERSATION --control URL``: the hop tree the organism keeps."""
-    try:
-        client = _Client(args)
-        try:
-            found = client.call("GET", f"/api/trace/{args.conversation}")
-        finally:
-            client.close()
-    except _Usage as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except _Refused as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    if args.json:
-        print(json.dumps(found, indent=2))
-    else:
-        print(trace_from_dict(found).render())
-    return EXIT_OK
 
 
 # -- the commands ------------------------------------------------------------------------------
@@ -309,6 +300,15 @@ def _stats(client: _Client, args: argparse.Namespace) -> int:
         print(json.dumps(found, indent=2))
         return EXIT_OK
     print(render_stats(found, _width()))
+    return EXIT_OK
+
+
+def _trace(client: _Client, args: argparse.Namespace) -> int:
+    found = client.call("GET", f"/api/trace/{args.conversation}")
+    if args.json:
+        print(json.dumps(found, indent=2))
+    else:
+        print(trace_from_dict(found).render())
     return EXIT_OK
 
 
