@@ -63,8 +63,8 @@ class ListenerState:
 
 
 class Conversation:
-    """One conversation: its outcome's future (``None`` for ``send``/``inject``), its request
-    deadline timer, and the hops whose handlers run for it now (stopped when it ends).
+    """One conversation: its outcome's future (``None`` for ``send``/``inject``), its request's
+    deadline, and the hops whose handlers run for it now (stopped when it ends).
 
     ``payload`` and ``sender`` are what opened it (references, kept so that a dead letter can
     hold its envelope); ``failed`` is the call whose failure last travelled up, with the runs
@@ -72,15 +72,18 @@ class Conversation:
     """
 
     __slots__ = (
-        "answered_by", "answers", "calls", "deadline", "done", "expired", "failed", "future",
-        "hops", "id", "opening", "payload", "running", "sender", "started_by", "timer",
-        "traceparent",
+        "answered_by", "answers", "calls", "deadline", "done", "due", "expired", "failed",
+        "future", "hops", "id", "opening", "payload", "requester", "running", "sender",
+        "started_by", "timeout", "traceparent",
     )  # fmt: skip
 
     def __init__(self, future: asyncio.Future[Any] | None, to: str) -> None:
         self.id = ""  # set when its opening call is made
         self.future = future
-        self.timer: asyncio.TimerHandle | None = None  # the request's deadline
+        # the set holding it in the pump's deadline wheel until it ends (requests only)
+        self.due: set[Conversation] | None = None
+        self.requester: asyncio.Task[Any] | None = None  # the task awaiting a request
+        self.timeout = math.inf  # the request's timeout (seconds), for its error
         self.hops = 0
         self.done = False
         self.opening = True

@@ -153,8 +153,8 @@ class Conversations:
         if conv.done:
             return False
         conv.done = True
-        if conv.timer is not None:
-            conv.timer.cancel()
+        if conv.due is not None:
+            conv.due.discard(conv)  # its deadline (see deadlines.py)
         del self._open[conv.id]
         self._ingress.release()
         if not self._open:

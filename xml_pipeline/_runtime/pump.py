@@ -17,7 +17,8 @@ and the *continuation* loop, kept together because that is where a hop's time go
   running there, calls it made that are unanswered). A frame whose count drops to zero before
   it answered can never answer: the pump fails that call with ``no_answer`` at once, naming the
   callee, instead of letting its caller wait for the conversation's deadline.
-- a request's deadline is one loop timer (``call_at``, about 1 us) covering the whole call.
+- a request's deadline covers the whole call; it is an entry in the pump's deadline wheel
+  (`deadlines`: a set operation, where a loop timer per request cost 2-3 us under uvloop).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from xml_pipeline._errors import (
 )
 from xml_pipeline._handlers import ErrorReport, HandlerMetadata, Listener
 from xml_pipeline._runtime.dead_letters import DeadLetterRecorder
+from xml_pipeline._runtime.deadlines import DeadlineWheel
 from xml_pipeline._runtime.hooks import ConversationEvent, Hooks, HopEvent
 from xml_pipeline._runtime.hops import Conversation, Frame, Hop, ListenerState
 from xml_pipeline._runtime.ingress import IngressGate
@@ -147,6 +149,7 @@ class StreamPump:
         self.hooks = Hooks()
         self._watchdog: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines: DeadlineWheel[Conversation] | None = None  # requests' deadlines
         self._listeners = {name: state.listener for name, state in self._states.items()}
         self._history_reader = registry.history if registry.history_on else None
         # listeners with a compensation: their answers are remembered per conversation
@@ -189,6 +192,7 @@ class StreamPump:
         self._invocation.start(self._loop)
         self.dead_letters.start(self._loop)
         self._watchdog = self._loop.create_task(self._invocation.watch())
+        self._deadlines = DeadlineWheel(self._loop, self._expire)
 
     async def wait_idle(self) -> None:
         """Wait until no conversation is open."""
@@ -245,6 +249,8 @@ class StreamPump:
                         task.cancel()
             finally:
                 self.outbox.close()
+                if self._deadlines is not None:
+                    self._deadlines.close()
                 if self._watchdog is not None:
                     self._watchdog.cancel()
                     await asyncio.wait([self._watchdog])
@@ -288,18 +294,23 @@ class StreamPump:
         future: asyncio.Future[Any] = loop.create_future()
         conv.future = future
         task = asyncio.current_task(loop)  # with the loop: no get_running_loop() inside
+        conv.requester = task
+        conv.timeout = timeout
         conv.deadline = loop.time() + timeout
-        conv.timer = loop.call_at(conv.deadline, self._expire, conv, task, timeout)
+        deadlines = self._deadlines
+        if deadlines is None:  # not started: a wheel of its own (the loop's timer is cheap here)
+            deadlines = self._deadlines = DeadlineWheel(loop, self._expire)
+        conv.due = due = deadlines.add(conv, conv.deadline)
         try:
             first = await self._open(conv, state, payload, sender, xml)
         except asyncio.CancelledError:
-            conv.timer.cancel()
+            due.discard(conv)
             if conv.expired and task is not None and task.uncancel() == 0:
                 raise _request_timeout(to, timeout, "before it could start") from None
             self._counters.cancelled += 1
             raise
         except BaseException:
-            conv.timer.cancel()
+            due.discard(conv)
             raise
         # Not run in the requester's own task, though it waits anyway: a handler that ignores
         # cancellation would then hold the requester, who must get its failure at once.
@@ -471,11 +482,12 @@ class StreamPump:
             first.maker = None  # observed: every frame has it (no AttributeError when read)
         return Hop(state, first, sender, payload, conv)
 
-    def _expire(self, conv: Conversation, task: asyncio.Task[Any] | None, timeout: float) -> None:
+    def _expire(self, conv: Conversation) -> None:
         """A request's deadline: fail it, whichever phase it is in."""
         if conv.done:
             return
         self._counters.timeouts += 1
+        timeout, task = conv.timeout, conv.requester
         if conv.opening:
             if not conv.expired and task is not None:
                 conv.expired = True
