@@ -206,11 +206,28 @@ def _event_stats(org: Organism) -> dict[str, int]:
 
 
 REGISTRY_ROW = "registry on/off, {:,} in flight, {}, paired"
+GC_ROW = "pump, {:,} in flight, gc threshold {:,}"
 
 
 def rows(options: argparse.Namespace) -> dict[str, Row]:
-    def pump(inflight: int, history: bool = True, style: str = "return", **observe: Any) -> Row:
+    def pump(
+        inflight: int,
+        history: bool = True,
+        style: str = "return",
+        gc_threshold: int = 0,
+        **observe: Any,
+    ) -> Row:
         async def measure() -> dict[str, float]:
+            if gc_threshold:  # as `organism run --gc-threshold` sets it, for this row only
+                default = gc.get_threshold()
+                gc.set_threshold(gc_threshold, *default[1:])
+                try:
+                    return await measured()
+                finally:
+                    gc.set_threshold(*default)
+            return await measured()
+
+        async def measured() -> dict[str, float]:
             provider = spans = None
             if observe.pop("spans", False):
                 from opentelemetry.sdk.trace import TracerProvider
@@ -402,6 +419,11 @@ def rows(options: argparse.Namespace) -> dict[str, Row]:
     table[f"pump, {options.inflight[0]:,} in flight, history off"] = pump(
         options.inflight[0], history=False
     )
+    if options.gc_threshold:
+        for inflight in options.inflight:
+            table[GC_ROW.format(inflight, options.gc_threshold)] = pump(
+                inflight, gc_threshold=options.gc_threshold
+            )
     if options.recovery:
         table[f"pump, {first:,}, retry + circuit (no failures)"] = pump(first, recovery=True)
     if options.metrics:
@@ -453,6 +475,13 @@ def main() -> None:
         "--registry",
         action="store_true",
         help="add paired rows: the run registry on against off, memory and Redis",
+    )
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=10_000,
+        help="add a row per --inflight with the cyclic GC's first threshold set to this, as "
+        "`organism run` sets it (10000; 0: no such rows)",
     )
     parser.add_argument(
         "--only",
@@ -538,8 +567,29 @@ def main() -> None:
         f"meta.call / return style, CPU per hop at {options.inflight[0]:,} in flight: "
         f"{call_vs_return:.2f}x (paired bursts, median over runs; target <= 1.3x)"
     )
+    scaling = {}
+    low, high = options.inflight[0], options.inflight[-1]
+    pairs: list[tuple[str, Callable[[int], str]]] = [("default gc", "pump, {:,} in flight".format)]
+    if options.gc_threshold:
+        pairs.append((
+            f"gc threshold {options.gc_threshold:,}",
+            lambda n: GC_ROW.format(n, options.gc_threshold),
+        ))  # fmt: skip
+    for label, row in pairs:
+        if high != low and row(low) in names and row(high) in names:
+            scaling[label] = statistics.median(
+                r[row(high)]["cpu_us_per_hop"] / r[row(low)]["cpu_us_per_hop"] for r in runs
+            )
+    if scaling:
+        said = ", ".join(f"{ratio:.2f}x with {label}" for label, ratio in scaling.items())
+        print(f"CPU per hop, {high:,} in flight / {low:,}: {said} (target <= 1.3x)")
     write_results(
-        "bench_pump", options, runs=runs, medians=medians, call_vs_return_cpu=call_vs_return
+        "bench_pump",
+        options,
+        runs=runs,
+        medians=medians,
+        call_vs_return_cpu=call_vs_return,
+        cpu_scaling_high_vs_low=scaling,
     )
 
 

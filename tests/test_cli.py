@@ -526,3 +526,49 @@ def test_help_is_for_users_and_every_command_has_a_description_and_a_readme_line
     for flags in ("--count N", "--interval S", "--follow", "CONVERSATION_ID --control URL"):
         assert flags in overview, flags
     assert "`--json`" in readme.split("## The `organism` command", 1)[1].split("##", 1)[0]
+
+
+GC_HANDLERS = """
+import gc
+from dataclasses import dataclass
+
+from xml_pipeline import HandlerMetadata, HandlerResponse, payload
+
+
+@payload
+@dataclass
+class Ask:
+    what: str
+
+
+@payload
+@dataclass
+class Threshold:
+    first: int
+
+
+async def threshold(msg: Ask, meta: HandlerMetadata) -> HandlerResponse:
+    return HandlerResponse.respond(Threshold(first=gc.get_threshold()[0]))
+"""
+
+
+def test_run_sets_the_cyclic_gc_threshold_of_its_process_and_refuses_a_bad_one(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "handlers.py").write_text(GC_HANDLERS)
+    (tmp_path / "organism.yaml").write_text(
+        "organism:\n  name: gc\nlisteners:\n  - name: probe\n    payload_class: handlers.Ask\n"
+        "    handler: handlers.threshold\n    description: reports the GC threshold\n"
+    )
+    file = str(tmp_path / "organism.yaml")
+    ask = ["--to", "probe", "--send", "<Ask><what>gc</what></Ask>"]
+    default = organism("run", file, *ask)
+    assert default.returncode == 0, default.stderr
+    assert default.stdout.strip() == "<Threshold><first>10000</first></Threshold>"
+    chosen = organism("run", file, "--gc-threshold", "700", *ask)
+    assert chosen.stdout.strip() == "<Threshold><first>700</first></Threshold>", chosen.stderr
+    for bad in ("0", "-5", "many"):
+        refused = organism("run", file, "--gc-threshold", bad, *ask)
+        assert refused.returncode == 2
+        assert "--gc-threshold: expected a whole number" in refused.stderr
+        assert f"got '{bad}'" in refused.stderr
