@@ -55,6 +55,8 @@ class HistoryEntry:
 # An entry's head depends only on (sender, to), a handful of listener pairs: each is escaped once.
 _HEADS: dict[tuple[str, str], bytes] = {}
 _MOST_HEADS = 4096  # outside senders vary: past this many, heads are built each time
+_CLOSE_THREAD = b"</thread></meta>"
+_OPEN_THREAD = -len(b"<thread>" + _CLOSE_THREAD)  # where a cached head's empty thread starts
 
 
 # The sender of a rollback entry: reserved (a leading "_"), so no listener or outside sender
@@ -73,11 +75,16 @@ def encode_entry(sender: str, to: str, payload_xml: bytes, scope: str = "") -> b
     Raises:
         SchemaViolation: ``sender`` or ``to`` holds a character XML cannot carry.
     """
-    head = _HEADS.get((sender, to)) if not scope else envelope_head(sender, to, scope)
+    head = _HEADS.get((sender, to))
     if head is None:
         head = envelope_head(sender, to, "")
         if len(_HEADS) < _MOST_HEADS:
             _HEADS[sender, to] = head
+    if scope:  # every hop under a meta.call: the cached head, its thread filled in
+        if scope.isascii() and scope.replace(" ", "").isalnum():  # thread ids: nothing to escape
+            head = b"".join((head[:_OPEN_THREAD], b"<thread>", scope.encode(), _CLOSE_THREAD))
+        else:
+            head = envelope_head(sender, to, scope)
     end = payload_xml.index(b">")  # to_xml writes the root start tag bare: xmlns="" goes in it
     return b"".join((head, payload_xml[:end], b' xmlns=""', payload_xml[end:], b"</message>"))
 
