@@ -155,7 +155,8 @@ class HandlerMetadata:
                 catch it to recover, or let it go: the handler fails with ``handler_error``.
             PayloadTypeError: ``payload`` is not a ``@payload`` object.
             UsageError: the handler runs in a worker process (``cpu_bound``), has returned
-                already, or its conversation has ended.
+                already, or its conversation has ended; or ``timeout`` is not a number of
+                seconds above 0.
         """
         if self._pump is None:
             raise UsageError(
