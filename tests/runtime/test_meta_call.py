@@ -229,17 +229,23 @@ async def test_an_uncaught_call_failure_is_the_handlers_own_error() -> None:
          "timeout must be a finite number of seconds above 0, not 0"),
         (lambda meta: meta.call("calculator", Calculate("1+1"), timeout=-1.0), UsageError,
          None, "above 0, not -1.0"),
+        (lambda meta: meta.call("calculator", Calculate("1+1"), expect="Total"), UsageError,
+         None, "meta.call('calculator') from 'planner': expect= takes a @payload class"),
+        (lambda meta: meta.call("calculator", Calculate("1+1"), expect=Total(1)), UsageError,
+         None, "expect= takes a @payload class (like expect=Total), not Total(value=1)"),
         (lambda meta: meta.call("calculator", Calculate("1+1"), timeout=float("nan")),
          UsageError, None, "above 0, not nan"),
     ],
     ids=["unknown-peer", "not-a-peer", "not-a-payload", "wrong-class", "schema",
-         "timeout-text", "timeout-zero", "timeout-negative", "timeout-nan"],
+         "timeout-text", "timeout-zero", "timeout-negative", "timeout-nan", "expect-name",
+         "expect-object"],
 )  # fmt: skip
 async def test_a_bad_call_is_refused_at_the_call_with_its_reason(
     call: object, error: type[Exception], reason: str | None, words: str
 ) -> None:
     """Refused before anything is sent (a bad timeout once left the call in flight, unawaited,
-    and raised a bare TypeError; 0, -1 and nan timed out at once)."""
+    and raised a bare TypeError; 0, -1 and nan timed out at once; a bad expect= raised
+    AttributeError once the answer came)."""
     raised: list[BaseException] = []
 
     async def plan(msg: Plan, meta: HandlerMetadata) -> HandlerResponse:
