@@ -155,8 +155,8 @@ class HandlerMetadata:
                 catch it to recover, or let it go: the handler fails with ``handler_error``.
             PayloadTypeError: ``payload`` is not a ``@payload`` object.
             UsageError: the handler runs in a worker process (``cpu_bound``), has returned
-                already, or its conversation has ended; or ``timeout`` is not a number of
-                seconds above 0, or ``expect`` is not a ``@payload`` class.
+                already, or its conversation has ended; or ``peer`` is not a str, ``timeout`` is
+                not a number of seconds above 0, or ``expect`` is not a ``@payload`` class.
         """
         if expect is not None:
             check_expect(expect, f"meta.call({peer!r}) from {self._own!r}")

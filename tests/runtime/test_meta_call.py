@@ -215,6 +215,10 @@ async def test_an_uncaught_call_failure_is_the_handlers_own_error() -> None:
     [
         (lambda meta: meta.call("calculatr", Calculate(expression="1+1")), DeliveryError,
          "no_route", "did you mean 'calculator'"),
+        (lambda meta: meta.call("Calculator", Calculate(expression="1+1")), DeliveryError,
+         "no_route", "no listener named 'Calculator'; did you mean 'calculator'?"),
+        (lambda meta: meta.call(None, Calculate(expression="1+1")), UsageError, None,
+         "meta.call from 'planner': the peer must be a listener name (str), not None"),
         (lambda meta: meta.call("planner", Plan()), DeliveryError, "peer_denied",
          "not among its peers"),
         (lambda meta: meta.call("calculator", {"expression": "1+1"}), PayloadTypeError, None,
@@ -236,7 +240,8 @@ async def test_an_uncaught_call_failure_is_the_handlers_own_error() -> None:
         (lambda meta: meta.call("calculator", Calculate("1+1"), timeout=float("nan")),
          UsageError, None, "above 0, not nan"),
     ],
-    ids=["unknown-peer", "not-a-peer", "not-a-payload", "wrong-class", "schema",
+    ids=["unknown-peer", "other-case", "peer-not-a-name", "not-a-peer", "not-a-payload",
+         "wrong-class", "schema",
          "timeout-text", "timeout-zero", "timeout-negative", "timeout-nan", "expect-name",
          "expect-object"],
 )  # fmt: skip
@@ -245,7 +250,7 @@ async def test_a_bad_call_is_refused_at_the_call_with_its_reason(
 ) -> None:
     """Refused before anything is sent (a bad timeout once left the call in flight, unawaited,
     and raised a bare TypeError; 0, -1 and nan timed out at once; a bad expect= raised
-    AttributeError once the answer came)."""
+    AttributeError once the answer came; a peer that is not a str raised TypeError)."""
     raised: list[BaseException] = []
 
     async def plan(msg: Plan, meta: HandlerMetadata) -> HandlerResponse:

@@ -111,8 +111,9 @@ def _check(
 def no_route(to: str, names: Collection[str]) -> DeliveryError:
     """The error for a call to a listener nobody declared (``names``: the listeners, or a
     mapping keyed by them), with a did-you-mean; the CLI's ``@listener`` lines use it too."""
-    close = get_close_matches(to, list(names), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; listeners: {sorted(names)}"
+    folded = {name.casefold(): name for name in names}  # 'Greeter' is close to 'greeter'
+    close = get_close_matches(to.casefold(), list(folded), n=1)
+    hint = f"; did you mean {folded[close[0]]!r}?" if close else f"; listeners: {sorted(names)}"
     return DeliveryError(f"no listener named {to!r}{hint}", reason="no_route", listener=to)
 
 

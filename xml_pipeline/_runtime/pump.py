@@ -1024,10 +1024,15 @@ class StreamPump:
             DeliveryError: the call failed (``peer_denied``, ``no_route``, ``schema_violation``,
                 ``timeout``, or the callee's failure with its reason).
             PayloadTypeError: ``payload`` is not a ``@payload`` object.
-            UsageError: the conversation has ended, the handler has returned already, or
-                ``timeout`` is not a number of seconds above 0.
+            UsageError: the conversation has ended, the handler has returned already,
+                ``peer`` is not a str, or ``timeout`` is not a number of seconds above 0.
         """
         state, conv, frame = hop.state, hop.conv, hop.frame
+        if type(peer) is not str:
+            raise UsageError(
+                f"meta.call from {state.name!r}: the peer must be a listener name (str), "
+                f"not {_short(peer)}"
+            )
         if timeout is not None:  # checked before the call is made: nothing left in flight
             _check_timeout(timeout, f"meta.call({peer!r}) from {state.name!r}: ")
         if hop.finished or hop.settled is not None or conv.done:
