@@ -75,6 +75,17 @@ def test_stdin_takes_envelopes_and_at_lines_and_reports_each_failure_with_its_li
     assert "done: 2 answered, 1 failed (no_route 1)" in done.stderr, "a summary, as a warning"
 
 
+def test_a_misspelt_listener_in_an_at_line_or_to_gets_the_did_you_mean_of_the_library() -> None:
+    """``@greetr`` and ``--to greetr`` are told what ``org.request("greetr", ...)`` is told."""
+    done = organism("run", HELLO, stdin="@greetr <Greeting><name>Bob</name></Greeting>\n")
+    assert "line 1: failed [no_route] no listener named 'greetr'; did you mean 'greeter'?" in (
+        done.stderr
+    )
+    done = organism("run", HELLO, "--to", "greetr", "--send", "<Greeting><name>x</name></Greeting>")
+    assert done.returncode == 1
+    assert "[no_route] no listener named 'greetr'; did you mean 'greeter'?" in done.stderr
+
+
 def test_validate_reports_every_problem_with_file_key_path_and_line(tmp_path: Path) -> None:
     bad = tmp_path / "organism.yaml"
     bad.write_text(

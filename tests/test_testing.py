@@ -244,6 +244,8 @@ def test_a_fake_is_built_from_a_handler_or_an_answer_and_says_what_is_wrong() ->
         Fake(answer="x")
     with pytest.raises(UsageError, match=r"Fake\(handler\): is not callable"):
         Fake(42)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match=r"write Fake\(answer=Note\(text='x'\)\)"):
+        Fake(Note(text="x"))  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="takes no positional arguments"):
         Fake(lambda: None)  # type: ignore[arg-type]
     assert repr(Fake(answer=Note(text="x"))) == "Fake(answer=Note(text='x'))"

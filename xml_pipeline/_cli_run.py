@@ -42,6 +42,7 @@ from anyio.from_thread import BlockingPortal
 
 from xml_pipeline._errors import DeliveryError, Reason, XmlInputError, XmlPipelineError
 from xml_pipeline._organism import Organism
+from xml_pipeline._runtime.outputs import no_route
 from xml_pipeline._wire.envelope import envelope_bytes
 from xml_pipeline._wire.framing import DocumentSplitter, Framed
 from xml_pipeline._wire.payloads import from_xml, to_xml
@@ -445,8 +446,7 @@ def _listener_class(org: Organism, name: str) -> type:
     for listener in org.listeners:
         if listener.name == name:
             return listener.payload_class
-    names = ", ".join(sorted(listener.name for listener in org.listeners))
-    raise DeliveryError(f"no listener named {name!r}; listeners: {names}", reason="no_route")
+    raise no_route(name, [listener.name for listener in org.listeners])
 
 
 async def _progress(tally: _Tally) -> None:

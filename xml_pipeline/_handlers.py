@@ -155,8 +155,11 @@ class HandlerMetadata:
                 catch it to recover, or let it go: the handler fails with ``handler_error``.
             PayloadTypeError: ``payload`` is not a ``@payload`` object.
             UsageError: the handler runs in a worker process (``cpu_bound``), has returned
-                already, or its conversation has ended.
+                already, or its conversation has ended; or ``peer`` is not a str, ``timeout`` is
+                not a number of seconds above 0, or ``expect`` is not a ``@payload`` class.
         """
+        if expect is not None:
+            check_expect(expect, f"meta.call({peer!r}) from {self._own!r}")
         if self._pump is None:
             raise UsageError(
                 f"meta.call({peer!r}) from {self._own!r}: a cpu_bound handler runs in a worker "
@@ -347,6 +350,19 @@ class Listener(ListenerSettings):
             changed.append(f"compensate={self.compensate!r}")
         fields = [repr(self.name), self.payload_class.__qualname__, repr(self.handler), *changed]
         return f"Listener({', '.join(fields)})"
+
+
+def check_expect(expect: object, caller: str) -> None:
+    """Refuse an ``expect=`` that is not a ``@payload`` class, before anything is sent (an
+    answer could never be of it).
+
+    Raises:
+        UsageError: naming ``caller`` and what was given.
+    """
+    if not (isinstance(expect, type) and is_payload(expect)):
+        raise UsageError(
+            f"{caller}: expect= takes a @payload class (like expect=Total), not {expect!r}"
+        )
 
 
 def check_expected(answer: object, expect: type, listener: str, caller: str) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 from xml_pipeline._config import OrganismConfig, load_config, parse_section
 from xml_pipeline._dead_letters import DeadLetters
 from xml_pipeline._errors import ConfigError, NotFoundError, UnknownIdError, UsageError
-from xml_pipeline._handlers import Listener, check_expected
+from xml_pipeline._handlers import Listener, check_expect, check_expected
 from xml_pipeline._loader import handler_signature_problem, load_organism, worker_import_problem
 from xml_pipeline._runtime.heartbeat import Heartbeat, new_process_id
 from xml_pipeline._runtime.hooks import Hooks
@@ -488,8 +488,11 @@ class Organism:
                 ``compensation_failed`` (see `Reason`).
             PayloadTypeError: ``payload`` is not a ``@payload`` object.
             SchemaViolation: ``payload`` does not conform to its class.
-            UsageError: ``timeout`` is not a number of seconds above 0.
+            UsageError: ``timeout`` is not a number of seconds above 0, or ``expect`` is not a
+                ``@payload`` class.
         """
+        if expect is not None:
+            check_expect(expect, f"request({to!r})")
         answer = await self._running().request(to, payload, timeout)
         if expect is not None:
             check_expected(answer, expect, to, "the request")

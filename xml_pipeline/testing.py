@@ -112,6 +112,8 @@ class Fake:
                 if not callable(handler)
                 else handler_signature_problem(handler)
             )
+            if problem and is_payload(type(handler)):  # the likeliest slip: the answer itself
+                problem += f"; to answer every call with it, write Fake(answer={handler!r})"
             if problem:
                 raise UsageError(f"Fake(handler): {problem}")
         if answer is not None and not is_payload(type(answer)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -13,6 +14,7 @@ from xml_pipeline import (
     DeliveryError,
     HandlerMetadata,
     HandlerResponse,
+    HandlerResult,
     Listener,
     Organism,
     PayloadTypeError,
@@ -209,23 +211,46 @@ async def test_an_uncaught_call_failure_is_the_handlers_own_error() -> None:
 
 
 @pytest.mark.parametrize(
-    ("call", "error", "words"),
+    ("call", "error", "reason", "words"),
     [
         (lambda meta: meta.call("calculatr", Calculate(expression="1+1")), DeliveryError,
-         "did you mean 'calculator'"),
-        (lambda meta: meta.call("planner", Plan()), DeliveryError, "not among its peers"),
-        (lambda meta: meta.call("calculator", {"expression": "1+1"}), PayloadTypeError,
+         "no_route", "did you mean 'calculator'"),
+        (lambda meta: meta.call("Calculator", Calculate(expression="1+1")), DeliveryError,
+         "no_route", "no listener named 'Calculator'; did you mean 'calculator'?"),
+        (lambda meta: meta.call(None, Calculate(expression="1+1")), UsageError, None,
+         "meta.call from 'planner': the peer must be a listener name (str), not None"),
+        (lambda meta: meta.call("planner", Plan()), DeliveryError, "peer_denied",
+         "not among its peers"),
+        (lambda meta: meta.call("calculator", {"expression": "1+1"}), PayloadTypeError, None,
          "needs a @payload object"),
-        (lambda meta: meta.call("calculator", Lookup(key="x")), DeliveryError,
+        (lambda meta: meta.call("calculator", Lookup(key="x")), DeliveryError, "no_route",
          "accepts <Calculate>, not <Lookup>"),
         (lambda meta: meta.call("calculator", Calculate(expression=3)), DeliveryError,
-         "is not a valid string"),
+         "schema_violation", "is not a valid string"),
+        (lambda meta: meta.call("calculator", Calculate("1+1"), timeout="5"), UsageError, None,
+         "meta.call('calculator') from 'planner': timeout must be a number of seconds"),
+        (lambda meta: meta.call("calculator", Calculate("1+1"), timeout=0), UsageError, None,
+         "timeout must be a finite number of seconds above 0, not 0"),
+        (lambda meta: meta.call("calculator", Calculate("1+1"), timeout=-1.0), UsageError,
+         None, "above 0, not -1.0"),
+        (lambda meta: meta.call("calculator", Calculate("1+1"), expect="Total"), UsageError,
+         None, "meta.call('calculator') from 'planner': expect= takes a @payload class"),
+        (lambda meta: meta.call("calculator", Calculate("1+1"), expect=Total(1)), UsageError,
+         None, "expect= takes a @payload class (like expect=Total), not Total(value=1)"),
+        (lambda meta: meta.call("calculator", Calculate("1+1"), timeout=float("nan")),
+         UsageError, None, "above 0, not nan"),
     ],
-    ids=["unknown-peer", "not-a-peer", "not-a-payload", "wrong-class", "schema"],
+    ids=["unknown-peer", "other-case", "peer-not-a-name", "not-a-peer", "not-a-payload",
+         "wrong-class", "schema",
+         "timeout-text", "timeout-zero", "timeout-negative", "timeout-nan", "expect-name",
+         "expect-object"],
 )  # fmt: skip
 async def test_a_bad_call_is_refused_at_the_call_with_its_reason(
-    call: object, error: type[Exception], words: str
+    call: object, error: type[Exception], reason: str | None, words: str
 ) -> None:
+    """Refused before anything is sent (a bad timeout once left the call in flight, unawaited,
+    and raised a bare TypeError; 0, -1 and nan timed out at once; a bad expect= raised
+    AttributeError once the answer came; a peer that is not a str raised TypeError)."""
     raised: list[BaseException] = []
 
     async def plan(msg: Plan, meta: HandlerMetadata) -> HandlerResponse:
@@ -239,6 +264,8 @@ async def test_a_bad_call_is_refused_at_the_call_with_its_reason(
         await org.request("planner", Plan(), timeout=5)
     assert len(raised) == 1 and isinstance(raised[0], error), raised
     assert words in str(raised[0])
+    if reason is not None:
+        assert raised[0].reason == reason  # type: ignore[attr-defined]
 
 
 async def test_a_call_after_the_handler_returned_is_a_usage_error() -> None:
@@ -249,9 +276,45 @@ async def test_a_call_after_the_handler_returned_is_a_usage_error() -> None:
         return HandlerResponse.respond(PlanAnswer(value=0, found=""))
 
     async with planner_organism(plan) as org:
-        await org.request("planner", Plan(), timeout=5)
-        with pytest.raises(UsageError, match="its handler returned"):
+        conversation = await org.send("planner", Plan())
+        async for _ in org.outcomes():
+            break
+        with pytest.raises(UsageError, match="its handler returned") as info:
             await kept[0].call("calculator", Calculate(expression="1+1"))
+        assert f"(conversation {conversation})" in str(info.value)
+        await drain(org)
+        assert await org.registry.size() == 1, "nothing was sent"
+
+
+async def test_a_call_from_a_handler_its_ended_conversation_is_stopping_is_a_usage_error() -> None:
+    """A handler that catches the cancellation of its ended conversation and calls again is
+    told the conversation ended, and which."""
+    raised: list[Exception] = []
+
+    async def plan(msg: Plan, meta: HandlerMetadata) -> HandlerResponse:
+        try:
+            await meta.call("calculator", Calculate(expression="slow"))
+        except asyncio.CancelledError:
+            try:
+                await meta.call("calculator", Calculate(expression="1+1"))
+            except Exception as exc:
+                raised.append(exc)
+            raise
+        return HandlerResponse.respond(PlanAnswer(value=0, found=""))
+
+    async with planner_organism(plan) as org:
+        conversation = await org.send("planner", Plan())
+        await _until(lambda: bool(org.runs(listener="calculator")))
+        await org.cancel_conversation(conversation)
+        await _until(lambda: bool(raised))
+    assert isinstance(raised[0], UsageError)
+    assert f"the conversation has ended (conversation {conversation})" in str(raised[0])
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(5):
+        while not condition():
+            await anyio.sleep(0.01)
 
 
 async def test_a_call_timeout_raises_and_a_late_answer_is_dropped() -> None:
@@ -299,6 +362,70 @@ async def test_a_conversation_that_ends_cancels_the_handler_waiting_in_it() -> N
             await stopped.wait()
             await drain(org)
         assert await org.registry.size() == 1
+
+
+@payload
+@dataclass
+class Go:
+    mode: str = ""
+
+
+@pytest.mark.parametrize("end", ["answer", "failure", "timeout", "cancel"])
+async def test_every_way_a_conversation_ends_cancels_the_handlers_waiting_in_it(end: str) -> None:
+    """A fan-out's branch waits in meta.call, another is still running, when a third answers
+    or fails (or the requester times out, or someone cancels): both are cancelled, and the
+    call they made ends too."""
+    stopped: list[str] = []
+
+    async def fan(msg: Go | Total, meta: HandlerMetadata) -> HandlerResult:
+        if isinstance(msg, Total):  # the calculator's answer: it ends the conversation
+            return HandlerResponse.respond(PlanAnswer(value=msg.value, found="calculator"))
+        calls = [HandlerResponse(Go(), to="waiter"), HandlerResponse(Go(), to="runner")]
+        if msg.mode in ("answer", "failure"):
+            calls.append(HandlerResponse(Calculate("1+1" if msg.mode == "answer" else "boom"),
+                                         to="calculator"))  # fmt: skip
+        return calls
+
+    async def waiter(msg: Go, meta: HandlerMetadata) -> HandlerResponse:
+        try:
+            await meta.call("calculator", Calculate(expression="slow"))
+        except asyncio.CancelledError:
+            stopped.append("waiter")
+            raise
+        return HandlerResponse.respond(PlanAnswer(value=0, found="waiter"))
+
+    async def runner(msg: Go, meta: HandlerMetadata) -> HandlerResponse:
+        try:
+            await anyio.sleep(30)
+        except asyncio.CancelledError:
+            stopped.append("runner")
+            raise
+        return HandlerResponse.respond(PlanAnswer(value=0, found="runner"))
+
+    listeners = [
+        Listener("fan", Go, fan, peers=("waiter", "runner", "calculator")),  # type: ignore[arg-type]
+        Listener("waiter", Go, waiter, peers=("calculator",)),
+        Listener("runner", Go, runner),
+        Listener("calculator", Calculate, calculator),
+    ]
+    async with Organism(listeners) as org:
+        if end == "answer":
+            assert await org.request("fan", Go(end), timeout=5) == PlanAnswer(2, "calculator")
+        elif end == "cancel":
+            conversation = await org.send("fan", Go(end))
+            await _until(lambda: len(org.runs(listener="calculator")) == 1)
+            await org.cancel_conversation(conversation)
+        elif end == "timeout":
+            with pytest.raises(DeliveryError, match="timeout"):
+                await org.request("fan", Go(end), timeout=0.3)
+        elif end == "failure":
+            with pytest.raises(DeliveryError) as info:
+                await org.request("fan", Go(end), timeout=5)
+            assert info.value.reason == "handler_error"
+        await _until(lambda: sorted(stopped) == ["runner", "waiter"])
+        with anyio.fail_after(5):
+            await drain(org)
+        assert await org.registry.size() == 1, "the waiting call ended with its conversation"
 
 
 async def test_the_two_styles_mix_a_call_awaited_then_a_call_returned() -> None:

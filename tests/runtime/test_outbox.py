@@ -14,9 +14,11 @@ from xml_pipeline import (
     Envelope,
     HandlerMetadata,
     HandlerResponse,
+    HopEvent,
     Listener,
     Organism,
     Outcome,
+    SchemaViolation,
     UsageError,
     XmlInputError,
     from_element,
@@ -195,11 +197,16 @@ async def test_a_reader_cancelled_as_it_is_woken_passes_the_outcome_on() -> None
 
 
 async def test_request_envelope_answers_with_a_raw_envelope_back_to_the_sender() -> None:
+    conversations: list[str] = []
     async with organism() as org:
+        org.hooks.subscribe(
+            lambda e: conversations.append(e.conversation) if isinstance(e, HopEvent) else None
+        )
         raw = await org.request_envelope(envelope("hello", sender="gateway"), timeout=5)
     answer = Envelope.from_bytes(raw)
     assert (answer.sender, answer.to) == ("front", "gateway")
-    assert answer.thread and answer.thread != "t-outside"  # a new conversation, its own id
+    assert answer.thread != "t-outside"  # a new conversation, its own id
+    assert set(conversations) == {answer.thread}, "the answer carries the conversation id"
     assert from_element(Told, answer.payload) == Told(text="HELLO")
 
 
@@ -248,6 +255,11 @@ async def test_request_envelope_failures_raise_with_their_reason() -> None:
         (envelope("x", sender="_system"), DeliveryError, "forged_sender"),
         (Envelope("gw", "nobody", "", Ask(text="x")).to_bytes(), DeliveryError, "no_route"),
         (Envelope("gw", "front", "", Shout(text="x")).to_bytes(), DeliveryError, "no_route"),
+        (
+            envelope("x").replace(b"<text>x</text>", b"<txt>x</txt>"),
+            SchemaViolation,
+            "schema_violation",
+        ),
     ],
 )
 async def test_request_envelope_refuses_bad_input_as_inject_does(

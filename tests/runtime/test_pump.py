@@ -509,3 +509,15 @@ async def test_request_expect_types_the_answer_and_refuses_another_class() -> No
             await org.request("front", Ask(text="hi"), timeout=5, expect=Ask)
     assert info.value.reason == "invalid_response"
     assert "answered a Echo, not the Ask" in info.value.message
+
+
+@pytest.mark.parametrize("expect", ["Echo", Echo(text="x"), dict], ids=["name", "object", "class"])
+async def test_request_refuses_an_expect_that_is_not_a_payload_class_before_sending(
+    expect: object,
+) -> None:
+    """An answer can never be of it: refused before the conversation starts (it once raised
+    AttributeError after the conversation had run)."""
+    async with Organism(two_hop()) as org:
+        with pytest.raises(UsageError, match=r"request\('front'\): expect= takes a @payload"):
+            await org.request("front", Ask(text="hi"), timeout=5, expect=expect)  # type: ignore[call-overload]
+        assert org.stats.conversations == 0

@@ -8,7 +8,7 @@ XML in the same pass when history needs it (`to_xml` checks as it writes).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from difflib import get_close_matches
 
 from xml_pipeline._errors import DeliveryError, PayloadTypeError, Reason, SchemaViolation
@@ -108,10 +108,12 @@ def _check(
         ) from None
 
 
-def no_route(to: str, states: Mapping[str, ListenerState]) -> DeliveryError:
-    """The error for a call to a listener nobody declared, with a did-you-mean."""
-    close = get_close_matches(to, list(states), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; listeners: {sorted(states)}"
+def no_route(to: str, names: Collection[str]) -> DeliveryError:
+    """The error for a call to a listener nobody declared (``names``: the listeners, or a
+    mapping keyed by them), with a did-you-mean; the CLI's ``@listener`` lines use it too."""
+    folded = {name.casefold(): name for name in names}  # 'Greeter' is close to 'greeter'
+    close = get_close_matches(to.casefold(), list(folded), n=1)
+    hint = f"; did you mean {folded[close[0]]!r}?" if close else f"; listeners: {sorted(names)}"
     return DeliveryError(f"no listener named {to!r}{hint}", reason="no_route", listener=to)
 
 

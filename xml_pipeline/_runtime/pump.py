@@ -1036,9 +1036,17 @@ class StreamPump:
             DeliveryError: the call failed (``peer_denied``, ``no_route``, ``schema_violation``,
                 ``timeout``, or the callee's failure with its reason).
             PayloadTypeError: ``payload`` is not a ``@payload`` object.
-            UsageError: the conversation has ended, or the handler has returned already.
+            UsageError: the conversation has ended, the handler has returned already,
+                ``peer`` is not a str, or ``timeout`` is not a number of seconds above 0.
         """
         state, conv, frame = hop.state, hop.conv, hop.frame
+        if type(peer) is not str:
+            raise UsageError(
+                f"meta.call from {state.name!r}: the peer must be a listener name (str), "
+                f"not {_short(peer)}"
+            )
+        if timeout is not None:  # checked before the call is made: nothing left in flight
+            _check_timeout(timeout, f"meta.call({peer!r}) from {state.name!r}: ")
         if hop.finished or hop.settled is not None or conv.done:
             why = "its handler returned" if hop.finished else "the conversation has ended"
             raise UsageError(
@@ -1291,12 +1299,14 @@ def _normal_name(name: str) -> str:
     return unicodedata.normalize("NFKC", name).strip().casefold()
 
 
-def _check_timeout(timeout: float) -> None:
+def _check_timeout(timeout: float, where: str = "") -> None:
     kind = type(timeout)  # float and int first: the usual case, with no isinstance calls
     if kind is not float and kind is not int and not _seconds(timeout):
-        raise UsageError(f"timeout must be a number of seconds, not {timeout!r}")
+        raise UsageError(f"{where}timeout must be a number of seconds, not {timeout!r}")
     if not (timeout > 0 and math.isfinite(timeout)):
-        raise UsageError(f"timeout must be a finite number of seconds above 0, not {timeout!r}")
+        raise UsageError(
+            f"{where}timeout must be a finite number of seconds above 0, not {timeout!r}"
+        )
 
 
 def _seconds(value: object) -> bool:
