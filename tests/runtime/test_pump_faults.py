@@ -306,6 +306,37 @@ async def test_leaving_never_waits_for_a_stubborn_handler_past_the_drain_timeout
     assert [d.reason for d in await org.dead_letters.list()] == ["shutdown"] * 3
 
 
+async def test_leaving_abandons_handlers_that_ignore_every_cancel_after_the_drain_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Handlers that catch every cancel and keep going: leaving takes the drain timeout plus a
+    short grace (before the fix, twice the drain timeout), and each is abandoned, counted and
+    logged rather than waited for."""
+    release = anyio.Event()
+
+    async def stubborn(msg: Msg, meta: HandlerMetadata) -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):  # ignores every cancel
+                await asyncio.sleep(0.05)
+
+    org = Organism([Listener("s", Msg, stubborn, timeout_seconds=60)], drain_timeout_seconds=2.0)
+    try:
+        with anyio.fail_after(10):
+            async with org:
+                for _ in range(3):
+                    await org.send("s", Msg())
+                await anyio.sleep(0.05)
+                leaving = time.monotonic()
+        took = time.monotonic() - leaving
+        assert took < 3.5, f"leaving took {took:.1f}s with drain_timeout_seconds=2"
+        assert org.stats.abandoned == 3
+        assert caplog.text.count("ignores cancellation); abandoned") == 3
+        assert [d.reason for d in await org.dead_letters.list()] == ["shutdown"] * 3
+    finally:
+        release.set()
+    await eventually(lambda: pump_tasks() == [])
+
+
 # -- every exception from user code becomes handler_error, at once (item 5) -------------------
 
 
