@@ -338,7 +338,7 @@ async def test_leaving_abandons_handlers_that_ignore_every_cancel_after_the_drai
 ) -> None:
     """Handlers that catch every cancel and keep going: leaving takes the drain timeout plus a
     short grace (before the fix, twice the drain timeout), and each is abandoned, counted and
-    logged rather than waited for."""
+    logged once rather than waited for."""
     release = anyio.Event()
 
     async def stubborn(msg: Msg, meta: HandlerMetadata) -> None:
@@ -356,8 +356,9 @@ async def test_leaving_abandons_handlers_that_ignore_every_cancel_after_the_drai
                 leaving = time.monotonic()
         took = time.monotonic() - leaving
         assert took < 3.5, f"leaving took {took:.1f}s with drain_timeout_seconds=2"
+        # each once: by the watchdog (its grace ran out) or by leaving, whichever came first
         assert org.stats.abandoned == 3
-        assert caplog.text.count("ignores cancellation); abandoned") == 3
+        assert sum("abandoned" in r.getMessage() for r in caplog.records) == 3, caplog.text
         assert [d.reason for d in await org.dead_letters.list()] == ["shutdown"] * 3
     finally:
         release.set()
