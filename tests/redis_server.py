@@ -1,13 +1,17 @@
 """A private redis-server for tests: a subprocess on a free port, never the system's 6379.
 
 Import the fixtures into a conftest (``from tests.redis_server import redis_server, redis_url``):
-``redis_server`` starts one server per test session; ``redis_url`` flushes it before each
-test. Tests that stop, pause or restart a server start their own `RedisServer` instead.
-`RedisServer.busy_script` makes a server busy the way a slow client does (a Lua loop), and
-`RedisServer.pause` stops it the way an overloaded or frozen host does (SIGSTOP).
+``redis_server`` is one server per test session (``redis_session``, which tests/conftest.py
+provides); ``redis_url`` flushes it before each test. Tests that stop, pause or restart a
+server start their own `RedisServer` instead. `RedisServer.busy_script` makes a server busy
+the way a slow client does (a Lua loop), and `RedisServer.pause` stops it the way an
+overloaded or frozen host does (SIGSTOP).
 
 The server runs with ``KEYS`` renamed away, so any code path that uses it fails loudly. A
-missing ``redis-server`` binary fails the test (it never skips): CI installs it.
+missing ``redis-server`` binary fails the test (it never skips): CI installs it. So that
+``pytest -m "not redis"`` (the README's way to leave Redis tests out) leaves out every test
+that needs a server, a test not marked ``redis`` that starts one or asks for these fixtures
+fails, saying to mark it (``tests/conftest.py`` tells this module which test runs).
 """
 
 from __future__ import annotations
@@ -27,6 +31,22 @@ import pytest
 import redis
 
 from tests.processes import freeze
+
+# Whether the test being run is marked ``redis``: set by tests/conftest.py before each test's
+# setup; None outside a test run (benchmarks, child processes), where anything goes.
+running_test_is_marked: bool | None = None
+
+
+def require_redis_mark() -> None:
+    """Fail the running test if it needs a redis-server but is not marked ``redis``."""
+    if running_test_is_marked is False:
+        pytest.fail(
+            "this test needs a redis-server but is not marked redis: add @pytest.mark.redis "
+            "(or the module's pytestmark, or marks= on a redis parameter) so that "
+            '`pytest -m "not redis"` leaves it out where redis-server is not installed',
+            pytrace=False,
+        )
+
 
 __all__ = ["RedisServer", "free_port", "redis_server", "redis_url"]
 
@@ -64,6 +84,7 @@ class RedisServer:
     """
 
     def __init__(self, *, port: int | None = None, appendonly: bool = False) -> None:
+        require_redis_mark()
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -197,15 +218,21 @@ class RedisServer:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One private redis-server for the whole test session."""
+def redis_session() -> Iterator[RedisServer]:
+    """One private redis-server for the whole test session (tests ask for `redis_server`)."""
+    global running_test_is_marked
     server: RedisServer | None = None
     problem = ""
+    # started for the session, not for the test that happens to come first: `redis_server`
+    # checks that test's mark, and a failure here would be cached for the whole session
+    marked, running_test_is_marked = running_test_is_marked, None
     try:
         server = RedisServer()
         server.start()
     except RuntimeError as exc:
         problem = str(exc)
+    finally:
+        running_test_is_marked = marked
     if problem or server is None:
         if server is not None:
             server.close()
@@ -214,6 +241,13 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def redis_server(redis_session: RedisServer) -> RedisServer:
+    """The session's private redis-server, for a test marked ``redis``."""
+    require_redis_mark()
+    return redis_session
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from xml_pipeline import (
 )
 from xml_pipeline._config import BackendConfig
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 
 @payload

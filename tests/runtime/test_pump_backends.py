@@ -53,7 +53,7 @@ def manager() -> Iterator[ManagerServer]:
         yield server
 
 
-@pytest.fixture(params=["memory", "manager", "redis"])
+@pytest.fixture(params=["memory", "manager", pytest.param("redis", marks=pytest.mark.redis)])
 def backend(request: pytest.FixtureRequest, manager: ManagerServer) -> BackendConfig:
     if request.param == "manager":
         host, port = manager.address

@@ -177,6 +177,33 @@ async def test_a_timed_out_cpu_bound_request_stops_its_worker(tmp_path: Path) ->
         assert not Path(marker + ".finished").exists(), "the abandoned job ran to its end"
 
 
+async def test_cancelling_cpu_bound_requests_stops_the_running_job_and_drops_the_waiting_one(
+    tmp_path: Path,
+) -> None:
+    """``task.cancel()`` of requests to a cpu_bound listener with one worker: the job running
+    for one is stopped, the one waiting behind it never starts, and the worker serves the next
+    request well before the cancelled job would have ended."""
+    running, waiting = str(tmp_path / "running"), str(tmp_path / "waiting")
+    listeners = [Listener("cpu", Work, sleepy, cpu_bound=True, timeout_seconds=30)]
+    async with Organism(listeners, process_pool={"workers": 1}) as org:
+        tasks = [
+            asyncio.ensure_future(org.request("cpu", Work(seconds=3.0, marker=m), timeout=30))
+            for m in (running, waiting)
+        ]
+        await eventually(lambda: Path(running + ".started").exists(), 20)
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results), results
+        with anyio.fail_after(2.5):  # well before the 3 s job would have freed the worker
+            reply = await org.request("cpu", Work(seconds=0.0), timeout=2.4)
+        assert isinstance(reply, Done)
+        await anyio.sleep(3.0)
+        assert not Path(running + ".finished").exists(), "the cancelled job ran to its end"
+        assert not Path(waiting + ".started").exists(), "the waiting job ran for nobody"
+        assert org.stats.cancelled == 2
+
+
 # -- every cancel the pump makes is balanced; a handler that ignores it is abandoned (item 4) ---
 
 
@@ -304,6 +331,38 @@ async def test_leaving_never_waits_for_a_stubborn_handler_past_the_drain_timeout
     assert took < 3.5, f"leaving took {took:.1f}s with drain_timeout_seconds=2"
     assert pump_tasks() == []
     assert [d.reason for d in await org.dead_letters.list()] == ["shutdown"] * 3
+
+
+async def test_leaving_abandons_handlers_that_ignore_every_cancel_after_the_drain_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Handlers that catch every cancel and keep going: leaving takes the drain timeout plus a
+    short grace (before the fix, twice the drain timeout), and each is abandoned, counted and
+    logged once rather than waited for."""
+    release = anyio.Event()
+
+    async def stubborn(msg: Msg, meta: HandlerMetadata) -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):  # ignores every cancel
+                await asyncio.sleep(0.05)
+
+    org = Organism([Listener("s", Msg, stubborn, timeout_seconds=60)], drain_timeout_seconds=2.0)
+    try:
+        with anyio.fail_after(10):
+            async with org:
+                for _ in range(3):
+                    await org.send("s", Msg())
+                await anyio.sleep(0.05)
+                leaving = time.monotonic()
+        took = time.monotonic() - leaving
+        assert took < 3.5, f"leaving took {took:.1f}s with drain_timeout_seconds=2"
+        # each once: by the watchdog (its grace ran out) or by leaving, whichever came first
+        assert org.stats.abandoned == 3
+        assert sum("abandoned" in r.getMessage() for r in caplog.records) == 3, caplog.text
+        assert [d.reason for d in await org.dead_letters.list()] == ["shutdown"] * 3
+    finally:
+        release.set()
+    await eventually(lambda: pump_tasks() == [])
 
 
 # -- every exception from user code becomes handler_error, at once (item 5) -------------------

@@ -203,6 +203,21 @@ class Invocation:
         hop.settled = "timeout"
         self._on_timeout(hop)
 
+    def abandoned_at_close(self, hop: Hop) -> bool:
+        """The organism closes and gives up on ``hop``'s handler, which ignored its cancel.
+
+        Returns:
+            False when the watchdog abandoned it already (counted and logged then); True when
+            the caller is to count and log it, the watchdog then leaving it alone.
+        """
+        if hop.abandoned:
+            return False
+        self._running.pop(hop, None)
+        hop.conv.running.discard(hop)
+        hop.abandoned = True
+        self._abandoned.add(hop)
+        return True
+
     def _abandon(self, hop: Hop) -> None:
         """A settled handler ignored its cancel: stop waiting for it, give its slot back."""
         del self._running[hop]

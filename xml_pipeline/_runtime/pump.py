@@ -223,8 +223,10 @@ class StreamPump:
                 if tasks:
                     _, stuck = await asyncio.wait(tasks, timeout=CANCEL_GRACE)
                     for task in stuck:
-                        self._counters.abandoned += 1
                         hop = self._invocation.hop_of(task)
+                        if hop is not None and not self._invocation.abandoned_at_close(hop):
+                            continue  # the watchdog gave up on it during the grace: once only
+                        self._counters.abandoned += 1
                         what = (
                             f"the handler of {hop.state.name!r} on thread {hop.frame.thread}"
                             if hop is not None
