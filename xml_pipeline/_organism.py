@@ -36,6 +36,7 @@ from xml_pipeline._runtime.runs import Run, Worker
 from xml_pipeline._runtime.tracing import HopLog, hop_log_enabled
 from xml_pipeline._runtime.worker import extend_sys_path
 from xml_pipeline._settings import (
+    ANSWER_TIMEOUT_SECONDS,
     BackendConfig,
     DeadLetterConfig,
     OrganismSettings,
@@ -463,7 +464,7 @@ class Organism:
         to: str,
         payload: object,
         *,
-        timeout: float = 30.0,
+        timeout: float = ANSWER_TIMEOUT_SECONDS,
         expect: type[Any] | None = None,
     ) -> Any:
         """Send ``payload`` to listener ``to`` and wait for the conversation's answer.
@@ -495,7 +496,9 @@ class Organism:
             check_expected(answer, expect, to, "the request")
         return answer
 
-    async def request_envelope(self, data: bytes | str, *, timeout: float = 30.0) -> bytes:
+    async def request_envelope(
+        self, data: bytes | str, *, timeout: float = ANSWER_TIMEOUT_SECONDS
+    ) -> bytes:
         """Answer a raw v1 envelope from outside with a raw answer envelope: for gateways.
 
         The envelope is read and checked exactly as by `inject` (guarded parser, reason codes,
