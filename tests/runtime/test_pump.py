@@ -21,6 +21,9 @@ from xml_pipeline import (
     XmlInputError,
     payload,
 )
+from xml_pipeline._runtime.pump import StreamPump
+from xml_pipeline._runtime.registry import ThreadRegistry
+from xml_pipeline._wire.parsing import ParseLimits
 from xml_pipeline.backends.memory import MemoryBackend
 from xml_pipeline.testing import capture, drain
 
@@ -509,3 +512,21 @@ async def test_request_expect_types_the_answer_and_refuses_another_class() -> No
             await org.request("front", Ask(text="hi"), timeout=5, expect=Ask)
     assert info.value.reason == "invalid_response"
     assert "answered a Echo, not the Ask" in info.value.message
+
+
+async def test_a_cpu_bound_listener_without_a_pool_invoker_is_refused_not_run_inline() -> None:
+    """Issue 10, item 6: a pump given a cpu_bound listener and no invoker refuses to be built,
+    naming the listener, rather than run the handler in the event loop's thread."""
+    listeners = [
+        Listener("front", Ask, front, peers=("back.end",)),
+        Listener("back.end", Echo, back, cpu_bound=True),
+    ]
+    with pytest.raises(UsageError, match=r"cpu_bound listeners \['back\.end'\] need a process"):
+        StreamPump(
+            listeners,
+            ThreadRegistry(MemoryBackend(), "org"),
+            limits=ParseLimits(),
+            ingress_limit=8,
+            ingress_wait_seconds=1,
+            max_hops=100,
+        )
