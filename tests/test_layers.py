@@ -119,6 +119,25 @@ def test_a_floor_never_imports_what_sits_above_or_beside_it(
     assert wrong == [], f"{what} must not import {forbidden}"
 
 
+def test_outside_backends_only_the_protocol_and_the_factory_are_imported() -> None:
+    """Which class serves which ``type``, which backends outlive the process and how each is
+    named live in ``backends/factory.py``: the organism and the runtime name no backend class
+    (the ``backends`` package re-exports them for users)."""
+    allowed = {
+        "xml_pipeline.backends",
+        "xml_pipeline.backends.base",
+        "xml_pipeline.backends.factory",
+    }
+    wrong = sorted(
+        f"{module} imports {target}"
+        for module, targets in GRAPH.items()
+        if not _in(module, "xml_pipeline.backends")
+        for target in targets
+        if _in(target, "xml_pipeline.backends") and target not in allowed
+    )
+    assert wrong == []
+
+
 def test_the_runtime_never_reads_yaml() -> None:
     wrong = sorted(
         module for module, names in MODULES.items() if _in(module, "xml_pipeline._runtime")
