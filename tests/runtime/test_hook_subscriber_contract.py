@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.runtime.test_hooks import Ask, back
+from tests.runtime.test_hooks import front as hooks_front
 from xml_pipeline import (
     DeliveryError,
     HandlerMetadata,
@@ -24,7 +25,6 @@ from xml_pipeline import (
     HookSubscriber,
     Listener,
     Organism,
-    payload,
 )
 from xml_pipeline._runtime.tracing import HopLog
 from xml_pipeline.metrics import JsonlSinkConfig, MetricsConfig
@@ -34,25 +34,11 @@ from xml_pipeline.testing import capture
 pytestmark = pytest.mark.anyio
 
 
-@payload
-@dataclass
-class Ask:
-    text: str = ""
-
-
 async def front(msg: Ask, meta: HandlerMetadata) -> HandlerResponse:
-    if meta.from_id != "_external":
-        return HandlerResponse.respond(msg)
-    if msg.text == "await":  # an answer handed to a handler awaiting it: an `answered` event
-        answer = await meta.call("back", Ask(text="x"))
-        return HandlerResponse.respond(answer)
-    return HandlerResponse(msg, to="back")
-
-
-async def back(msg: Ask, meta: HandlerMetadata) -> HandlerResponse:
-    if msg.text == "fail":
-        raise ValueError("no")
-    return HandlerResponse.respond(Ask(text=msg.text.upper()))
+    """`test_hooks`' front, and on "await" an answer it awaits (an ``answered`` event)."""
+    if msg.text != "await" or meta.from_id != "_external":
+        return await hooks_front(msg, meta)
+    return HandlerResponse.respond(await meta.call("back", Ask(text="x")))
 
 
 LISTENERS = [Listener("front", Ask, front, peers=("back",)), Listener("back", Ask, back)]
