@@ -30,6 +30,7 @@ EXPECTED = {
     "HandlerResponse",
     "HandlerResult",
     "HistoryEntry",
+    "HookSubscriber",
     "Hooks",
     "HopEvent",
     "Listener",

@@ -36,7 +36,7 @@ from xml_pipeline._handlers import (
     Listener,
 )
 from xml_pipeline._organism import Organism
-from xml_pipeline._runtime.hooks import ConversationEvent, Event, Hooks, HopEvent
+from xml_pipeline._runtime.hooks import ConversationEvent, Event, Hooks, HookSubscriber, HopEvent
 from xml_pipeline._runtime.outbox import Outcome
 from xml_pipeline._runtime.outcomes import PumpStats
 from xml_pipeline._runtime.pool import PoolStats, ProcessPool
@@ -102,6 +102,7 @@ __all__ = [
     "HandlerResponse",
     "HandlerResult",
     "HistoryEntry",
+    "HookSubscriber",
     "Hooks",
     "HopEvent",
     "Listener",

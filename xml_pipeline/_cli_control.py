@@ -29,12 +29,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from xml_pipeline._settings import defaults
+from xml_pipeline.control.settings import ControlConfig
 from xml_pipeline.control.source import trace_from_dict
 
 __all__ = ["CONTROL_COMMANDS", "add_control_parsers", "control_command", "trace_command"]
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-DEFAULT_URL = "http://127.0.0.1:8750"
+_CONTROL = defaults(ControlConfig)  # where an organism's control plane is, unless told
+DEFAULT_URL = "http://" + _CONTROL["listen"]
 CONTROL_COMMANDS = ("ps", "top", "logs", "kill", "cancel", "stats")
 _FOLLOW_SECONDS = 0.5  # how often `logs --follow` asks for new lines
 
@@ -90,8 +93,8 @@ def add_control_options(
     parser.add_argument(
         "--token-env",
         metavar="NAME",
-        default="XP_CONTROL_TOKEN",
-        help="the environment variable holding the token (default XP_CONTROL_TOKEN)",
+        default=_CONTROL["token_env"],
+        help=f"the environment variable holding the token (default {_CONTROL['token_env']})",
     )
     parser.add_argument("--json", action="store_true", help=json_help)
 

@@ -28,6 +28,7 @@ from xml_pipeline._dead_letters import ReplayResult
 from xml_pipeline._errors import UsageError
 from xml_pipeline._organism import Organism
 from xml_pipeline._runtime.outbox import Outcome
+from xml_pipeline._settings import ANSWER_TIMEOUT_SECONDS
 from xml_pipeline._wire.payloads import to_xml
 from xml_pipeline.backends.base import DeadLetter
 
@@ -81,8 +82,9 @@ def add_dlq_parser(sub: Any, common: argparse.ArgumentParser) -> None:
             action.add_argument(
                 "--timeout",
                 type=float,
-                default=30.0,
-                help="seconds to wait for the outcomes of the replayed conversations (30)",
+                default=ANSWER_TIMEOUT_SECONDS,
+                help="seconds to wait for the outcomes of the replayed conversations "
+                f"({ANSWER_TIMEOUT_SECONDS:g})",
             )
 
 

@@ -185,12 +185,7 @@ class HandlerMetadata:
         prints to stdout or stderr, are sent from its worker as it runs."""
         hop = self._hop
         if hop is not None:
-            output = hop.output
-            if output is None:
-                from xml_pipeline._runtime.runs import RunOutput
-
-                output = hop.output = RunOutput()
-            output.write(str(line))
+            hop.log(str(line))  # the run keeps it (the runtime's `Hop`, or a worker's stand-in)
 
     async def history(self) -> list[HistoryEntry]:
         """The conversation's recorded hops so far, oldest first (bounded by the backend)."""

@@ -36,6 +36,7 @@ from xml_pipeline._runtime.runs import Run, Worker
 from xml_pipeline._runtime.tracing import HopLog, hop_log_enabled
 from xml_pipeline._runtime.worker import extend_sys_path
 from xml_pipeline._settings import (
+    ANSWER_TIMEOUT_SECONDS,
     BackendConfig,
     DeadLetterConfig,
     OrganismSettings,
@@ -48,9 +49,12 @@ from xml_pipeline._settings import (
 )
 from xml_pipeline._wire.parsing import ParseLimits
 from xml_pipeline.backends.base import Backend
-from xml_pipeline.backends.factory import open_backend
-from xml_pipeline.backends.manager import ManagerBackend
-from xml_pipeline.backends.memory import MemoryBackend
+from xml_pipeline.backends.factory import (
+    describe_backend,
+    is_durable,
+    kept_across_runs,
+    open_backend,
+)
 from xml_pipeline.control.settings import ControlConfig
 from xml_pipeline.metrics.collector import MetricsCollector, Probes
 from xml_pipeline.metrics.settings import (
@@ -135,12 +139,7 @@ class Organism:
         self.listeners = tuple(listeners)
         self._backend_spec = backend if backend is not None else BackendConfig()
         spec = self._backend_spec
-        if isinstance(spec, BackendConfig) and spec.type == "memory":
-            # one for every run of this organism: its dead letters outlast a restart in-process
-            spec = MemoryBackend(
-                thread_ttl_seconds=spec.thread_ttl_seconds,
-                history_max_entries=spec.history_max_entries,
-            )
+        spec = kept_across_runs(spec)
         self._backend: BackendConfig | Backend = spec  # what each run opens
         self._pool_config = process_pool or ProcessPoolConfig()
         self._dead_letter_config = dead_letters or DeadLetterConfig()
@@ -164,8 +163,8 @@ class Organism:
             name,
             running=self._run_backend,
             open_backend=self._open_stopped_backend,
-            durable=_durable(spec),
-            where=_describe_backend(spec),
+            durable=is_durable(spec),
+            where=describe_backend(spec),
         )
 
     @classmethod
@@ -336,7 +335,7 @@ class Organism:
     @property
     def backend_description(self) -> str:
         """Where the organism keeps its shared state, in words (for people)."""
-        return _describe_backend(self._backend_spec)
+        return describe_backend(self._backend_spec)
 
     def _collect(self, pump: StreamPump, registry: ThreadRegistry) -> MetricsCollector:
         """The collector of this run, reading the pump, registry and pool when it samples."""
@@ -463,7 +462,7 @@ class Organism:
         to: str,
         payload: object,
         *,
-        timeout: float = 30.0,
+        timeout: float = ANSWER_TIMEOUT_SECONDS,
         expect: type[Any] | None = None,
     ) -> Any:
         """Send ``payload`` to listener ``to`` and wait for the conversation's answer.
@@ -498,7 +497,9 @@ class Organism:
             check_expected(answer, expect, to, "the request")
         return answer
 
-    async def request_envelope(self, data: bytes | str, *, timeout: float = 30.0) -> bytes:
+    async def request_envelope(
+        self, data: bytes | str, *, timeout: float = ANSWER_TIMEOUT_SECONDS
+    ) -> bytes:
         """Answer a raw v1 envelope from outside with a raw answer envelope: for gateways.
 
         The envelope is read and checked exactly as by `inject` (guarded parser, reason codes,
@@ -719,7 +720,7 @@ class Organism:
                 the organism, dead letters and all.
         """
         spec = self._backend
-        if isinstance(spec, BackendConfig) and spec.type == "manager" and not _durable(spec):
+        if isinstance(spec, BackendConfig) and spec.type == "manager" and not is_durable(spec):
             raise UsageError(
                 f"organism {self.name!r} is stopped, and the manager server it started stopped "
                 "with it, dead letters included; read them while it runs, or give "
@@ -789,34 +790,6 @@ def _own_listen(sink: object) -> object:
     if isinstance(sink, PrometheusSinkConfig) and sink.listen is None:
         return replace(sink, listen=DEFAULT_PROMETHEUS_LISTEN)
     return sink
-
-
-def _durable(backend: BackendConfig | Backend) -> bool:
-    """Whether what the backend keeps outlives this process."""
-    if isinstance(backend, BackendConfig):
-        return backend.type == "redis" or backend.manager_address is not None
-    if isinstance(backend, ManagerBackend):
-        return backend.server is None  # a server this process started dies with it
-    return not isinstance(backend, MemoryBackend)
-
-
-def _describe_backend(backend: BackendConfig | Backend) -> str:
-    """Where the backend keeps its data, for people (messages, the console, ``/api/graph``):
-    a `BackendConfig` by its ``type`` (memory, redis, manager with or without an address), a
-    `Backend` object by what it is (its repr names its address)."""
-    if isinstance(backend, MemoryBackend) or (
-        isinstance(backend, BackendConfig) and backend.type == "memory"
-    ):
-        return "the memory of this process"
-    if not isinstance(backend, BackendConfig):
-        if isinstance(backend, ManagerBackend) and backend.server is not None:
-            return f"the manager server this process started ({backend!r})"
-        return repr(backend)
-    if backend.type == "redis":
-        return f"redis at {backend.redis_url.rpartition('@')[2]}, prefix {backend.redis_prefix!r}"
-    if backend.manager_address is not None:
-        return f"the manager server at {backend.manager_address}"
-    return "the manager server this organism starts"
 
 
 def _checked_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 from xml_pipeline._errors import UsageError
 
 __all__ = [
+    "ANSWER_TIMEOUT_SECONDS",
     "BACKEND_TYPES",
     "JITTER",
     "LISTENER_NAME",
@@ -369,6 +370,10 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 
 # -- the organism ---------------------------------------------------------------------------
+
+# How long a caller waits for a conversation's answer unless it says (Organism.request and
+# request_envelope, organism run --timeout, organism dlq replay --timeout).
+ANSWER_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

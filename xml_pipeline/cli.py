@@ -45,6 +45,7 @@ from xml_pipeline._errors import ConfigError, NotFoundError, UsageError, XmlPipe
 from xml_pipeline._graph import OrganismGraph, render_svg
 from xml_pipeline._loader import cpu_bound_call_warnings, validate_organism
 from xml_pipeline._organism import Organism
+from xml_pipeline._settings import ANSWER_TIMEOUT_SECONDS
 from xml_pipeline._wire.json_schema import json_schema
 from xml_pipeline._wire.payloads import payload_spec
 from xml_pipeline.control.settings import ControlConfig, parse_listen
@@ -113,7 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--to", help="target listener for --send")
     run.add_argument("--send", metavar="PAYLOAD_XML", help="one payload to send to --to")
     run.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for each answer (30)"
+        "--timeout",
+        type=float,
+        default=ANSWER_TIMEOUT_SECONDS,
+        help=f"seconds to wait for each answer ({ANSWER_TIMEOUT_SECONDS:g})",
     )
     run.add_argument(
         "--trace", action="store_true", help="print each conversation's hop tree on stderr"

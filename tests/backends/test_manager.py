@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from multiprocessing.managers import BaseManager
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import anyio
@@ -17,6 +19,7 @@ from tests.processes import freeze, thaw
 from tests.redis_server import free_port
 from xml_pipeline._errors import BackendError
 from xml_pipeline.backends import ManagerBackend, ManagerServer, start_manager_server
+from xml_pipeline.backends import manager as manager_module
 
 pytestmark = pytest.mark.anyio
 
@@ -203,7 +206,8 @@ async def test_a_hung_server_fails_operations_after_the_reply_timeout_instead_of
         backend = ManagerBackend(server.address, server.authkey, reply_timeout_seconds=0.5)
         await backend.open()
         await backend.put_root(ROOT, "organism")
-        pid = server._manager._process.pid  # type: ignore[attr-defined]
+        pid = server.pid
+        assert pid is not None
         freeze(pid)
         try:
             with anyio.fail_after(10), pytest.raises(BackendError) as caught:
@@ -286,3 +290,30 @@ def test_cpython_still_speaks_the_manager_protocol_we_speak() -> None:
             )
         with Client(server.address, authkey=server.authkey) as conn:
             ours._request(conn, None, ours._DECREF, (ident,))
+
+
+# -- the CPython internal the state server relies on (issue 10, item 8) ------------------------
+
+
+def test_manager_process_internal_is_what_the_backend_expects() -> None:
+    """BaseManager._process is still the started server's process: the backend watches its
+    sentinel to restart a dead server and reports its pid (`manager._server_process`)."""
+    with start_manager_server() as server:
+        process = manager_module._server_process(server._manager)  # raises if CPython changed it
+        assert isinstance(process, BaseProcess) and process.is_alive()
+        assert process.pid == server.pid
+    assert server.pid is None
+
+
+@pytest.mark.parametrize("held", ["missing", "not a process"])
+def test_a_changed_manager_process_internal_fails_loudly(held: str) -> None:
+    """Should a Python release move the server's process, the backend says so plainly rather
+    than run a server nobody watches (before: getattr(..., None) and no restarts, silently)."""
+    manager = BaseManager()  # never started: it has no _process
+    if held != "missing":
+        manager._process = held  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match=r"BaseManager\._process, a multiprocessing") as e:
+        manager_module._server_process(manager)
+    assert "report this as a bug" in str(e.value)
+    if held == "missing":  # a start() that failed before it made the process
+        assert manager_module._server_process(manager, started=False) is None

@@ -21,6 +21,9 @@ from xml_pipeline import (
     XmlInputError,
     payload,
 )
+from xml_pipeline._runtime.pump import StreamPump
+from xml_pipeline._runtime.registry import ThreadRegistry
+from xml_pipeline._wire.parsing import ParseLimits
 from xml_pipeline.backends.memory import MemoryBackend
 from xml_pipeline.testing import capture, drain
 
@@ -521,3 +524,21 @@ async def test_request_refuses_an_expect_that_is_not_a_payload_class_before_send
         with pytest.raises(UsageError, match=r"request\('front'\): expect= takes a @payload"):
             await org.request("front", Ask(text="hi"), timeout=5, expect=expect)  # type: ignore[call-overload]
         assert org.stats.conversations == 0
+
+
+async def test_a_cpu_bound_listener_without_a_pool_invoker_is_refused_not_run_inline() -> None:
+    """Issue 10, item 6: a pump given a cpu_bound listener and no invoker refuses to be built,
+    naming the listener, rather than run the handler in the event loop's thread."""
+    listeners = [
+        Listener("front", Ask, front, peers=("back.end",)),
+        Listener("back.end", Echo, back, cpu_bound=True),
+    ]
+    with pytest.raises(UsageError, match=r"cpu_bound listeners \['back\.end'\] need a process"):
+        StreamPump(
+            listeners,
+            ThreadRegistry(MemoryBackend(), "org"),
+            limits=ParseLimits(),
+            ingress_limit=8,
+            ingress_wait_seconds=1,
+            max_hops=100,
+        )

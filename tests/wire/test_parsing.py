@@ -12,6 +12,8 @@ import pytest
 from lxml import etree
 
 from xml_pipeline._errors import XmlInputError, XmlPipelineError
+from xml_pipeline._settings import OrganismSettings
+from xml_pipeline._wire import parsing
 from xml_pipeline._wire.parsing import DEFAULT_MAX_BYTES, ParseLimits, parse_guarded
 
 
@@ -185,6 +187,14 @@ def test_size_cap_counts_the_utf8_bytes_of_a_str() -> None:
     text = "<m>" + "é" * (DEFAULT_MAX_BYTES // 2) + "</m>"  # fewer characters than the cap
     assert len(text) < DEFAULT_MAX_BYTES
     assert rejected(text).reason == "too_large"
+
+
+def test_the_default_size_cap_is_the_organisms_max_message_bytes_default() -> None:
+    """One default, written in the settings: the parser's cap when none is given is the one an
+    organism applies when organism.yaml says nothing."""
+    assert ParseLimits().max_bytes == DEFAULT_MAX_BYTES == OrganismSettings().max_message_bytes
+    source = Path(parsing.__file__).read_text(encoding="utf-8")
+    assert "262144" not in source and "256 * 1024" not in source
 
 
 # -- broken input ---------------------------------------------------------------------------------

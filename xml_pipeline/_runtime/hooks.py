@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["ConversationEvent", "Event", "Hooks", "HopEvent", "HopTally"]
+__all__ = ["ConversationEvent", "Event", "HookSubscriber", "Hooks", "HopEvent", "HopTally"]
 
 log = logging.getLogger("xml_pipeline.hooks")
 
@@ -97,7 +97,23 @@ class ConversationEvent(NamedTuple):
 
 
 Event = HopEvent | ConversationEvent
-Subscriber = Callable[[Event], None]
+
+
+@runtime_checkable
+class HookSubscriber(Protocol):
+    """What `Hooks.subscribe` takes: called with each event, on the event loop's thread.
+
+    The contract, run against every subscriber of the library by
+    ``tests/runtime/test_hook_subscriber_contract.py``: it takes every kind of event (hop
+    ``started``/``finished``/``answered``, conversation ``opened``/``ended``, failures
+    included) without raising (one that raises is logged and unsubscribed); it returns at once,
+    never blocking or awaiting (hand slow work to a queue of its own); it does not change the
+    event's payload; once unsubscribed it is called no more.
+    """
+
+    def __call__(self, event: Event, /) -> None: ...
+
+
 # tally(listener, sender, attempt, duration, outcome): a finished hop, as `HopEvent` has them
 HopTally = Callable[[str, str, int, float, "str | None"], None]
 
@@ -116,11 +132,11 @@ class Hooks:
     )  # fmt: skip
 
     def __init__(self) -> None:
-        self._subscribers: tuple[Subscriber, ...] = ()  # replaced, never changed: emit reads it
-        self._starters: tuple[Subscriber, ...] = ()  # those that want started events
-        self._hop_subscribers: tuple[Subscriber, ...] = ()  # those that want finished events
+        self._subscribers: tuple[HookSubscriber, ...] = ()  # replaced, never changed: emit reads it
+        self._starters: tuple[HookSubscriber, ...] = ()  # those that want started events
+        self._hop_subscribers: tuple[HookSubscriber, ...] = ()  # those that want finished events
         # those that want conversation and answered events
-        self._conversation_subscribers: tuple[Subscriber, ...] = ()
+        self._conversation_subscribers: tuple[HookSubscriber, ...] = ()
         self._tallies: tuple[HopTally, ...] = ()
         self.active = False  # whether anybody observes (subscribers or tallies): hops timed
         self.events = False  # whether anybody wants conversation and answered events
@@ -134,7 +150,7 @@ class Hooks:
 
     def subscribe(
         self,
-        subscriber: Subscriber,
+        subscriber: HookSubscriber,
         *,
         started: bool = True,
         hops: bool = True,
@@ -192,7 +208,7 @@ class Hooks:
         self.hop_events = bool(self._hop_subscribers)
         self.tally = _fan_out(self._tallies)
 
-    def _drop(self, subscriber: Subscriber) -> None:
+    def _drop(self, subscriber: HookSubscriber) -> None:
         self._subscribers = _without(self._subscribers, subscriber)
         self._starters = _without(self._starters, subscriber)
         self._hop_subscribers = _without(self._hop_subscribers, subscriber)
@@ -217,7 +233,7 @@ class Hooks:
         """Hand a ``started`` event to the subscribers that want those."""
         self._deliver(self._starters, event)
 
-    def _deliver(self, subscribers: tuple[Subscriber, ...], event: Event) -> None:
+    def _deliver(self, subscribers: tuple[HookSubscriber, ...], event: Event) -> None:
         for subscriber in subscribers:
             try:
                 subscriber(event)
@@ -240,7 +256,9 @@ def _fan_out(tallies: tuple[HopTally, ...]) -> HopTally | None:
     return every
 
 
-def _without(subscribers: tuple[Subscriber, ...], subscriber: Subscriber) -> tuple[Subscriber, ...]:
+def _without(
+    subscribers: tuple[HookSubscriber, ...], subscriber: HookSubscriber
+) -> tuple[HookSubscriber, ...]:
     if subscriber not in subscribers:
         return subscribers
     kept = list(subscribers)

@@ -177,3 +177,11 @@ class Hop:
         self.started = 0.0  # when its handler started (time.time())
         self.progress = ""  # what its handler said with meta.progress()
         self.output: RunOutput | None = None  # what it wrote with meta.log() (made lazily)
+
+    def log(self, line: str) -> None:
+        """Keep a line of its handler's output (``meta.log``, a worker's prints): the output
+        is made on the first line, so a hop that writes none pays nothing."""
+        output = self.output
+        if output is None:
+            output = self.output = RunOutput()
+        output.write(line)

@@ -98,13 +98,13 @@ def _said(hop: Any, kind: int, text: str) -> None:
     if kind == OUTPUT_PROGRESS:
         hop.progress = text
         return
+    if kind != OUTPUT_DROPPED:
+        hop.log(text)
+        return
     output = hop.output
     if output is None:
         output = hop.output = RunOutput()
-    if kind == OUTPUT_DROPPED:
-        output.dropped += int(text) if text.isdigit() else 1
-    else:
-        output.write(text)
+    output.dropped += int(text) if text.isdigit() else 1
 
 
 def _refused(listener: str, thread: str, result: Refusal | Raised) -> DeliveryError:

@@ -87,21 +87,16 @@ def run_handler(
         return failure_data("raised", exc)
 
 
-class _Output:
-    __slots__ = ()
-
-    def write(self, line: str) -> None:
-        emit(OUTPUT_LINE, line)
-
-
 class _WorkerRun:
     """What ``meta.progress``/``meta.log`` write to in a worker: sent to the parent's run."""
 
-    __slots__ = ("attempt", "output")
+    __slots__ = ("attempt",)
 
     def __init__(self, attempt: int) -> None:
         self.attempt = attempt
-        self.output = _Output()
+
+    def log(self, line: str) -> None:
+        emit(OUTPUT_LINE, line)
 
     @property
     def progress(self) -> str:

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from lxml import etree
 
 from xml_pipeline._errors import XmlInputError
+from xml_pipeline._settings import OrganismSettings, defaults
 
 __all__ = ["DEFAULT_MAX_BYTES", "ParseLimits", "parse_guarded", "parse_internal"]
 
-DEFAULT_MAX_BYTES = 256 * 1024
+# the default of the organism's max_message_bytes, read where it is written (not again here)
+DEFAULT_MAX_BYTES: int = defaults(OrganismSettings)["max_message_bytes"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """Building and opening a backend from its configuration (``backend:`` in organism.yaml).
 
-The one place that knows which class serves which ``type``, and that a manager backend with no
-``manager_address`` starts (and stops) a state server of its own.
+The one place that knows which class serves which ``type``, that a manager backend with no
+``manager_address`` starts (and stops) a state server of its own, which backends outlive this
+process, and how each is named for people.
 """
 
 from __future__ import annotations
@@ -11,8 +12,21 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from xml_pipeline._settings import BackendConfig
 from xml_pipeline.backends.base import Backend
+from xml_pipeline.backends.manager import ManagerBackend
+from xml_pipeline.backends.memory import MemoryBackend
 
-__all__ = ["open_backend"]
+__all__ = ["describe_backend", "is_durable", "kept_across_runs", "open_backend"]
+
+
+def kept_across_runs(config: BackendConfig | Backend) -> BackendConfig | Backend:
+    """What each run of an organism opens: a memory config becomes one `MemoryBackend` for
+    every run (its dead letters outlast a restart in-process); the others as given."""
+    if isinstance(config, BackendConfig) and config.type == "memory":
+        return MemoryBackend(
+            thread_ttl_seconds=config.thread_ttl_seconds,
+            history_max_entries=config.history_max_entries,
+        )
+    return config
 
 
 @asynccontextmanager
@@ -52,7 +66,7 @@ def _build(config: BackendConfig, namespace: str, stack: AsyncExitStack) -> Back
             history_max_entries=most,
         )
     if config.type == "manager":
-        from xml_pipeline.backends.manager import ManagerBackend, start_manager_server
+        from xml_pipeline.backends.manager import start_manager_server
 
         address = config.manager_host_port
         server = None
@@ -70,6 +84,32 @@ def _build(config: BackendConfig, namespace: str, stack: AsyncExitStack) -> Back
             history_max_entries=most,
             server=server,
         )
-    from xml_pipeline.backends.memory import MemoryBackend
-
     return MemoryBackend(thread_ttl_seconds=ttl, history_max_entries=most)
+
+
+def is_durable(backend: BackendConfig | Backend) -> bool:
+    """Whether what the backend keeps outlives this process."""
+    if isinstance(backend, BackendConfig):
+        return backend.type == "redis" or backend.manager_address is not None
+    if isinstance(backend, ManagerBackend):
+        return backend.server is None  # a server this process started dies with it
+    return not isinstance(backend, MemoryBackend)
+
+
+def describe_backend(backend: BackendConfig | Backend) -> str:
+    """Where the backend keeps its data, for people (messages, the console, ``/api/graph``):
+    a `BackendConfig` by its ``type`` (memory, redis, manager with or without an address), a
+    `Backend` object by what it is (its repr names its address)."""
+    if isinstance(backend, MemoryBackend) or (
+        isinstance(backend, BackendConfig) and backend.type == "memory"
+    ):
+        return "the memory of this process"
+    if not isinstance(backend, BackendConfig):
+        if isinstance(backend, ManagerBackend) and backend.server is not None:
+            return f"the manager server this process started ({backend!r})"
+        return repr(backend)
+    if backend.type == "redis":
+        return f"redis at {backend.redis_url.rpartition('@')[2]}, prefix {backend.redis_prefix!r}"
+    if backend.manager_address is not None:
+        return f"the manager server at {backend.manager_address}"
+    return "the manager server this organism starts"

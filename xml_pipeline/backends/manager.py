@@ -26,6 +26,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import platform
 import secrets
 import signal
 import threading
@@ -34,6 +35,7 @@ from collections.abc import Sequence
 from multiprocessing.connection import Client, Connection, wait
 from multiprocessing.context import BaseContext
 from multiprocessing.managers import BaseManager
+from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Any, Literal
 
@@ -202,8 +204,8 @@ class ManagerServer:
         process = self._process()
         return None if process is None or self.gone is not None else process.pid
 
-    def _process(self) -> Any:
-        return getattr(self._manager, "_process", None)
+    def _process(self) -> BaseProcess | None:
+        return _server_process(self._manager)
 
     def wait_serving(self, timeout: float) -> bool:
         """Block until the server serves (it may be restarting); whether it does."""
@@ -232,6 +234,8 @@ class ManagerServer:
         # One thread per server: sleeps on the process sentinel, so a death is seen at once.
         while True:
             process = self._process()
+            if process is None:  # joined by its manager: there is nothing left to watch
+                return
             wait([process.sentinel, self._wake_r])
             if self._stopping:
                 return
@@ -324,7 +328,7 @@ def start_manager_server(
     try:
         manager.start(initializer=_init_server, initargs=(os.getpid(),))
     except (OSError, EOFError) as exc:
-        process = getattr(manager, "_process", None)
+        process = _server_process(manager, started=False)
         if process is not None:
             process.join(_CONNECT_TIMEOUT)
             error = guard_error("the state server", process.exitcode)
@@ -786,6 +790,32 @@ class ManagerBackend:
             f"state server at {self._where} unreachable: {what}: {exc!r}; {hint}",
             reason="backend_unreachable",
         )
+
+
+def _server_process(manager: BaseManager, *, started: bool = True) -> BaseProcess | None:
+    """The process a manager runs its server in (``None`` once joined).
+
+    The backend's one use of ``BaseManager._process``: there is no public view of the server's
+    process, and `ManagerServer` needs it to see the server die (its sentinel), to say its pid
+    and to tell a child that died for want of a main guard. CPython 3.11-3.14 set it in
+    ``start()``; ``started=False`` accepts its absence (``start()`` failed before making the
+    process). The test ``test_manager_process_internal_is_what_the_backend_expects`` fails if
+    that changes.
+
+    Raises:
+        RuntimeError: this Python keeps the process elsewhere or in another shape.
+    """
+    held: object = getattr(manager, "_process", AttributeError)
+    if held is None or isinstance(held, BaseProcess):
+        return held
+    if held is AttributeError and not started:
+        return None
+    found = "no such attribute" if held is AttributeError else type(held).__name__
+    raise RuntimeError(
+        "ManagerServer finds the state server's process in BaseManager._process, a "
+        f"multiprocessing process, but Python {platform.python_version()} has {found} there; "
+        "run a Python version xml-pipeline supports and report this as a bug"
+    )
 
 
 def _unknown_ident(traceback_text: object, ident: str) -> bool:

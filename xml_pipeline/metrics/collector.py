@@ -26,6 +26,7 @@ from xml_pipeline._runtime.hooks import ConversationEvent, Event, Hooks
 from xml_pipeline._runtime.outcomes import PumpStats
 from xml_pipeline._runtime.pool import PoolStats
 from xml_pipeline._runtime.recovery import ListenerRecovery
+from xml_pipeline._settings import defaults
 from xml_pipeline.metrics.factory import open_sink
 from xml_pipeline.metrics.lane import DeadLetters, SinkLane
 from xml_pipeline.metrics.records import Batch, Sample, Summary, rows_of
@@ -37,6 +38,9 @@ from xml_pipeline.metrics.trace import Trace, TraceRecorder
 __all__ = ["MetricsCollector", "Probes"]
 
 log = logging.getLogger("xml_pipeline.metrics")
+
+# what a sink object given in code has when it lacks the attribute: a sink config's defaults
+_SINK = defaults(SinkSettings)
 
 _PROBE_SECONDS = 1.0  # the registry's size is read at most this long per sample
 
@@ -116,8 +120,8 @@ class MetricsCollector:
                     name,
                     open_sink(sink, context) if isinstance(sink, SinkSettings) else sink,
                     capacity=config.buffer,
-                    retry_seconds=getattr(sink, "retry_seconds", 30.0),
-                    required=getattr(sink, "required", True),
+                    retry_seconds=getattr(sink, "retry_seconds", _SINK["retry_seconds"]),
+                    required=getattr(sink, "required", _SINK["required"]),
                     dead_letters=self._dead_letters,
                 )
             )
