@@ -138,11 +138,6 @@ def test_outside_backends_only_the_protocol_and_the_factory_are_imported() -> No
     assert wrong == []
 
 
-# Holds the backend itself (run snapshots and commands): to move behind the registry (issue 10
-# audit, reported); the test fails once it has, so that this entry goes too.
-_NOT_YET_THROUGH_THE_REGISTRY = {"xml_pipeline._runtime.heartbeat"}
-
-
 def test_in_the_runtime_only_the_registry_holds_the_backend() -> None:
     """The registry is the one door to shared state (issue 10, item 3): no other module of the
     runtime names the `Backend` protocol (its records, such as `DeadLetter`, may travel)."""
@@ -152,7 +147,7 @@ def test_in_the_runtime_only_the_registry_holds_the_backend() -> None:
         if _in(module, "xml_pipeline._runtime")
         and {"xml_pipeline.backends.base.Backend", "xml_pipeline.backends.Backend"} & names
     }
-    assert holders - {"xml_pipeline._runtime.registry"} == _NOT_YET_THROUGH_THE_REGISTRY
+    assert holders - {"xml_pipeline._runtime.registry"} == set()
 
 
 def test_the_runtime_never_reads_yaml() -> None:

@@ -270,7 +270,7 @@ class Organism:
             runs = self._runs_config
             heartbeat = Heartbeat(
                 pump,
-                backend,
+                registry,
                 interval=runs.heartbeat_seconds,
                 lost_after=runs.lost_after_seconds,
                 forget_after=runs.forget_after_seconds,

@@ -28,8 +28,9 @@ from typing import Any
 
 from xml_pipeline._errors import UnknownIdError, UsageError
 from xml_pipeline._runtime.pump import StreamPump
+from xml_pipeline._runtime.registry import ThreadRegistry
 from xml_pipeline._runtime.runs import ACTIVE, Run
-from xml_pipeline.backends.base import Backend, RunSnapshot
+from xml_pipeline.backends.base import RunSnapshot
 
 __all__ = ["Heartbeat", "new_process_id"]
 
@@ -54,14 +55,14 @@ class Heartbeat:
     def __init__(
         self,
         pump: StreamPump,
-        backend: Backend,
+        registry: ThreadRegistry,
         *,
         interval: float,
         lost_after: float,
         forget_after: float,
     ) -> None:
         self._pump = pump
-        self._backend = backend
+        self._registry = registry
         self.process = pump.process
         self._interval = interval
         self._lost_after = lost_after
@@ -89,7 +90,7 @@ class Heartbeat:
             task.cancel()
             await asyncio.wait([task])
             try:
-                await self._backend.delete_runs(self.process)
+                await self._registry.delete_runs(self.process)
             except Exception as exc:  # it is forgotten after forget_after_seconds anyway
                 log.warning("could not remove the runs of process %s: %s", self.process, exc)
 
@@ -114,7 +115,7 @@ class Heartbeat:
     async def beat(self) -> None:
         """One heartbeat: write the snapshot, take the commands, carry them out."""
         snapshot = self._snapshot()
-        commands = await self._backend.put_runs(self.process, snapshot, self._forget_after)
+        commands = await self._registry.put_runs(self.process, snapshot, self._forget_after)
         self.beats += 1
         for command in commands:
             await self._carry_out(command)
@@ -157,7 +158,7 @@ class Heartbeat:
             BackendError: the backend is unreachable.
         """
         found = self._pump.runs(listener, status)
-        for snap in await self._backend.run_snapshots():
+        for snap in await self._registry.run_snapshots():
             if snap.process == self.process:
                 continue
             for run in self._read(snap):
@@ -212,7 +213,7 @@ class Heartbeat:
             UnknownIdError: no process lists an unfinished run of that conversation.
             BackendError: the backend is unreachable.
         """
-        for snap in await self._backend.run_snapshots():
+        for snap in await self._registry.run_snapshots():
             if snap.process == self.process:
                 continue
             if any(
@@ -230,7 +231,7 @@ class Heartbeat:
         )
 
     async def _snapshot_of(self, process: str, run_id: str) -> RunSnapshot:
-        for snap in await self._backend.run_snapshots():
+        for snap in await self._registry.run_snapshots():
             if snap.process == process:
                 return snap
         raise UnknownIdError(
@@ -241,7 +242,7 @@ class Heartbeat:
         )
 
     async def _push(self, process: str, command: dict[str, str], kind: str, ident: str) -> None:
-        if not await self._backend.push_run_command(process, json.dumps(command).encode()):
+        if not await self._registry.push_run_command(process, json.dumps(command).encode()):
             raise UnknownIdError(
                 f"no {kind} {ident}: process {process} is gone", kind=kind, id=ident
             )

@@ -64,6 +64,7 @@ from xml_pipeline._runtime.registry import ThreadRegistry, new_thread_id
 from xml_pipeline._runtime.retry import AttemptFailure, NoRetry, RetryPolicy
 from xml_pipeline._runtime.runs import ACTIVE, Run, RunStatus, Worker, rss_bytes
 from xml_pipeline._runtime.transport import LocalTransport, Transport
+from xml_pipeline._settings import DeadLetterConfig, OrganismSettings, RunsConfig, defaults
 from xml_pipeline._wire.codecs import xml_safe
 from xml_pipeline._wire.envelope import Envelope
 from xml_pipeline._wire.history import HistoryEntry
@@ -72,6 +73,13 @@ from xml_pipeline._wire.payloads import check_payload, from_element, is_payload,
 from xml_pipeline._wire.traceparent import traceparent_problem
 
 __all__ = ["PumpStats", "StreamPump"]
+
+# the defaults of the settings the pump is given (written once, in _settings)
+_DEFAULTS = {
+    "outbox_size": defaults(OrganismSettings)["outbox_size"],
+    "dead_letters_max": defaults(DeadLetterConfig)["max_entries"],
+    "keep_finished": defaults(RunsConfig)["keep_finished"],
+}
 
 log = logging.getLogger("xml_pipeline.pump")
 EXTERNAL = "_external"
@@ -104,9 +112,9 @@ class StreamPump:
         pool_invoker: Invoker | None = None,
         pool_workers: int = 1,
         retry: RetryPolicy | None = None,
-        outbox_size: int = 1000,
-        dead_letters_max: int = 100_000,
-        keep_finished: int = 200,
+        outbox_size: int = _DEFAULTS["outbox_size"],
+        dead_letters_max: int = _DEFAULTS["dead_letters_max"],
+        keep_finished: int = _DEFAULTS["keep_finished"],
         process: str = "",
     ) -> None:
         policy = retry if retry is not None else NoRetry()

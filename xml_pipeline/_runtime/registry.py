@@ -24,7 +24,13 @@ from xml_pipeline._wire.history import (
     rollback_entry,
 )
 from xml_pipeline._wire.payloads import to_xml
-from xml_pipeline.backends.base import Backend, DeadLetter, PruneResult, ThreadRecord
+from xml_pipeline.backends.base import (
+    Backend,
+    DeadLetter,
+    PruneResult,
+    RunSnapshot,
+    ThreadRecord,
+)
 
 __all__ = ["ThreadRegistry", "new_thread_id"]
 
@@ -258,3 +264,40 @@ class ThreadRegistry:
     async def size(self) -> int:
         """Live records, the root included."""
         return await self._backend.count()
+
+    # -- every process's runs (the heartbeat's snapshots and commands) --------------------------
+
+    async def put_runs(
+        self, process: str, snapshot: bytes, forget_after_seconds: float
+    ) -> list[bytes]:
+        """Keep ``snapshot`` as the runs of ``process`` and take the commands queued for it, in
+        one backend step (see `Backend.put_runs`).
+
+        Raises:
+            BackendError: the backend failed.
+        """
+        return await self._backend.put_runs(process, snapshot, forget_after_seconds)
+
+    async def run_snapshots(self) -> list[RunSnapshot]:
+        """Every process's latest snapshot of its runs (see `Backend.run_snapshots`).
+
+        Raises:
+            BackendError: the backend failed.
+        """
+        return await self._backend.run_snapshots()
+
+    async def push_run_command(self, process: str, command: bytes) -> bool:
+        """Queue ``command`` for ``process``; False when no such process writes snapshots.
+
+        Raises:
+            BackendError: the backend failed.
+        """
+        return await self._backend.push_run_command(process, command)
+
+    async def delete_runs(self, process: str) -> None:
+        """Remove the snapshot of ``process`` and its queued commands (it stops).
+
+        Raises:
+            BackendError: the backend failed.
+        """
+        await self._backend.delete_runs(process)
