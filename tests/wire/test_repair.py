@@ -6,7 +6,7 @@ import dataclasses
 import re
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
@@ -496,6 +496,7 @@ ADDED_BY = {
 
 @settings(max_examples=600, deadline=None)
 @given(st.one_of(model_answers(), markup()))
+@example("<Answer><A--></Answer>")  # an end tag added for an element named "A--" (CI found it)
 def test_model_like_text_repairs_to_what_the_guarded_parser_reads_with_every_change_listed(
     text: str,
 ) -> None:
@@ -508,9 +509,15 @@ def test_model_like_text_repairs_to_what_the_guarded_parser_reads_with_every_cha
     if not result.changes:
         assert result.text == text, "a change that is not listed"
     found = set(kinds(result))
+    # an end tag repair added holds its element's name, which may end in "--" (<A-->): what
+    # else was added is counted without them
+    rest = result.text
+    for change in result.changes:
+        if change.kind == "closed_tag":
+            rest = rest.replace(change.detail.split()[1], "", 1)
     for added, by in ADDED_BY.items():
-        if result.text.count(added) > text.count(added):
-            assert found & by, f"{added!r} added without a change of kind {by}"
+        grown = (result.text if added == "</" else rest).count(added) > text.count(added)
+        assert not grown or found & by, f"{added!r} added without a change of kind {by}"
     assert repair(result.text) == RepairResult(result.text, ()), "the repaired text is final"
 
 

@@ -6,6 +6,7 @@ from xml_pipeline.backends.base import (
     DeadLetterCounts,
     ImmediateBackend,
     PruneResult,
+    RunSnapshot,
     ThreadRecord,
 )
 from xml_pipeline.backends.factory import open_backend
@@ -23,6 +24,7 @@ __all__ = [
     "MemoryBackend",
     "PruneResult",
     "RedisBackend",
+    "RunSnapshot",
     "ThreadRecord",
     "open_backend",
     "start_manager_server",
