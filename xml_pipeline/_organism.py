@@ -437,6 +437,18 @@ class Organism:
             )
         return self._pump
 
+    def _accepting(self) -> StreamPump:
+        """The pump a new conversation goes to: the running one, else (while and after the
+        organism stops) the stopped one, whose closed ingress refuses it with ``shutdown``. A
+        caller racing the stop gets the failure of those refused a moment later, not a usage
+        error (``organism run`` reported lines read just before a SIGTERM as ``[usage]``).
+
+        Raises:
+            UsageError: the organism has never been started (use ``async with``).
+        """
+        pump = self._pump or self._stopped
+        return pump if pump is not None else self._running()
+
     @property
     def process_pool(self) -> ProcessPool | None:
         """The pool running ``cpu_bound`` listeners (``None`` when there are none)."""
@@ -492,7 +504,7 @@ class Organism:
         """
         if expect is not None:
             check_expect(expect, f"request({to!r})")
-        answer = await self._running().request(to, payload, timeout)
+        answer = await self._accepting().request(to, payload, timeout)
         if expect is not None:
             check_expected(answer, expect, to, "the request")
         return answer
@@ -516,7 +528,7 @@ class Organism:
             UsageError: ``data`` is neither bytes nor str, or ``timeout`` is not a number of
                 seconds above 0.
         """
-        return await self._running().request_envelope(data, timeout)
+        return await self._accepting().request_envelope(data, timeout)
 
     def outcomes(self) -> AsyncIterator[Outcome]:
         """The outcomes of ``send``/``inject`` conversations as they end, oldest first.
@@ -550,7 +562,7 @@ class Organism:
             PayloadTypeError: ``payload`` is not a ``@payload`` object.
             SchemaViolation: ``payload`` does not conform to its class.
         """
-        return await self._running().send(to, payload)
+        return await self._accepting().send(to, payload)
 
     async def inject(self, data: bytes | str) -> str:
         """Feed a raw v1 envelope from outside; returns the new conversation's id.
@@ -569,7 +581,7 @@ class Organism:
                 ``overloaded``, ``shutdown``, ``backend_error``, ``backend_unreachable``.
             UsageError: ``data`` is neither bytes nor str.
         """
-        return await self._running().inject(data)
+        return await self._accepting().inject(data)
 
     @property
     def process(self) -> str:

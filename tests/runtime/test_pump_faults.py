@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -646,6 +646,61 @@ async def test_stats_and_dead_letters_stay_readable_after_the_organism_stops() -
         await org.wait_idle()
     assert org.stats.conversations == 1
     assert [d.reason for d in await org.dead_letters.list()] == ["handler_error"]
+
+
+def _envelope_to(listener: str) -> bytes:
+    ns = "https://xml-pipeline.org/ns/envelope/v1"
+    return (
+        f'<message xmlns="{ns}"><meta><to>{listener}</to></meta><Msg xmlns=""><text>x</text>'
+        "<n>1</n></Msg></message>"
+    ).encode()
+
+
+def _every_way_in(org: Organism) -> dict[str, Callable[[], Awaitable[object]]]:
+    """Each entry point that starts a conversation, called once."""
+    return {
+        "request": lambda: org.request("e", Msg(text="x"), timeout=5),
+        "request_envelope": lambda: org.request_envelope(_envelope_to("e"), timeout=5),
+        "send": lambda: org.send("e", Msg(text="x")),
+        "inject": lambda: org.inject(_envelope_to("e")),
+    }
+
+
+async def test_a_conversation_started_while_or_after_the_stop_fails_with_shutdown() -> None:
+    """A caller racing the stop (``organism run`` reading its last lines as SIGTERM came) gets
+    ``shutdown``, as those refused by the closing gate do, not a usage error; only an organism
+    that never ran says "not running"."""
+
+    async def echo(msg: Msg, meta: HandlerMetadata) -> HandlerResponse:
+        return HandlerResponse.respond(msg)
+
+    org = Organism([Listener("e", Msg, echo)], drain_timeout_seconds=1)
+    for start in _every_way_in(org).values():
+        with pytest.raises(UsageError, match="not running"):
+            await start()
+    racing: dict[str, BaseException | None] = {}
+
+    async def after_the_stop_began(name: str, start: Callable[[], Awaitable[object]]) -> None:
+        await asyncio.sleep(0)  # the stop has begun when this runs
+        try:
+            await start()
+            racing[name] = None
+        except BaseException as exc:
+            racing[name] = exc
+
+    async with org:
+        loop = asyncio.get_running_loop()
+        tasks = [
+            loop.create_task(after_the_stop_began(n, s)) for n, s in _every_way_in(org).items()
+        ]
+    await asyncio.gather(*tasks)
+    for name, exc in racing.items():
+        assert isinstance(exc, DeliveryError) and exc.reason == "shutdown", (name, exc)
+    for name, start in _every_way_in(org).items():  # and once it has stopped
+        with pytest.raises(DeliveryError) as refused:
+            await start()
+        assert refused.value.reason == "shutdown", name
+    assert org.stats.conversations == 0
 
 
 async def test_request_arguments_are_checked_where_they_enter() -> None:

@@ -155,6 +155,7 @@ class Conversations:
         conv.done = True
         if conv.due is not None:
             conv.due.discard(conv)  # its deadline (see deadlines.py)
+        conv.requester = None  # kept runs and dead letters hold conv: not the caller's task
         del self._open[conv.id]
         self._ingress.release()
         if not self._open:
