@@ -578,7 +578,7 @@ def test_run_sets_the_cyclic_gc_threshold_of_its_process_and_refuses_a_bad_one(
     assert default.stdout.strip() == "<Threshold><first>10000</first></Threshold>"
     chosen = organism("run", file, "--gc-threshold", "700", *ask)
     assert chosen.stdout.strip() == "<Threshold><first>700</first></Threshold>", chosen.stderr
-    for bad in ("0", "-5", "many"):
+    for bad in ("0", "-5", "many", "1.5", "2147483648"):  # 2**31: past a C int
         refused = organism("run", file, "--gc-threshold", bad, *ask)
         assert refused.returncode == 2
         assert "--gc-threshold: expected a whole number" in refused.stderr

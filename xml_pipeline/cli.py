@@ -125,7 +125,6 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--gc-threshold",
         type=_gc_threshold,
-        default=GC_THRESHOLD,
         metavar="N",
         help=f"the cyclic GC's first threshold ({GC_THRESHOLD}; Python's own is 700): with "
         "many conversations in flight the default collector walks them all again and again",
@@ -230,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 multiline=args.input is not None,
                 organism_file=args.file,
             )
-            _tune_gc(args.gc_threshold)
+            _tune_gc(args.gc_threshold)  # None: not given
             return _run_async(_cli_run.run(org, options))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -290,6 +289,7 @@ def _version() -> str:
 
 
 GC_THRESHOLD = 10_000
+_MOST_GC_THRESHOLD = 2**31 - 1  # gc.set_threshold takes a C int
 
 
 def _gc_threshold(text: str) -> int:
@@ -297,24 +297,29 @@ def _gc_threshold(text: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
+    if not 1 <= value <= _MOST_GC_THRESHOLD:
         raise argparse.ArgumentTypeError(
-            f"expected a whole number of allocations, at least 1 (Python's default: 700), "
-            f"got {text!r}"
+            f"expected a whole number of allocations from 1 to {_MOST_GC_THRESHOLD} (Python's "
+            f"default: 700), got {text!r}"
         )
     return value
 
 
-def _tune_gc(threshold: int) -> None:
+def _tune_gc(threshold: int | None) -> None:
     """Set the cyclic GC's first threshold for the organism's process (``organism run`` owns
     it; an embedding application decides for its own). Measured with ``bench_pump.py``: at
     30k conversations in flight, Python's 700 spends a third of the CPU per hop in full
     collections that find nothing to free (every in-flight task, future and frame walked
-    again); 10,000 brings that within a few percent of 1k in flight. Cyclic garbage waits
+    again, CPU per hop ~1.45x that at 1k); 10,000 brings it to ~1.2x. Cyclic garbage waits
     for 10,000 allocations instead of 700 (milliseconds at the pump's rate)."""
-    rest = gc.get_threshold()[1:]
-    gc.set_threshold(threshold, *rest)
-    log.debug("cyclic GC thresholds %s (--gc-threshold)", gc.get_threshold())
+    chosen = GC_THRESHOLD if threshold is None else threshold
+    gc.set_threshold(chosen, *gc.get_threshold()[1:])
+    source = (
+        "organism run's default; --gc-threshold N to change"
+        if threshold is None
+        else ("--gc-threshold")
+    )
+    log.debug("cyclic GC thresholds %s (%s)", gc.get_threshold(), source)
 
 
 def _run_async(coro: Any) -> int:

@@ -700,6 +700,7 @@ async def test_a_conversation_started_while_or_after_the_stop_fails_with_shutdow
         with pytest.raises(DeliveryError) as refused:
             await start()
         assert refused.value.reason == "shutdown", name
+        assert "start it again with 'async with organism:'" in refused.value.message
     assert org.stats.conversations == 0
 
 

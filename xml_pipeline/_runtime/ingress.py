@@ -42,7 +42,7 @@ class IngressGate:
             DeliveryError: the close error (``shutdown``) once the gate is closed.
         """
         if self._closed is not None:
-            raise self._closed
+            raise self._refusal(self._closed)
         if self.open < self.limit:
             self.open += 1
             return True
@@ -56,7 +56,7 @@ class IngressGate:
                 (``shutdown``) once the gate is closed.
         """
         if self._closed is not None:
-            raise self._closed
+            raise self._refusal(self._closed)
         if self.open < self.limit:
             self.open += 1
             return
@@ -91,7 +91,15 @@ class IngressGate:
         self._closed = error
         for waiter in self._waiters:
             if not waiter.done():
-                waiter.set_exception(error)
+                waiter.set_exception(self._refusal(error))
+
+    @staticmethod
+    def _refusal(closed: DeliveryError) -> DeliveryError:
+        """A fresh copy of the close error for each caller refused (one exception object
+        raised again and again would gather every caller's traceback)."""
+        return DeliveryError(
+            closed.message, reason=closed.reason, listener=closed.listener, thread=closed.thread
+        )
 
     def _forget_waiter(self) -> None:
         """A waiter gave up: drop the dead ones once they are half the queue (amortized O(1))."""

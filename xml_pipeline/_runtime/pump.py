@@ -213,7 +213,11 @@ class StreamPump:
         cancellation is abandoned (logged), never waited for. Dead letters still on their way
         to the backend get `_DEAD_LETTER_FLUSH` seconds."""
         self._closing = True
-        self._ingress.close(_shutdown())
+        self._ingress.close(DeliveryError(
+            "the organism is stopping or has stopped: it starts no new conversation (nothing "
+            "is counted or kept as a dead letter); start it again with 'async with organism:'",
+            reason="shutdown",
+        ))  # fmt: skip
         loop = asyncio.get_running_loop()
         # shielded: leaving `async with` from a cancelled scope must still stop everything
         with anyio.CancelScope(shield=True):
@@ -308,7 +312,7 @@ class StreamPump:
         conv.timeout = timeout
         conv.deadline = loop.time() + timeout
         deadlines = self._deadlines
-        if deadlines is None:  # not started: a wheel of its own (the loop's timer is cheap here)
+        if deadlines is None:  # a pump used without start(): a wheel on the running loop
             deadlines = self._deadlines = DeadlineWheel(loop, self._expire)
         conv.due = due = deadlines.add(conv, conv.deadline)
         try:
