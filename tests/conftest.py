@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -10,6 +11,12 @@ import tests.redis_server as private_redis
 from tests.redis_server import redis_session
 
 __all__ = ["anyio_backend", "redis_session"]
+
+# Commands the tests run (pytest, the CLI's argparse help, the examples' READMEs) lay their
+# output out to the terminal's width, which they read from COLUMNS: CI's terminal is wider than
+# a reader's, and a test comparing output with a README must see what the README shows. Every
+# process the suite starts inherits this; the suite's own width is set before it starts.
+os.environ["COLUMNS"] = "80"
 
 
 @pytest.hookimpl(tryfirst=True)

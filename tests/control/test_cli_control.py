@@ -50,7 +50,7 @@ class Running:
 
 
 def env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "XP_CONTROL_TOKEN": TOKEN, "COLUMNS": "80", **extra}
+    return {**os.environ, "XP_CONTROL_TOKEN": TOKEN, **extra}
 
 
 @pytest.fixture

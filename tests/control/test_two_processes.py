@@ -41,7 +41,7 @@ JOB = "@worker <Job><seconds>600.0</seconds><lines>{n}</lines></Job>"
 
 
 def env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "XP_CONTROL_TOKEN": TOKEN, "COLUMNS": "80", **extra}
+    return {**os.environ, "XP_CONTROL_TOKEN": TOKEN, **extra}
 
 
 class Process:
