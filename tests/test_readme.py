@@ -305,3 +305,25 @@ def test_the_manager_server_block_serves_the_manager_yaml_block(
             if process.poll() is None:
                 process.kill()
                 process.communicate()
+
+
+def test_the_quick_start_prints_what_the_readme_says(env: dict[str, str], repo_copy: Path) -> None:
+    """The sentence under the quick start names the answer (standard output) and the log line
+    (standard error) of its first command, and how to leave the log line out."""
+    text = README.read_text(encoding="utf-8")
+    said = re.search(
+        r"The first prints `([^`]+)` on standard output, and on\s+standard error the log line "
+        r"`([^`]+)`\s+\(`organism --log-level (\w+) run \.\.\.` leaves it out\)",
+        text,
+    )
+    assert said, "the quick start no longer says what its first command prints"
+    command = re.search(r"pip install -e \. && (organism run [^\n]+)", text)
+    assert command, "the quick start's first command is not `pip install -e . && organism run ...`"
+    words = shlex.split(command[1])
+    done = run(words, repo_copy, env)
+    assert done.returncode == 0, completed(done, "the quick start")
+    assert done.stdout.strip() == said[1]
+    assert done.stderr.strip() == said[2]
+    quiet = run([words[0], "--log-level", said[3], *words[1:]], repo_copy, env)
+    assert quiet.returncode == 0, completed(quiet, "the quick start, quieter")
+    assert (quiet.stdout.strip(), quiet.stderr) == (said[1], "")
