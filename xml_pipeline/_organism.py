@@ -604,7 +604,7 @@ class Organism:
         Raises:
             UsageError: the organism is not running.
         """
-        return self._running().runs(listener, status)
+        return self._running().run_views.runs(listener, status)
 
     async def all_runs(
         self, *, listener: str | None = None, status: str | None = None
@@ -622,7 +622,7 @@ class Organism:
         pump = self._running()
         heartbeat = self._heartbeat
         if heartbeat is None:
-            return pump.runs(listener, status)
+            return pump.run_views.runs(listener, status)
         return await heartbeat.all_runs(listener, status)
 
     async def cancel_run(self, run_id: str) -> None:
@@ -672,7 +672,7 @@ class Organism:
         pool = self._pool
         if pool is None:
             return []
-        return pump.workers(pool)
+        return pump.run_views.workers(pool)
 
     async def kill_worker(self, pid: int) -> None:
         """Kill a worker process of the pool with SIGKILL. The pool replaces it; the run it

@@ -228,10 +228,10 @@ async def test_a_snapshot_builds_at_most_its_limit_of_unfinished_runs_and_counts
         for _ in range(5):
             await org.send("long", Work())
         await until(lambda: len(org.runs()) == 5)
-        pump = org._running()
-        runs, omitted = pump.active_runs(2)
+        views = org._running().run_views
+        runs, omitted = views.active_runs(2)
         assert [run.status for run in runs] == ["running", "queued"] and omitted == 3
-        assert pump.active_runs()[1] == 0 and len(pump.active_runs()[0]) == 5
+        assert views.active_runs()[1] == 0 and len(views.active_runs()[0]) == 5
         await org.cancel_run(runs[0].run_id)
-        await until(lambda: pump.finished_runs())
-        assert [run.status for run in pump.finished_runs()] == ["cancelled"]
+        await until(lambda: views.finished_runs())
+        assert [run.status for run in views.finished_runs()] == ["cancelled"]

@@ -2,7 +2,7 @@
 
 Each running organism is a *process* with an instance id (six hex digits, new at every start;
 run ids end with it: ``r12@3fa9c1``). Every ``heartbeat_seconds`` its `Heartbeat` writes a
-snapshot of its runs (`StreamPump.runs`, as JSON) to the backend and takes, in the same step,
+snapshot of its runs (`RunViews.runs`, as JSON) to the backend and takes, in the same step,
 the commands other processes queued for it (cancel a run, cancel a conversation), which it
 carries out at once. So a cancel from another process takes effect within one heartbeat
 interval (plus a backend round trip).
@@ -121,8 +121,8 @@ class Heartbeat:
             await self._carry_out(command)
 
     def _snapshot(self) -> bytes:
-        active, omitted = self._pump.active_runs(MAX_SNAPSHOT_RUNS)
-        kept = active + self._pump.finished_runs()
+        active, omitted = self._pump.run_views.active_runs(MAX_SNAPSHOT_RUNS)
+        kept = active + self._pump.run_views.finished_runs()
         document = {
             "process": self.process,
             "pid": os.getpid(),
@@ -157,7 +157,7 @@ class Heartbeat:
         Raises:
             BackendError: the backend is unreachable.
         """
-        found = self._pump.runs(listener, status)
+        found = self._pump.run_views.runs(listener, status)
         for snap in await self._registry.run_snapshots():
             if snap.process == self.process:
                 continue

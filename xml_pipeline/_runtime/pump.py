@@ -62,7 +62,7 @@ from xml_pipeline._runtime.pool import ProcessPool
 from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry, new_thread_id
 from xml_pipeline._runtime.retry import AttemptFailure, NoRetry, RetryPolicy
-from xml_pipeline._runtime.runs import ACTIVE, Run, RunStatus, Worker, rss_bytes
+from xml_pipeline._runtime.run_views import Finished, RunViews
 from xml_pipeline._runtime.transport import LocalTransport, Transport
 from xml_pipeline._settings import DeadLetterConfig, OrganismSettings, RunsConfig, defaults
 from xml_pipeline._wire.codecs import xml_safe
@@ -164,12 +164,12 @@ class StreamPump:
         self._compensating = frozenset(s.name for s in self._states.values() if s.compensate)
         self._last_run = 0  # run ids are given in order: a smaller one has started already
         # finished runs, newest last: one append per run (None: none kept)
-        self._finished: deque[tuple[Hop, str, str, float]] | None = (
+        self._finished: deque[Finished] | None = (
             deque(maxlen=keep_finished) if keep_finished else None
         )
         self.process = process  # the instance id run ids end with ("r12@3fa9c1")
-        self._suffix = f"@{process}" if process else ""
-        self._pool: ProcessPool | None = getattr(pool_invoker, "pool", None)
+        pool: ProcessPool | None = getattr(pool_invoker, "pool", None)
+        self.run_views = RunViews(self._conversations, self._states, self._finished, pool, process)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -511,54 +511,6 @@ class StreamPump:
 
     # -- seeing and steering running work ------------------------------------------------------
 
-    def runs(self, listener: str | None = None, status: str | None = None) -> list[Run]:
-        """The handler runs of open conversations now (running, waiting in ``meta.call``, and
-        queued for a slot), then the finished runs kept, newest first (see `Organism.runs`)."""
-        found, _ = self.active_runs()
-        suffix = self._suffix
-        if self._finished is not None and status not in ACTIVE:
-            for hop, outcome, message, at in reversed(self._finished):
-                if listener is None or hop.state.name == listener:
-                    found.append(_finished_run(hop, outcome, message, at, suffix))
-        return [
-            run
-            for run in found
-            if (listener is None or run.listener == listener)
-            and (status is None or run.status == status)
-        ]
-
-    def active_runs(self, limit: int | None = None) -> tuple[list[Run], int]:
-        """The unfinished runs now (running and waiting first, then queued), at most
-        ``limit`` of them, and how many more there are (a backlog is counted, not built)."""
-        if self._pool is not None:
-            self._pool.drain_starts()  # the worker pids of cpu_bound runs
-        now = time.time()
-        found: list[Run] = []
-        suffix = self._suffix
-        cap = math.inf if limit is None else limit
-        for conv in self._conversations.all():
-            for hop in conv.running:
-                if len(found) < cap:
-                    found.append(_run(hop, "waiting" if hop.waits else "running", now, suffix))
-        for state in self._states.values():
-            for hop in state.backlog:
-                if len(found) >= cap:
-                    break
-                if not hop.conv.done:
-                    found.append(_run(hop, "queued", now, suffix))
-        if limit is None or len(found) < limit:
-            return found, 0
-        running = sum(len(conv.running) for conv in self._conversations.all())
-        queued = sum(1 for st in self._states.values() for hop in st.backlog if not hop.conv.done)
-        return found, max(0, running + queued - len(found))
-
-    def finished_runs(self) -> list[Run]:
-        """The finished runs kept, newest first."""
-        if self._finished is None:
-            return []
-        suffix = self._suffix
-        return [_finished_run(*entry, suffix) for entry in reversed(self._finished)]
-
     def cancel_run(self, run_id: str) -> None:
         """Cancel a running handler: its caller gets ``cancelled`` (see `Organism.cancel_run`).
 
@@ -566,43 +518,15 @@ class StreamPump:
             UnknownIdError: no run of this process has that id.
             UsageError: the run has finished, or the id is not a run id.
         """
-        number = self._run_number(run_id)
-        for conv in self._conversations.all():
-            for hop in conv.running:
-                if hop.run == number and hop.settled is None:
-                    self._invocation.settle(hop, "cancelled")
-                    self._spawn_call(self._report_cancel(hop))
-                    return
-        if 0 < number <= self._last_run:
-            raise UsageError(f"run {run_id} is not running any more: it finished")
-        raise UnknownIdError(
-            f"no run {run_id} in this organism; list them with runs()", kind="run", id=run_id
-        )
-
-    def workers(self, pool: ProcessPool) -> list[Worker]:
-        """The worker processes of ``pool`` now, with the run each one runs (see
-        `Organism.workers`)."""
-        found = []
-        for pid, busy, done, tag in pool.worker_states():
-            run = getattr(tag, "run", 0) if busy else 0
-            run_id = f"r{run}{self._suffix}" if run else None
-            found.append(Worker(pid, "busy" if busy else "idle", done, rss_bytes(pid), run_id))
-        return found
-
-    def _run_number(self, run_id: str) -> int:
-        number, _, process = run_id.partition("@") if isinstance(run_id, str) else ("", "", "")
-        if process and process != self.process:
-            raise UnknownIdError(
-                f"run {run_id} belongs to process {process}, not to this one ({self.process})",
-                kind="run",
-                id=run_id,
-            )
-        return _run_number(number if isinstance(run_id, str) else run_id)
+        hop = self.run_views.running_hop(run_id, self._last_run)
+        self._invocation.settle(hop, "cancelled")
+        self._spawn_call(self._report_cancel(hop))
 
     async def _report_cancel(self, hop: Hop) -> None:
         if hop.conv.done:
             return
-        message = f"run r{hop.run}{self._suffix} of {hop.state.name!r} was cancelled (cancel_run)"
+        run = self.run_views.run_id(hop.run)
+        message = f"run {run} of {hop.state.name!r} was cancelled (cancel_run)"
         for nxt in await self._failed_run(hop, Reason.CANCELLED, message):
             self._transport.deliver(nxt)
 
@@ -1233,64 +1157,6 @@ class StreamPump:
 
 
 _SETTLED = {"ended": "ended", "timeout": "timeout", "cancelled": "cancelled"}
-
-
-def _run(hop: Hop, status: RunStatus, now: float, suffix: str) -> Run:
-    output = hop.output
-    return Run(
-        run_id=f"r{hop.run}{suffix}" if hop.run else "",
-        listener=hop.state.name,
-        conversation=hop.conv.id,
-        thread=hop.frame.thread,
-        attempt=hop.attempt,
-        status=status,
-        started_at=hop.started if hop.run else None,
-        elapsed_seconds=max(0.0, now - hop.started) if hop.run else 0.0,
-        cpu_bound=hop.state.cpu_bound,
-        progress=hop.progress,
-        output=tuple(output.lines) if output is not None else (),
-        output_dropped=output.dropped if output is not None else 0,
-        worker_pid=getattr(hop, "worker_pid", None),
-        process=suffix[1:],
-    )
-
-
-# a finished run's outcome -> its status (every other outcome is a failure)
-_FINISHED: dict[str, RunStatus] = {
-    "ok": "completed",
-    "cancelled": "cancelled",
-    "ended": "cancelled",
-    "shutdown": "cancelled",
-}
-
-
-def _finished_run(hop: Hop, outcome: str, message: str, at: float, suffix: str) -> Run:
-    output = hop.output
-    return Run(
-        run_id=f"r{hop.run}{suffix}",
-        listener=hop.state.name,
-        conversation=hop.conv.id,
-        thread=hop.frame.thread,
-        attempt=hop.attempt,
-        status=_FINISHED.get(outcome, "failed"),
-        started_at=hop.started,
-        elapsed_seconds=max(0.0, at - hop.started),
-        cpu_bound=hop.state.cpu_bound,
-        progress=hop.progress,
-        output=tuple(output.lines) if output is not None else (),
-        output_dropped=output.dropped if output is not None else 0,
-        outcome=outcome,
-        message=message,
-        finished_at=at,
-        worker_pid=getattr(hop, "worker_pid", None),
-        process=suffix[1:],
-    )
-
-
-def _run_number(run_id: str) -> int:
-    if not isinstance(run_id, str) or not run_id[1:].isdigit() or run_id[:1] != "r":
-        raise UsageError(f"a run id is r followed by digits (r12), not {run_id!r}")
-    return int(run_id[1:])
 
 
 def _under(frame: Frame | None, ancestor: Frame) -> bool:

@@ -1,15 +1,16 @@
 """Running work as people see it: a `Run` per handler run, its progress and output lines.
 
-A run is one hop's handler run (an attempt: a retried hop is a new run). `StreamPump.runs`
-builds the records on demand from what the pump holds anyway (its open conversations' running
-hops and its listeners' backlogs), so listing costs nothing per hop; a hop only gets a run id
-and a start time when its handler starts. What a handler reports with ``meta.progress`` and
-``meta.log`` is kept on its hop, the last `MAX_OUTPUT_LINES` lines of output per run.
+A run is one hop's handler run (an attempt: a retried hop is a new run). `RunViews`
+(``xml_pipeline._runtime.run_views``) builds the records on demand from what the pump holds
+anyway (its open conversations' running hops and its listeners' backlogs), so listing costs
+nothing per hop; a hop only gets a run id and a start time when its handler starts. What a
+handler reports with ``meta.progress`` and ``meta.log`` is kept on its hop, the last
+`MAX_OUTPUT_LINES` lines of output per run.
 
-A finished run costs one append to a bounded deque (`FinishedRuns`): the hop itself, its
-outcome and the time, and the `Run` record is built only when somebody lists it. Runs travel
-between processes as JSON (`Run.to_dict`, `Run.from_dict`) inside a process's heartbeat
-snapshot (`xml_pipeline._runtime.heartbeat`).
+A finished run costs one append to a bounded deque: the hop itself, its outcome and the time,
+and the `Run` record is built only when somebody lists it. Runs travel between processes as
+JSON (`Run.to_dict`, `Run.from_dict`) inside a process's heartbeat snapshot
+(`xml_pipeline._runtime.heartbeat`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import Any, Literal
 __all__ = [
     "ACTIVE",
     "MAX_OUTPUT_LINES",
-    "FinishedRuns",
     "Run",
     "RunOutput",
     "RunStatus",
@@ -159,17 +159,3 @@ class Worker:
     def to_dict(self) -> dict[str, Any]:
         """The worker as a JSON-ready dict, keyed by field name."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-
-class FinishedRuns:
-    """The newest ``keep`` finished runs, as ``(hop, outcome, message, finished_at)``: one
-    deque append per run, the `Run` built when listed. ``keep`` 0 keeps nothing."""
-
-    __slots__ = ("entries", "keep")
-
-    def __init__(self, keep: int) -> None:
-        self.keep = keep
-        self.entries: deque[tuple[Any, str, str, float]] = deque(maxlen=max(keep, 1))
-
-    def __len__(self) -> int:
-        return len(self.entries)
