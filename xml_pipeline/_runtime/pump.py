@@ -24,11 +24,9 @@ and the *continuation* loop, kept together because that is where a hop's time go
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import math
 import time
-import unicodedata
 from collections import deque
 from collections.abc import Sequence
 from time import perf_counter
@@ -45,9 +43,9 @@ from xml_pipeline._errors import (
     UnknownIdError,
     UsageError,
     XmlPipelineError,
-    raised_at,
 )
 from xml_pipeline._handlers import ErrorReport, HandlerMetadata, Listener
+from xml_pipeline._runtime.compensation import compensate
 from xml_pipeline._runtime.dead_letters import DeadLetterRecorder
 from xml_pipeline._runtime.deadlines import DeadlineWheel
 from xml_pipeline._runtime.hooks import ConversationEvent, Hooks, HopEvent
@@ -58,6 +56,7 @@ from xml_pipeline._runtime.invoker import Invoker
 from xml_pipeline._runtime.outbox import Outbox
 from xml_pipeline._runtime.outcomes import Conversations, Counters, PumpStats
 from xml_pipeline._runtime.outputs import Failure, check_outputs, no_route, wrong_class
+from xml_pipeline._runtime.outside import OutsideEnvelopes
 from xml_pipeline._runtime.pool import ProcessPool
 from xml_pipeline._runtime.recovery import ListenerRecovery
 from xml_pipeline._runtime.registry import ThreadRegistry, new_thread_id
@@ -69,8 +68,7 @@ from xml_pipeline._wire.codecs import xml_safe
 from xml_pipeline._wire.envelope import Envelope
 from xml_pipeline._wire.history import HistoryEntry
 from xml_pipeline._wire.parsing import ParseLimits
-from xml_pipeline._wire.payloads import check_payload, from_element, is_payload, to_xml
-from xml_pipeline._wire.traceparent import traceparent_problem
+from xml_pipeline._wire.payloads import check_payload, is_payload, to_xml
 
 __all__ = ["PumpStats", "StreamPump"]
 
@@ -124,13 +122,10 @@ class StreamPump:
         needing_pool = [s.name for s in self._states.values() if s.listener.cpu_bound]
         if needing_pool and pool_invoker is None:
             raise UsageError(f"cpu_bound listeners {needing_pool} need a process pool invoker")
-        # sender names an envelope from outside may not claim: listener names as people and
-        # terminals compare them (case, surrounding spaces, compatibility forms)
-        self._reserved = {_normal_name(name) for name in self._states}
         self._registry = registry
-        self._limits = limits
         self._max_hops = max_hops
         self._counters = Counters()
+        self._outside = OutsideEnvelopes(self._states, limits, self._counters)
         self._ingress = IngressGate(ingress_limit, ingress_wait_seconds)
         self._invocation = Invocation(
             pool=pool_invoker,
@@ -285,7 +280,7 @@ class StreamPump:
         """Start a conversation from a raw envelope and answer with a raw envelope (see
         `Organism.request_envelope`)."""
         _check_timeout(timeout)
-        state, obj, sender, traceparent = self._read_envelope(data)
+        state, obj, sender, traceparent = self._outside.read(data)
         conv = Conversation(None, state.name)
         conv.traceparent = traceparent
         sender = sender or EXTERNAL  # anonymous: the outside, as history records it
@@ -348,67 +343,11 @@ class StreamPump:
 
     async def inject(self, data: bytes | str) -> str:
         """Start a conversation from a raw envelope; returns its first thread id."""
-        state, obj, sender, traceparent = self._read_envelope(data, "inject()")
+        state, obj, sender, traceparent = self._outside.read(data, "inject()")
         conv = Conversation(None, state.name)
         conv.traceparent = traceparent
         self._transport.deliver(await self._open(conv, state, obj, sender or EXTERNAL))
         return conv.id
-
-    def _read_envelope(
-        self, data: bytes | str, where: str = "request_envelope()"
-    ) -> tuple[ListenerState, object, str, str]:
-        """The target, payload object, sender and trace context of an envelope from outside,
-        checked with the guarded parser; refusals are counted and logged. A malformed
-        ``traceparent`` is no refusal: it is counted, logged and left out ("").
-
-        Raises:
-            UsageError, XmlInputError, SchemaViolation, DeliveryError (see `Organism.inject`).
-        """
-        if not isinstance(data, bytes | str):
-            raise UsageError(
-                f"{where} takes a v1 envelope as bytes or str, not {type(data).__name__}"
-            )
-        try:
-            env = Envelope.from_bytes(data, self._limits)
-            state = self._states.get(env.to)
-            if state is None:
-                raise no_route(env.to, self._states)
-            if env.payload_tag != state.spec.tag:
-                raise DeliveryError(
-                    f"{env.to!r} accepts <{state.spec.tag}>, not <{env.payload_tag}>",
-                    reason="no_route", listener=env.to,
-                )  # fmt: skip
-            sender = env.sender
-            if sender and self._is_reserved(sender):
-                raise DeliveryError(
-                    f"an envelope from outside claims to come from {sender!r}, a listener or "
-                    "reserved name (names compare ignoring case, surrounding spaces and a "
-                    "leading '_'); leave <from> empty or name the outside sender",
-                    reason="forged_sender", listener=env.to,
-                )  # fmt: skip
-            obj: object = from_element(state.listener.payload_class, env.payload)
-        except XmlPipelineError as exc:
-            self._counters.rejected += 1
-            # inject()'s refusals are logged for operators; request_envelope()'s go back to a
-            # gateway's caller as its answer, and a public gateway must not let anyone fill the
-            # log with junk: debug only (both are counted in stats.rejected)
-            level = logging.DEBUG if where == "request_envelope()" else logging.WARNING
-            log.log(level, "%s refused an envelope: %s", where, exc)
-            raise
-        traceparent = env.traceparent
-        if traceparent and (problem := traceparent_problem(traceparent)) is not None:
-            self._counters.traceparents_ignored += 1
-            level = logging.DEBUG if where == "request_envelope()" else logging.WARNING
-            log.log(
-                level, "%s ignored the envelope's traceparent %r: %s",
-                where, traceparent[:80], problem,
-            )  # fmt: skip
-            traceparent = ""
-        return state, obj, sender, traceparent
-
-    def _is_reserved(self, sender: str) -> bool:
-        name = _normal_name(sender)
-        return name in self._reserved or name.startswith("_") or not name
 
     def _state_for(self, to: str, payload: object) -> tuple[ListenerState, bytes | None]:
         """The listener a request or send goes to, and the payload's XML when history needs
@@ -570,7 +509,7 @@ class StreamPump:
             conv.calls = None
         if error is not None and conv.answers:
             answers, conv.answers = conv.answers, None
-            self._spawn_call(self._compensate(conv.id, answers, error))
+            self._spawn_call(compensate(conv.id, answers, error, self.dead_letters))
         if self.hooks.events:
             outcome = None if error is None else str(error.reason)
             self.hooks.emit(
@@ -859,38 +798,6 @@ class StreamPump:
                 hop.state.name, exc_info=True,
             )  # fmt: skip
 
-    async def _compensate(
-        self, conversation: str, answers: list[tuple[ListenerState, object]], error: DeliveryError
-    ) -> None:
-        """A conversation failed: run the ``compensate`` handler of each listener that had
-        answered in it, newest answer first, each once; a compensation that fails is kept as
-        a dead letter with reason ``compensation_failed``."""
-        for state, answer in reversed(answers):
-            compensate = state.compensate
-            assert compensate is not None
-            recovery = state.recovery
-            recovery.compensations += 1
-            meta = HandlerMetadata(conversation, "_compensation", state.name)
-            try:
-                with anyio.fail_after(state.timeout):
-                    result = compensate(answer, meta)
-                    if inspect.isawaitable(result):
-                        await result
-            except Exception as exc:
-                recovery.compensations_failed += 1
-                message = (
-                    f"the compensation of {state.name!r} for its answer "
-                    f"{type(answer).__qualname__} in failed conversation {conversation} "
-                    f"([{error.reason}]) raised {type(exc).__name__}: {exc}{raised_at(exc)}"
-                )
-                recovery.error(Reason.COMPENSATION_FAILED, message)
-                self.dead_letters.record_compensation(conversation, state.name, answer, message)
-            else:
-                log.info(
-                    "compensated the answer of %r in failed conversation %s",
-                    state.name, conversation,
-                )  # fmt: skip
-
     def _now(self) -> float:
         loop = self._loop or asyncio.get_running_loop()
         return loop.time()
@@ -1172,11 +1079,6 @@ def _call_failed(report: ErrorReport, callee: Frame) -> DeliveryError:
     return DeliveryError(
         report.message, reason=report.reason, listener=report.listener, thread=callee.thread
     )
-
-
-def _normal_name(name: str) -> str:
-    """A name as people compare it: compatibility forms folded, case folded, spaces trimmed."""
-    return unicodedata.normalize("NFKC", name).strip().casefold()
 
 
 def _check_timeout(timeout: float, where: str = "") -> None:
