@@ -4,11 +4,13 @@ One hop: the target's handler runs under the listener's concurrency limit; what 
 checked (peers, payload class, field spec) and routed: a call extends the chain, an answer
 prunes it and goes to the caller, a failure travels up the chain as an `ErrorReport`.
 
-The pump composes one module per job: the ingress gate (`ingress`), how conversations end
-(`outcomes`), handler runs and deadlines (`invocation`), output checks (`outputs`), the
-transport that carries hops to listeners (`transport`), events for observers (`hooks`) and the
-registry, the one door to shared state (`registry`). What stays here is routing: a hop's step
-and the *continuation* loop, kept together because that is where a hop's time goes:
+The pump composes one module per job: the ingress gate (`ingress`), envelopes from outside
+(`outside`), how conversations end (`outcomes`), handler runs and deadlines (`invocation`),
+output checks (`outputs`), the transport that carries hops to listeners (`transport`), events
+for observers (`hooks`), compensation of failed conversations (`compensation`), the runs people
+list (`run_views`) and the registry, the one door to shared state (`registry`). What stays
+here is routing: a hop's step and the *continuation* loop, kept together because that is where
+a hop's time goes:
 - the task that ran a handler runs the next hop itself when the target has a free slot, and
   takes over the next backlogged hop of the listener whose slot it frees; a new task is made
   only for fan-out. ``asyncio.create_task`` makes these (about 7 us) rather than
