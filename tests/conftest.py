@@ -17,6 +17,11 @@ __all__ = ["anyio_backend", "redis_session"]
 # a reader's, and a test comparing output with a README must see what the README shows. Every
 # process the suite starts inherits this; the suite's own width is set before it starts.
 os.environ["COLUMNS"] = "80"
+# Nor do the pytest runs the suite starts (an example's README, the plugin's tests) take the
+# options this run was started with: `PYTEST_ADDOPTS=--durations=40 python -m pytest` would
+# change what they print. This run has read them already.
+for _name in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+    os.environ.pop(_name, None)
 
 
 @pytest.hookimpl(tryfirst=True)
