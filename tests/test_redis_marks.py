@@ -58,6 +58,8 @@ def outcomes_of(report: Path) -> dict[str, tuple[str, str]]:
             found[name] = ("ERROR", error.get("message", ""))
         elif failed is not None:
             found[name] = ("FAILED", failed.get("message", ""))
+        elif case.find("skipped") is not None:
+            found[name] = ("SKIPPED", "")
         else:
             found[name] = ("PASSED", "")
     return found
